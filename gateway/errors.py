@@ -1,0 +1,87 @@
+"""HTTP errors as JSON: ``{"error": code, "detail": text}``, mapped in one middleware."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from shared.errors import BrokerUnavailable
+
+__all__ = ["ApiError", "error_middleware", "json_error"]
+
+log = structlog.get_logger("triggers.gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# aiohttp's own HTTP errors (routing, body size) get a stable code and a useful detail.
+_AIOHTTP_ERRORS: dict[int, tuple[str, str]] = {
+    404: ("not_found", "no such endpoint; triggers are called at /hook/trigger"),
+    405: ("method_not_allowed", "call a trigger with GET or POST"),
+    413: ("payload_too_large", "the request body is larger than the gateway accepts"),
+}
+
+
+class ApiError(Exception):
+    """An error answer: status, stable code, and a detail that says how to fix it."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def json_error(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The JSON error body every non-2xx answer uses."""
+    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error to JSON and write one summary log line per request.
+
+    The line never carries the query string: it holds the secret.
+    """
+    started = time.monotonic()
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = json_error(exc.status, exc.code, exc.detail, exc.headers)
+    except BrokerUnavailable:
+        response = json_error(
+            503,
+            "broker_unavailable",
+            "the message broker cannot take the command right now; retry after a few seconds",
+            {"Retry-After": "5"},
+        )
+    except web.HTTPException as exc:
+        code, detail = _AIOHTTP_ERRORS.get(exc.status, ("http_error", exc.reason))
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        response = json_error(exc.status, code, detail, headers)
+    except Exception:
+        log.exception("gateway.unhandled_error", path=request.path)
+        response = json_error(500, "internal_error", "unexpected error; it has been logged")
+    log.info(
+        "gateway.request",
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        duration_ms=round((time.monotonic() - started) * 1000, 2),
+        remote=request.remote,
+        **request.get("log", {}),
+    )
+    return response

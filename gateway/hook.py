@@ -1,0 +1,189 @@
+"""``GET|POST /hook/trigger``: authenticate, validate, publish, answer.
+
+Order matters: the call's shape is checked first (400), then the trigger and secret (403,
+the same answer for an unknown trigger, a revoked one, a mismatched `triggerUrl` and a
+wrong secret), then the parameters the trigger's action needs (400). Only then is a
+command published, and 202 is answered only after the broker confirmed it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from aiohttp import web
+
+from gateway.errors import ApiError
+from gateway.keys import BUS, SETTINGS, STORE, TRIGGER_CACHE
+from shared.messages import (
+    Command,
+    CommandEnvelope,
+    Redeploy,
+    Scale,
+    Source,
+    Target,
+    new_job_id,
+)
+from shared.triggers import (
+    Trigger,
+    TriggerUrlError,
+    decode_trigger_url,
+    looks_like_secret,
+    secret_matches,
+)
+
+__all__ = ["ALLOWED_PARAMETERS", "handle_trigger"]
+
+ALLOWED_PARAMETERS = ("triggerUrl", "secret", "type", "step")
+_STEP = re.compile(r"^[0-9]{1,3}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_FORBIDDEN = ApiError(
+    403,
+    "forbidden",
+    "unknown or revoked trigger, or wrong secret; check the URL printed by `triggers create`",
+)
+
+
+def _bad(code: str, detail: str) -> ApiError:
+    return ApiError(400, code, detail)
+
+
+def _single(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    if values is None:
+        return None
+    if len(values) > 1:
+        raise _bad("duplicate_parameter", f"{name} is given {len(values)} times; give it once")
+    return values[0]
+
+
+def _query(request: web.Request) -> dict[str, list[str]]:
+    query: dict[str, list[str]] = {}
+    for key, value in request.query.items():
+        query.setdefault(key, []).append(value)
+    unknown = sorted(set(query) - set(ALLOWED_PARAMETERS))
+    if unknown:
+        shown = ", ".join(repr(u[:32]) for u in unknown[:5])
+        raise _bad(
+            "unknown_parameter",
+            f"unknown parameter {shown}; a trigger call takes {', '.join(ALLOWED_PARAMETERS)}",
+        )
+    return query
+
+
+def _scale_command(query: dict[str, list[str]]) -> Scale:
+    direction = _single(query, "type")
+    step_text = _single(query, "step")
+    if direction is None:
+        raise _bad("missing_type", "a scaling trigger needs type=scale_in or type=scale_out")
+    if direction not in ("scale_in", "scale_out"):
+        raise _bad("invalid_type", f"type must be scale_in or scale_out, got {direction[:32]!r}")
+    if step_text is None:
+        raise _bad("missing_step", "a scaling trigger needs step=N, a whole number from 1 to 100")
+    step = int(step_text) if _STEP.match(step_text) else 0
+    if not 1 <= step <= 100:
+        raise _bad(
+            "invalid_step", f"step must be a whole number from 1 to 100, got {step_text[:32]!r}"
+        )
+    kind: Literal["scale_in", "scale_out"] = "scale_in" if direction == "scale_in" else "scale_out"
+    return Scale(direction=kind, step=step)
+
+
+async def _lookup(request: web.Request, trigger_id: str) -> Trigger | None:
+    # A short cache keeps the store off the hot path; its TTL bounds how long a revoked
+    # trigger keeps working on this gateway.
+    cache = request.app[TRIGGER_CACHE]
+    if trigger_id in cache:
+        return cache[trigger_id]
+    trigger = await request.app[STORE].get(trigger_id)
+    cache[trigger_id] = trigger
+    return trigger
+
+
+def _correlation_id(request: web.Request, job_id: str) -> str:
+    given = request.headers.get("X-Request-ID", "")
+    return given if _REQUEST_ID.match(given) else job_id
+
+
+async def handle_trigger(request: web.Request) -> web.Response:
+    """Run a trigger: 202 with the job id once the broker confirmed the command."""
+    settings = request.app[SETTINGS]
+    if request.method == "POST":
+        # Read (and bound) the body even though this version does not interpret it, so an
+        # oversized call is refused with 413 before anything happens.
+        if request.content_length is not None and request.content_length > settings.max_body_bytes:
+            raise ApiError(
+                413,
+                "payload_too_large",
+                f"the body is limited to {settings.max_body_bytes} bytes",
+            )
+        await request.read()
+
+    query = _query(request)
+    token = _single(query, "triggerUrl")
+    secret = _single(query, "secret")
+    if not token:
+        raise _bad(
+            "missing_trigger_url", "triggerUrl is required: call the URL `triggers create` printed"
+        )
+    try:
+        ref = decode_trigger_url(token)
+    except TriggerUrlError as exc:
+        raise _bad("invalid_trigger_url", str(exc)) from None
+    if not secret:
+        raise _bad(
+            "missing_secret", "secret is required: call the full URL `triggers create` printed"
+        )
+    request["log"] = {"trigger_id": ref.trigger_id}
+
+    trigger = await _lookup(request, ref.trigger_id) if looks_like_secret(secret) else None
+    if (
+        trigger is None
+        or trigger.revoked
+        or (trigger.cluster, trigger.app, trigger.action) != (ref.cluster, ref.app, ref.action)
+        or not secret_matches(secret, trigger.secret_hash)
+    ):
+        raise _FORBIDDEN
+
+    command: Command
+    if trigger.action == "scale":
+        command = _scale_command(query)
+    else:
+        if "type" in query or "step" in query:
+            raise _bad(
+                "unexpected_parameter",
+                "type and step apply to scaling triggers only; this trigger redeploys",
+            )
+        command = Redeploy()
+
+    job_id = new_job_id()
+    envelope = CommandEnvelope(
+        job_id=job_id,
+        trigger_id=trigger.id,
+        target=Target(cluster=trigger.cluster, app=trigger.app, service=trigger.service),
+        command=command,
+        source=Source(
+            kind="http",
+            remote=request.remote,
+            user_agent=request.headers.get("User-Agent", "")[:200] or None,
+            method=request.method,
+        ),
+        correlation_id=_correlation_id(request, job_id),
+    )
+    request["log"]["job_id"] = job_id
+    await request.app[BUS].publish_command(envelope)
+    body: dict[str, object] = {
+        "job_id": job_id,
+        "status": "accepted",
+        "trigger_id": trigger.id,
+        "action": trigger.action,
+        "cluster": trigger.cluster,
+        "app": trigger.app,
+        "service": trigger.service,
+        "correlation_id": envelope.correlation_id,
+        "issued_at": envelope.issued_at.isoformat(),
+    }
+    if isinstance(command, Scale):
+        body["type"] = command.direction
+        body["step"] = command.step
+    return web.json_response(body, status=202, headers={"X-Request-ID": envelope.correlation_id})

@@ -1,0 +1,18 @@
+"""Typed application keys, in one module."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from cachetools import TTLCache
+
+from shared.bus import Bus
+from shared.settings import Settings
+from shared.store import TriggerStore
+from shared.triggers import Trigger
+
+__all__ = ["BUS", "SETTINGS", "STORE", "TRIGGER_CACHE"]
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", TriggerStore)
+BUS = web.AppKey("bus", Bus)
+TRIGGER_CACHE = web.AppKey("trigger_cache", TTLCache[str, Trigger | None])

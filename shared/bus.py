@@ -1,0 +1,469 @@
+"""The transport behind a small interface: RabbitMQ in production, in-process for `dev`.
+
+Handlers never import the transport; they get a `Delivery` and decide ack, requeue or
+dead-letter through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+from shared.errors import BrokerUnavailable
+from shared.messages import (
+    COMMAND_CONTENT_TYPE,
+    RESULT_CONTENT_TYPE,
+    Action,
+    CommandEnvelope,
+    ResultEvent,
+    decode_result,
+    encode,
+)
+from shared.topology import (
+    COMMAND_QUEUE_ARGUMENTS,
+    COMMAND_QUEUES,
+    RESULTS_EXCHANGE,
+    Topology,
+    declare,
+    result_routing_key,
+)
+
+__all__ = [
+    "AmqpBus",
+    "Bus",
+    "Delivery",
+    "DeliveryHandler",
+    "MemoryBus",
+    "ResultHandler",
+]
+
+log = structlog.get_logger("triggers.bus")
+
+
+class Delivery(Protocol):
+    """One delivery of a command; settle it exactly once."""
+
+    @property
+    def body(self) -> bytes:
+        """The raw message body."""
+        ...
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first delivery, then 2, 3, ... as the broker counts them."""
+        ...
+
+    async def ack(self) -> None:
+        """Done: the broker forgets the message."""
+        ...
+
+    async def requeue(self) -> None:
+        """Try again later (counts against the queue's delivery limit)."""
+        ...
+
+    async def dead_letter(self, reason: str) -> None:
+        """Give up: the message goes to the dead-letter queue."""
+        ...
+
+
+DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+ResultHandler = Callable[[ResultEvent], Awaitable[None]]
+
+
+class Bus(Protocol):
+    """What the gateway and the workers need from a message broker."""
+
+    name: str
+
+    @property
+    def ready(self) -> bool:
+        """Whether a publish can succeed now."""
+        ...
+
+    async def start(self) -> None:
+        """Connect and declare the topology."""
+        ...
+
+    async def publish_command(self, envelope: CommandEnvelope) -> None:
+        """Publish and wait for the broker's confirm; raise `BrokerUnavailable` otherwise."""
+        ...
+
+    async def publish_result(self, event: ResultEvent) -> None:
+        """Publish a result event and wait for the confirm."""
+        ...
+
+    async def consume_commands(self, handler: DeliveryHandler, *, prefetch: int) -> None:
+        """Start delivering commands to `handler`, at most `prefetch` unsettled per queue."""
+        ...
+
+    async def stop_consuming(self) -> None:
+        """Stop taking new commands; deliveries in hand may still be settled."""
+        ...
+
+    async def subscribe_results(self, handler: ResultHandler, *, binding: str = "#") -> None:
+        """Call `handler` for every result event matching a topic binding key."""
+        ...
+
+    async def close(self) -> None:
+        """Disconnect."""
+        ...
+
+
+class _AmqpDelivery:
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self._message = message
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def attempt(self) -> int:
+        # Quorum queues count earlier failed deliveries in x-delivery-count.
+        count = (self._message.headers or {}).get("x-delivery-count", 0)
+        return (int(count) if isinstance(count, int) else 0) + 1
+
+    async def ack(self) -> None:
+        await self._message.ack()
+
+    async def requeue(self) -> None:
+        await self._message.nack(requeue=True)
+
+    async def dead_letter(self, reason: str) -> None:
+        # RabbitMQ records why in the x-death header ("rejected"); the worker's log line and
+        # the failed result event carry the human reason.
+        await self._message.reject(requeue=False)
+
+
+class AmqpBus:
+    """RabbitMQ through one robust connection per process.
+
+    Publishing uses one channel with publisher confirms, persistent messages,
+    ``mandatory=True`` and ``on_return_raises=True``: an unroutable command is an error,
+    never a silent success. Each consumer gets its own channel and prefetch.
+    """
+
+    name = "rabbitmq"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        publish_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        role: str = "triggers",
+    ) -> None:
+        self._url = url
+        self._publish_timeout = publish_timeout
+        self._connect_timeout = connect_timeout
+        self._role = role
+        self._connection: AbstractRobustConnection | None = None
+        self._topology: Topology | None = None
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._channels: list[AbstractChannel] = []
+        self._connector: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Connected now (a robust connection clears this while it reconnects)."""
+        return (
+            self._topology is not None
+            and self._connection is not None
+            and self._connection.connected.is_set()
+        )
+
+    async def start(self) -> None:
+        """Connect now; raise `BrokerUnavailable` if the broker cannot be reached."""
+        try:
+            connection = await aio_pika.connect_robust(
+                self._url,
+                timeout=self._connect_timeout,
+                client_properties={
+                    "connection_name": f"{self._role}@{socket.gethostname()}:{os.getpid()}"
+                },
+            )
+        except CONNECTION_EXCEPTIONS as exc:
+            msg = f"cannot reach RabbitMQ at {_redact(self._url)}: {exc!r}"
+            raise BrokerUnavailable(msg) from exc
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._topology = await declare(channel)
+        self._connection = connection
+        log.info("bus.connected", broker=_redact(self._url), role=self._role)
+
+    def start_in_background(self, retry_every: float = 2.0) -> None:
+        """Keep trying to connect until it works; meanwhile `ready` is false."""
+
+        async def connect_forever() -> None:
+            while self._connection is None:
+                try:
+                    await self.start()
+                except BrokerUnavailable as exc:
+                    log.warning("bus.unreachable", error=str(exc), retry_in=retry_every)
+                    await asyncio.sleep(retry_every)
+
+        self._connector = asyncio.create_task(connect_forever())
+
+    def _require_topology(self) -> Topology:
+        if not self.ready or self._topology is None:
+            msg = "not connected to RabbitMQ"
+            raise BrokerUnavailable(msg)
+        return self._topology
+
+    async def _publish(
+        self, exchange: Any, message: aio_pika.Message, key: str, *, mandatory: bool
+    ) -> None:
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                await exchange.publish(message, routing_key=key, mandatory=mandatory)
+        except TimeoutError as exc:
+            msg = f"RabbitMQ did not confirm within {self._publish_timeout:g}s"
+            raise BrokerUnavailable(msg) from exc
+        except CONNECTION_EXCEPTIONS as exc:
+            msg = f"RabbitMQ refused or lost the message: {type(exc).__name__}"
+            raise BrokerUnavailable(msg) from exc
+
+    async def publish_command(self, envelope: CommandEnvelope) -> None:
+        """Publish persistently to the action's queue; returns once the broker confirmed."""
+        topology = self._require_topology()
+        message = aio_pika.Message(
+            body=encode(envelope),
+            content_type="application/json",
+            type=COMMAND_CONTENT_TYPE,
+            message_id=envelope.job_id,
+            correlation_id=envelope.correlation_id or None,
+            timestamp=envelope.issued_at,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={"trigger-id": envelope.trigger_id},
+        )
+        await self._publish(topology.commands, message, envelope.action, mandatory=True)
+
+    async def publish_result(self, event: ResultEvent) -> None:
+        """Publish a result event; not mandatory, since nobody may be listening."""
+        topology = self._require_topology()
+        message = aio_pika.Message(
+            body=encode(event),
+            content_type="application/json",
+            type=RESULT_CONTENT_TYPE,
+            message_id=event.job_id,
+            correlation_id=event.correlation_id or None,
+            timestamp=event.finished_at,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        key = result_routing_key(event.status, event.action, event.cluster, event.app)
+        await self._publish(topology.results, message, key, mandatory=False)
+
+    async def consume_commands(self, handler: DeliveryHandler, *, prefetch: int) -> None:
+        """A channel per command queue, each with its own prefetch."""
+        if self._connection is None:
+            msg = "start() the bus before consuming"
+            raise BrokerUnavailable(msg)
+        for name in COMMAND_QUEUES.values():
+            channel = await self._connection.channel()
+            await channel.set_qos(prefetch_count=prefetch)
+            # Declared on this channel so the robust channel re-declares it on reconnect.
+            queue = await channel.declare_queue(
+                name, durable=True, arguments=COMMAND_QUEUE_ARGUMENTS
+            )
+
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                await handler(_AmqpDelivery(message))
+
+            tag = await queue.consume(on_message)
+            self._consumers.append((queue, tag))
+            self._channels.append(channel)
+
+    async def stop_consuming(self) -> None:
+        """Cancel the consumers; unsettled deliveries can still be acked."""
+        for queue, tag in self._consumers:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await queue.cancel(tag)
+        self._consumers.clear()
+
+    async def subscribe_results(self, handler: ResultHandler, *, binding: str = "#") -> None:
+        """An exclusive, auto-deleted queue bound to `triggers.results`."""
+        if self._connection is None:
+            msg = "start() the bus before subscribing"
+            raise BrokerUnavailable(msg)
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=256)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(RESULTS_EXCHANGE, routing_key=binding)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            async with message.process(ignore_processed=True):
+                try:
+                    event = decode_result(message.body)
+                except ValueError:
+                    log.warning("bus.bad_result", message_id=message.message_id)
+                    return
+                await handler(event)
+
+        await queue.consume(on_message)
+        self._channels.append(channel)
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Messages ready in each command queue (a passive declare; cheap)."""
+        topology = self._require_topology()
+        depths: dict[str, int] = {}
+        for queue in topology.command_queues.values():
+            result = await queue.channel.declare_queue(queue.name, passive=True)
+            depths[queue.name] = result.declaration_result.message_count or 0
+        return depths
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the connection."""
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+        await self.stop_consuming()
+        if self._connection is not None:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await self._connection.close()
+        self._connection = None
+        self._topology = None
+
+
+def _redact(url: str) -> str:
+    """A broker URL without its password, for logs and errors."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        creds, _, host = rest.rpartition("@")
+        user = creds.split(":", 1)[0]
+        return f"{scheme}{sep}{user}:***@{host}"
+    return url
+
+
+class _MemoryDelivery:
+    def __init__(self, bus: MemoryBus, action: Action, body: bytes, attempt: int) -> None:
+        self._bus = bus
+        self._action = action
+        self._body = body
+        self._attempt = attempt
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt
+
+    async def ack(self) -> None:
+        pass
+
+    async def requeue(self) -> None:
+        self._bus.enqueue(self._action, self._body, self._attempt + 1)
+
+    async def dead_letter(self, reason: str) -> None:
+        self._bus.dead.append((self._body, reason))
+
+
+def _topic_matches(binding: str, key: str) -> bool:
+    """AMQP topic matching for bindings made of words, '*' and a trailing '#'."""
+    pattern, words = binding.split("."), key.split(".")
+    for i, part in enumerate(pattern):
+        if part == "#":
+            return True
+        if i >= len(words) or (part != "*" and part != words[i]):
+            return False
+    return len(pattern) == len(words)
+
+
+class MemoryBus:
+    """An in-process bus for `triggers dev` when RabbitMQ is not running.
+
+    Same interface and settle semantics, no durability: what is queued dies with the process.
+    """
+
+    name = "in-process"
+
+    def __init__(self) -> None:
+        self._queues: dict[Action, asyncio.Queue[tuple[bytes, int]]] = {
+            action: asyncio.Queue() for action in COMMAND_QUEUES
+        }
+        self._subscribers: list[tuple[str, ResultHandler]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.dead: list[tuple[bytes, str]] = []
+
+    @property
+    def ready(self) -> bool:
+        """Always: the queues live in this process."""
+        return True
+
+    async def start(self) -> None:
+        """Nothing to connect to."""
+
+    def enqueue(self, action: Action, body: bytes, attempt: int = 1) -> None:
+        """Put a command body on an action's queue."""
+        self._queues[action].put_nowait((body, attempt))
+
+    async def publish_command(self, envelope: CommandEnvelope) -> None:
+        """Queue the command; 'confirmed' once it is in the queue."""
+        self.enqueue(envelope.action, encode(envelope))
+
+    async def publish_result(self, event: ResultEvent) -> None:
+        """Hand the event to every matching subscriber."""
+        key = result_routing_key(event.status, event.action, event.cluster, event.app)
+        for binding, handler in list(self._subscribers):
+            if _topic_matches(binding, key):
+                await handler(event)
+
+    async def consume_commands(self, handler: DeliveryHandler, *, prefetch: int) -> None:
+        """Up to `prefetch` handlers at a time per queue."""
+        for action, queue in self._queues.items():
+            self._tasks.append(asyncio.create_task(self._pump(action, queue, handler, prefetch)))
+
+    async def _pump(
+        self,
+        action: Action,
+        queue: asyncio.Queue[tuple[bytes, int]],
+        handler: DeliveryHandler,
+        prefetch: int,
+    ) -> None:
+        slots = asyncio.Semaphore(prefetch)
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            body, attempt = await queue.get()
+            await slots.acquire()
+
+            async def run(body: bytes = body, attempt: int = attempt) -> None:
+                try:
+                    await handler(_MemoryDelivery(self, action, body, attempt))
+                finally:
+                    slots.release()
+
+            task = asyncio.create_task(run())
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    async def stop_consuming(self) -> None:
+        """Stop the pumps."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def subscribe_results(self, handler: ResultHandler, *, binding: str = "#") -> None:
+        """Register a subscriber."""
+        self._subscribers.append((binding, handler))
+
+    async def close(self) -> None:
+        """Stop the pumps."""
+        await self.stop_consuming()

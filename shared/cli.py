@@ -1,0 +1,289 @@
+"""The `triggers` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from shared.logging import configure_logging
+from shared.settings import Settings
+from shared.store import TriggerStore, open_store
+from shared.triggers import trigger_call_url
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)  # noqa: S101 - set by main() for every command
+    return settings
+
+
+def _echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=None, sort_keys=False))
+
+
+@click.group()
+@click.option("--database", envvar="TRIGGERS_DATABASE", help="Trigger store URL.")
+@click.option("--amqp-url", envvar="TRIGGERS_AMQP_URL", help="RabbitMQ URL.")
+@click.pass_context
+def main(ctx: click.Context, database: str | None, amqp_url: str | None) -> None:
+    """Webhook triggers that redeploy and scale container applications."""
+    try:
+        ctx.obj = Settings.from_env(database=database, amqp_url=amqp_url)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    configure_logging(ctx.obj.log_format, ctx.obj.log_level)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.pass_context
+def gateway(ctx: click.Context, host: str, port: int) -> None:
+    """Serve /hook/trigger: authenticate calls and publish commands."""
+    from gateway.app import run_gateway  # noqa: PLC0415 - each service imports only its own code
+
+    run_gateway(_settings(ctx), host, port)
+
+
+@main.command()
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Consume commands, apply them to the orchestrator, publish results."""
+    from workers.run import run_worker  # noqa: PLC0415
+
+    _run(run_worker(_settings(ctx)))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.pass_context
+def dev(ctx: click.Context, host: str, port: int) -> None:
+    """Everything in one process on a seeded local cluster, for a first try."""
+    from shared.dev import run_dev  # noqa: PLC0415
+
+    _run(run_dev(_settings(ctx), host, port))
+
+
+@main.command()
+@click.option("--cluster", required=True, help="Cluster the application runs in.")
+@click.option("--app", required=True, help="Application to act on.")
+@click.option(
+    "--action", required=True, type=click.Choice(["redeploy", "scale"]), help="What a call does."
+)
+@click.option("--service", help="Service to scale (required for --action scale).")
+@click.option(
+    "--image-update", is_flag=True, help="Redeploy only when a pushed image matches the app's."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def create(
+    ctx: click.Context,
+    cluster: str,
+    app: str,
+    action: str,
+    service: str | None,
+    image_update: bool,
+    as_json: bool,
+) -> None:
+    """Create a trigger and print its URL. The secret is shown only now."""
+    from shared.render import trigger_json  # noqa: PLC0415
+
+    settings = _settings(ctx)
+    store = open_store(settings.database)
+    if image_update and action != "redeploy":
+        raise click.UsageError("--image-update applies to redeploy triggers only")
+    try:
+        trigger, secret = _run(
+            store.create(
+                cluster=cluster,
+                app=app,
+                action="redeploy" if action == "redeploy" else "scale",
+                service=service,
+                image_update=image_update,
+            )
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    url = trigger_call_url(settings.public_url, trigger, secret)
+    if as_json:
+        _echo_json(trigger_json(trigger, url=url, secret=secret))
+        return
+    click.echo(
+        f"Created {trigger.action} trigger {trigger.id} for {cluster}/{app}"
+        + (f" service {service}" if service else "")
+    )
+    click.echo("Keep the URL secret; it cannot be shown again (revoke and create anew if lost).")
+    click.echo("")
+    if trigger.action == "scale":
+        click.echo(f"  curl -X POST '{url}&type=scale_out&step=1'")
+        click.echo(f"  curl -X POST '{url}&type=scale_in&step=1'")
+    else:
+        click.echo(f"  curl -X POST '{url}'")
+
+
+def _get_or_fail(store: TriggerStore, trigger_id: str) -> Any:
+    trigger = _run(store.get(trigger_id))
+    if trigger is None:
+        raise click.ClickException(f"no trigger {trigger_id!r}; `triggers list` shows them")
+    return trigger
+
+
+@main.command("list")
+@click.option("--cluster")
+@click.option("--app")
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked triggers.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def list_(
+    ctx: click.Context, cluster: str | None, app: str | None, include_revoked: bool, as_json: bool
+) -> None:
+    """List triggers (secrets are never shown again)."""
+    from shared.render import trigger_json, trigger_table  # noqa: PLC0415
+
+    store = open_store(_settings(ctx).database)
+    triggers = _run(store.list(cluster=cluster, app=app, include_revoked=include_revoked))
+    if as_json:
+        _echo_json([trigger_json(t) for t in triggers])
+    elif triggers:
+        click.echo(trigger_table(triggers))
+    else:
+        click.echo(
+            "No triggers. Create one with: triggers create --cluster C --app A --action redeploy"
+        )
+
+
+@main.command()
+@click.argument("trigger_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx: click.Context, trigger_id: str, as_json: bool) -> None:
+    """Show one trigger."""
+    from shared.render import trigger_json  # noqa: PLC0415
+
+    trigger = _get_or_fail(open_store(_settings(ctx).database), trigger_id)
+    data = trigger_json(trigger)
+    if as_json:
+        _echo_json(data)
+        return
+    for key, value in data.items():
+        click.echo(f"{key + ':':14} {value if value is not None else '-'}")
+
+
+@main.command()
+@click.argument("trigger_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def revoke(ctx: click.Context, trigger_id: str, as_json: bool) -> None:
+    """Revoke a trigger: calls answer 403 within a few seconds."""
+    from shared.render import trigger_json  # noqa: PLC0415
+
+    store = open_store(_settings(ctx).database)
+    trigger = _run(store.revoke(trigger_id))
+    if trigger is None:
+        raise click.ClickException(f"no trigger {trigger_id!r}; `triggers list` shows them")
+    if as_json:
+        _echo_json(trigger_json(trigger))
+    else:
+        click.echo(f"Revoked {trigger.id}.")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@click.option("--app", help="Only this application.")
+@click.option("--cluster", help="Only this cluster.")
+@click.option("--action", type=click.Choice(["redeploy", "scale"]))
+@click.option("--status", type=click.Choice(["succeeded", "failed", "skipped"]))
+@click.option("--count", type=int, help="Exit after this many events.")
+@click.pass_context
+def tail(
+    ctx: click.Context,
+    as_json: bool,
+    app: str | None,
+    cluster: str | None,
+    action: str | None,
+    status: str | None,
+    count: int | None,
+) -> None:
+    """Print result events as workers publish them."""
+    from shared.tail import run_tail  # noqa: PLC0415
+
+    code = _run(
+        run_tail(
+            _settings(ctx),
+            as_json=as_json,
+            app=app,
+            cluster=cluster,
+            action=action,
+            status=status,
+            count=count,
+        )
+    )
+    sys.exit(code)
+
+
+@main.group()
+def local() -> None:
+    """Seed and inspect the local simulated cluster."""
+
+
+@local.command("set-app")
+@click.option("--cluster", required=True)
+@click.option("--app", required=True)
+@click.option("--service", required=True)
+@click.option("--replicas", required=True, type=click.IntRange(min=0))
+@click.option("--image", help="Image reference; default <service>:latest for a new service.")
+@click.pass_context
+def local_set_app(
+    ctx: click.Context, cluster: str, app: str, service: str, replicas: int, image: str | None
+) -> None:
+    """Create or update one service of an application."""
+    from shared.triggers import validate_name  # noqa: PLC0415
+    from workers.orchestrators.local import LocalCluster  # noqa: PLC0415
+
+    try:
+        for kind, value in (("cluster", cluster), ("app", app), ("service", service)):
+            validate_name(kind, value)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    state = LocalCluster(_settings(ctx).local_state).set_service(
+        cluster, app, service, replicas=replicas, image=image
+    )
+    click.echo(
+        f"{cluster}/{app}/{service}: {state.replicas} replicas of {state.image}, revision {state.revision}"
+    )
+
+
+@local.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def local_show(ctx: click.Context, as_json: bool) -> None:
+    """Print the local cluster's applications and services."""
+    from workers.orchestrators.local import LocalCluster  # noqa: PLC0415
+
+    snapshot = LocalCluster(_settings(ctx).local_state).snapshot()
+    if as_json:
+        _echo_json(snapshot)
+        return
+    if not snapshot["clusters"]:
+        click.echo("The local cluster is empty; seed it with `triggers local set-app`.")
+    for cluster, c in snapshot["clusters"].items():
+        for app, a in c["apps"].items():
+            click.echo(f"{cluster}/{app}")
+            for service, s in a["services"].items():
+                click.echo(
+                    f"  {service:20} replicas={s['replicas']:<4} revision={s['revision']:<4} {s['image']}"
+                )

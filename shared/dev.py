@@ -1,0 +1,110 @@
+"""`triggers dev`: gateway, worker and a seeded local cluster in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import click
+from aiohttp import web
+
+from shared.bus import AmqpBus, Bus, MemoryBus
+from shared.errors import BrokerUnavailable
+from shared.messages import ResultEvent
+from shared.render import event_line
+from shared.settings import Settings
+from shared.store import open_store
+from shared.triggers import trigger_call_url
+
+__all__ = ["DEMO_CLUSTER", "run_dev"]
+
+DEMO_CLUSTER = "demo"
+DEMO_APP = "shop"
+DEMO_SERVICES = {"web": ("nginx:1.27", 2), "api": ("ghcr.io/acme/shop-api:1.4.2", 1)}
+
+
+async def _open_bus(settings: Settings) -> Bus:
+    bus = AmqpBus(
+        settings.amqp_url, publish_timeout=settings.publish_timeout, connect_timeout=2.0, role="dev"
+    )
+    try:
+        await bus.start()
+    except BrokerUnavailable:
+        return MemoryBus()
+    return bus
+
+
+async def run_dev(settings: Settings, host: str, port: int) -> None:
+    """Seed, create two triggers, serve, and print every result until Ctrl-C."""
+    from gateway.app import create_app  # noqa: PLC0415
+    from workers.orchestrators.local import LocalOrchestrator  # noqa: PLC0415
+    from workers.worker import Worker  # noqa: PLC0415
+
+    if host not in ("127.0.0.1", "localhost") and settings.public_url == Settings().public_url:
+        settings = settings.with_(public_url=f"http://{host}:{port}")
+    elif port != 8080 and settings.public_url == Settings().public_url:
+        settings = settings.with_(public_url=f"http://127.0.0.1:{port}")
+
+    orchestrator = LocalOrchestrator(settings.local_state)
+    snapshot = orchestrator.cluster.snapshot()
+    if DEMO_APP not in snapshot["clusters"].get(DEMO_CLUSTER, {}).get("apps", {}):
+        for service, (image, replicas) in DEMO_SERVICES.items():
+            orchestrator.cluster.set_service(
+                DEMO_CLUSTER, DEMO_APP, service, replicas=replicas, image=image
+            )
+
+    store = open_store(settings.database)
+    redeploy, redeploy_secret = await store.create(
+        cluster=DEMO_CLUSTER, app=DEMO_APP, action="redeploy"
+    )
+    scale, scale_secret = await store.create(
+        cluster=DEMO_CLUSTER, app=DEMO_APP, action="scale", service="web"
+    )
+
+    bus = await _open_bus(settings)
+    worker = Worker(settings, bus, orchestrator)
+    colour = sys.stdout.isatty()
+
+    async def show(event: ResultEvent) -> None:
+        click.echo(event_line(event, colour=colour))
+
+    await bus.subscribe_results(show)
+    await worker.start()
+    runner = web.AppRunner(create_app(settings, store=store, bus=bus), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+
+    redeploy_url = trigger_call_url(settings.public_url, redeploy, redeploy_secret)
+    scale_url = trigger_call_url(settings.public_url, scale, scale_secret)
+    if isinstance(bus, MemoryBus):
+        broker = "in-process bus (RabbitMQ not reachable; commands die with this process)"
+    else:
+        broker = f"RabbitMQ ({settings.amqp_url.rsplit('@', 1)[-1]})"
+    click.echo(
+        f"""
+container-triggers dev: gateway on http://{host}:{port}, one worker, {broker}
+Local cluster ({settings.local_state}): {DEMO_CLUSTER}/{DEMO_APP} with services {", ".join(DEMO_SERVICES)}
+
+Redeploy {DEMO_CLUSTER}/{DEMO_APP}:
+  curl '{redeploy_url}'
+Scale {DEMO_CLUSTER}/{DEMO_APP}/web out by 3, then in by 1:
+  curl -X POST '{scale_url}&type=scale_out&step=3'
+  curl -X POST '{scale_url}&type=scale_in&step=1'
+See the cluster:
+  triggers local show
+
+Results appear below. Ctrl-C to stop.
+"""
+    )
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    try:
+        await done.wait()
+    finally:
+        await runner.cleanup()
+        await worker.stop()
+        await bus.close()
+        await orchestrator.close()

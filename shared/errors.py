@@ -1,0 +1,39 @@
+"""One root error type with a retryable and a permanent branch.
+
+The worker turns these into retry, failed result or dead-letter; the gateway maps them to HTTP.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailable",
+    "ConflictError",
+    "NotFoundError",
+    "PermanentError",
+    "RetryableError",
+    "TriggersError",
+]
+
+
+class TriggersError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class RetryableError(TriggersError):
+    """The same call may succeed later: a timeout, a conflict, an unreachable API."""
+
+
+class PermanentError(TriggersError):
+    """Retrying cannot help: the target does not exist, access is forbidden, the input is invalid."""
+
+
+class NotFoundError(PermanentError):
+    """The cluster, application or service named by a command does not exist."""
+
+
+class ConflictError(RetryableError):
+    """A concurrent writer changed the object first; read again and retry."""
+
+
+class BrokerUnavailable(RetryableError):
+    """The broker did not confirm a message: unreachable, refused, or too slow."""

@@ -1,0 +1,165 @@
+"""Wire formats: every message that crosses the broker, as versioned msgspec Structs.
+
+Nothing else in the project defines a wire format. Compatible changes add fields with
+defaults; a breaking change gets a new tag (``redeploy.v2``) so old and new workers can
+tell them apart during a rolling upgrade.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = [
+    "COMMAND_CONTENT_TYPE",
+    "RESULT_CONTENT_TYPE",
+    "Action",
+    "Command",
+    "CommandEnvelope",
+    "Redeploy",
+    "ResultEvent",
+    "Scale",
+    "ServiceState",
+    "Source",
+    "Status",
+    "Target",
+    "decode_command",
+    "decode_result",
+    "encode",
+    "new_job_id",
+    "utcnow",
+]
+
+COMMAND_CONTENT_TYPE = "application/vnd.container-triggers.command.v1+json"
+RESULT_CONTENT_TYPE = "application/vnd.container-triggers.result.v1+json"
+
+Action = Literal["redeploy", "scale"]
+Status = Literal["succeeded", "failed", "skipped"]
+Direction = Literal["scale_in", "scale_out"]
+Step = Annotated[int, msgspec.Meta(ge=1, le=100)]
+
+
+def utcnow() -> datetime:
+    """Aware UTC now; every timestamp on the wire is UTC."""
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    """A random job id (122 bits); the key that makes applying a command idempotent."""
+    return uuid.uuid4().hex
+
+
+class Target(msgspec.Struct, frozen=True, kw_only=True):
+    """What a command acts on: an application, or one service of it."""
+
+    cluster: str
+    app: str
+    service: str | None = None
+    namespace: str | None = None
+
+
+class Source(msgspec.Struct, frozen=True, kw_only=True):
+    """Who or what called the trigger. Never carries the secret."""
+
+    kind: str = "http"
+    remote: str | None = None
+    user_agent: str | None = None
+    method: str | None = None
+
+
+class Redeploy(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="redeploy.v1"):
+    """Restart every service of the application, optionally with a new image."""
+
+    image: str | None = None
+
+
+class Scale(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="scale.v1"):
+    """Change one service's replica count by `step` in `direction`."""
+
+    direction: Direction
+    step: Step
+
+
+Command = Redeploy | Scale
+
+
+class CommandEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    """A command plus everything needed to apply it once and report on it."""
+
+    job_id: str
+    trigger_id: str
+    target: Target
+    command: Command
+    source: Source = Source()
+    issued_at: datetime = msgspec.field(default_factory=utcnow)
+    correlation_id: str = ""
+
+    @property
+    def action(self) -> Action:
+        """The action, as the result event and the routing keys name it."""
+        return "redeploy" if isinstance(self.command, Redeploy) else "scale"
+
+
+class ServiceState(msgspec.Struct, frozen=True, kw_only=True):
+    """One service as an orchestrator reports it."""
+
+    replicas: int
+    image: str
+    revision: int
+
+
+class ResultEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """What happened to a job; published on `triggers.results` for anyone to tail.
+
+    Consumers key on `job_id`: a redelivered command yields a second event with
+    ``duplicate: true`` and the first delivery's before/after, never a second change.
+    """
+
+    job_id: str
+    trigger_id: str
+    action: Action
+    cluster: str
+    app: str
+    service: str | None
+    status: Status
+    before: dict[str, ServiceState] = {}
+    after: dict[str, ServiceState] = {}
+    error: str | None = None
+    detail: str | None = None
+    duplicate: bool = False
+    clamped: bool = False
+    requested_step: int | None = None
+    applied_step: int | None = None
+    image: str | None = None
+    orchestrator: str = ""
+    attempt: int = 1
+    correlation_id: str = ""
+    source: Source = Source()
+    issued_at: datetime | None = None
+    finished_at: datetime = msgspec.field(default_factory=utcnow)
+    duration_ms: float | None = None
+    worker: str | None = None
+    schema: str = "triggers.result.v1"
+
+
+_encoder = msgspec.json.Encoder()
+_command_decoder = msgspec.json.Decoder(CommandEnvelope)
+_result_decoder = msgspec.json.Decoder(ResultEvent)
+
+
+def encode(message: CommandEnvelope | ResultEvent) -> bytes:
+    """JSON bytes of a message."""
+    return _encoder.encode(message)
+
+
+def decode_command(data: bytes) -> CommandEnvelope:
+    """Decode and validate a command; raises `msgspec.ValidationError` or `DecodeError`."""
+    return _command_decoder.decode(data)
+
+
+def decode_result(data: bytes) -> ResultEvent:
+    """Decode and validate a result event."""
+    return _result_decoder.decode(data)

@@ -1,0 +1,107 @@
+"""Settings: one frozen object, read once at the entry point and passed down."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+__all__ = ["Settings"]
+
+LogFormat = Literal["console", "json"]
+OrchestratorName = Literal["local", "kubernetes", "swarm"]
+
+
+def _default_log_format() -> LogFormat:
+    return "console" if sys.stderr.isatty() else "json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a process needs to know, from the environment (`TRIGGERS_*`) or flags."""
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    database: str = "sqlite:///triggers.db"
+    orchestrator: OrchestratorName = "local"
+    local_state: str = "local-cluster.db"
+    public_url: str = "http://127.0.0.1:8080"
+    # repr=False: the token must never reach a log line through a repr of the settings.
+    admin_token: str | None = field(default=None, repr=False)
+    log_format: LogFormat = field(default_factory=_default_log_format)
+    log_level: str = "info"
+    # Gateway tuning.
+    publish_timeout: float = 5.0
+    max_body_bytes: int = 64 * 1024
+    trigger_cache_ttl: float = 2.0
+    # Worker tuning.
+    prefetch: int = 16
+    max_attempts: int = 5
+    retry_backoff: float = 0.5
+    shutdown_timeout: float = 20.0
+    # Testing only: names of faults the worker injects into itself (see workers/_faults.py).
+    faults: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read `TRIGGERS_*` variables; keyword overrides (command-line flags) win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        simple = {
+            "TRIGGERS_AMQP_URL": "amqp_url",
+            "TRIGGERS_DATABASE": "database",
+            "TRIGGERS_ORCHESTRATOR": "orchestrator",
+            "TRIGGERS_LOCAL_STATE": "local_state",
+            "TRIGGERS_PUBLIC_URL": "public_url",
+            "TRIGGERS_ADMIN_TOKEN": "admin_token",
+            "TRIGGERS_LOG_FORMAT": "log_format",
+            "TRIGGERS_LOG_LEVEL": "log_level",
+        }
+        for var, name in simple.items():
+            if env.get(var):
+                values[name] = env[var]
+        numbers = {
+            "TRIGGERS_PUBLISH_TIMEOUT": ("publish_timeout", float),
+            "TRIGGERS_MAX_BODY_BYTES": ("max_body_bytes", int),
+            "TRIGGERS_TRIGGER_CACHE_TTL": ("trigger_cache_ttl", float),
+            "TRIGGERS_PREFETCH": ("prefetch", int),
+            "TRIGGERS_MAX_ATTEMPTS": ("max_attempts", int),
+            "TRIGGERS_RETRY_BACKOFF": ("retry_backoff", float),
+            "TRIGGERS_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
+        }
+        for var, (name, kind) in numbers.items():
+            if env.get(var):
+                try:
+                    values[name] = kind(env[var])
+                except ValueError:
+                    msg = f"{var} must be a number, got {env[var]!r}"
+                    raise ValueError(msg) from None
+        if env.get("TRIGGERS_FAULTS"):
+            values["faults"] = frozenset(f.strip() for f in env["TRIGGERS_FAULTS"].split(","))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Fail at start-up, with the variable to fix, rather than at the first call."""
+        if self.orchestrator not in ("local", "kubernetes", "swarm"):
+            msg = (
+                f"TRIGGERS_ORCHESTRATOR must be local, kubernetes or swarm, "
+                f"got {self.orchestrator!r}"
+            )
+            raise ValueError(msg)
+        if self.log_format not in ("console", "json"):
+            msg = f"TRIGGERS_LOG_FORMAT must be console or json, got {self.log_format!r}"
+            raise ValueError(msg)
+        if not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            msg = (
+                "TRIGGERS_DATABASE must look like sqlite:///path/to/file.db "
+                f"or postgresql://..., got {self.database.split('://')[0]}://..."
+            )
+            raise ValueError(msg)
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields changed."""
+        return replace(self, **changes)

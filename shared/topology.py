@@ -1,0 +1,108 @@
+"""The broker topology, declared in one place; every process calls `declare`.
+
+- ``triggers.commands`` (direct): routing key = action; one quorum queue per action,
+  with a delivery limit and at-least-once dead-lettering to ``triggers.dead``.
+- ``triggers.dead`` (fanout) -> quorum queue ``triggers.dead``: messages that could not be
+  decoded, failed permanently, or exceeded the delivery limit, with the reason in headers.
+- ``triggers.results`` (topic): routing key ``<status>.<action>.<cluster>.<app>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from shared.messages import Action
+
+__all__ = [
+    "COMMANDS_EXCHANGE",
+    "COMMAND_QUEUES",
+    "DEAD_EXCHANGE",
+    "DEAD_QUEUE",
+    "DELIVERY_LIMIT",
+    "RESULTS_EXCHANGE",
+    "Topology",
+    "declare",
+    "result_binding",
+    "result_routing_key",
+]
+
+COMMANDS_EXCHANGE = "triggers.commands"
+RESULTS_EXCHANGE = "triggers.results"
+DEAD_EXCHANGE = "triggers.dead"
+DEAD_QUEUE = "triggers.dead"
+COMMAND_QUEUES: dict[Action, str] = {
+    "redeploy": "triggers.commands.redeploy",
+    "scale": "triggers.commands.scale",
+}
+# Deliveries a command may use before RabbitMQ dead-letters it. A worker killed while
+# holding its prefetch window costs each held message one delivery, so this stays well
+# above the worker's own retry budget (Settings.max_attempts).
+DELIVERY_LIMIT = 20
+
+COMMAND_QUEUE_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-delivery-limit": DELIVERY_LIMIT,
+    "x-dead-letter-exchange": DEAD_EXCHANGE,
+    # at-least-once dead-lettering needs reject-publish overflow; without it a message
+    # dead-lettered while the broker is under pressure may be dropped.
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The declared (robust) objects, so they come back after a reconnect."""
+
+    commands: AbstractExchange
+    results: AbstractExchange
+    dead: AbstractExchange
+    command_queues: dict[Action, AbstractQueue]
+    dead_queue: AbstractQueue
+
+
+async def declare(channel: AbstractChannel) -> Topology:
+    """Declare every exchange, queue and binding; idempotent, safe from any process."""
+    commands = await channel.declare_exchange(
+        COMMANDS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    results = await channel.declare_exchange(
+        RESULTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    dead = await channel.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+    dead_queue = await channel.declare_queue(
+        DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead_queue.bind(dead, routing_key="")
+    queues: dict[Action, AbstractQueue] = {}
+    for action, name in COMMAND_QUEUES.items():
+        queue = await channel.declare_queue(name, durable=True, arguments=COMMAND_QUEUE_ARGUMENTS)
+        await queue.bind(commands, routing_key=action)
+        queues[action] = queue
+    return Topology(
+        commands=commands,
+        results=results,
+        dead=dead,
+        command_queues=queues,
+        dead_queue=dead_queue,
+    )
+
+
+def result_routing_key(status: str, action: str, cluster: str, app: str) -> str:
+    """``<status>.<action>.<cluster>.<app>``; names never contain dots (see NAME_PATTERN)."""
+    return f"{status}.{action}.{cluster}.{app}"
+
+
+def result_binding(
+    *,
+    status: str | None = None,
+    action: str | None = None,
+    cluster: str | None = None,
+    app: str | None = None,
+) -> str:
+    """The binding key that selects results by any of the routing key's fields."""
+    return ".".join(v or "*" for v in (status, action, cluster, app))

@@ -1,0 +1,169 @@
+"""Triggers and their URLs, in the managed container service's format.
+
+A trigger URL is ``/hook/trigger?triggerUrl=<base64 of "cluster|app|action|id|">&secret=<hex>``
+where action is ``redeploy`` or ``scaling``. The secret is shown once, at creation; the
+store keeps only its SHA-256 (the secret is 256 random bits, so a slow hash adds nothing).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+from datetime import datetime
+from typing import Literal
+from urllib.parse import quote
+
+import msgspec
+
+from shared.messages import Action
+
+__all__ = [
+    "NAME_PATTERN",
+    "Trigger",
+    "TriggerRef",
+    "TriggerUrlError",
+    "decode_trigger_url",
+    "encode_trigger_url",
+    "hash_secret",
+    "new_secret",
+    "new_trigger_id",
+    "secret_matches",
+    "trigger_call_url",
+    "validate_name",
+]
+
+# Cluster, application and service names: what Kubernetes and Swarm accept, minus the
+# separators the trigger URL and the routing keys use ("|", ".", "/", whitespace).
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
+_TRIGGER_ID = re.compile(r"^[a-z0-9]{8,64}$")  # ours are 26 base32 chars
+_SECRET = re.compile(r"^[0-9a-f]{64}$")
+
+UrlAction = Literal["redeploy", "scaling"]
+_URL_ACTION: dict[Action, UrlAction] = {"redeploy": "redeploy", "scale": "scaling"}
+_ACTION: dict[str, Action] = {"redeploy": "redeploy", "scaling": "scale"}
+
+
+class TriggerUrlError(ValueError):
+    """`triggerUrl` is not base64 of ``cluster|app|action|id|``; the message says how."""
+
+
+class Trigger(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored trigger. `secret_hash` is all the store knows of the secret."""
+
+    id: str
+    cluster: str
+    app: str
+    action: Action
+    service: str | None = None
+    image_update: bool = False
+    secret_hash: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        """A revoked trigger answers 403 like an unknown one."""
+        return self.revoked_at is not None
+
+
+class TriggerRef(msgspec.Struct, frozen=True, kw_only=True):
+    """What a `triggerUrl` parameter says: it must match the stored trigger exactly."""
+
+    cluster: str
+    app: str
+    action: Action
+    trigger_id: str
+
+
+def validate_name(kind: str, value: str) -> str:
+    """Return `value` if it is a usable cluster/app/service name, else raise ValueError."""
+    if not NAME_PATTERN.match(value):
+        msg = (
+            f"{kind} {value!r} is not a valid name: use 1-63 letters, digits, '-' or '_', "
+            "starting and ending with a letter or digit"
+        )
+        raise ValueError(msg)
+    return value
+
+
+def new_trigger_id() -> str:
+    """128 random bits, base32 lowercase (26 characters), like the seed's short ids."""
+    return base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
+
+
+def new_secret() -> str:
+    """256 random bits as 64 hex characters, the seed's secret format."""
+    return secrets.token_hex(32)
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex of a secret: what the store keeps."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(secret: str, secret_hash: str) -> bool:
+    """Constant-time comparison of a presented secret against a stored hash."""
+    return hmac.compare_digest(hash_secret(secret), secret_hash)
+
+
+def looks_like_secret(secret: str) -> bool:
+    """Whether a value has the shape of a secret (64 lowercase hex characters)."""
+    return bool(_SECRET.match(secret))
+
+
+def encode_trigger_url(cluster: str, app: str, action: Action, trigger_id: str) -> str:
+    """Base64 of ``cluster|app|action|id|``, action spelled as the seed does."""
+    raw = f"{cluster}|{app}|{_URL_ACTION[action]}|{trigger_id}|"
+    return base64.b64encode(raw.encode()).decode()
+
+
+def decode_trigger_url(value: str) -> TriggerRef:
+    """Parse a `triggerUrl` parameter. Accepts standard and URL-safe base64.
+
+    A raw ``+`` in a query string arrives as a space; it is put back before decoding.
+    """
+    text = value.strip().replace(" ", "+")
+    if not text:
+        msg = "triggerUrl is empty: pass the value printed by `triggers create`"
+        raise TriggerUrlError(msg)
+    if len(text) > 512:
+        msg = "triggerUrl is too long to be a trigger"
+        raise TriggerUrlError(msg)
+    text = text.replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        raw = base64.b64decode(text, validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        msg = "triggerUrl is not valid base64: copy it unchanged from the trigger's URL"
+        raise TriggerUrlError(msg) from None
+    parts = raw.split("|")
+    if len(parts) != 5 or parts[4] != "":
+        msg = (
+            "triggerUrl must decode to 'clusterId|appName|action|triggerId|' "
+            f"(4 fields and a trailing '|'), found {max(len(parts) - 1, 0)} separators"
+        )
+        raise TriggerUrlError(msg)
+    cluster, app, url_action, trigger_id, _ = parts
+    if url_action not in _ACTION:
+        msg = f"triggerUrl action must be 'redeploy' or 'scaling', got {url_action[:32]!r}"
+        raise TriggerUrlError(msg)
+    if not (NAME_PATTERN.match(cluster) and NAME_PATTERN.match(app)):
+        msg = "triggerUrl names a cluster or application that cannot exist"
+        raise TriggerUrlError(msg)
+    if not _TRIGGER_ID.match(trigger_id):
+        msg = "triggerUrl carries a malformed trigger id"
+        raise TriggerUrlError(msg)
+    return TriggerRef(cluster=cluster, app=app, action=_ACTION[url_action], trigger_id=trigger_id)
+
+
+def trigger_call_url(public_url: str, trigger: Trigger, secret: str) -> str:
+    """The full callable URL, secret included, as printed once at creation."""
+    token = encode_trigger_url(trigger.cluster, trigger.app, trigger.action, trigger.id)
+    # '+' and '/' would be mangled by query parsing; '=' padding stays readable as in the seed.
+    return (
+        f"{public_url.rstrip('/')}/hook/trigger?triggerUrl={quote(token, safe='=')}&secret={secret}"
+    )

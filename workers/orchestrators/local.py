@@ -1,0 +1,299 @@
+"""The local orchestrator: a simulated cluster in one SQLite file.
+
+Every process on the machine shares the file (`TRIGGERS_LOCAL_STATE`); each change runs in
+one ``BEGIN IMMEDIATE`` transaction that also records the job, so two workers never lose
+an update and a redelivered job never applies twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from shared.errors import NotFoundError
+from shared.messages import ServiceState, Target, utcnow
+from workers.orchestrators.base import Change, image_repository
+
+__all__ = ["LocalCluster", "LocalOrchestrator"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS services (
+    cluster    TEXT NOT NULL,
+    app        TEXT NOT NULL,
+    service    TEXT NOT NULL,
+    replicas   INTEGER NOT NULL CHECK (replicas >= 0),
+    image      TEXT NOT NULL,
+    revision   INTEGER NOT NULL DEFAULT 1,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (cluster, app, service)
+);
+CREATE TABLE IF NOT EXISTS applied_jobs (
+    job_id     TEXT PRIMARY KEY,
+    change     BLOB NOT NULL,
+    applied_at TEXT NOT NULL
+);
+"""
+
+_change_decoder = msgspec.json.Decoder(Change)
+_encoder = msgspec.json.Encoder()
+
+Services = dict[str, ServiceState]
+
+
+class LocalCluster:
+    """Synchronous access to the simulated cluster file (used by the CLI and the adapter)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        return conn
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+        finally:
+            conn.close()
+
+    def set_service(
+        self, cluster: str, app: str, service: str, *, replicas: int, image: str | None = None
+    ) -> ServiceState:
+        """Create or update one service; an existing image stays unless one is given."""
+        if replicas < 0:
+            msg = "replicas must be 0 or more"
+            raise ValueError(msg)
+
+        def upsert(conn: sqlite3.Connection) -> ServiceState:
+            row = conn.execute(
+                "SELECT image, revision FROM services WHERE cluster=? AND app=? AND service=?",
+                (cluster, app, service),
+            ).fetchone()
+            new_image = image or (row["image"] if row else f"{service}:latest")
+            revision = row["revision"] if row else 1
+            conn.execute(
+                "INSERT INTO services (cluster, app, service, replicas, image, revision,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (cluster, app, service) DO UPDATE SET"
+                " replicas=excluded.replicas, image=excluded.image, updated_at=excluded.updated_at",
+                (cluster, app, service, replicas, new_image, revision, utcnow().isoformat()),
+            )
+            return ServiceState(replicas=replicas, image=new_image, revision=revision)
+
+        return self._transaction(upsert)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"clusters": {C: {"apps": {A: {"services": {S: {...}}}}}}}``."""
+        clusters: dict[str, Any] = {}
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM services ORDER BY cluster, app, service").fetchall()
+        for row in rows:
+            apps = clusters.setdefault(row["cluster"], {"apps": {}})["apps"]
+            services = apps.setdefault(row["app"], {"services": {}})["services"]
+            services[row["service"]] = {
+                "replicas": row["replicas"],
+                "image": row["image"],
+                "revision": row["revision"],
+            }
+        return {"clusters": clusters}
+
+    def services(self, target: Target) -> Services:
+        """The target's services (all of the app's when the target names no service)."""
+        conn = self._connect()
+        try:
+            return _read(conn, target)
+        finally:
+            conn.close()
+
+    def applied(self, job_id: str) -> Change | None:
+        """The change recorded for a job, if it was applied."""
+        conn = self._connect()
+        try:
+            return _recorded(conn, job_id)
+        finally:
+            conn.close()
+
+    def redeploy(self, job_id: str, target: Target, image: str | None) -> Change:
+        """Raise the revision of every service of the app by one (once per job)."""
+
+        def apply(conn: sqlite3.Connection) -> Change:
+            if (done := _recorded(conn, job_id)) is not None:
+                return done
+            app_target = Target(cluster=target.cluster, app=target.app)
+            before = _read(conn, app_target)
+            if not before:
+                raise NotFoundError(_missing_app(target))
+            chosen, roll, detail = _redeploy_plan(before, target.app, image)
+            now = utcnow().isoformat()
+            for name, state in chosen.items():
+                conn.execute(
+                    "UPDATE services SET revision = revision + 1, image = ?, updated_at = ?"
+                    " WHERE cluster=? AND app=? AND service=?",
+                    (image if roll else state.image, now, target.cluster, target.app, name),
+                )
+            after = _read(conn, app_target)
+            change = Change(
+                status="succeeded",
+                before={n: before[n] for n in chosen},
+                after={n: after[n] for n in chosen},
+                detail=detail,
+                image=image,
+            )
+            _record(conn, job_id, change)
+            return change
+
+        return self._transaction(apply)
+
+    def scale(self, job_id: str, target: Target, delta: int) -> Change:
+        """Add `delta` replicas to one service, clamped at 0 (once per job)."""
+
+        def apply(conn: sqlite3.Connection) -> Change:
+            if (done := _recorded(conn, job_id)) is not None:
+                return done
+            if not target.service:
+                msg = "a scale command must name a service"
+                raise NotFoundError(msg)
+            before = _read(conn, target)
+            if target.service not in before:
+                raise NotFoundError(_missing_service(target))
+            current = before[target.service].replicas
+            wanted = current + delta
+            new = max(0, wanted)
+            clamped = new != wanted
+            if new == current:
+                change = Change(
+                    status="skipped",
+                    before=before,
+                    after=before,
+                    detail=f"{target.service} already has 0 replicas; nothing to scale in",
+                    clamped=clamped,
+                    applied_step=0,
+                )
+            else:
+                conn.execute(
+                    "UPDATE services SET replicas = ?, updated_at = ?"
+                    " WHERE cluster=? AND app=? AND service=?",
+                    (new, utcnow().isoformat(), target.cluster, target.app, target.service),
+                )
+                change = Change(
+                    status="succeeded",
+                    before=before,
+                    after=_read(conn, target),
+                    detail=(
+                        f"scale_in clamped at 0: removed {current} of {-delta} replicas"
+                        if clamped
+                        else None
+                    ),
+                    clamped=clamped,
+                    applied_step=abs(new - current),
+                )
+            _record(conn, job_id, change)
+            return change
+
+        return self._transaction(apply)
+
+
+def _redeploy_plan(
+    services: Services, app: str, image: str | None
+) -> tuple[Services, bool, str | None]:
+    """Which services a redeploy restarts, whether it rolls `image` onto them, and why.
+
+    With an image, only the services running that image's repository are touched, so a
+    push of one image never changes another service's image.
+    """
+    if image is None:
+        return services, False, None
+    repository = image_repository(image)
+    matching = {n: s for n, s in services.items() if image_repository(s.image) == repository}
+    if matching:
+        return matching, True, None
+    return services, False, f"no service of {app} runs {repository}; restarted all, image unchanged"
+
+
+def _read(conn: sqlite3.Connection, target: Target) -> Services:
+    query = "SELECT service, replicas, image, revision FROM services WHERE cluster=? AND app=?"
+    params: tuple[str, ...] = (target.cluster, target.app)
+    if target.service:
+        query += " AND service=?"
+        params = (*params, target.service)
+    return {
+        row["service"]: ServiceState(
+            replicas=row["replicas"], image=row["image"], revision=row["revision"]
+        )
+        for row in conn.execute(query + " ORDER BY service", params)
+    }
+
+
+def _recorded(conn: sqlite3.Connection, job_id: str) -> Change | None:
+    row = conn.execute("SELECT change FROM applied_jobs WHERE job_id = ?", (job_id,)).fetchone()
+    if row is None:
+        return None
+    change = _change_decoder.decode(row["change"])
+    return msgspec.structs.replace(change, duplicate=True)
+
+
+def _record(conn: sqlite3.Connection, job_id: str, change: Change) -> None:
+    conn.execute(
+        "INSERT INTO applied_jobs (job_id, change, applied_at) VALUES (?, ?, ?)",
+        (job_id, _encoder.encode(change), utcnow().isoformat()),
+    )
+
+
+def _missing_app(target: Target) -> str:
+    return (
+        f"application {target.app!r} not found in local cluster {target.cluster!r}; "
+        f"create it with: triggers local set-app --cluster {target.cluster} --app {target.app}"
+        " --service NAME --replicas N"
+    )
+
+
+def _missing_service(target: Target) -> str:
+    return (
+        f"service {target.service!r} of application {target.app!r} not found in local "
+        f"cluster {target.cluster!r}"
+    )
+
+
+class LocalOrchestrator:
+    """The `Orchestrator` over a `LocalCluster`, off the event loop."""
+
+    name = "local"
+
+    def __init__(self, path: str | Path) -> None:
+        self.cluster = LocalCluster(path)
+
+    async def state(self, target: Target) -> Services:
+        """The target's services."""
+        return await asyncio.to_thread(self.cluster.services, target)
+
+    async def redeploy(self, job_id: str, target: Target, *, image: str | None = None) -> Change:
+        """Raise every service's revision (and roll `image` where it matches)."""
+        return await asyncio.to_thread(self.cluster.redeploy, job_id, target, image)
+
+    async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
+        """Add `delta` replicas, clamped at 0."""
+        return await asyncio.to_thread(self.cluster.scale, job_id, target, delta)
+
+    async def close(self) -> None:
+        """Nothing stays open."""

@@ -1,0 +1,222 @@
+"""The worker: consume commands, apply them once, publish the result, then ack.
+
+Outcomes are decided in one place (`Worker._settle`):
+- applied (or found already applied): result event, then ack;
+- retryable error: requeue after a backoff, up to `max_attempts`, then a failed result
+  and dead-letter;
+- permanent error: failed result, then dead-letter;
+- undecodable message: dead-letter (there is nothing to report on).
+A message is never acked before its result event was confirmed by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from typing import Literal
+
+import msgspec
+import structlog
+
+from shared.bus import Bus, Delivery
+from shared.errors import BrokerUnavailable, PermanentError, RetryableError
+from shared.messages import CommandEnvelope, ResultEvent, Scale, Status, decode_command
+from shared.settings import Settings
+from workers.handlers import apply_command
+from workers.orchestrators.base import Change, Orchestrator
+
+__all__ = ["Worker"]
+
+log = structlog.get_logger("triggers.worker")
+
+Settle = Literal["ack", "requeue", "dead_letter"]
+
+
+class Worker:
+    """Owns the consume loop of one process."""
+
+    def __init__(self, settings: Settings, bus: Bus, orchestrator: Orchestrator) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._orchestrator = orchestrator
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    async def start(self) -> None:
+        """Begin consuming."""
+        await self._bus.consume_commands(self._on_delivery, prefetch=self._settings.prefetch)
+        log.info(
+            "worker.started",
+            bus=self._bus.name,
+            orchestrator=self._orchestrator.name,
+            prefetch=self._settings.prefetch,
+        )
+
+    async def stop(self) -> None:
+        """Stop taking commands, let the ones in hand finish within the bound, cancel the rest.
+
+        A cancelled command was not acked: the broker redelivers it, and the job ledger
+        keeps the redelivery from applying it twice.
+        """
+        self._stopping.set()
+        await self._bus.stop_consuming()
+        pending = set(self._in_flight)
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=self._settings.shutdown_timeout)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still)
+        log.info("worker.stopped", finished=len(pending))
+
+    async def run(self) -> None:
+        """Consume until SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        await self.start()
+        try:
+            await done.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            await self._handle(delivery)
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        started = time.monotonic()
+        try:
+            envelope = decode_command(delivery.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            reason = f"undecodable command: {exc}"[:500]
+            log.error(  # noqa: TRY400 - the reason is the whole story; no traceback
+                "worker.undecodable", reason=reason, attempt=delivery.attempt
+            )
+            await delivery.dead_letter(reason)
+            return
+        with structlog.contextvars.bound_contextvars(
+            job_id=envelope.job_id,
+            correlation_id=envelope.correlation_id,
+            trigger_id=envelope.trigger_id,
+        ):
+            await self._process(envelope, delivery, started)
+
+    async def _process(self, envelope: CommandEnvelope, delivery: Delivery, started: float) -> None:
+        attempt = delivery.attempt
+        change: Change | None = None
+        error: str | None = None
+        try:
+            change = await apply_command(envelope, self._orchestrator)
+        except PermanentError as exc:
+            error = str(exc)
+        except RetryableError as exc:
+            if attempt < self._settings.max_attempts and not self._stopping.is_set():
+                await self._retry_later(delivery, attempt, str(exc))
+                return
+            error = f"gave up after {attempt} attempts: {exc}"
+        except Exception as exc:
+            # An adapter bug or an unexpected client error: retry like a transient failure,
+            # bounded, so a bad deploy of the worker cannot loop forever on one message.
+            log.exception("worker.unexpected_error", attempt=attempt)
+            if attempt < self._settings.max_attempts and not self._stopping.is_set():
+                await self._retry_later(delivery, attempt, repr(exc))
+                return
+            error = f"gave up after {attempt} attempts: unexpected {type(exc).__name__}"
+
+        if "crash-after-apply" in self._settings.faults and change is not None:
+            # Testing only: die between the change and its report, as a SIGKILL would.
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        event = self._result(envelope, change, error, attempt, started)
+        settle: Settle = "ack" if error is None else "dead_letter"
+        try:
+            # Shielded: a shutdown must not cancel between the confirm and the ack.
+            await asyncio.shield(self._report_and_settle(delivery, event, settle))
+        except BrokerUnavailable as exc:
+            log.warning("worker.result_unpublished", error=str(exc))
+            with contextlib.suppress(Exception):
+                await delivery.requeue()
+            return
+        log.info(
+            "worker.command",
+            action=envelope.action,
+            cluster=envelope.target.cluster,
+            app=envelope.target.app,
+            service=envelope.target.service,
+            status=event.status,
+            duplicate=event.duplicate,
+            clamped=event.clamped,
+            attempt=attempt,
+            error=event.error,
+            duration_ms=event.duration_ms,
+        )
+
+    async def _report_and_settle(
+        self, delivery: Delivery, event: ResultEvent, settle: Settle
+    ) -> None:
+        await self._bus.publish_result(event)
+        if settle == "ack":
+            await delivery.ack()
+        else:
+            await delivery.dead_letter(event.error or "failed")
+
+    async def _retry_later(self, delivery: Delivery, attempt: int, error: str) -> None:
+        delay = min(self._settings.retry_backoff * 2 ** (attempt - 1), 30.0)
+        log.warning("worker.retry_scheduled", attempt=attempt, wait_for=delay, error=error)
+        await asyncio.sleep(delay)
+        await delivery.requeue()
+
+    def _result(
+        self,
+        envelope: CommandEnvelope,
+        change: Change | None,
+        error: str | None,
+        attempt: int,
+        started: float,
+    ) -> ResultEvent:
+        status: Status = "failed" if change is None else change.status
+        detail = change.detail if change is not None else None
+        if change is not None and change.duplicate:
+            note = "already applied by an earlier delivery of this job; nothing changed"
+            detail = f"{note}; {detail}" if detail else note
+        requested = envelope.command.step if isinstance(envelope.command, Scale) else None
+        return ResultEvent(
+            job_id=envelope.job_id,
+            trigger_id=envelope.trigger_id,
+            action=envelope.action,
+            cluster=envelope.target.cluster,
+            app=envelope.target.app,
+            service=envelope.target.service,
+            status=status,
+            before=change.before if change else {},
+            after=change.after if change else {},
+            error=error,
+            detail=detail,
+            duplicate=change.duplicate if change else False,
+            clamped=change.clamped if change else False,
+            requested_step=requested,
+            applied_step=change.applied_step if change else None,
+            image=change.image if change else None,
+            orchestrator=self._orchestrator.name,
+            attempt=attempt,
+            correlation_id=envelope.correlation_id,
+            source=envelope.source,
+            issued_at=envelope.issued_at,
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+            worker=self.name,
+        )
