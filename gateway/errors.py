@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from gateway.keys import LOG_FIELDS
 from shared.errors import BrokerUnavailable
 
 __all__ = ["ApiError", "error_middleware", "json_error"]
@@ -82,6 +83,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status=response.status,
         duration_ms=round((time.monotonic() - started) * 1000, 2),
         remote=request.remote,
-        **request.get("log", {}),
+        **request.get(LOG_FIELDS, {}),
     )
     return response

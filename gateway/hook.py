@@ -14,7 +14,7 @@ from typing import Literal
 from aiohttp import web
 
 from gateway.errors import ApiError
-from gateway.keys import BUS, SETTINGS, STORE, TRIGGER_CACHE
+from gateway.keys import BUS, LOG_FIELDS, SETTINGS, STORE, TRIGGER_CACHE
 from shared.messages import (
     Command,
     CommandEnvelope,
@@ -134,7 +134,7 @@ async def handle_trigger(request: web.Request) -> web.Response:
         raise _bad(
             "missing_secret", "secret is required: call the full URL `triggers create` printed"
         )
-    request["log"] = {"trigger_id": ref.trigger_id}
+    request[LOG_FIELDS] = {"trigger_id": ref.trigger_id}
 
     trigger = await _lookup(request, ref.trigger_id) if looks_like_secret(secret) else None
     if (
@@ -170,7 +170,7 @@ async def handle_trigger(request: web.Request) -> web.Response:
         ),
         correlation_id=_correlation_id(request, job_id),
     )
-    request["log"]["job_id"] = job_id
+    request[LOG_FIELDS]["job_id"] = job_id
     await request.app[BUS].publish_command(envelope)
     body: dict[str, object] = {
         "job_id": job_id,

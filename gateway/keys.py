@@ -10,9 +10,12 @@ from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.triggers import Trigger
 
-__all__ = ["BUS", "SETTINGS", "STORE", "TRIGGER_CACHE"]
+__all__ = ["BUS", "LOG_FIELDS", "SETTINGS", "STORE", "TRIGGER_CACHE"]
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", TriggerStore)
 BUS = web.AppKey("bus", Bus)
 TRIGGER_CACHE = web.AppKey("trigger_cache", TTLCache[str, Trigger | None])
+
+# Fields the request's summary log line carries besides method, path and status.
+LOG_FIELDS = web.RequestKey("log_fields", dict[str, str])

@@ -1,0 +1,209 @@
+"""Fixtures: a private RabbitMQ vhost per test session, in-process gateway and worker.
+
+Tests talk to the real RabbitMQ on 127.0.0.1 (started by .ci/run when it is not running);
+a missing broker fails the tests rather than skipping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.app import create_app
+from shared.bus import AmqpBus
+from shared.messages import ResultEvent
+from shared.settings import Settings
+from shared.store import SqliteTriggerStore
+from shared.topology import COMMAND_QUEUES, DEAD_QUEUE
+from shared.triggers import Trigger, trigger_call_url
+from workers.orchestrators.local import LocalOrchestrator
+from workers.worker import Worker
+
+BROKER = os.environ.get("TRIGGERS_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672")
+
+
+def _rabbitmqctl(*args: str) -> None:
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    subprocess.run([ctl, *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A vhost of its own, so tests never see another run's messages."""
+    vhost = f"triggers-test-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"{BROKER}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, amqp_url: str) -> Settings:
+    """Settings pointing at this test's files and the session's vhost."""
+    return Settings(
+        amqp_url=amqp_url,
+        database=f"sqlite:///{tmp_path / 'triggers.db'}",
+        local_state=str(tmp_path / "local-cluster.db"),
+        public_url="http://127.0.0.1:8080",
+        log_format="json",
+        trigger_cache_ttl=1.0,
+        retry_backoff=0.05,
+        shutdown_timeout=5.0,
+    )
+
+
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str]:
+    """The environment a `triggers` subprocess needs to share this test's state."""
+    return {
+        **os.environ,
+        "TRIGGERS_AMQP_URL": settings.amqp_url,
+        "TRIGGERS_DATABASE": settings.database,
+        "TRIGGERS_LOCAL_STATE": settings.local_state,
+        "TRIGGERS_PUBLIC_URL": settings.public_url,
+        "TRIGGERS_LOG_FORMAT": "json",
+    }
+
+
+def triggers_cli() -> list[str]:
+    """The installed console script, next to this interpreter."""
+    return [str(Path(sys.executable).with_name("triggers"))]
+
+
+@pytest.fixture
+def store(settings: Settings) -> SqliteTriggerStore:
+    """The test's trigger store."""
+    return SqliteTriggerStore(settings.database.removeprefix("sqlite:///"))
+
+
+@pytest.fixture
+def cluster(settings: Settings) -> LocalOrchestrator:
+    """The test's local cluster, seeded with demo/shop (web: 2 replicas, api: 1)."""
+    orchestrator = LocalOrchestrator(settings.local_state)
+    orchestrator.cluster.set_service("demo", "shop", "web", replicas=2, image="nginx:1.27")
+    orchestrator.cluster.set_service(
+        "demo", "shop", "api", replicas=1, image="ghcr.io/acme/shop-api:1.4.2"
+    )
+    return orchestrator
+
+
+async def _purge(amqp_url: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in [*COMMAND_QUEUES.values(), DEAD_QUEUE]:
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except aio_pika.exceptions.ChannelClosed:
+                channel = await connection.channel()
+                continue
+            await queue.purge()
+
+
+@pytest.fixture
+async def bus(settings: Settings) -> AsyncIterator[AmqpBus]:
+    """The gateway's bus, connected, with empty command queues."""
+    amqp = AmqpBus(settings.amqp_url, publish_timeout=5.0, role="test-gateway")
+    await amqp.start()
+    await _purge(settings.amqp_url)
+    yield amqp
+    await amqp.close()
+
+
+@dataclass
+class Gateway:
+    """A running gateway and a client session to call it."""
+
+    url: str
+    http: aiohttp.ClientSession
+    settings: Settings
+
+    def call_url(self, trigger: Trigger, secret: str) -> str:
+        """The trigger's URL on this gateway."""
+        return trigger_call_url(self.url, trigger, secret)
+
+
+@pytest.fixture
+async def gateway(
+    settings: Settings, store: SqliteTriggerStore, bus: AmqpBus
+) -> AsyncIterator[Gateway]:
+    """The gateway on an ephemeral port."""
+    server = TestServer(create_app(settings, store=store, bus=bus), host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession() as http:
+        yield Gateway(url=str(server.make_url("")).rstrip("/"), http=http, settings=settings)
+    await server.close()
+
+
+@dataclass
+class Results:
+    """Result events received on a queue bound to `triggers.results`."""
+
+    events: list[ResultEvent] = field(default_factory=list)
+    arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def add(self, event: ResultEvent) -> None:
+        """Record an event (the bus's handler)."""
+        async with self.arrived:
+            self.events.append(event)
+            self.arrived.notify_all()
+
+    def for_job(self, job_id: str) -> list[ResultEvent]:
+        """Every event of one job."""
+        return [e for e in self.events if e.job_id == job_id]
+
+    async def wait_for(
+        self, job_id: str, count: int = 1, within: float = 10.0
+    ) -> list[ResultEvent]:
+        """Wait until `count` events of the job arrived."""
+        async with asyncio.timeout(within), self.arrived:
+            await self.arrived.wait_for(lambda: len(self.for_job(job_id)) >= count)
+        return self.for_job(job_id)
+
+
+@pytest.fixture
+async def results(settings: Settings) -> AsyncIterator[Results]:
+    """Every result event published during the test."""
+    collected = Results()
+    amqp = AmqpBus(settings.amqp_url, role="test-results")
+    await amqp.start()
+    await amqp.subscribe_results(collected.add)
+    yield collected
+    await amqp.close()
+
+
+@pytest.fixture
+async def worker(
+    settings: Settings, cluster: LocalOrchestrator, bus: AmqpBus
+) -> AsyncIterator[Worker]:
+    """A worker in this process, on its own connection."""
+    amqp = AmqpBus(settings.amqp_url, role="test-worker")
+    await amqp.start()
+    running = Worker(settings, amqp, cluster)
+    await running.start()
+    yield running
+    await running.stop()
+    await amqp.close()
+
+
+async def queue_depth(amqp_url: str, name: str) -> int:
+    """Messages ready in a queue, by passive declare."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        return queue.declaration_result.message_count or 0

@@ -1,0 +1,110 @@
+"""End to end on the real RabbitMQ: HTTP -> broker -> worker -> local cluster -> result."""
+
+from __future__ import annotations
+
+from shared.store import SqliteTriggerStore
+from tests.conftest import Gateway, Results
+from workers.orchestrators.local import LocalOrchestrator
+from workers.worker import Worker
+
+
+async def test_get_on_redeploy_trigger_restarts_every_service(
+    gateway: Gateway,
+    store: SqliteTriggerStore,
+    cluster: LocalOrchestrator,
+    worker: Worker,
+    results: Results,
+) -> None:
+    """A plain GET redeploys the app: each service's revision goes up by one."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    async with gateway.http.get(gateway.call_url(trigger, secret)) as response:
+        body = await response.json()
+        assert response.status == 202, body
+    assert body["status"] == "accepted"
+    assert body["action"] == "redeploy"
+
+    (event,) = await results.wait_for(body["job_id"])
+    assert event.status == "succeeded"
+    assert event.trigger_id == trigger.id
+    assert (event.cluster, event.app, event.service) == ("demo", "shop", None)
+    assert {n: s.revision for n, s in event.before.items()} == {"api": 1, "web": 1}
+    assert {n: s.revision for n, s in event.after.items()} == {"api": 2, "web": 2}
+    assert event.error is None
+    assert event.duplicate is False
+    assert event.correlation_id == body["correlation_id"]
+    state = cluster.cluster.snapshot()["clusters"]["demo"]["apps"]["shop"]["services"]
+    assert state["web"] == {"replicas": 2, "image": "nginx:1.27", "revision": 2}
+    assert state["api"]["revision"] == 2
+
+
+async def test_post_scale_out_by_five(
+    gateway: Gateway,
+    store: SqliteTriggerStore,
+    cluster: LocalOrchestrator,
+    worker: Worker,
+    results: Results,
+) -> None:
+    """POST with type=scale_out&step=5 adds five replicas to the trigger's service only."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="scale", service="web")
+    url = gateway.call_url(trigger, secret) + "&type=scale_out&step=5"
+    async with gateway.http.post(url, headers={"X-Request-ID": "ci-build-4711"}) as response:
+        body = await response.json()
+        assert response.status == 202, body
+    assert (body["type"], body["step"], body["service"]) == ("scale_out", 5, "web")
+    assert body["correlation_id"] == "ci-build-4711"
+
+    (event,) = await results.wait_for(body["job_id"])
+    assert event.status == "succeeded"
+    assert event.action == "scale"
+    assert event.before["web"].replicas == 2
+    assert event.after["web"].replicas == 7
+    assert (event.requested_step, event.applied_step, event.clamped) == (5, 5, False)
+    assert event.correlation_id == "ci-build-4711"
+    assert event.source.method == "POST"
+    services = cluster.cluster.snapshot()["clusters"]["demo"]["apps"]["shop"]["services"]
+    assert services["web"]["replicas"] == 7
+    assert services["api"]["replicas"] == 1
+
+
+async def test_scale_in_never_goes_below_zero_and_says_so(
+    gateway: Gateway,
+    store: SqliteTriggerStore,
+    cluster: LocalOrchestrator,
+    worker: Worker,
+    results: Results,
+) -> None:
+    """scale_in by 5 from 2 stops at 0 and reports the clamp; again at 0 it is skipped."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="scale", service="web")
+    url = gateway.call_url(trigger, secret) + "&type=scale_in&step=5"
+    async with gateway.http.get(url) as response:
+        first = await response.json()
+    (event,) = await results.wait_for(first["job_id"])
+    assert (event.status, event.clamped, event.applied_step) == ("succeeded", True, 2)
+    assert event.after["web"].replicas == 0
+    assert event.detail is not None
+    assert "clamped" in event.detail
+
+    async with gateway.http.get(url) as response:
+        second = await response.json()
+    (again,) = await results.wait_for(second["job_id"])
+    assert again.status == "skipped"
+    assert again.after["web"].replicas == 0
+
+
+async def test_missing_application_ends_in_a_failed_result_and_a_dead_letter(
+    gateway: Gateway,
+    store: SqliteTriggerStore,
+    cluster: LocalOrchestrator,
+    worker: Worker,
+    results: Results,
+) -> None:
+    """A trigger for an app the cluster lacks yields a failed result a human can act on."""
+    trigger, secret = await store.create(cluster="demo", app="gone", action="redeploy")
+    async with gateway.http.post(gateway.call_url(trigger, secret)) as response:
+        body = await response.json()
+        assert response.status == 202
+    (event,) = await results.wait_for(body["job_id"])
+    assert event.status == "failed"
+    assert event.error is not None
+    assert "'gone' not found" in event.error
+    assert "triggers local set-app" in event.error
