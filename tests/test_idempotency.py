@@ -1,0 +1,120 @@
+"""Exactly-once effect over at-least-once delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from shared.bus import AmqpBus
+from shared.messages import CommandEnvelope, Redeploy, Scale, Target, new_job_id
+from shared.store import SqliteTriggerStore
+from tests.conftest import Gateway, Results, triggers_cli
+from workers.orchestrators.local import LocalOrchestrator
+from workers.worker import Worker
+
+
+def _services(cluster: LocalOrchestrator) -> dict[str, dict[str, object]]:
+    services: dict[str, dict[str, object]] = cluster.cluster.snapshot()["clusters"]["demo"]["apps"][
+        "shop"
+    ]["services"]
+    return services
+
+
+async def test_same_command_published_twice_changes_the_cluster_once(
+    bus: AmqpBus, cluster: LocalOrchestrator, worker: Worker, results: Results
+) -> None:
+    """A duplicate publish yields a second result marked duplicate, and no second change."""
+    envelope = CommandEnvelope(
+        job_id=new_job_id(),
+        trigger_id="t" * 26,
+        target=Target(cluster="demo", app="shop", service="web"),
+        command=Scale(direction="scale_out", step=3),
+    )
+    await bus.publish_command(envelope)
+    await bus.publish_command(envelope)
+    first, second = sorted(
+        await results.wait_for(envelope.job_id, count=2), key=lambda e: e.duplicate
+    )
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert first.after["web"].replicas == second.after["web"].replicas == 5
+    assert second.detail is not None
+    assert "already applied" in second.detail
+    assert _services(cluster)["web"]["replicas"] == 5
+
+
+async def test_distinct_jobs_each_apply(
+    bus: AmqpBus, cluster: LocalOrchestrator, worker: Worker, results: Results
+) -> None:
+    """Idempotency is per job: twenty different redeploys raise the revision twenty times."""
+    jobs = []
+    for _ in range(20):
+        envelope = CommandEnvelope(
+            job_id=new_job_id(),
+            trigger_id="t" * 26,
+            target=Target(cluster="demo", app="shop"),
+            command=Redeploy(),
+        )
+        jobs.append(envelope.job_id)
+        await bus.publish_command(envelope)
+    await asyncio.gather(*(results.wait_for(j) for j in jobs))
+    assert _services(cluster)["web"]["revision"] == 21
+    assert _services(cluster)["api"]["revision"] == 21
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Subprocesses the test started; killed at the end whatever happens."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.mark.slow
+async def test_worker_killed_between_apply_and_ack_leaves_exactly_one_change(
+    gateway: Gateway,
+    store: SqliteTriggerStore,
+    cluster: LocalOrchestrator,
+    results: Results,
+    env: dict[str, str],
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    """SIGKILL after the change and before the ack: the redelivery reports, and changes nothing."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="scale", service="web")
+    doomed = subprocess.Popen(
+        [*triggers_cli(), "worker"],
+        env={**env, "TRIGGERS_FAULTS": "crash-after-apply"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    processes.append(doomed)
+    async with gateway.http.post(gateway.call_url(trigger, secret) + "&type=scale_out&step=4") as r:
+        assert r.status == 202
+        job_id = (await r.json())["job_id"]
+
+    async with asyncio.timeout(30):
+        while doomed.poll() is None:
+            await asyncio.sleep(0.05)
+    assert doomed.returncode == -signal.SIGKILL
+    assert _services(cluster)["web"]["replicas"] == 6  # applied once...
+    assert results.for_job(job_id) == []  # ...but never reported or acked
+
+    survivor = subprocess.Popen(
+        [*triggers_cli(), "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    processes.append(survivor)
+    (event,) = await results.wait_for(job_id, within=30)
+    assert event.status == "succeeded"
+    assert event.duplicate is True
+    assert event.before["web"].replicas == 2
+    assert event.after["web"].replicas == 6
+    assert event.attempt == 2
+    assert _services(cluster)["web"]["replicas"] == 6
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(timeout=30) == 0
