@@ -57,7 +57,7 @@ def create_app(
             app[BUS] = bus
             yield
             return
-        owned = AmqpBus(settings.amqp_url, publish_timeout=settings.publish_timeout, role="gateway")
+        owned = AmqpBus.from_settings(settings, "gateway")
         owned.start_in_background()
         app[BUS] = owned
         yield

@@ -32,14 +32,20 @@ from shared.messages import (
     ResultEvent,
     decode_result,
     encode,
+    utcnow,
 )
+from shared.settings import Settings
 from shared.topology import (
     COMMAND_QUEUE_ARGUMENTS,
     COMMAND_QUEUES,
+    COMMANDS_EXCHANGE,
+    DEAD_EXCHANGE,
     RESULTS_EXCHANGE,
+    RETRY_EXCHANGE,
     Topology,
     declare,
     result_routing_key,
+    retry_routing_key,
 )
 
 __all__ = [
@@ -72,11 +78,15 @@ class Delivery(Protocol):
         ...
 
     async def requeue(self) -> None:
-        """Try again later (counts against the queue's delivery limit)."""
+        """Give it back untouched, for this or another worker (counts against the delivery limit)."""
+        ...
+
+    async def retry(self, delay: float, error: str) -> None:
+        """Try again in `delay` seconds as attempt + 1; the wait happens in the broker."""
         ...
 
     async def dead_letter(self, reason: str) -> None:
-        """Give up: the message goes to the dead-letter queue."""
+        """Give up: the message goes to the dead-letter queue with `reason` beside it."""
         ...
 
 
@@ -123,9 +133,14 @@ class Bus(Protocol):
         ...
 
 
+ATTEMPT_HEADER = "x-triggers-attempt"
+ERROR_HEADER = "x-triggers-error"
+
+
 class _AmqpDelivery:
-    def __init__(self, message: AbstractIncomingMessage) -> None:
+    def __init__(self, message: AbstractIncomingMessage, bus: AmqpBus) -> None:
         self._message = message
+        self._bus = bus
 
     @property
     def body(self) -> bytes:
@@ -133,9 +148,14 @@ class _AmqpDelivery:
 
     @property
     def attempt(self) -> int:
-        # Quorum queues count earlier failed deliveries in x-delivery-count.
-        count = (self._message.headers or {}).get("x-delivery-count", 0)
-        return (int(count) if isinstance(count, int) else 0) + 1
+        # Retries are republished with an attempt header; redeliveries of one message
+        # (a worker died holding it) are counted by the quorum queue in x-delivery-count.
+        headers = self._message.headers or {}
+        retried = headers.get(ATTEMPT_HEADER, 1)
+        redelivered = headers.get("x-delivery-count", 0)
+        return (retried if isinstance(retried, int) else 1) + (
+            redelivered if isinstance(redelivered, int) else 0
+        )
 
     async def ack(self) -> None:
         await self._message.ack()
@@ -143,10 +163,36 @@ class _AmqpDelivery:
     async def requeue(self) -> None:
         await self._message.nack(requeue=True)
 
+    async def retry(self, delay: float, error: str) -> None:
+        # Publish the next attempt (confirmed) before acking this one: a crash between
+        # the two leaves a duplicate, which the job ledger absorbs, never a loss.
+        headers = {**(self._message.headers or {}), ATTEMPT_HEADER: self.attempt + 1}
+        headers[ERROR_HEADER] = error[:1000]
+        headers.pop("x-delivery-count", None)
+        await self._bus.republish(
+            self._message,
+            RETRY_EXCHANGE,
+            retry_routing_key(self._message.routing_key or "", delay),
+            headers,
+        )
+        await self._message.ack()
+
     async def dead_letter(self, reason: str) -> None:
-        # RabbitMQ records why in the x-death header ("rejected"); the worker's log line and
-        # the failed result event carry the human reason.
-        await self._message.reject(requeue=False)
+        # Republished rather than rejected, so the reason travels with the message; if the
+        # broker will not take it, a plain reject still dead-letters it (reason: "rejected").
+        headers = {**(self._message.headers or {}), ERROR_HEADER: reason[:1000]}
+        headers["x-triggers-queue"] = self._message.routing_key or ""
+        headers["x-triggers-dead-at"] = utcnow().isoformat()
+        headers["x-triggers-attempts"] = self.attempt
+        headers.pop("x-delivery-count", None)
+        try:
+            await self._bus.republish(
+                self._message, DEAD_EXCHANGE, self._message.routing_key or "", headers
+            )
+        except BrokerUnavailable:
+            await self._message.reject(requeue=False)
+            return
+        await self._message.ack()
 
 
 class AmqpBus:
@@ -166,8 +212,10 @@ class AmqpBus:
         publish_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         role: str = "triggers",
+        retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0),
     ) -> None:
         self._url = url
+        self._retry_delays = retry_delays
         self._publish_timeout = publish_timeout
         self._connect_timeout = connect_timeout
         self._role = role
@@ -176,6 +224,17 @@ class AmqpBus:
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._channels: list[AbstractChannel] = []
         self._connector: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, role: str, **overrides: Any) -> AmqpBus:
+        """The bus a process of this `role` uses, configured from the settings."""
+        options: dict[str, Any] = {
+            "publish_timeout": settings.publish_timeout,
+            "retry_delays": settings.retry_delays,
+            "role": role,
+        }
+        options.update(overrides)
+        return cls(settings.amqp_url, **options)
 
     @property
     def ready(self) -> bool:
@@ -192,6 +251,7 @@ class AmqpBus:
             connection = await aio_pika.connect_robust(
                 self._url,
                 timeout=self._connect_timeout,
+                reconnect_interval=2.0,
                 client_properties={
                     "connection_name": f"{self._role}@{socket.gethostname()}:{os.getpid()}"
                 },
@@ -200,7 +260,7 @@ class AmqpBus:
             msg = f"cannot reach RabbitMQ at {_redact(self._url)}: {exc!r}"
             raise BrokerUnavailable(msg) from exc
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._topology = await declare(channel)
+        self._topology = await declare(channel, self._retry_delays)
         self._connection = connection
         log.info("bus.connected", broker=_redact(self._url), role=self._role)
 
@@ -266,6 +326,32 @@ class AmqpBus:
         key = result_routing_key(event.status, event.action, event.cluster, event.app)
         await self._publish(topology.results, message, key, mandatory=False)
 
+    async def republish(
+        self,
+        message: AbstractIncomingMessage,
+        exchange: str,
+        routing_key: str,
+        headers: dict[str, Any],
+    ) -> None:
+        """Publish a copy of a delivered message (confirmed, persistent, mandatory)."""
+        topology = self._require_topology()
+        target = {
+            RETRY_EXCHANGE: topology.retry,
+            DEAD_EXCHANGE: topology.dead,
+            COMMANDS_EXCHANGE: topology.commands,
+        }[exchange]
+        copy = aio_pika.Message(
+            body=message.body,
+            content_type=message.content_type,
+            type=message.type,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            timestamp=message.timestamp,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=headers,
+        )
+        await self._publish(target, copy, routing_key, mandatory=True)
+
     async def consume_commands(self, handler: DeliveryHandler, *, prefetch: int) -> None:
         """A channel per command queue, each with its own prefetch."""
         if self._connection is None:
@@ -280,7 +366,7 @@ class AmqpBus:
             )
 
             async def on_message(message: AbstractIncomingMessage) -> None:
-                await handler(_AmqpDelivery(message))
+                await handler(_AmqpDelivery(message, self))
 
             tag = await queue.consume(on_message)
             self._consumers.append((queue, tag))
@@ -368,6 +454,11 @@ class _MemoryDelivery:
 
     async def requeue(self) -> None:
         self._bus.enqueue(self._action, self._body, self._attempt + 1)
+
+    async def retry(self, delay: float, error: str) -> None:
+        asyncio.get_running_loop().call_later(
+            delay, self._bus.enqueue, self._action, self._body, self._attempt + 1
+        )
 
     async def dead_letter(self, reason: str) -> None:
         self._bus.dead.append((self._body, reason))

@@ -25,9 +25,7 @@ DEMO_SERVICES = {"web": ("nginx:1.27", 2), "api": ("ghcr.io/acme/shop-api:1.4.2"
 
 
 async def _open_bus(settings: Settings) -> Bus:
-    bus = AmqpBus(
-        settings.amqp_url, publish_timeout=settings.publish_timeout, connect_timeout=2.0, role="dev"
-    )
+    bus = AmqpBus.from_settings(settings, "dev", connect_timeout=2.0)
     try:
         await bus.start()
     except BrokerUnavailable:

@@ -38,7 +38,9 @@ class Settings:
     # Worker tuning.
     prefetch: int = 16
     max_attempts: int = 5
-    retry_backoff: float = 0.5
+    # Delay before each retry of a retryable failure; the last one repeats. Each delay is
+    # a queue (triggers.retry.<action>.<ms>ms), so changing them declares new queues.
+    retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
     shutdown_timeout: float = 20.0
     # Testing only: names of faults the worker injects into itself (see workers/_faults.py).
     faults: frozenset[str] = frozenset()
@@ -67,7 +69,6 @@ class Settings:
             "TRIGGERS_TRIGGER_CACHE_TTL": ("trigger_cache_ttl", float),
             "TRIGGERS_PREFETCH": ("prefetch", int),
             "TRIGGERS_MAX_ATTEMPTS": ("max_attempts", int),
-            "TRIGGERS_RETRY_BACKOFF": ("retry_backoff", float),
             "TRIGGERS_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
         }
         for var, (name, kind) in numbers.items():
@@ -77,6 +78,14 @@ class Settings:
                 except ValueError:
                     msg = f"{var} must be a number, got {env[var]!r}"
                     raise ValueError(msg) from None
+        if env.get("TRIGGERS_RETRY_DELAYS"):
+            try:
+                values["retry_delays"] = tuple(
+                    float(d) for d in env["TRIGGERS_RETRY_DELAYS"].split(",") if d.strip()
+                )
+            except ValueError:
+                msg = "TRIGGERS_RETRY_DELAYS must be comma-separated seconds, e.g. 1,5,30,120"
+                raise ValueError(msg) from None
         if env.get("TRIGGERS_FAULTS"):
             values["faults"] = frozenset(f.strip() for f in env["TRIGGERS_FAULTS"].split(","))
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -94,6 +103,9 @@ class Settings:
             raise ValueError(msg)
         if self.log_format not in ("console", "json"):
             msg = f"TRIGGERS_LOG_FORMAT must be console or json, got {self.log_format!r}"
+            raise ValueError(msg)
+        if not self.retry_delays or any(d <= 0 for d in self.retry_delays):
+            msg = "TRIGGERS_RETRY_DELAYS needs at least one delay, each above 0 seconds"
             raise ValueError(msg)
         if not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
             msg = (

@@ -29,7 +29,7 @@ async def run_tail(
     count: int | None = None,
 ) -> int:
     """Print matching result events until interrupted (or `count` were printed)."""
-    bus = AmqpBus(settings.amqp_url, role="tail")
+    bus = AmqpBus.from_settings(settings, "tail")
     try:
         await bus.start()
     except BrokerUnavailable as exc:

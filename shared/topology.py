@@ -4,6 +4,9 @@
   with a delivery limit and at-least-once dead-lettering to ``triggers.dead``.
 - ``triggers.dead`` (fanout) -> quorum queue ``triggers.dead``: messages that could not be
   decoded, failed permanently, or exceeded the delivery limit, with the reason in headers.
+- ``triggers.retry`` (direct) -> quorum queues ``triggers.retry.<action>.<ms>ms``, one per
+  retry delay, whose messages expire back into ``triggers.commands`` with the action as
+  routing key: a retry waits in the broker, not in a worker's prefetch window.
 - ``triggers.results`` (topic): routing key ``<status>.<action>.<cluster>.<app>``.
 """
 
@@ -24,16 +27,19 @@ __all__ = [
     "DEAD_QUEUE",
     "DELIVERY_LIMIT",
     "RESULTS_EXCHANGE",
+    "RETRY_EXCHANGE",
     "Topology",
     "declare",
     "result_binding",
     "result_routing_key",
+    "retry_routing_key",
 ]
 
 COMMANDS_EXCHANGE = "triggers.commands"
 RESULTS_EXCHANGE = "triggers.results"
 DEAD_EXCHANGE = "triggers.dead"
 DEAD_QUEUE = "triggers.dead"
+RETRY_EXCHANGE = "triggers.retry"
 COMMAND_QUEUES: dict[Action, str] = {
     "redeploy": "triggers.commands.redeploy",
     "scale": "triggers.commands.scale",
@@ -61,11 +67,19 @@ class Topology:
     commands: AbstractExchange
     results: AbstractExchange
     dead: AbstractExchange
+    retry: AbstractExchange
     command_queues: dict[Action, AbstractQueue]
     dead_queue: AbstractQueue
 
 
-async def declare(channel: AbstractChannel) -> Topology:
+def retry_routing_key(action: str, delay: float) -> str:
+    """The retry exchange's key (and queue suffix) for one action and delay."""
+    return f"{action}.{round(delay * 1000)}ms"
+
+
+async def declare(
+    channel: AbstractChannel, retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
+) -> Topology:
     """Declare every exchange, queue and binding; idempotent, safe from any process."""
     commands = await channel.declare_exchange(
         COMMANDS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
@@ -83,10 +97,30 @@ async def declare(channel: AbstractChannel) -> Topology:
         queue = await channel.declare_queue(name, durable=True, arguments=COMMAND_QUEUE_ARGUMENTS)
         await queue.bind(commands, routing_key=action)
         queues[action] = queue
+    retry = await channel.declare_exchange(
+        RETRY_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for action in COMMAND_QUEUES:
+        for delay in retry_delays:
+            key = retry_routing_key(action, delay)
+            waiting = await channel.declare_queue(
+                f"{RETRY_EXCHANGE}.{key}",
+                durable=True,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-message-ttl": round(delay * 1000),
+                    "x-dead-letter-exchange": COMMANDS_EXCHANGE,
+                    "x-dead-letter-routing-key": action,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                },
+            )
+            await waiting.bind(retry, routing_key=key)
     return Topology(
         commands=commands,
         results=results,
         dead=dead,
+        retry=retry,
         command_queues=queues,
         dead_queue=dead_queue,
     )

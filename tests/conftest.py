@@ -61,7 +61,7 @@ def settings(tmp_path: Path, amqp_url: str) -> Settings:
         public_url="http://127.0.0.1:8080",
         log_format="json",
         trigger_cache_ttl=1.0,
-        retry_backoff=0.05,
+        retry_delays=(0.05, 0.1, 0.2),
         shutdown_timeout=5.0,
     )
 
@@ -117,7 +117,7 @@ async def _purge(amqp_url: str) -> None:
 @pytest.fixture
 async def bus(settings: Settings) -> AsyncIterator[AmqpBus]:
     """The gateway's bus, connected, with empty command queues."""
-    amqp = AmqpBus(settings.amqp_url, publish_timeout=5.0, role="test-gateway")
+    amqp = AmqpBus.from_settings(settings, "test-gateway")
     await amqp.start()
     await _purge(settings.amqp_url)
     yield amqp
@@ -179,7 +179,7 @@ class Results:
 async def results(settings: Settings) -> AsyncIterator[Results]:
     """Every result event published during the test."""
     collected = Results()
-    amqp = AmqpBus(settings.amqp_url, role="test-results")
+    amqp = AmqpBus.from_settings(settings, "test-results")
     await amqp.start()
     await amqp.subscribe_results(collected.add)
     yield collected
@@ -191,7 +191,7 @@ async def worker(
     settings: Settings, cluster: LocalOrchestrator, bus: AmqpBus
 ) -> AsyncIterator[Worker]:
     """A worker in this process, on its own connection."""
-    amqp = AmqpBus(settings.amqp_url, role="test-worker")
+    amqp = AmqpBus.from_settings(settings, "test-worker")
     await amqp.start()
     running = Worker(settings, amqp, cluster)
     await running.start()

@@ -21,7 +21,7 @@ async def run_worker(settings: Settings) -> None:
     do until it is there, and a supervisor restarting it says more than a silent wait.
     """
     orchestrator = open_orchestrator(settings)
-    bus = AmqpBus(settings.amqp_url, publish_timeout=settings.publish_timeout, role="worker")
+    bus = AmqpBus.from_settings(settings, "worker")
     await bus.start()
     try:
         await Worker(settings, bus, orchestrator).run()

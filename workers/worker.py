@@ -2,8 +2,9 @@
 
 Outcomes are decided in one place (`Worker._settle`):
 - applied (or found already applied): result event, then ack;
-- retryable error: requeue after a backoff, up to `max_attempts`, then a failed result
-  and dead-letter;
+- retryable error: a retry through the broker's delay queues, up to `max_attempts`, then
+  (unless the orchestrator's ledger shows the last attempt did apply) a failed result and
+  dead-letter;
 - permanent error: failed result, then dead-letter;
 - undecodable message: dead-letter (there is nothing to report on).
 A message is never acked before its result event was confirmed by the broker.
@@ -26,6 +27,7 @@ from shared.bus import Bus, Delivery
 from shared.errors import BrokerUnavailable, PermanentError, RetryableError
 from shared.messages import CommandEnvelope, ResultEvent, Scale, Status, decode_command
 from shared.settings import Settings
+from workers.faults import crash_now
 from workers.handlers import apply_command
 from workers.orchestrators.base import Change, Orchestrator
 
@@ -124,23 +126,25 @@ class Worker:
             change = await apply_command(envelope, self._orchestrator)
         except PermanentError as exc:
             error = str(exc)
-        except RetryableError as exc:
-            if attempt < self._settings.max_attempts and not self._stopping.is_set():
-                await self._retry_later(delivery, attempt, str(exc))
-                return
-            error = f"gave up after {attempt} attempts: {exc}"
         except Exception as exc:
-            # An adapter bug or an unexpected client error: retry like a transient failure,
-            # bounded, so a bad deploy of the worker cannot loop forever on one message.
-            log.exception("worker.unexpected_error", attempt=attempt)
+            if not isinstance(exc, RetryableError):
+                # An adapter bug or an unexpected client error: retried like a transient
+                # failure, bounded, so it can never loop forever on one message.
+                log.exception("worker.unexpected_error", attempt=attempt)
+            reason = str(exc) if isinstance(exc, RetryableError) else repr(exc)
             if attempt < self._settings.max_attempts and not self._stopping.is_set():
-                await self._retry_later(delivery, attempt, repr(exc))
+                await self._retry_later(delivery, attempt, reason)
                 return
-            error = f"gave up after {attempt} attempts: unexpected {type(exc).__name__}"
+            if self._stopping.is_set():
+                await self._give_back(delivery)
+                return
+            # The last attempt may have changed the platform before its answer was lost.
+            change = await self._orchestrator.recorded(envelope.job_id)
+            if change is None:
+                error = f"gave up after {attempt} attempts: {reason}"
 
-        if "crash-after-apply" in self._settings.faults and change is not None:
-            # Testing only: die between the change and its report, as a SIGKILL would.
-            os.kill(os.getpid(), signal.SIGKILL)
+        if change is not None and "crash-after-apply" in self._settings.faults:
+            crash_now()
 
         event = self._result(envelope, change, error, attempt, started)
         settle: Settle = "ack" if error is None else "dead_letter"
@@ -149,8 +153,7 @@ class Worker:
             await asyncio.shield(self._report_and_settle(delivery, event, settle))
         except BrokerUnavailable as exc:
             log.warning("worker.result_unpublished", error=str(exc))
-            with contextlib.suppress(Exception):
-                await delivery.requeue()
+            await self._give_back(delivery)
             return
         log.info(
             "worker.command",
@@ -176,10 +179,19 @@ class Worker:
             await delivery.dead_letter(event.error or "failed")
 
     async def _retry_later(self, delivery: Delivery, attempt: int, error: str) -> None:
-        delay = min(self._settings.retry_backoff * 2 ** (attempt - 1), 30.0)
+        delays = self._settings.retry_delays
+        delay = delays[min(attempt - 1, len(delays) - 1)]
         log.warning("worker.retry_scheduled", attempt=attempt, wait_for=delay, error=error)
-        await asyncio.sleep(delay)
-        await delivery.requeue()
+        try:
+            await delivery.retry(delay, error)
+        except BrokerUnavailable as exc:
+            log.warning("worker.retry_unpublished", error=str(exc))
+            await self._give_back(delivery)
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        """Return the message unsettled; if the channel is gone, the broker does it for us."""
+        with contextlib.suppress(Exception):
+            await delivery.requeue()
 
     def _result(
         self,

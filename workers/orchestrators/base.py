@@ -38,6 +38,14 @@ class Orchestrator(Protocol):
         """The services of the target's application (or just the target's service)."""
         ...
 
+    async def recorded(self, job_id: str) -> Change | None:
+        """The change this job made, if the adapter knows it was applied; else None.
+
+        Asked when a job gives up after retryable errors: the last attempt may have
+        changed the platform before its answer was lost.
+        """
+        ...
+
     async def redeploy(self, job_id: str, target: Target, *, image: str | None = None) -> Change:
         """Restart every service of the application; with `image`, roll that image out."""
         ...

@@ -287,6 +287,10 @@ class LocalOrchestrator:
         """The target's services."""
         return await asyncio.to_thread(self.cluster.services, target)
 
+    async def recorded(self, job_id: str) -> Change | None:
+        """The job's change from the ledger."""
+        return await asyncio.to_thread(self.cluster.applied, job_id)
+
     async def redeploy(self, job_id: str, target: Target, *, image: str | None = None) -> Change:
         """Raise every service's revision (and roll `image` where it matches)."""
         return await asyncio.to_thread(self.cluster.redeploy, job_id, target, image)
