@@ -236,6 +236,70 @@ def tail(
 
 
 @main.group()
+def dlq() -> None:
+    """Inspect, replay or purge dead-lettered commands."""
+
+
+@dlq.command("list")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
+@click.pass_context
+def dlq_list(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """Show dead messages and why each died; they stay in the queue."""
+    import msgspec  # noqa: PLC0415
+
+    from shared.dlq import list_dead  # noqa: PLC0415
+
+    dead = _run(list_dead(_settings(ctx), limit))
+    if as_json:
+        for message in dead:
+            click.echo(msgspec.json.encode(message).decode())
+        return
+    if not dead:
+        click.echo("The dead-letter queue is empty.")
+    for m in dead:
+        target = "/".join(p for p in (m.cluster, m.app, m.service) if p) or "(undecodable)"
+        click.echo(f"{m.id}  {m.action or '-':8} {target}  {m.died_at or ''}")
+        click.echo(f"    {m.reason}")
+
+
+@dlq.command("replay")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every replayable message.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def dlq_replay(ctx: click.Context, ids: tuple[str, ...], replay_all: bool, as_json: bool) -> None:
+    """Send dead commands back to their queue; applied ones change nothing."""
+    from shared.dlq import replay_dead  # noqa: PLC0415
+
+    if bool(ids) == replay_all:
+        raise click.UsageError("give message ids (from `triggers dlq list`) or --all")
+    outcome = _run(replay_dead(_settings(ctx), None if replay_all else set(ids)))
+    if as_json:
+        _echo_json(outcome)
+    else:
+        click.echo(
+            f"Replayed {len(outcome['replayed'])}; kept {len(outcome['kept'])} in the queue."
+        )
+        for missing in outcome["not_found"]:
+            click.echo(f"  not found: {missing}", err=True)
+    if outcome["not_found"]:
+        sys.exit(1)
+
+
+@dlq.command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def dlq_purge(ctx: click.Context, yes: bool) -> None:
+    """Drop every dead message."""
+    from shared.dlq import purge_dead  # noqa: PLC0415
+
+    if not yes:
+        click.confirm("Drop every message in the dead-letter queue?", abort=True)
+    click.echo(f"Purged {_run(purge_dead(_settings(ctx)))} messages.")
+
+
+@main.group()
 def local() -> None:
     """Seed and inspect the local simulated cluster."""
 

@@ -1,0 +1,171 @@
+"""The dead-letter queue: see why each message died, send it back, or drop it.
+
+Replaying is safe: a command keeps its job id, so one that was already applied changes
+nothing (the worker reports it as a duplicate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import aio_pika
+import msgspec
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from shared.bus import ATTEMPT_HEADER, ERROR_HEADER
+from shared.messages import CommandEnvelope, decode_command
+from shared.settings import Settings
+from shared.topology import COMMANDS_EXCHANGE, declare
+
+__all__ = ["DeadMessage", "list_dead", "purge_dead", "replay_dead"]
+
+
+class DeadMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One dead-lettered message, as `triggers dlq list` shows it."""
+
+    id: str
+    reason: str
+    queue: str | None
+    died_at: str | None
+    attempts: int | None
+    action: str | None
+    cluster: str | None
+    app: str | None
+    service: str | None
+    replayable: bool
+    size: int
+
+
+def _reason(message: AbstractIncomingMessage) -> str:
+    headers = message.headers or {}
+    if isinstance(error := headers.get(ERROR_HEADER), str | bytes):
+        return error.decode() if isinstance(error, bytes) else error
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        reason = deaths[0].get("reason", "unknown")
+        if isinstance(reason, bytes):
+            reason = reason.decode()
+        if reason == "delivery_limit":
+            return "delivery limit reached: every delivery failed or its worker died"
+        return f"dead-lettered by RabbitMQ: {reason}"
+    return "unknown"
+
+
+def _decode(message: AbstractIncomingMessage) -> CommandEnvelope | None:
+    try:
+        return decode_command(message.body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _message_id(message: AbstractIncomingMessage) -> str:
+    return message.message_id or f"tag-{message.delivery_tag}"
+
+
+def describe(message: AbstractIncomingMessage) -> DeadMessage:
+    """What a dead message is and why it died."""
+    headers = message.headers or {}
+    envelope = _decode(message)
+    died = headers.get("x-triggers-dead-at")
+    attempts = headers.get("x-triggers-attempts")
+    if isinstance(died, datetime):
+        died = died.isoformat()
+    return DeadMessage(
+        id=_message_id(message),
+        reason=_reason(message),
+        queue=str(headers.get("x-triggers-queue") or message.routing_key or "") or None,
+        died_at=died if isinstance(died, str) else None,
+        attempts=attempts if isinstance(attempts, int) else None,
+        action=envelope.action if envelope else None,
+        cluster=envelope.target.cluster if envelope else None,
+        app=envelope.target.app if envelope else None,
+        service=envelope.target.service if envelope else None,
+        replayable=envelope is not None,
+        size=len(message.body),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _dead_queue(settings: Settings) -> AsyncIterator[tuple[AbstractChannel, AbstractQueue]]:
+    connection = await aio_pika.connect(settings.amqp_url, timeout=10)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        topology = await declare(channel, settings.retry_delays)
+        yield channel, topology.dead_queue
+
+
+async def _drain(queue: AbstractQueue, limit: int) -> list[AbstractIncomingMessage]:
+    """Take up to `limit` messages without settling them (basic.get)."""
+    taken: list[AbstractIncomingMessage] = []
+    while len(taken) < limit:
+        message = await queue.get(no_ack=False, fail=False, timeout=5)
+        if message is None:
+            break
+        taken.append(message)
+    return taken
+
+
+async def list_dead(settings: Settings, limit: int = 100) -> list[DeadMessage]:
+    """Up to `limit` dead messages, oldest first; they stay in the queue."""
+    async with _dead_queue(settings) as (channel, queue):
+        taken = await _drain(queue, limit)
+        described = [describe(m) for m in taken]
+        # Closing the channel returns every unsettled message, in order.
+        await channel.close()
+    return described
+
+
+async def replay_dead(
+    settings: Settings, ids: set[str] | None = None, limit: int = 10_000
+) -> dict[str, Any]:
+    """Send dead commands back to their queue (all, or those whose id is in `ids`).
+
+    Each is published with confirms before its dead copy is acked, so a crash in between
+    leaves a duplicate (absorbed by the job ledger), never a loss. Undecodable messages
+    stay where they are.
+    """
+    replayed: list[str] = []
+    kept: list[str] = []
+    async with _dead_queue(settings) as (channel, queue):
+        commands = await channel.get_exchange(COMMANDS_EXCHANGE, ensure=False)
+        for message in await _drain(queue, limit):
+            wanted = ids is None or _message_id(message) in ids
+            envelope = _decode(message) if wanted else None
+            if envelope is None:
+                kept.append(_message_id(message))
+                continue
+            headers = {
+                k: v
+                for k, v in (message.headers or {}).items()
+                if not k.startswith(("x-triggers-", "x-death", "x-first-death", "x-last-death"))
+            }
+            headers["x-triggers-replayed"] = True
+            await commands.publish(
+                aio_pika.Message(
+                    body=message.body,
+                    content_type=message.content_type,
+                    type=message.type,
+                    message_id=message.message_id,
+                    correlation_id=message.correlation_id,
+                    timestamp=message.timestamp,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    headers={**headers, ATTEMPT_HEADER: 1},
+                ),
+                routing_key=envelope.action,
+                mandatory=True,
+            )
+            await message.ack()
+            replayed.append(_message_id(message))
+        await channel.close()
+    missing = sorted((ids or set()) - set(replayed) - set(kept)) if ids else []
+    return {"replayed": replayed, "kept": kept, "not_found": missing}
+
+
+async def purge_dead(settings: Settings) -> int:
+    """Drop every dead message; returns how many."""
+    async with _dead_queue(settings) as (_, queue):
+        result = await queue.purge()
+        return int(result.message_count or 0)

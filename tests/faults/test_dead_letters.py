@@ -1,0 +1,153 @@
+"""Poison messages and permanent failures go to the dead-letter queue, with their reason."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import aio_pika
+
+from shared.bus import AmqpBus
+from shared.errors import RetryableError
+from shared.messages import CommandEnvelope, Redeploy, Scale, Target, encode, new_job_id
+from shared.settings import Settings
+from shared.topology import COMMANDS_EXCHANGE, DEAD_QUEUE
+from tests.conftest import Results, queue_depth, triggers_cli
+from workers.orchestrators.base import Change
+from workers.orchestrators.local import LocalOrchestrator
+from workers.worker import Worker
+
+
+async def _publish_raw(settings: Settings, body: bytes, routing_key: str) -> None:
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(COMMANDS_EXCHANGE)
+        await exchange.publish(
+            aio_pika.Message(body=body, message_id="poison-1"), routing_key=routing_key
+        )
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(
+        [*triggers_cli(), *args], env=env, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+
+
+async def test_poison_message_is_dead_lettered_with_its_reason_and_blocks_nothing(
+    settings: Settings,
+    env: dict[str, str],
+    bus: AmqpBus,
+    cluster: LocalOrchestrator,
+    worker: Worker,
+    results: Results,
+) -> None:
+    """Undecodable bytes go to triggers.dead with the decode error; the next command runs."""
+    await _publish_raw(settings, b"\xff{not json", "scale")
+    good = CommandEnvelope(
+        job_id=new_job_id(),
+        trigger_id="t" * 26,
+        target=Target(cluster="demo", app="shop", service="web"),
+        command=Scale(direction="scale_out", step=1),
+    )
+    await bus.publish_command(good)
+    (event,) = await results.wait_for(good.job_id)
+    assert event.status == "succeeded"
+
+    dead = [json.loads(line) for line in _cli(env, "dlq", "list", "--json").splitlines()]
+    assert [d["id"] for d in dead] == ["poison-1"]
+    assert "undecodable command" in dead[0]["reason"]
+    assert dead[0]["replayable"] is False
+    # Listing leaves the message where it is; a replay keeps what cannot be replayed.
+    assert await queue_depth(settings.amqp_url, DEAD_QUEUE) == 1
+    outcome = json.loads(_cli(env, "dlq", "replay", "--all", "--json"))
+    assert outcome == {"replayed": [], "kept": ["poison-1"], "not_found": []}
+    assert "Purged 1 messages." in _cli(env, "dlq", "purge", "--yes")
+    assert await queue_depth(settings.amqp_url, DEAD_QUEUE) == 0
+
+
+async def test_permanent_failure_is_reported_dead_lettered_and_replayable(
+    settings: Settings,
+    env: dict[str, str],
+    bus: AmqpBus,
+    cluster: LocalOrchestrator,
+    worker: Worker,
+    results: Results,
+) -> None:
+    """A redeploy of a missing app fails, waits in the DLQ, and succeeds once replayed after a fix."""
+    envelope = CommandEnvelope(
+        job_id=new_job_id(),
+        trigger_id="t" * 26,
+        target=Target(cluster="demo", app="blog"),
+        command=Redeploy(),
+    )
+    await bus.publish_command(envelope)
+    (failed,) = await results.wait_for(envelope.job_id)
+    assert failed.status == "failed"
+    assert failed.attempt == 1  # permanent: never retried
+
+    (dead,) = [json.loads(line) for line in _cli(env, "dlq", "list", "--json").splitlines()]
+    assert dead["id"] == envelope.job_id
+    assert "'blog' not found" in dead["reason"]
+    assert (dead["action"], dead["app"], dead["replayable"]) == ("redeploy", "blog", True)
+
+    cluster.cluster.set_service("demo", "blog", "web", replicas=1, image="ghost:5")
+    outcome = json.loads(_cli(env, "dlq", "replay", envelope.job_id, "--json"))
+    assert outcome["replayed"] == [envelope.job_id]
+    _, replayed = await results.wait_for(envelope.job_id, count=2)
+    assert replayed.status == "succeeded"
+    assert replayed.after["web"].revision == 2
+
+    # Replaying an applied command again changes nothing.
+    await _publish_raw_copy(settings, envelope)
+    _, _, again = await results.wait_for(envelope.job_id, count=3)
+    assert again.duplicate is True
+    assert (
+        cluster.cluster.snapshot()["clusters"]["demo"]["apps"]["blog"]["services"]["web"][
+            "revision"
+        ]
+        == 2
+    )
+    assert await queue_depth(settings.amqp_url, DEAD_QUEUE) == 0
+
+
+async def _publish_raw_copy(settings: Settings, envelope: CommandEnvelope) -> None:
+    await _publish_raw(settings, encode(envelope), envelope.action)
+
+
+async def test_retryable_failures_retry_through_the_broker_then_fail_with_the_reason(
+    settings: Settings,
+    bus: AmqpBus,
+    cluster: LocalOrchestrator,
+    results: Results,
+) -> None:
+    """An orchestrator that always times out is tried max_attempts times, then reported failed."""
+
+    class Down(LocalOrchestrator):
+        calls = 0
+
+        async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
+            Down.calls += 1
+            msg = "the API server did not answer within 10s"
+            raise RetryableError(msg)
+
+    amqp = AmqpBus.from_settings(settings, "test-down-worker")
+    await amqp.start()
+    worker = Worker(settings.with_(max_attempts=3), amqp, Down(settings.local_state))
+    await worker.start()
+    try:
+        envelope = CommandEnvelope(
+            job_id=new_job_id(),
+            trigger_id="t" * 26,
+            target=Target(cluster="demo", app="shop", service="web"),
+            command=Scale(direction="scale_out", step=2),
+        )
+        await bus.publish_command(envelope)
+        (event,) = await results.wait_for(envelope.job_id)
+    finally:
+        await worker.stop()
+        await amqp.close()
+    assert event.status == "failed"
+    assert event.attempt == 3
+    assert Down.calls == 3
+    assert event.error == "gave up after 3 attempts: the API server did not answer within 10s"
