@@ -14,7 +14,7 @@ from typing import Literal
 from aiohttp import web
 
 from gateway.errors import ApiError
-from gateway.keys import BUS, LOG_FIELDS, SETTINGS, STORE, TRIGGER_CACHE
+from gateway.keys import AUTH_LIMITER, BUS, LOG_FIELDS, SETTINGS, STORE, TRIGGER_CACHE
 from shared.messages import (
     Command,
     CommandEnvelope,
@@ -136,6 +136,15 @@ async def handle_trigger(request: web.Request) -> web.Response:
         )
     request[LOG_FIELDS] = {"trigger_id": ref.trigger_id}
 
+    limiter = request.app[AUTH_LIMITER]
+    address = request.remote or "unknown"
+    if wait := limiter.blocked_for(address):
+        raise ApiError(
+            429,
+            "too_many_failed_attempts",
+            "too many calls with a wrong trigger or secret from this address; wait and retry",
+            headers={"Retry-After": limiter.retry_after(wait)},
+        )
     trigger = await _lookup(request, ref.trigger_id) if looks_like_secret(secret) else None
     if (
         trigger is None
@@ -143,6 +152,7 @@ async def handle_trigger(request: web.Request) -> web.Response:
         or (trigger.cluster, trigger.app, trigger.action) != (ref.cluster, ref.app, ref.action)
         or not secret_matches(secret, trigger.secret_hash)
     ):
+        limiter.failed(address)
         raise _FORBIDDEN
 
     command: Command

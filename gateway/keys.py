@@ -5,16 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 from cachetools import TTLCache
 
+from gateway.abuse import FailedAuthLimiter
 from shared.bus import Bus
 from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.triggers import Trigger
 
-__all__ = ["BUS", "LOG_FIELDS", "SETTINGS", "STORE", "TRIGGER_CACHE"]
+__all__ = ["AUTH_LIMITER", "BUS", "LOG_FIELDS", "SETTINGS", "STORE", "TRIGGER_CACHE"]
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", TriggerStore)
 BUS = web.AppKey("bus", Bus)
+AUTH_LIMITER = web.AppKey("auth_limiter", FailedAuthLimiter)
 TRIGGER_CACHE = web.AppKey("trigger_cache", TTLCache[str, Trigger | None])
 
 # Fields the request's summary log line carries besides method, path and status.

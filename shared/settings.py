@@ -35,6 +35,8 @@ class Settings:
     publish_timeout: float = 5.0
     max_body_bytes: int = 64 * 1024
     trigger_cache_ttl: float = 2.0
+    # Failed authentications per client address and minute before it gets 429 (0: no limit).
+    auth_failures_per_minute: int = 30
     # Worker tuning.
     prefetch: int = 16
     max_attempts: int = 5
@@ -67,6 +69,7 @@ class Settings:
             "TRIGGERS_PUBLISH_TIMEOUT": ("publish_timeout", float),
             "TRIGGERS_MAX_BODY_BYTES": ("max_body_bytes", int),
             "TRIGGERS_TRIGGER_CACHE_TTL": ("trigger_cache_ttl", float),
+            "TRIGGERS_AUTH_FAILURES_PER_MINUTE": ("auth_failures_per_minute", int),
             "TRIGGERS_PREFETCH": ("prefetch", int),
             "TRIGGERS_MAX_ATTEMPTS": ("max_attempts", int),
             "TRIGGERS_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
