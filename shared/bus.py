@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aio_pika
@@ -124,6 +125,10 @@ class Bus(Protocol):
         """Stop taking new commands; deliveries in hand may still be settled."""
         ...
 
+    async def check_consumers(self) -> list[str]:
+        """Re-create consumers that did not survive a reconnect; the queues restored."""
+        ...
+
     async def subscribe_results(self, handler: ResultHandler, *, binding: str = "#") -> None:
         """Call `handler` for every result event matching a topic binding key."""
         ...
@@ -131,6 +136,14 @@ class Bus(Protocol):
     async def close(self) -> None:
         """Disconnect."""
         ...
+
+
+@dataclass
+class _Consumer:
+    name: str
+    channel: AbstractChannel
+    queue: AbstractQueue
+    tag: str
 
 
 ATTEMPT_HEADER = "x-triggers-attempt"
@@ -221,7 +234,8 @@ class AmqpBus:
         self._role = role
         self._connection: AbstractRobustConnection | None = None
         self._topology: Topology | None = None
-        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._consumers: list[_Consumer] = []
+        self._consume_with: tuple[DeliveryHandler, int] | None = None
         self._channels: list[AbstractChannel] = []
         self._connector: asyncio.Task[None] | None = None
 
@@ -357,26 +371,62 @@ class AmqpBus:
         if self._connection is None:
             msg = "start() the bus before consuming"
             raise BrokerUnavailable(msg)
+        self._consume_with = (handler, prefetch)
         for name in COMMAND_QUEUES.values():
-            channel = await self._connection.channel()
-            await channel.set_qos(prefetch_count=prefetch)
-            # Declared on this channel so the robust channel re-declares it on reconnect.
-            queue = await channel.declare_queue(
-                name, durable=True, arguments=COMMAND_QUEUE_ARGUMENTS
-            )
+            await self._consume(name)
 
-            async def on_message(message: AbstractIncomingMessage) -> None:
-                await handler(_AmqpDelivery(message, self))
+    async def _consume(self, name: str) -> None:
+        assert self._connection is not None  # noqa: S101 - callers checked
+        handler, prefetch = self._consume_with or (None, 0)
+        assert handler is not None  # noqa: S101 - set by consume_commands
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        # Declared on this channel so the robust channel re-declares it on reconnect.
+        queue = await channel.declare_queue(name, durable=True, arguments=COMMAND_QUEUE_ARGUMENTS)
 
-            tag = await queue.consume(on_message)
-            self._consumers.append((queue, tag))
-            self._channels.append(channel)
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await handler(_AmqpDelivery(message, self))
+
+        tag = await queue.consume(on_message)
+        self._consumers.append(_Consumer(name, channel, queue, tag))
+
+    async def check_consumers(self) -> list[str]:
+        """Verify every command queue still has our consumer; re-create those that do not.
+
+        Robust connections restore consumers after a reconnect, but not always (aio-pika
+        #231, #626): a closed channel, or a queue whose consumer count says nobody listens,
+        gets a new channel and consumer. Returns the queues restored.
+        """
+        if not self.ready or self._consume_with is None or self._topology is None:
+            return []
+        assert self._connection is not None  # noqa: S101 - ready implies connected
+        restored = []
+        counts: dict[str, int] = {}
+        # A channel of its own: a failed passive declare closes the channel it ran on.
+        probe = await self._connection.channel(publisher_confirms=False)
+        try:
+            for consumer in self._consumers:
+                declared = await probe.declare_queue(consumer.name, passive=True)
+                counts[consumer.name] = declared.declaration_result.consumer_count or 0
+        finally:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await probe.close()
+        for consumer in list(self._consumers):
+            if not consumer.channel.is_closed and counts.get(consumer.name, 0) > 0:
+                continue
+            self._consumers.remove(consumer)
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await consumer.channel.close()
+            await self._consume(consumer.name)
+            restored.append(consumer.name)
+        return restored
 
     async def stop_consuming(self) -> None:
         """Cancel the consumers; unsettled deliveries can still be acked."""
-        for queue, tag in self._consumers:
+        self._consume_with = None
+        for consumer in self._consumers:
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-                await queue.cancel(tag)
+                await consumer.queue.cancel(consumer.tag)
         self._consumers.clear()
 
     async def subscribe_results(self, handler: ResultHandler, *, binding: str = "#") -> None:
@@ -550,6 +600,10 @@ class MemoryBus:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+
+    async def check_consumers(self) -> list[str]:
+        """In-process pumps cannot lose their consumer."""
+        return []
 
     async def subscribe_results(self, handler: ResultHandler, *, binding: str = "#") -> None:
         """Register a subscriber."""

@@ -44,6 +44,7 @@ class Settings:
     # a queue (triggers.retry.<action>.<ms>ms), so changing them declares new queues.
     retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
     shutdown_timeout: float = 20.0
+    consumer_check_interval: float = 5.0
     # Testing only: names of faults the worker injects into itself (see workers/_faults.py).
     faults: frozenset[str] = frozenset()
 
@@ -73,6 +74,7 @@ class Settings:
             "TRIGGERS_PREFETCH": ("prefetch", int),
             "TRIGGERS_MAX_ATTEMPTS": ("max_attempts", int),
             "TRIGGERS_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
+            "TRIGGERS_CONSUMER_CHECK_INTERVAL": ("consumer_check_interval", float),
         }
         for var, (name, kind) in numbers.items():
             if env.get(var):

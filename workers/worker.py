@@ -47,11 +47,13 @@ class Worker:
         self._orchestrator = orchestrator
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     async def start(self) -> None:
-        """Begin consuming."""
+        """Begin consuming, and keep checking that the consumers are there."""
         await self._bus.consume_commands(self._on_delivery, prefetch=self._settings.prefetch)
+        self._watchdog = asyncio.create_task(self._watch_consumers())
         log.info(
             "worker.started",
             bus=self._bus.name,
@@ -66,6 +68,10 @@ class Worker:
         keeps the redelivery from applying it twice.
         """
         self._stopping.set()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         await self._bus.stop_consuming()
         pending = set(self._in_flight)
         if pending:
@@ -89,6 +95,17 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+    async def _watch_consumers(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.consumer_check_interval)
+            try:
+                restored = await self._bus.check_consumers()
+            except Exception as exc:
+                log.warning("worker.consumer_check_failed", error=repr(exc))
+                continue
+            if restored:
+                log.warning("worker.consumers_restored", queues=restored)
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         task = asyncio.current_task()
