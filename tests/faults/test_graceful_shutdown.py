@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sqlite3
+import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
 from shared.bus import AmqpBus
 from shared.messages import CommandEnvelope, Scale, Target, new_job_id
 from shared.settings import Settings
 from shared.topology import COMMAND_QUEUES
-from tests.conftest import Results, queue_depth
+from tests.conftest import Results, queue_depth, triggers_cli
 from tests.faults.harness import WorkerPool
+from tests.proxy import TcpProxy
+from tests.test_cli import free_port
 from workers.orchestrators.local import LocalOrchestrator
 
 
@@ -64,3 +70,62 @@ async def test_sigterm_finishes_the_command_in_hand_and_leaves_the_rest_queued(
     assert await queue_depth(settings.amqp_url, COMMAND_QUEUES["scale"]) == 1
     log = (tmp_path / "worker-1.log").read_text()
     assert '"worker.stopped"' in log
+
+
+@pytest.mark.slow
+async def test_gateway_sigterm_finishes_the_request_in_flight(
+    settings: Settings, env: dict[str, str], bus: AmqpBus
+) -> None:
+    """SIGTERM while a call waits for a slow broker's confirm: it still gets its 202, then exit 0."""
+    parts = urlsplit(settings.amqp_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
+    await proxy.start()
+    port = free_port()
+    env = {
+        **env,
+        "TRIGGERS_AMQP_URL": parts._replace(
+            netloc=f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
+        ).geturl(),
+        "TRIGGERS_PUBLIC_URL": f"http://127.0.0.1:{port}",
+    }
+    created = json.loads(
+        subprocess.run(
+            [*triggers_cli(), "create", "--cluster", "demo", "--app", "shop",
+             "--action", "redeploy", "--json"],
+            env=env, check=True, capture_output=True, text=True, timeout=60,
+        ).stdout
+    )  # fmt: skip
+    gateway = await asyncio.create_subprocess_exec(
+        *triggers_cli(), "gateway", "--port", str(port), env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                            if response.status == 200:
+                                break
+                    except aiohttp.ClientConnectionError:
+                        pass
+                    await asyncio.sleep(0.2)
+            proxy.delay = 1.5  # every confirm now takes 1.5 s to come back
+
+            async def call() -> int:
+                async with http.get(created["url"]) as response:
+                    return response.status
+
+            in_flight = asyncio.create_task(call())
+            await asyncio.sleep(0.4)
+            gateway.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            assert not in_flight.done()
+            assert gateway.returncode is None
+            assert await asyncio.wait_for(in_flight, 20) == 202
+        assert await asyncio.wait_for(gateway.wait(), 30) == 0
+    finally:
+        if gateway.returncode is None:
+            gateway.kill()
+            await gateway.wait()
+        await proxy.close()
