@@ -56,6 +56,7 @@ __all__ = [
     "DeliveryHandler",
     "MemoryBus",
     "ResultHandler",
+    "copy_message",
 ]
 
 log = structlog.get_logger("triggers.bus")
@@ -136,6 +137,20 @@ class Bus(Protocol):
     async def close(self) -> None:
         """Disconnect."""
         ...
+
+
+def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """A persistent copy of a delivered message with new headers, ready to publish again."""
+    return aio_pika.Message(
+        body=message.body,
+        content_type=message.content_type,
+        type=message.type,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        timestamp=message.timestamp,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers=headers,
+    )
 
 
 @dataclass
@@ -354,17 +369,7 @@ class AmqpBus:
             DEAD_EXCHANGE: topology.dead,
             COMMANDS_EXCHANGE: topology.commands,
         }[exchange]
-        copy = aio_pika.Message(
-            body=message.body,
-            content_type=message.content_type,
-            type=message.type,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            timestamp=message.timestamp,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers=headers,
-        )
-        await self._publish(target, copy, routing_key, mandatory=True)
+        await self._publish(target, copy_message(message, headers), routing_key, mandatory=True)
 
     async def consume_commands(self, handler: DeliveryHandler, *, prefetch: int) -> None:
         """A channel per command queue, each with its own prefetch."""

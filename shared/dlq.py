@@ -15,7 +15,7 @@ import aio_pika
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from shared.bus import ATTEMPT_HEADER, ERROR_HEADER
+from shared.bus import ATTEMPT_HEADER, ERROR_HEADER, copy_message
 from shared.messages import CommandEnvelope, decode_command
 from shared.settings import Settings
 from shared.topology import COMMANDS_EXCHANGE, declare
@@ -144,16 +144,7 @@ async def replay_dead(
             }
             headers["x-triggers-replayed"] = True
             await commands.publish(
-                aio_pika.Message(
-                    body=message.body,
-                    content_type=message.content_type,
-                    type=message.type,
-                    message_id=message.message_id,
-                    correlation_id=message.correlation_id,
-                    timestamp=message.timestamp,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    headers={**headers, ATTEMPT_HEADER: 1},
-                ),
+                copy_message(message, {**headers, ATTEMPT_HEADER: 1}),
                 routing_key=envelope.action,
                 mandatory=True,
             )

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from shared.bus import AmqpBus
-from shared.messages import ResultEvent
+from shared.messages import CommandEnvelope, ResultEvent, Scale, Target, new_job_id
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.topology import COMMAND_QUEUES, DEAD_QUEUE
@@ -198,6 +198,29 @@ async def worker(
     yield running
     await running.stop()
     await amqp.close()
+
+
+def scale_command(step: int = 1, direction: str = "scale_out") -> CommandEnvelope:
+    """A scale command for demo/shop/web with a fresh job id, as the gateway would publish it."""
+    return CommandEnvelope(
+        job_id=new_job_id(),
+        trigger_id="t" * 26,
+        target=Target(cluster="demo", app="shop", service="web"),
+        command=Scale(direction="scale_in" if direction == "scale_in" else "scale_out", step=step),
+    )
+
+
+async def wait_ready(base_url: str, within: float = 30.0) -> None:
+    """Wait until a gateway at `base_url` answers /readyz with 200 (it connected to RabbitMQ)."""
+    async with aiohttp.ClientSession() as http, asyncio.timeout(within):
+        while True:
+            try:
+                async with http.get(f"{base_url}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
 
 
 async def queue_depth(amqp_url: str, name: str) -> int:

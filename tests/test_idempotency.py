@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from shared.bus import AmqpBus
-from shared.messages import CommandEnvelope, Redeploy, Scale, Target, new_job_id
+from shared.messages import CommandEnvelope, Redeploy, Target, new_job_id
 from shared.store import SqliteTriggerStore
-from tests.conftest import Gateway, Results, triggers_cli
+from tests.conftest import Gateway, Results, scale_command, triggers_cli
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
 
@@ -28,12 +28,7 @@ async def test_same_command_published_twice_changes_the_cluster_once(
     bus: AmqpBus, cluster: LocalOrchestrator, worker: Worker, results: Results
 ) -> None:
     """A duplicate publish yields a second result marked duplicate, and no second change."""
-    envelope = CommandEnvelope(
-        job_id=new_job_id(),
-        trigger_id="t" * 26,
-        target=Target(cluster="demo", app="shop", service="web"),
-        command=Scale(direction="scale_out", step=3),
-    )
+    envelope = scale_command(3)
     await bus.publish_command(envelope)
     await bus.publish_command(envelope)
     first, second = sorted(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+from collections.abc import Awaitable, Callable
 
 from shared.errors import RetryableError
 from shared.messages import ServiceState, Target
@@ -46,29 +47,24 @@ class FlakyOrchestrator:
         """Ledger reads never fail."""
         return await self._inner.recorded(job_id)
 
-    async def redeploy(self, job_id: str, target: Target, *, image: str | None = None) -> Change:
-        """Redeploy, perhaps failing before or after."""
+    async def _faulty(self, apply: Callable[[], Awaitable[Change]]) -> Change:
         fault = self._roll()
         if fault == "before":
             msg = "injected fault: the orchestrator API timed out"
             raise RetryableError(msg)
-        change = await self._inner.redeploy(job_id, target, image=image)
+        change = await apply()
         if fault == "after":
             msg = "injected fault: the answer was lost after the change was made"
             raise RetryableError(msg)
         return change
 
+    async def redeploy(self, job_id: str, target: Target, *, image: str | None = None) -> Change:
+        """Redeploy, perhaps failing before or after."""
+        return await self._faulty(lambda: self._inner.redeploy(job_id, target, image=image))
+
     async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
         """Scale, perhaps failing before or after."""
-        fault = self._roll()
-        if fault == "before":
-            msg = "injected fault: the orchestrator API timed out"
-            raise RetryableError(msg)
-        change = await self._inner.scale(job_id, target, delta=delta)
-        if fault == "after":
-            msg = "injected fault: the answer was lost after the change was made"
-            raise RetryableError(msg)
-        return change
+        return await self._faulty(lambda: self._inner.scale(job_id, target, delta=delta))
 
     async def close(self) -> None:
         """Close the wrapped orchestrator."""

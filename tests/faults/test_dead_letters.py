@@ -9,10 +9,10 @@ import aio_pika
 
 from shared.bus import AmqpBus
 from shared.errors import RetryableError
-from shared.messages import CommandEnvelope, Redeploy, Scale, Target, encode, new_job_id
+from shared.messages import CommandEnvelope, Redeploy, Target, encode, new_job_id
 from shared.settings import Settings
 from shared.topology import COMMANDS_EXCHANGE, DEAD_QUEUE
-from tests.conftest import Results, queue_depth, triggers_cli
+from tests.conftest import Results, queue_depth, scale_command, triggers_cli
 from workers.orchestrators.base import Change
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
@@ -44,12 +44,7 @@ async def test_poison_message_is_dead_lettered_with_its_reason_and_blocks_nothin
 ) -> None:
     """Undecodable bytes go to triggers.dead with the decode error; the next command runs."""
     await _publish_raw(settings, b"\xff{not json", "scale")
-    good = CommandEnvelope(
-        job_id=new_job_id(),
-        trigger_id="t" * 26,
-        target=Target(cluster="demo", app="shop", service="web"),
-        command=Scale(direction="scale_out", step=1),
-    )
+    good = scale_command(1)
     await bus.publish_command(good)
     (event,) = await results.wait_for(good.job_id)
     assert event.status == "succeeded"
@@ -136,12 +131,7 @@ async def test_retryable_failures_retry_through_the_broker_then_fail_with_the_re
     worker = Worker(settings.with_(max_attempts=3), amqp, Down(settings.local_state))
     await worker.start()
     try:
-        envelope = CommandEnvelope(
-            job_id=new_job_id(),
-            trigger_id="t" * 26,
-            target=Target(cluster="demo", app="shop", service="web"),
-            command=Scale(direction="scale_out", step=2),
-        )
+        envelope = scale_command(2)
         await bus.publish_command(envelope)
         (event,) = await results.wait_for(envelope.job_id)
     finally:

@@ -14,23 +14,13 @@ import aiohttp
 import pytest
 
 from shared.bus import AmqpBus
-from shared.messages import CommandEnvelope, Scale, Target, new_job_id
 from shared.settings import Settings
 from shared.topology import COMMAND_QUEUES
-from tests.conftest import Results, queue_depth, triggers_cli
+from tests.conftest import Results, queue_depth, scale_command, triggers_cli, wait_ready
 from tests.faults.harness import WorkerPool
 from tests.proxy import TcpProxy
 from tests.test_cli import free_port
 from workers.orchestrators.local import LocalOrchestrator
-
-
-def _scale(step: int) -> CommandEnvelope:
-    return CommandEnvelope(
-        job_id=new_job_id(),
-        trigger_id="t" * 26,
-        target=Target(cluster="demo", app="shop", service="web"),
-        command=Scale(direction="scale_out", step=step),
-    )
 
 
 @pytest.mark.slow
@@ -49,7 +39,7 @@ async def test_sigterm_finishes_the_command_in_hand_and_leaves_the_rest_queued(
     lock = sqlite3.connect(settings.local_state, timeout=1, isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")
     try:
-        first, second = _scale(1), _scale(2)
+        first, second = scale_command(1), scale_command(2)
         await bus.publish_command(first)
         await bus.publish_command(second)
         queue = COMMAND_QUEUES["scale"]
@@ -100,16 +90,8 @@ async def test_gateway_sigterm_finishes_the_request_in_flight(
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
+        await wait_ready(f"http://127.0.0.1:{port}")
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
-                            if response.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        pass
-                    await asyncio.sleep(0.2)
             proxy.delay = 1.5  # every confirm now takes 1.5 s to come back
 
             async def call() -> int:

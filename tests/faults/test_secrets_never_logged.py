@@ -12,7 +12,7 @@ import pytest
 
 from shared.bus import AmqpBus
 from shared.triggers import new_secret
-from tests.conftest import Results, triggers_cli
+from tests.conftest import Results, triggers_cli, wait_ready
 from tests.faults.harness import WorkerPool
 from tests.test_cli import free_port
 
@@ -65,16 +65,8 @@ async def test_a_full_run_logs_no_secret(
             ("POST", f"{scale_url}&type=scale_out&step=1&secret={secrets[0]}"),
         ]
         accepted = []
+        await wait_ready(f"http://127.0.0.1:{port}")
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
-                            if response.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        pass
-                    await asyncio.sleep(0.2)
             for method, url in calls:
                 async with http.request(method, url, headers={"User-Agent": "ci/1.0"}) as response:
                     bodies.append(await response.text())
