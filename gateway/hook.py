@@ -170,7 +170,12 @@ async def handle_trigger(request: web.Request) -> web.Response:
     envelope = CommandEnvelope(
         job_id=job_id,
         trigger_id=trigger.id,
-        target=Target(cluster=trigger.cluster, app=trigger.app, service=trigger.service),
+        target=Target(
+            cluster=trigger.cluster,
+            app=trigger.app,
+            service=trigger.service,
+            namespace=trigger.namespace,
+        ),
         command=command,
         source=Source(
             kind="http",

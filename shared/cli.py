@@ -88,6 +88,10 @@ def dev(ctx: click.Context, host: str, port: int) -> None:
 @click.option(
     "--image-update", is_flag=True, help="Redeploy only when a pushed image matches the app's."
 )
+@click.option(
+    "--namespace",
+    help="Kubernetes namespace of the application (default: the context's, else default).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def create(
@@ -97,6 +101,7 @@ def create(
     action: str,
     service: str | None,
     image_update: bool,
+    namespace: str | None,
     as_json: bool,
 ) -> None:
     """Create a trigger and print its URL. The secret is shown only now."""
@@ -114,6 +119,7 @@ def create(
                 action="redeploy" if action == "redeploy" else "scale",
                 service=service,
                 image_update=image_update,
+                namespace=namespace,
             )
         )
     except ValueError as exc:
@@ -125,6 +131,7 @@ def create(
     click.echo(
         f"Created {trigger.action} trigger {trigger.id} for {cluster}/{app}"
         + (f" service {service}" if service else "")
+        + (f" in namespace {namespace}" if namespace else "")
     )
     click.echo("Keep the URL secret; it cannot be shown again (revoke and create anew if lost).")
     click.echo("")

@@ -25,6 +25,7 @@ def trigger_json(
         "action": trigger.action,
         "service": trigger.service,
         "image_update": trigger.image_update,
+        "namespace": trigger.namespace,
         "trigger_url": encode_trigger_url(trigger.cluster, trigger.app, trigger.action, trigger.id),
         "created_at": trigger.created_at.isoformat(),
         "revoked_at": trigger.revoked_at.isoformat() if trigger.revoked_at else None,

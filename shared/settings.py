@@ -26,6 +26,12 @@ class Settings:
     database: str = "sqlite:///triggers.db"
     orchestrator: OrchestratorName = "local"
     local_state: str = "local-cluster.db"
+    # Kubernetes: kubeconfig file(s), as KUBECONFIG; None means ~/.kube/config.
+    kubeconfig: str | None = None
+    # Swarm: Docker endpoint, or "cluster=url,..." per trigger cluster; None: local socket.
+    docker_host: str | None = None
+    # Seconds one orchestrator API call may take before it counts as a retryable failure.
+    orchestrator_timeout: float = 10.0
     public_url: str = "http://127.0.0.1:8080"
     # repr=False: the token must never reach a log line through a repr of the settings.
     admin_token: str | None = field(default=None, repr=False)
@@ -58,6 +64,8 @@ class Settings:
             "TRIGGERS_DATABASE": "database",
             "TRIGGERS_ORCHESTRATOR": "orchestrator",
             "TRIGGERS_LOCAL_STATE": "local_state",
+            "KUBECONFIG": "kubeconfig",
+            "TRIGGERS_DOCKER_HOST": "docker_host",
             "TRIGGERS_PUBLIC_URL": "public_url",
             "TRIGGERS_ADMIN_TOKEN": "admin_token",
             "TRIGGERS_LOG_FORMAT": "log_format",
@@ -75,6 +83,7 @@ class Settings:
             "TRIGGERS_MAX_ATTEMPTS": ("max_attempts", int),
             "TRIGGERS_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
             "TRIGGERS_CONSUMER_CHECK_INTERVAL": ("consumer_check_interval", float),
+            "TRIGGERS_ORCHESTRATOR_TIMEOUT": ("orchestrator_timeout", float),
         }
         for var, (name, kind) in numbers.items():
             if env.get(var):

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from shared.messages import Action, utcnow
-from shared.triggers import Trigger, hash_secret, new_secret, new_trigger_id, validate_name
+from shared.triggers import (
+    Trigger,
+    hash_secret,
+    new_secret,
+    new_trigger_id,
+    validate_name,
+    validate_namespace,
+)
 
 __all__ = ["SqliteTriggerStore", "TriggerStore", "open_store"]
 
@@ -24,12 +31,16 @@ CREATE TABLE IF NOT EXISTS triggers (
     action       TEXT NOT NULL CHECK (action IN ('redeploy', 'scale')),
     service      TEXT,
     image_update INTEGER NOT NULL DEFAULT 0,
+    namespace    TEXT,
     secret_hash  TEXT NOT NULL,
     created_at   TEXT NOT NULL,
     revoked_at   TEXT
 );
 CREATE INDEX IF NOT EXISTS triggers_by_app ON triggers (cluster, app);
 """
+
+# Columns added after the first release, for files created before them.
+_ADDED_COLUMNS = {"namespace": "ALTER TABLE triggers ADD COLUMN namespace TEXT"}
 
 
 class TriggerStore(Protocol):
@@ -43,6 +54,7 @@ class TriggerStore(Protocol):
         action: Action,
         service: str | None = None,
         image_update: bool = False,
+        namespace: str | None = None,
     ) -> tuple[Trigger, str]:
         """Create a trigger; return it with its secret, which is never shown again."""
         ...
@@ -66,7 +78,11 @@ class TriggerStore(Protocol):
         ...
 
 
-def _check_new(cluster: str, app: str, action: Action, service: str | None) -> None:
+def _check_new(
+    cluster: str, app: str, action: Action, service: str | None, namespace: str | None = None
+) -> None:
+    if namespace is not None:
+        validate_namespace(namespace)
     validate_name("cluster", cluster)
     validate_name("app", app)
     if action == "scale":
@@ -86,6 +102,7 @@ def _row_to_trigger(row: sqlite3.Row) -> Trigger:
         action=row["action"],
         service=row["service"],
         image_update=bool(row["image_update"]),
+        namespace=row["namespace"],
         secret_hash=row["secret_hash"],
         created_at=datetime.fromisoformat(row["created_at"]),
         revoked_at=datetime.fromisoformat(row["revoked_at"]) if row["revoked_at"] else None,
@@ -110,6 +127,10 @@ class SqliteTriggerStore:
         if not self._ready:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.executescript(_SCHEMA)
+            present = {r["name"] for r in conn.execute("PRAGMA table_info(triggers)")}
+            for column, statement in _ADDED_COLUMNS.items():
+                if column not in present:
+                    conn.execute(statement)
             self._ready = True
         return conn
 
@@ -131,9 +152,10 @@ class SqliteTriggerStore:
         action: Action,
         service: str | None = None,
         image_update: bool = False,
+        namespace: str | None = None,
     ) -> tuple[Trigger, str]:
         """Create a trigger; return it with its secret, which is never shown again."""
-        _check_new(cluster, app, action, service)
+        _check_new(cluster, app, action, service, namespace)
         secret = new_secret()
         trigger = Trigger(
             id=new_trigger_id(),
@@ -142,6 +164,7 @@ class SqliteTriggerStore:
             action=action,
             service=service,
             image_update=image_update,
+            namespace=namespace,
             secret_hash=hash_secret(secret),
             created_at=utcnow(),
         )
@@ -149,7 +172,7 @@ class SqliteTriggerStore:
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO triggers (id, cluster, app, action, service, image_update,"
-                " secret_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " namespace, secret_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     trigger.id,
                     trigger.cluster,
@@ -157,6 +180,7 @@ class SqliteTriggerStore:
                     trigger.action,
                     trigger.service,
                     int(trigger.image_update),
+                    trigger.namespace,
                     trigger.secret_hash,
                     trigger.created_at.isoformat(),
                 ),

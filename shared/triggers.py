@@ -34,6 +34,7 @@ __all__ = [
     "secret_matches",
     "trigger_call_url",
     "validate_name",
+    "validate_namespace",
 ]
 
 # Cluster, application and service names: what Kubernetes and Swarm accept, minus the
@@ -60,6 +61,8 @@ class Trigger(msgspec.Struct, frozen=True, kw_only=True):
     action: Action
     service: str | None = None
     image_update: bool = False
+    # Kubernetes only: the namespace of the application; None means the context's.
+    namespace: str | None = None
     secret_hash: str
     created_at: datetime
     revoked_at: datetime | None = None
@@ -85,6 +88,20 @@ def validate_name(kind: str, value: str) -> str:
         msg = (
             f"{kind} {value!r} is not a valid name: use 1-63 letters, digits, '-' or '_', "
             "starting and ending with a letter or digit"
+        )
+        raise ValueError(msg)
+    return value
+
+
+_NAMESPACE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def validate_namespace(value: str) -> str:
+    """Return `value` if it is a valid Kubernetes namespace name, else raise ValueError."""
+    if not _NAMESPACE.match(value):
+        msg = (
+            f"namespace {value!r} is not a valid Kubernetes namespace: use 1-63 lowercase "
+            "letters, digits or '-', starting and ending with a letter or digit"
         )
         raise ValueError(msg)
     return value

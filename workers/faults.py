@@ -12,6 +12,7 @@ import os
 import random
 import signal
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 from shared.errors import RetryableError
 from shared.messages import ServiceState, Target
@@ -43,9 +44,9 @@ class FlakyOrchestrator:
         """Reads never fail."""
         return await self._inner.state(target)
 
-    async def recorded(self, job_id: str) -> Change | None:
+    async def recorded(self, job_id: str, target: Target) -> Change | None:
         """Ledger reads never fail."""
-        return await self._inner.recorded(job_id)
+        return await self._inner.recorded(job_id, target)
 
     async def _faulty(self, apply: Callable[[], Awaitable[Change]]) -> Change:
         fault = self._roll()
@@ -58,9 +59,18 @@ class FlakyOrchestrator:
             raise RetryableError(msg)
         return change
 
-    async def redeploy(self, job_id: str, target: Target, *, image: str | None = None) -> Change:
+    async def redeploy(
+        self,
+        job_id: str,
+        target: Target,
+        *,
+        image: str | None = None,
+        issued_at: datetime | None = None,
+    ) -> Change:
         """Redeploy, perhaps failing before or after."""
-        return await self._faulty(lambda: self._inner.redeploy(job_id, target, image=image))
+        return await self._faulty(
+            lambda: self._inner.redeploy(job_id, target, image=image, issued_at=issued_at)
+        )
 
     async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
         """Scale, perhaps failing before or after."""

@@ -16,7 +16,9 @@ async def apply_command(envelope: CommandEnvelope, orchestrator: Orchestrator) -
     """Apply one command through the orchestrator, once per job id."""
     match envelope.command:
         case Redeploy(image=image):
-            return await orchestrator.redeploy(envelope.job_id, envelope.target, image=image)
+            return await orchestrator.redeploy(
+                envelope.job_id, envelope.target, image=image, issued_at=envelope.issued_at
+            )
         case Scale(direction=direction, step=step):
             delta = step if direction == "scale_out" else -step
             return await orchestrator.scale(envelope.job_id, envelope.target, delta=delta)

@@ -156,7 +156,7 @@ class Worker:
                 await self._give_back(delivery)
                 return
             # The last attempt may have changed the platform before its answer was lost.
-            change = await self._orchestrator.recorded(envelope.job_id)
+            change = await self._orchestrator.recorded(envelope.job_id, envelope.target)
             if change is None:
                 error = f"gave up after {attempt} attempts: {reason}"
 

@@ -9,15 +9,22 @@ __all__ = ["Change", "Orchestrator", "open_orchestrator"]
 
 
 def _adapter(settings: Settings) -> Orchestrator:
-    if settings.orchestrator == "local":
-        from workers.orchestrators.local import LocalOrchestrator  # noqa: PLC0415
+    """The adapter `TRIGGERS_ORCHESTRATOR` names, configured from the settings."""
+    if settings.orchestrator == "kubernetes":
+        from workers.orchestrators.kubernetes import KubernetesOrchestrator  # noqa: PLC0415 - load only the chosen client library
 
-        return LocalOrchestrator(settings.local_state)
-    msg = (
-        f"TRIGGERS_ORCHESTRATOR={settings.orchestrator} is not available in this version; "
-        "use TRIGGERS_ORCHESTRATOR=local"
-    )
-    raise ValueError(msg)
+        return KubernetesOrchestrator(
+            kubeconfig=settings.kubeconfig, timeout=settings.orchestrator_timeout
+        )
+    if settings.orchestrator == "swarm":
+        from workers.orchestrators.swarm import SwarmOrchestrator  # noqa: PLC0415 - load only the chosen client library
+
+        return SwarmOrchestrator(
+            docker_host=settings.docker_host, timeout=settings.orchestrator_timeout
+        )
+    from workers.orchestrators.local import LocalOrchestrator  # noqa: PLC0415 - load only the chosen adapter
+
+    return LocalOrchestrator(settings.local_state)
 
 
 def open_orchestrator(settings: Settings) -> Orchestrator:

@@ -7,13 +7,15 @@ repeat with the recorded change marked ``duplicate``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Literal, Protocol
 
 import msgspec
 
 from shared.messages import ServiceState, Target
 
-__all__ = ["Change", "Orchestrator", "image_repository"]
+__all__ = ["Change", "Orchestrator", "image_repository", "redeploy_plan", "scale_change"]
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,16 +40,28 @@ class Orchestrator(Protocol):
         """The services of the target's application (or just the target's service)."""
         ...
 
-    async def recorded(self, job_id: str) -> Change | None:
-        """The change this job made, if the adapter knows it was applied; else None.
+    async def recorded(self, job_id: str, target: Target) -> Change | None:
+        """The change this job made to `target`, if the adapter knows it was applied; else None.
 
         Asked when a job gives up after retryable errors: the last attempt may have
-        changed the platform before its answer was lost.
+        changed the platform before its answer was lost. Adapters that keep the ledger on
+        the workloads (Kubernetes, Swarm) need the target to know where to look.
         """
         ...
 
-    async def redeploy(self, job_id: str, target: Target, *, image: str | None = None) -> Change:
-        """Restart every service of the application; with `image`, roll that image out."""
+    async def redeploy(
+        self,
+        job_id: str,
+        target: Target,
+        *,
+        image: str | None = None,
+        issued_at: datetime | None = None,
+    ) -> Change:
+        """Restart every service of the application; with `image`, roll that image out.
+
+        `issued_at` is the command's timestamp: adapters that stamp a restart (Kubernetes'
+        ``restartedAt``) use it, so a redelivered command writes the same value again.
+        """
         ...
 
     async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
@@ -67,3 +81,57 @@ def image_repository(image: str) -> str:
     if colon > slash:
         name = name[:colon]
     return name
+
+
+def redeploy_plan(
+    images: Mapping[str, Sequence[str]], app: str, image: str | None
+) -> tuple[list[str], bool, str | None]:
+    """Which services a redeploy restarts, whether it rolls `image` onto them, and why.
+
+    `images` maps each service of the app to the images its containers run. With an image,
+    only the services running that image's repository are touched, so a push of one image
+    never changes another service's image.
+    """
+    names = sorted(images)
+    if image is None:
+        return names, False, None
+    repository = image_repository(image)
+    matching = [n for n in names if any(image_repository(i) == repository for i in images[n])]
+    if matching:
+        return matching, True, None
+    return names, False, f"no service of {app} runs {repository}; restarted all, image unchanged"
+
+
+def scale_change(
+    service: str, before: ServiceState, delta: int, *, revision_step: int = 0
+) -> Change:
+    """The change that adding `delta` replicas to a service makes, clamped at 0.
+
+    `revision_step` is how much the platform's revision counter moves on a replica change
+    (Kubernetes bumps `metadata.generation`; the local cluster and Swarm do not).
+    """
+    wanted = before.replicas + delta
+    new = max(0, wanted)
+    clamped = new != wanted
+    if new == before.replicas:
+        return Change(
+            status="skipped",
+            before={service: before},
+            after={service: before},
+            detail=f"{service} already has 0 replicas; nothing to scale in",
+            clamped=clamped,
+            applied_step=0,
+        )
+    after = msgspec.structs.replace(before, replicas=new, revision=before.revision + revision_step)
+    return Change(
+        status="succeeded",
+        before={service: before},
+        after={service: after},
+        detail=(
+            f"scale_in clamped at 0: removed {before.replicas} of {-delta} replicas"
+            if clamped
+            else None
+        ),
+        clamped=clamped,
+        applied_step=abs(new - before.replicas),
+    )

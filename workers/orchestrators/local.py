@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +18,7 @@ import msgspec
 
 from shared.errors import NotFoundError
 from shared.messages import ServiceState, Target, utcnow
-from workers.orchestrators.base import Change, image_repository
+from workers.orchestrators.base import Change, redeploy_plan, scale_change
 
 __all__ = ["LocalCluster", "LocalOrchestrator"]
 
@@ -144,13 +145,15 @@ class LocalCluster:
             before = _read(conn, app_target)
             if not before:
                 raise NotFoundError(_missing_app(target))
-            chosen, roll, detail = _redeploy_plan(before, target.app, image)
+            chosen, roll, detail = redeploy_plan(
+                {n: [s.image] for n, s in before.items()}, target.app, image
+            )
             now = utcnow().isoformat()
-            for name, state in chosen.items():
+            for name in chosen:
                 conn.execute(
                     "UPDATE services SET revision = revision + 1, image = ?, updated_at = ?"
                     " WHERE cluster=? AND app=? AND service=?",
-                    (image if roll else state.image, now, target.cluster, target.app, name),
+                    (image if roll else before[name].image, now, target.cluster, target.app, name),
                 )
             after = _read(conn, app_target)
             change = Change(
@@ -177,58 +180,23 @@ class LocalCluster:
             before = _read(conn, target)
             if target.service not in before:
                 raise NotFoundError(_missing_service(target))
-            current = before[target.service].replicas
-            wanted = current + delta
-            new = max(0, wanted)
-            clamped = new != wanted
-            if new == current:
-                change = Change(
-                    status="skipped",
-                    before=before,
-                    after=before,
-                    detail=f"{target.service} already has 0 replicas; nothing to scale in",
-                    clamped=clamped,
-                    applied_step=0,
-                )
-            else:
+            change = scale_change(target.service, before[target.service], delta)
+            if change.status == "succeeded":
                 conn.execute(
                     "UPDATE services SET replicas = ?, updated_at = ?"
                     " WHERE cluster=? AND app=? AND service=?",
-                    (new, utcnow().isoformat(), target.cluster, target.app, target.service),
-                )
-                change = Change(
-                    status="succeeded",
-                    before=before,
-                    after=_read(conn, target),
-                    detail=(
-                        f"scale_in clamped at 0: removed {current} of {-delta} replicas"
-                        if clamped
-                        else None
+                    (
+                        change.after[target.service].replicas,
+                        utcnow().isoformat(),
+                        target.cluster,
+                        target.app,
+                        target.service,
                     ),
-                    clamped=clamped,
-                    applied_step=abs(new - current),
                 )
             _record(conn, job_id, change)
             return change
 
         return self._transaction(apply)
-
-
-def _redeploy_plan(
-    services: Services, app: str, image: str | None
-) -> tuple[Services, bool, str | None]:
-    """Which services a redeploy restarts, whether it rolls `image` onto them, and why.
-
-    With an image, only the services running that image's repository are touched, so a
-    push of one image never changes another service's image.
-    """
-    if image is None:
-        return services, False, None
-    repository = image_repository(image)
-    matching = {n: s for n, s in services.items() if image_repository(s.image) == repository}
-    if matching:
-        return matching, True, None
-    return services, False, f"no service of {app} runs {repository}; restarted all, image unchanged"
 
 
 def _read(conn: sqlite3.Connection, target: Target) -> Services:
@@ -287,11 +255,18 @@ class LocalOrchestrator:
         """The target's services."""
         return await asyncio.to_thread(self.cluster.services, target)
 
-    async def recorded(self, job_id: str) -> Change | None:
-        """The job's change from the ledger."""
+    async def recorded(self, job_id: str, target: Target) -> Change | None:
+        """The job's change from the ledger (one ledger for the whole cluster file)."""
         return await asyncio.to_thread(self.cluster.applied, job_id)
 
-    async def redeploy(self, job_id: str, target: Target, *, image: str | None = None) -> Change:
+    async def redeploy(
+        self,
+        job_id: str,
+        target: Target,
+        *,
+        image: str | None = None,
+        issued_at: datetime | None = None,
+    ) -> Change:
         """Raise every service's revision (and roll `image` where it matches)."""
         return await asyncio.to_thread(self.cluster.redeploy, job_id, target, image)
 

@@ -1,0 +1,136 @@
+"""End to end with TRIGGERS_ORCHESTRATOR=kubernetes: HTTP -> RabbitMQ -> worker -> fake API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from shared.bus import AmqpBus
+from shared.settings import Settings
+from shared.store import SqliteTriggerStore
+from tests.conftest import Gateway, Results, triggers_cli
+from tests.orchestrators.fake_kube import FakeKube, running_fake_kube, write_kubeconfig
+from workers.orchestrators import open_orchestrator
+from workers.orchestrators.kubernetes import RESTARTED_AT
+from workers.worker import Worker
+
+PART_OF = {"app.kubernetes.io/part-of": "shop"}
+
+
+@pytest.fixture
+async def kube_env(
+    tmp_path: Path, env: dict[str, str]
+) -> AsyncIterator[tuple[FakeKube, dict[str, str]]]:
+    """A fake API server and the environment a user would set: orchestrator and KUBECONFIG."""
+    async with running_fake_kube() as (fake, url):
+        fake.add("web", labels=PART_OF, replicas=2, images=["nginx:1.27"])
+        fake.add("api", labels=PART_OF, replicas=1, images=["ghcr.io/acme/shop-api:1.4"])
+        fake.add("web", namespace="shop-prod", labels=PART_OF, replicas=3)
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url, {"prod": None})
+        yield fake, env | {"TRIGGERS_ORCHESTRATOR": "kubernetes", "KUBECONFIG": str(kubeconfig)}
+
+
+@pytest.fixture
+async def kube_worker(
+    settings: Settings, kube_env: tuple[FakeKube, dict[str, str]], bus: AmqpBus
+) -> AsyncIterator[Worker]:
+    """A worker whose adapter is chosen and configured from the environment alone."""
+    configured = Settings.from_env(kube_env[1]).with_(
+        retry_delays=settings.retry_delays, shutdown_timeout=5.0, orchestrator_timeout=2.0
+    )
+    orchestrator = open_orchestrator(configured)
+    assert orchestrator.name == "kubernetes"
+    amqp = AmqpBus(settings.amqp_url, role="test-worker")
+    await amqp.start()
+    running = Worker(configured, amqp, orchestrator)
+    await running.start()
+    yield running
+    await running.stop()
+    await amqp.close()
+    await orchestrator.close()
+
+
+async def test_redeploy_call_restarts_the_deployments(
+    gateway: Gateway,
+    store: SqliteTriggerStore,
+    kube_env: tuple[FakeKube, dict[str, str]],
+    kube_worker: Worker,
+    results: Results,
+) -> None:
+    """A redeploy call ends with every workload of the app stamped with the command's time, reported once."""
+    fake, _ = kube_env
+    trigger, secret = await store.create(cluster="prod", app="shop", action="redeploy")
+    async with gateway.http.post(gateway.call_url(trigger, secret)) as response:
+        body = await response.json()
+        assert response.status == 202, body
+    (event,) = await results.wait_for(body["job_id"])
+    assert (event.status, event.orchestrator, event.error) == ("succeeded", "kubernetes", None)
+    assert sorted(event.after) == ["api", "web"]
+    assert event.after["web"].revision == event.before["web"].revision + 1
+    assert event.issued_at is not None
+    stamp = fake.get("web")["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT]
+    assert stamp == event.issued_at.isoformat()
+
+
+async def test_scale_trigger_created_with_a_namespace(
+    gateway: Gateway,
+    store: SqliteTriggerStore,
+    kube_env: tuple[FakeKube, dict[str, str]],
+    kube_worker: Worker,
+    results: Results,
+) -> None:
+    """`triggers create --namespace` makes calls scale the Deployment in that namespace only."""
+    fake, environ = kube_env
+    created = await asyncio.to_thread(
+        subprocess.run,
+        [
+            *triggers_cli(),
+            "create",
+            "--cluster=prod",
+            "--app=shop",
+            "--action=scale",
+            "--service=web",
+            "--namespace=shop-prod",
+            "--json",
+        ],
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    made = json.loads(created.stdout)
+    assert made["namespace"] == "shop-prod"
+    url = made["url"].replace("http://127.0.0.1:8080", gateway.url) + "&type=scale_out&step=2"
+    async with gateway.http.post(url) as response:
+        body = await response.json()
+        assert response.status == 202, body
+    (event,) = await results.wait_for(body["job_id"])
+    assert event.status == "succeeded", event.error
+    assert (event.before["web"].replicas, event.after["web"].replicas) == (3, 5)
+    assert fake.get("web", namespace="shop-prod")["spec"]["replicas"] == 5
+    assert fake.get("web")["spec"]["replicas"] == 2
+
+
+async def test_forbidden_ends_in_a_failed_result_saying_what_to_grant(
+    gateway: Gateway,
+    store: SqliteTriggerStore,
+    kube_env: tuple[FakeKube, dict[str, str]],
+    kube_worker: Worker,
+    results: Results,
+) -> None:
+    """A 403 from the API is not retried: one failed result whose error names the RBAC to grant."""
+    fake, _ = kube_env
+    fake.fail(403, times=5)
+    trigger, secret = await store.create(cluster="prod", app="shop", action="redeploy")
+    async with gateway.http.get(gateway.call_url(trigger, secret)) as response:
+        body = await response.json()
+    (event,) = await results.wait_for(body["job_id"])
+    assert (event.status, event.attempt) == ("failed", 1)
+    assert event.error is not None
+    assert "get, list and patch on deployments" in event.error
