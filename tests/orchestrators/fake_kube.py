@@ -22,12 +22,12 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.orchestrators.faults import Fault, FaultPlan
+
 __all__ = ["FakeKube", "running_fake_kube", "write_kubeconfig"]
 
 TOKEN = "fake-token-for-tests"
 _PLURALS = {"deployments": "Deployment", "statefulsets": "StatefulSet"}
-
-Fault = int | str  # an HTTP status to answer, or "hang"
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -79,12 +79,11 @@ class FakeKube:
 
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
-    faults: list[tuple[Fault, str | None, str | None]] = field(default_factory=list)
+    faults: FaultPlan = field(default_factory=FaultPlan)
     conflicts: int = 0
     # Simulated API latency, so that concurrent clients really interleave.
     latency: float = 0.0
     _rv: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
-    _release: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(
         self,
@@ -145,20 +144,11 @@ class FakeKube:
         self, fault: Fault, *, method: str | None = None, suffix: str | None = None, times: int = 1
     ) -> None:
         """Answer `fault` (a status, or "hang") to the next `times` matching requests."""
-        self.faults.extend([(fault, method, suffix)] * times)
-
-    def _fault_for(self, request: web.Request) -> Fault | None:
-        for i, (fault, method, suffix) in enumerate(self.faults):
-            if (method is None or request.method == method) and (
-                suffix is None or request.path.endswith(suffix)
-            ):
-                del self.faults[i]
-                return fault
-        return None
+        self.faults.fail(fault, method=method, suffix=suffix, times=times)
 
     def release(self) -> None:
         """End every hanging request."""
-        self._release.set()
+        self.faults.release()
 
     # -- the HTTP side ---------------------------------------------------------------------
 
@@ -180,10 +170,10 @@ class FakeKube:
             await asyncio.sleep(self.latency)
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return _status(401, "Unauthorized", "Unauthorized")
-        fault = self._fault_for(request)
+        fault = self.faults.take(request)
         if fault is not None:
             if fault == "hang":
-                await self._release.wait()
+                await self.faults.hang()
                 return _status(504, "Timeout", "released")
             code = int(fault)
             return _status(code, _REASONS.get(code, "Unknown"), f"injected {code}")

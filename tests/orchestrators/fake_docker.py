@@ -1,0 +1,192 @@
+"""A wire-level fake of the Docker Engine API for Swarm services.
+
+It serves ``/version`` and the versioned ``/v1.NN/services`` paths with the Engine's JSON
+shapes, filters by label, and enforces ``?version=`` on ``POST /services/ID/update`` the
+way a Swarm manager does: a stale version answers 500 "update out of sequence". It can be
+told to answer an error or hang for the next requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.orchestrators.faults import Fault, FaultPlan
+
+__all__ = ["API_VERSION", "FakeDocker", "running_fake_docker"]
+
+API_VERSION = "1.45"
+STACK = "com.docker.stack.namespace"
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(body).encode(), status=status, headers={"Content-Type": "application/json"}
+    )
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"message": message}, status=status)
+
+
+@dataclass
+class FakeDocker:
+    """The services, the request log and the fault plan of one fake engine."""
+
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    out_of_sequence: int = 0
+    latency: float = 0.0
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def add(
+        self,
+        stack: str,
+        name: str,
+        *,
+        replicas: int | None = 1,
+        image: str | None = None,
+    ) -> dict[str, Any]:
+        """A service as ``docker stack deploy`` creates it; `replicas` None means global mode."""
+        image = image or f"{name}:1.0"
+        service_id = f"svc{next(self._ids):022d}"
+        mode: dict[str, Any] = (
+            {"Global": {}} if replicas is None else {"Replicated": {"Replicas": replicas}}
+        )
+        service = {
+            "ID": service_id,
+            "Version": {"Index": 10},
+            "CreatedAt": "2026-11-27T10:00:00.000000000Z",
+            "UpdatedAt": "2026-11-27T10:00:00.000000000Z",
+            "Spec": {
+                "Name": f"{stack}_{name}",
+                "Labels": {STACK: stack, "com.docker.stack.image": image},
+                "TaskTemplate": {
+                    "ContainerSpec": {"Image": image, "Labels": {STACK: stack}},
+                    "ForceUpdate": 0,
+                    "Runtime": "container",
+                },
+                "Mode": mode,
+            },
+            "Endpoint": {"Spec": {"Mode": "vip"}},
+        }
+        self.services[service_id] = service
+        return service
+
+    def spec(self, full_name: str) -> Any:
+        """The current spec of a service by name."""
+        found = self._find(full_name)
+        assert found is not None, full_name
+        return found["Spec"]
+
+    def fail(
+        self, fault: Fault, *, method: str | None = None, suffix: str | None = None, times: int = 1
+    ) -> None:
+        """Answer `fault` (a status, or "hang") to the next `times` matching requests."""
+        self.faults.fail(fault, method=method, suffix=suffix, times=times)
+
+    def release(self) -> None:
+        """End every hanging request."""
+        self.faults.release()
+
+    def _find(self, ref: str) -> dict[str, Any] | None:
+        if ref in self.services:
+            return self.services[ref]
+        return next((s for s in self.services.values() if s["Spec"]["Name"] == ref), None)
+
+    # -- the HTTP side ---------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        """The aiohttp application serving the Engine API."""
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_get("/version", self._version)
+        app.router.add_get("/v{v}/services", self._list)
+        app.router.add_get("/v{v}/services/{ref}", self._inspect)
+        app.router.add_post("/v{v}/services/{ref}/update", self._update)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.requests.append((request.method, request.path))
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        fault = self.faults.take(request)
+        if fault == "hang":
+            await self.faults.hang()
+            return _error(504, "released")
+        if fault == "not-a-manager":
+            return _error(
+                503,
+                'This node is not a swarm manager. Use "docker swarm init" or "docker swarm '
+                'join" to connect this node to swarm and try again.',
+            )
+        if fault == "out-of-sequence":
+            return _error(500, "rpc error: code = Unknown desc = update out of sequence")
+        if fault is not None:
+            return _error(int(fault), f"injected {fault}")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return _json({"Version": "27.3.1", "ApiVersion": API_VERSION, "MinAPIVersion": "1.24"})
+
+    async def _list(self, request: web.Request) -> web.Response:
+        filters = json.loads(request.query.get("filters") or "{}")
+        labels = filters.get("label", [])
+        labels = [labels] if isinstance(labels, str) else list(labels)
+        wanted = dict(label.split("=", 1) for label in labels)
+        found = [
+            s
+            for s in self.services.values()
+            if all(s["Spec"].get("Labels", {}).get(k) == v for k, v in wanted.items())
+        ]
+        return _json(found)
+
+    async def _inspect(self, request: web.Request) -> web.Response:
+        service = self._find(request.match_info["ref"])
+        if service is None:
+            return _error(404, f"service {request.match_info['ref']} not found")
+        return _json(service)
+
+    async def _update(self, request: web.Request) -> web.Response:
+        service = self._find(request.match_info["ref"])
+        if service is None:
+            return _error(404, f"service {request.match_info['ref']} not found")
+        version = request.query.get("version")
+        if version is None or not version.isdigit():
+            return _error(400, "invalid service version")
+        if int(version) != service["Version"]["Index"]:
+            self.out_of_sequence += 1
+            return _error(500, "rpc error: code = Unknown desc = update out of sequence")
+        spec = json.loads(await request.read())
+        if spec.get("Name") != service["Spec"]["Name"]:
+            return _error(400, "renaming services is not supported")
+        updated = copy.deepcopy(service)
+        updated["Spec"] = spec
+        updated["PreviousSpec"] = service["Spec"]
+        updated["Version"]["Index"] = service["Version"]["Index"] + 3
+        self.services[service["ID"]] = updated
+        return _json({"Warnings": None})
+
+
+@asynccontextmanager
+async def running_fake_docker() -> AsyncIterator[tuple[FakeDocker, str]]:
+    """A fake engine on an ephemeral port, and its URL for TRIGGERS_DOCKER_HOST."""
+    fake = FakeDocker()
+    server = TestServer(fake.app(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield fake, str(server.make_url("")).rstrip("/")
+    finally:
+        fake.release()
+        await server.close()
