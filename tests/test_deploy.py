@@ -1,0 +1,150 @@
+"""deploy/: the Kubernetes base renders with least-privilege RBAC; compose, image, broker definitions agree with the code."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.topology import (
+    COMMAND_QUEUE_ARGUMENTS,
+    COMMAND_QUEUES,
+    COMMANDS_EXCHANGE,
+    DEAD_EXCHANGE,
+    DEAD_QUEUE,
+    RESULTS_EXCHANGE,
+)
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+ALLOWED_VERBS = {"get", "list", "patch"}
+ALLOWED_RESOURCES = {"deployments", "deployments/scale", "statefulsets", "statefulsets/scale"}
+
+
+def render_k8s() -> list[dict[str, Any]]:
+    """`kubectl kustomize deploy/k8s`, parsed; without kubectl, the base's resources read in order.
+
+    The base uses no patches or generators, so reading its resources gives the same
+    objects apart from the common label; the kubectl path is the one CI takes.
+    """
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        rendered = subprocess.run(
+            [kubectl, "kustomize", str(DEPLOY / "k8s")],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        return [d for d in yaml.safe_load_all(rendered) if d]
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for name in kustomization["resources"]:
+        docs.extend(d for d in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()) if d)
+    return docs
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    """No manifest in deploy/k8s is left out of the kustomization (and so never applied)."""
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    files = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+
+
+def test_rendered_rbac_is_least_privilege() -> None:
+    """Only Roles granting get/list/patch on deployments, statefulsets and their /scale; no wildcard, no cluster-wide grant."""
+    docs = render_k8s()
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "ConfigMap", "Secret", "RabbitmqCluster", "Role"} <= kinds
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert roles
+    for role in roles:
+        for rule in role["rules"]:
+            assert "*" not in rule.get("verbs", []), role["metadata"]["name"]
+            assert "*" not in rule.get("resources", []), role["metadata"]["name"]
+            assert "*" not in rule.get("apiGroups", []), role["metadata"]["name"]
+            assert set(rule["apiGroups"]) == {"apps"}
+            assert set(rule["verbs"]) <= ALLOWED_VERBS
+            assert set(rule["resources"]) <= ALLOWED_RESOURCES
+            assert "resourceNames" not in rule or rule["resourceNames"]
+    for binding in (d for d in docs if d["kind"] == "RoleBinding"):
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["roleRef"]["name"] != "cluster-admin"
+        assert [s["name"] for s in binding["subjects"]] == ["triggers-worker"]
+
+
+def test_rendered_pods_run_unprivileged() -> None:
+    """Every container runs as non-root, without privilege escalation, with a read-only root filesystem."""
+    deployments = [d for d in render_k8s() if d["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} == {"triggers-gateway", "triggers-worker"}
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["capabilities"]["drop"] == ["ALL"]
+    gateway = next(d for d in deployments if d["metadata"]["name"] == "triggers-gateway")
+    assert gateway["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_image_runs_as_a_non_root_user() -> None:
+    """The Dockerfile's final stage switches to a numeric non-root user before its entry point."""
+    lines = (DEPLOY / "Dockerfile").read_text().splitlines()
+    final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
+    users = [line.split()[1] for line in final if line.startswith("USER ")]
+    assert users
+    assert re.fullmatch(r"[1-9][0-9]*", users[-1])
+    assert any(line.startswith('ENTRYPOINT ["triggers"]') for line in final)
+
+
+def test_compose_file_is_valid() -> None:
+    """deploy/compose.yaml has the broker with its definitions, the gateway and the worker; `docker compose config` accepts it where the plugin exists."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert set(compose["services"]) == {"rabbitmq", "gateway", "worker"}
+    mounts = compose["services"]["rabbitmq"]["volumes"]
+    assert "./rabbitmq/definitions.json:/etc/rabbitmq/definitions.json:ro" in mounts
+    for name in ("gateway", "worker"):
+        assert compose["services"][name]["image"] == "container-triggers"
+    swarm = yaml.safe_load((DEPLOY / "compose.swarm.yaml").read_text())
+    assert swarm["services"]["worker"]["environment"]["TRIGGERS_ORCHESTRATOR"] == "swarm"
+    docker = shutil.which("docker")
+    if docker is None:
+        return
+    plugin = subprocess.run(
+        [docker, "compose", "version"], capture_output=True, check=False, timeout=30
+    )
+    if plugin.returncode == 0:
+        subprocess.run(
+            [docker, "compose", "-f", str(DEPLOY / "compose.yaml"), "config", "--quiet"],
+            check=True,
+            timeout=60,
+        )
+
+
+def test_broker_definitions_match_the_topology() -> None:
+    """definitions.json declares exactly the exchanges, queues (with arguments) and bindings the code declares."""
+    definitions = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
+    exchanges = {e["name"]: e["type"] for e in definitions["exchanges"]}
+    assert exchanges == {
+        COMMANDS_EXCHANGE: "direct",
+        RESULTS_EXCHANGE: "topic",
+        DEAD_EXCHANGE: "fanout",
+    }
+    queues = {q["name"]: q["arguments"] for q in definitions["queues"]}
+    assert queues == {
+        **dict.fromkeys(COMMAND_QUEUES.values(), COMMAND_QUEUE_ARGUMENTS),
+        DEAD_QUEUE: {"x-queue-type": "quorum"},
+    }
+    bindings = {(b["source"], b["destination"], b["routing_key"]) for b in definitions["bindings"]}
+    assert bindings == {
+        *((COMMANDS_EXCHANGE, queue, action) for action, queue in COMMAND_QUEUES.items()),
+        (DEAD_EXCHANGE, DEAD_QUEUE, ""),
+    }
+    assert [u["name"] for u in definitions["users"]] == ["triggers"]
