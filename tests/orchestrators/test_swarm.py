@@ -93,6 +93,10 @@ async def test_scale_sets_replicas_once_per_job(
     assert (change.before["web"].replicas, change.after["web"].replicas) == (2, 5)
     again = await swarm.scale("job-s", WEB, delta=3)
     assert again.duplicate is True
+    recorded = await swarm.recorded("job-s", WEB)
+    assert recorded is not None
+    assert recorded.after["web"].replicas == 5
+    assert await swarm.recorded("job-never", WEB) is None
     assert fake.spec("shop_web")["Mode"]["Replicated"]["Replicas"] == 5
     assert "job-s" in read_ledger(fake.spec("shop_web")["Labels"])
 
