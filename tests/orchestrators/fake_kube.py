@@ -175,6 +175,11 @@ class FakeKube:
             if fault == "hang":
                 await self.faults.hang()
                 return _status(504, "Timeout", "released")
+            if fault == "proxy-502":
+                # A load balancer in front of the API server answering for it: no Status body.
+                return web.Response(
+                    status=502, text="<html>502 Bad Gateway</html>", content_type="text/html"
+                )
             code = int(fault)
             return _status(code, _REASONS.get(code, "Unknown"), f"injected {code}")
         if request.match_info.get("plural") not in _PLURALS:

@@ -267,6 +267,7 @@ async def test_conflicts_beyond_the_bound_are_retryable(
         (404, NotFoundError, "not found"),
         (500, RetryableError, "answered 500"),
         (503, RetryableError, "will retry"),
+        ("proxy-502", RetryableError, "answered 502: <html>502 Bad Gateway"),
         ("hang", RetryableError, "did not answer in time"),
     ],
 )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,57 @@ async def test_forbidden_ends_in_a_failed_result_saying_what_to_grant(
     assert (event.status, event.attempt) == ("failed", 1)
     assert event.error is not None
     assert "get, list and patch on deployments" in event.error
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Subprocesses the test started; killed at the end whatever happens."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.mark.slow
+async def test_worker_process_killed_after_scaling_leaves_exactly_one_change(
+    gateway: Gateway,
+    store: SqliteTriggerStore,
+    kube_env: tuple[FakeKube, dict[str, str]],
+    results: Results,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    """`triggers worker` on Kubernetes, SIGKILLed between the change and the ack: the next worker reports the change as a duplicate and adds nothing."""
+    fake, environ = kube_env
+    trigger, secret = await store.create(cluster="prod", app="shop", action="scale", service="web")
+    doomed = subprocess.Popen(
+        [*triggers_cli(), "worker"],
+        env={**environ, "TRIGGERS_FAULTS": "crash-after-apply"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    processes.append(doomed)
+    async with gateway.http.post(gateway.call_url(trigger, secret) + "&type=scale_out&step=4") as r:
+        assert r.status == 202
+        job_id = (await r.json())["job_id"]
+    async with asyncio.timeout(30):
+        while doomed.poll() is None:
+            await asyncio.sleep(0.05)
+    assert doomed.returncode == -signal.SIGKILL
+    assert fake.get("web")["spec"]["replicas"] == 6
+    assert results.for_job(job_id) == []
+
+    survivor = subprocess.Popen(
+        [*triggers_cli(), "worker"],
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    processes.append(survivor)
+    (event,) = await results.wait_for(job_id, within=30)
+    assert (event.status, event.duplicate, event.orchestrator) == ("succeeded", True, "kubernetes")
+    assert (event.before["web"].replicas, event.after["web"].replicas) == (2, 6)
+    assert fake.get("web")["spec"]["replicas"] == 6
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(timeout=30) == 0
