@@ -96,6 +96,9 @@ async def test_redeploy_with_image_sets_only_that_container(
     fake, _ = fake_kube
     change = await k8s.redeploy("job-img", SHOP, image="ghcr.io/acme/shop-api:1.5")
     assert list(change.after) == ["api"]
+    assert change.image == "ghcr.io/acme/shop-api:1.5"
+    again = await k8s.redeploy("job-img", SHOP, image="ghcr.io/acme/shop-api:1.5")
+    assert (again.duplicate, again.image, again.after) == (True, change.image, change.after)
     assert change.after["api"].image == "ghcr.io/acme/shop-api:1.5"
     containers = fake.get("api")["spec"]["template"]["spec"]["containers"]
     assert [c["image"] for c in containers] == ["ghcr.io/acme/shop-api:1.5", "envoy:1.30"]

@@ -78,6 +78,9 @@ async def test_redeploy_with_image_updates_only_the_matching_service(
     fake, _ = fake_docker
     change = await swarm.redeploy("job-i", SHOP, image="ghcr.io/acme/shop-api:1.5")
     assert list(change.after) == ["api"]
+    recorded = await swarm.recorded("job-i", SHOP)
+    assert recorded is not None
+    assert (recorded.image, recorded.after) == ("ghcr.io/acme/shop-api:1.5", change.after)
     assert fake.spec("shop_api")["TaskTemplate"]["ContainerSpec"]["Image"] == (
         "ghcr.io/acme/shop-api:1.5"
     )

@@ -221,8 +221,9 @@ class KubernetesOrchestrator:
                     job_id=job_id,
                     stamp=stamp,
                     image=image if roll else None,
+                    note=(detail, image),
                 )
-                records[name] = msgspec.structs.replace(record, detail=detail, image=image)
+                records[name] = record
                 wrote = wrote or written
             return as_change(records, duplicate=not wrote)
 
@@ -342,8 +343,13 @@ class KubernetesOrchestrator:
         job_id: str,
         stamp: str,
         image: str | None,
+        note: tuple[str | None, str | None],
     ) -> tuple[Record, bool]:
-        """Restart one workload once per job; the record and whether this call wrote it."""
+        """Restart one workload once per job; the record and whether this call wrote it.
+
+        `image` is set on the containers running its repository; `note` is the job's
+        (detail, requested image), kept in the ledger so a duplicate reports them too.
+        """
         for attempt in range(self._retries):
             if attempt:
                 workload = _Workload(
@@ -375,6 +381,8 @@ class KubernetesOrchestrator:
                 after=msgspec.structs.replace(
                     before, image=after_image, revision=before.revision + 1
                 ),
+                detail=note[0],
+                image=note[1],
             )
             body = {
                 "metadata": {

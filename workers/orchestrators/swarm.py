@@ -24,7 +24,6 @@ from typing import Any
 
 import aiodocker
 import aiohttp
-import msgspec
 
 from shared.errors import (
     ConflictError,
@@ -162,9 +161,15 @@ class SwarmOrchestrator:
             wrote = False
             for name in chosen:
                 record, written = await self._update_once(
-                    docker, target, name, job_id=job_id, image=image if roll else None, delta=None
+                    docker,
+                    target,
+                    name,
+                    job_id=job_id,
+                    image=image if roll else None,
+                    delta=None,
+                    note=(detail, image),
                 )
-                records[name] = msgspec.structs.replace(record, detail=detail, image=image)
+                records[name] = record
                 wrote = wrote or written
             return as_change(records, duplicate=not wrote)
 
@@ -230,8 +235,13 @@ class SwarmOrchestrator:
         job_id: str,
         image: str | None,
         delta: int | None,
+        note: tuple[str | None, str | None] = (None, None),
     ) -> tuple[Record, bool]:
-        """Apply a redeploy (`delta` None) or a scale to one service, once per job."""
+        """Apply a redeploy (`delta` None) or a scale to one service, once per job.
+
+        `note` is a redeploy's (detail, requested image), kept in the ledger so a
+        duplicate reports them too.
+        """
         for _ in range(self._retries):
             service = await self._service(docker, target, name)
             ledger = read_ledger(service.labels)
@@ -252,6 +262,8 @@ class SwarmOrchestrator:
                         image=template.get("ContainerSpec", {}).get("Image", ""),
                         revision=before.revision + 1,
                     ),
+                    detail=note[0],
+                    image=note[1],
                 )
             else:
                 if service.replicas is None:
