@@ -11,7 +11,8 @@ from cachetools import TTLCache
 from gateway.abuse import FailedAuthLimiter
 from gateway.errors import error_middleware
 from gateway.hook import handle_trigger
-from gateway.keys import AUTH_LIMITER, BUS, SETTINGS, STORE, TRIGGER_CACHE
+from gateway.keys import AUTH_LIMITER, BUS, RECENT_EVENTS, SETTINGS, STORE, TRIGGER_CACHE
+from gateway.recent import RecentEvents
 from shared.bus import AmqpBus, Bus
 from shared.settings import Settings
 from shared.store import TriggerStore, open_store
@@ -47,6 +48,7 @@ def create_app(
     app[SETTINGS] = settings
     app[TRIGGER_CACHE] = TTLCache(maxsize=10_000, ttl=settings.trigger_cache_ttl)
     app[AUTH_LIMITER] = FailedAuthLimiter(settings.auth_failures_per_minute)
+    app[RECENT_EVENTS] = RecentEvents()
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store if store is not None else open_store(settings.database)

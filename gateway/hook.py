@@ -2,8 +2,9 @@
 
 Order matters: the call's shape is checked first (400), then the trigger and secret (403,
 the same answer for an unknown trigger, a revoked one, a mismatched `triggerUrl` and a
-wrong secret), then the parameters the trigger's action needs (400). Only then is a
-command published, and 202 is answered only after the broker confirmed it.
+wrong secret), then signatures and a registry or alert body (`gateway.sources`: 401,
+409, 422, or 200 "ignored"), then the parameters the trigger's action needs (400).
+Only then is a command published, and 202 is answered only after the broker confirmed it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from gateway.errors import ApiError
 from gateway.keys import AUTH_LIMITER, BUS, LOG_FIELDS, SETTINGS, STORE, TRIGGER_CACHE
+from gateway.sources import EventCall, header_secret, inspect_call
 from shared.messages import (
     Command,
     CommandEnvelope,
@@ -34,7 +36,7 @@ from shared.triggers import (
 
 __all__ = ["ALLOWED_PARAMETERS", "handle_trigger"]
 
-ALLOWED_PARAMETERS = ("triggerUrl", "secret", "type", "step")
+ALLOWED_PARAMETERS = ("triggerUrl", "secret", "type", "step", "source")
 _STEP = re.compile(r"^[0-9]{1,3}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _FORBIDDEN = ApiError(
@@ -71,22 +73,34 @@ def _query(request: web.Request) -> dict[str, list[str]]:
     return query
 
 
-def _scale_command(query: dict[str, list[str]]) -> Scale:
+Direction = Literal["scale_in", "scale_out"]
+
+
+def _scale_parameters(query: dict[str, list[str]]) -> tuple[Direction | None, int | None]:
+    """`type` and `step` when given, validated; an alert body makes both optional."""
     direction = _single(query, "type")
     step_text = _single(query, "step")
+    if direction is not None and direction not in ("scale_in", "scale_out"):
+        raise _bad("invalid_type", f"type must be scale_in or scale_out, got {direction[:32]!r}")
+    step: int | None = None
+    if step_text is not None:
+        step = int(step_text) if _STEP.match(step_text) else 0
+        if not 1 <= step <= 100:
+            raise _bad(
+                "invalid_step", f"step must be a whole number from 1 to 100, got {step_text[:32]!r}"
+            )
+    if direction is None:
+        return None, step
+    return ("scale_in" if direction == "scale_in" else "scale_out"), step
+
+
+def _scale_command(query: dict[str, list[str]]) -> Scale:
+    direction, step = _scale_parameters(query)
     if direction is None:
         raise _bad("missing_type", "a scaling trigger needs type=scale_in or type=scale_out")
-    if direction not in ("scale_in", "scale_out"):
-        raise _bad("invalid_type", f"type must be scale_in or scale_out, got {direction[:32]!r}")
-    if step_text is None:
+    if step is None:
         raise _bad("missing_step", "a scaling trigger needs step=N, a whole number from 1 to 100")
-    step = int(step_text) if _STEP.match(step_text) else 0
-    if not 1 <= step <= 100:
-        raise _bad(
-            "invalid_step", f"step must be a whole number from 1 to 100, got {step_text[:32]!r}"
-        )
-    kind: Literal["scale_in", "scale_out"] = "scale_in" if direction == "scale_in" else "scale_out"
-    return Scale(direction=kind, step=step)
+    return Scale(direction=direction, step=step)
 
 
 async def _lookup(request: web.Request, trigger_id: str) -> Trigger | None:
@@ -105,23 +119,45 @@ def _correlation_id(request: web.Request, job_id: str) -> str:
     return given if _REQUEST_ID.match(given) else job_id
 
 
+async def _read_body(request: web.Request) -> bytes:
+    # Bound the body first, so an oversized call is refused with 413 before anything happens.
+    if request.method != "POST":
+        return b""
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"the body is limited to {limit} bytes")
+    return await request.read()
+
+
+def _call_parameters(
+    trigger: Trigger, query: dict[str, list[str]]
+) -> tuple[Direction | None, int | None]:
+    if trigger.action == "scale":
+        return _scale_parameters(query)
+    if "type" in query or "step" in query:
+        raise _bad(
+            "unexpected_parameter",
+            "type and step apply to scaling triggers only; this trigger redeploys",
+        )
+    return None, None
+
+
+def _command(trigger: Trigger, query: dict[str, list[str]], event: EventCall | None) -> Command:
+    if event is not None:
+        return event.command
+    if trigger.action == "scale":
+        return _scale_command(query)
+    return Redeploy()
+
+
 async def handle_trigger(request: web.Request) -> web.Response:
     """Run a trigger: 202 with the job id once the broker confirmed the command."""
-    settings = request.app[SETTINGS]
-    if request.method == "POST":
-        # Read (and bound) the body even though this version does not interpret it, so an
-        # oversized call is refused with 413 before anything happens.
-        if request.content_length is not None and request.content_length > settings.max_body_bytes:
-            raise ApiError(
-                413,
-                "payload_too_large",
-                f"the body is limited to {settings.max_body_bytes} bytes",
-            )
-        await request.read()
-
+    body = await _read_body(request)
     query = _query(request)
     token = _single(query, "triggerUrl")
-    secret = _single(query, "secret")
+    # A header keeps the secret out of URLs and access logs; it wins over the query.
+    query_secret = _single(query, "secret")
+    secret = header_secret(request.headers) or query_secret
     if not token:
         raise _bad(
             "missing_trigger_url", "triggerUrl is required: call the URL `triggers create` printed"
@@ -132,7 +168,9 @@ async def handle_trigger(request: web.Request) -> web.Response:
         raise _bad("invalid_trigger_url", str(exc)) from None
     if not secret:
         raise _bad(
-            "missing_secret", "secret is required: call the full URL `triggers create` printed"
+            "missing_secret",
+            "secret is required: call the full URL `triggers create` printed, "
+            "or send it as X-Trigger-Secret or Authorization: Bearer",
         )
     request[LOG_FIELDS] = {"trigger_id": ref.trigger_id}
 
@@ -155,16 +193,19 @@ async def handle_trigger(request: web.Request) -> web.Response:
         limiter.failed(address)
         raise _FORBIDDEN
 
-    command: Command
-    if trigger.action == "scale":
-        command = _scale_command(query)
-    else:
-        if "type" in query or "step" in query:
-            raise _bad(
-                "unexpected_parameter",
-                "type and step apply to scaling triggers only; this trigger redeploys",
-            )
-        command = Redeploy()
+    direction, step = _call_parameters(trigger, query)
+    event = inspect_call(
+        request,
+        trigger,
+        body,
+        source=_single(query, "source"),
+        direction=direction,
+        step=step,
+        secret_in_query=secret == query_secret,
+    )
+    if isinstance(event, web.Response):
+        return event  # a valid event this trigger does not act on
+    command = _command(trigger, query, event)
 
     job_id = new_job_id()
     envelope = CommandEnvelope(
@@ -182,12 +223,20 @@ async def handle_trigger(request: web.Request) -> web.Response:
             remote=request.remote,
             user_agent=request.headers.get("User-Agent", "")[:200] or None,
             method=request.method,
+            origin=event.origin if event else None,
         ),
         correlation_id=_correlation_id(request, job_id),
     )
     request[LOG_FIELDS]["job_id"] = job_id
-    await request.app[BUS].publish_command(envelope)
-    body: dict[str, object] = {
+    try:
+        await request.app[BUS].publish_command(envelope)
+    except BaseException:
+        if event:
+            event.failed()
+        raise
+    if event:
+        event.published(job_id)
+    answer: dict[str, object] = {
         "job_id": job_id,
         "status": "accepted",
         "trigger_id": trigger.id,
@@ -199,6 +248,8 @@ async def handle_trigger(request: web.Request) -> web.Response:
         "issued_at": envelope.issued_at.isoformat(),
     }
     if isinstance(command, Scale):
-        body["type"] = command.direction
-        body["step"] = command.step
-    return web.json_response(body, status=202, headers={"X-Request-ID": envelope.correlation_id})
+        answer["type"] = command.direction
+        answer["step"] = command.step
+    if event:
+        answer["event"] = event.summary
+    return web.json_response(answer, status=202, headers={"X-Request-ID": envelope.correlation_id})

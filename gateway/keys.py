@@ -6,18 +6,29 @@ from aiohttp import web
 from cachetools import TTLCache
 
 from gateway.abuse import FailedAuthLimiter
+from gateway.recent import RecentEvents
 from shared.bus import Bus
 from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.triggers import Trigger
 
-__all__ = ["AUTH_LIMITER", "BUS", "LOG_FIELDS", "SETTINGS", "STORE", "TRIGGER_CACHE"]
+__all__ = [
+    "AUTH_LIMITER",
+    "BUS",
+    "LOG_FIELDS",
+    "RECENT_EVENTS",
+    "SETTINGS",
+    "STORE",
+    "TRIGGER_CACHE",
+]
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", TriggerStore)
 BUS = web.AppKey("bus", Bus)
 AUTH_LIMITER = web.AppKey("auth_limiter", FailedAuthLimiter)
 TRIGGER_CACHE = web.AppKey("trigger_cache", TTLCache[str, Trigger | None])
+# Pushed digests, alert groups, deliveries and signatures this gateway acted on recently.
+RECENT_EVENTS = web.AppKey("recent_events", RecentEvents)
 
 # Fields the request's summary log line carries besides method, path and status.
 LOG_FIELDS = web.RequestKey("log_fields", dict[str, str])

@@ -13,7 +13,7 @@ import click
 from shared.logging import configure_logging
 from shared.settings import Settings
 from shared.store import TriggerStore, open_store
-from shared.triggers import trigger_call_url
+from shared.triggers import SignatureScheme, TriggerOptions, new_secret, trigger_call_url
 
 __all__ = ["main"]
 
@@ -85,8 +85,38 @@ def dev(ctx: click.Context, host: str, port: int) -> None:
     "--action", required=True, type=click.Choice(["redeploy", "scale"]), help="What a call does."
 )
 @click.option("--service", help="Service to scale (required for --action scale).")
+@click.option("--image-update", is_flag=True, help="Redeploy with the image a registry push names.")
 @click.option(
-    "--image-update", is_flag=True, help="Redeploy only when a pushed image matches the app's."
+    "--image",
+    "image",
+    metavar="REPO",
+    help="Bind to this image repository: pushes of others are ignored (implies --image-update).",
+)
+@click.option("--tags", metavar="GLOB[,GLOB]", help="Deploy only pushed tags matching a glob.")
+@click.option(
+    "--semver", metavar="RANGE", help="Deploy only version tags in range, e.g. '>=1.2,<2'."
+)
+@click.option(
+    "--step", type=int, help="Scale step of an alert when the call gives no step (default 1)."
+)
+@click.option("--scale-in-on-resolve", is_flag=True, help="Scale back in when the alert resolves.")
+@click.option(
+    "--cooldown", type=float, metavar="SECONDS", help="One alert (group) acts once per cooldown."
+)
+@click.option(
+    "--signature",
+    type=click.Choice(["github", "hmac", "timestamped"]),
+    help="Require an HMAC-SHA256 signature of the body in this form.",
+)
+@click.option(
+    "--signing-secret",
+    metavar="KEY",
+    help="HMAC key (e.g. the GitHub webhook secret); generated and shown once if omitted.",
+)
+@click.option(
+    "--header-secret-only",
+    is_flag=True,
+    help="Refuse the secret in the query string; take it from a header only.",
 )
 @click.option(
     "--namespace",
@@ -102,6 +132,15 @@ def create(
     service: str | None,
     image_update: bool,
     namespace: str | None,
+    image: str | None,
+    tags: str | None,
+    semver: str | None,
+    step: int | None,
+    scale_in_on_resolve: bool,
+    cooldown: float | None,
+    signature: SignatureScheme | None,
+    signing_secret: str | None,
+    header_secret_only: bool,
     as_json: bool,
 ) -> None:
     """Create a trigger and print its URL. The secret is shown only now."""
@@ -109,8 +148,21 @@ def create(
 
     settings = _settings(ctx)
     store = open_store(settings.database)
-    if image_update and action != "redeploy":
+    if (image_update or image) and action != "redeploy":
         raise click.UsageError("--image-update applies to redeploy triggers only")
+    if signature and not signing_secret:
+        signing_secret = new_secret()
+    options = TriggerOptions(
+        image=image,
+        tags=tags,
+        semver=semver,
+        step=step,
+        scale_in_on_resolve=scale_in_on_resolve,
+        cooldown=cooldown,
+        signature=signature,
+        signing_secret=signing_secret,
+        header_secret_only=header_secret_only,
+    )
     try:
         trigger, secret = _run(
             store.create(
@@ -118,15 +170,19 @@ def create(
                 app=app,
                 action="redeploy" if action == "redeploy" else "scale",
                 service=service,
-                image_update=image_update,
+                image_update=image_update or image is not None,
                 namespace=namespace,
+                options=options,
             )
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     url = trigger_call_url(settings.public_url, trigger, secret)
     if as_json:
-        _echo_json(trigger_json(trigger, url=url, secret=secret))
+        data = trigger_json(trigger, url=url, secret=secret)
+        if signing_secret:
+            data["signing_secret"] = signing_secret
+        _echo_json(data)
         return
     click.echo(
         f"Created {trigger.action} trigger {trigger.id} for {cluster}/{app}"
@@ -134,6 +190,8 @@ def create(
         + (f" in namespace {namespace}" if namespace else "")
     )
     click.echo("Keep the URL secret; it cannot be shown again (revoke and create anew if lost).")
+    if signing_secret:
+        click.echo(f"Signing secret ({signature}): {signing_secret}")
     click.echo("")
     if trigger.action == "scale":
         click.echo(f"  curl -X POST '{url}&type=scale_out&step=1'")

@@ -19,6 +19,7 @@ __all__ = [
     "Action",
     "Command",
     "CommandEnvelope",
+    "Origin",
     "Redeploy",
     "ResultEvent",
     "Scale",
@@ -61,6 +62,23 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     namespace: str | None = None
 
 
+class Origin(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The registry push or monitoring alert a command was made from.
+
+    `source` names the sender's format (``dockerhub``, ``harbor``, ``alertmanager``...);
+    the other fields are what that sender told us, for people reading the result.
+    """
+
+    source: str
+    event_id: str | None = None
+    repository: str | None = None
+    tag: str | None = None
+    digest: str | None = None
+    alert: str | None = None
+    alert_status: str | None = None
+    alert_key: str | None = None
+
+
 class Source(msgspec.Struct, frozen=True, kw_only=True):
     """Who or what called the trigger. Never carries the secret."""
 
@@ -68,12 +86,18 @@ class Source(msgspec.Struct, frozen=True, kw_only=True):
     remote: str | None = None
     user_agent: str | None = None
     method: str | None = None
+    origin: Origin | None = None
 
 
 class Redeploy(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="redeploy.v1"):
-    """Restart every service of the application, optionally with a new image."""
+    """Restart every service of the application, optionally with a new image.
+
+    With `only_matching`, a redeploy whose image no service of the application runs
+    changes nothing (an image-update trigger must never restart unrelated services).
+    """
 
     image: str | None = None
+    only_matching: bool = False
 
 
 class Scale(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="scale.v1"):

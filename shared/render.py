@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+import msgspec
 
 from shared.messages import ResultEvent, ServiceState
 from shared.triggers import Trigger, encode_trigger_url
@@ -30,6 +31,12 @@ def trigger_json(
         "created_at": trigger.created_at.isoformat(),
         "revoked_at": trigger.revoked_at.isoformat() if trigger.revoked_at else None,
         "status": "revoked" if trigger.revoked else "active",
+        # Never the signing secret: like the secret, it is shown once, at creation.
+        "options": {
+            k: v
+            for k, v in msgspec.structs.asdict(trigger.options).items()
+            if k != "signing_secret" and v not in (None, False)
+        },
     }
     if url is not None:
         data["url"] = url

@@ -43,6 +43,11 @@ class Settings:
     trigger_cache_ttl: float = 2.0
     # Failed authentications per client address and minute before it gets 429 (0: no limit).
     auth_failures_per_minute: int = 30
+    # Registry pushes and alerts (gateway/sources): one digest deploys once per window,
+    # one alert (group) acts once per cooldown, signed timestamps are valid this long.
+    push_dedupe_window: float = 120.0
+    alert_cooldown: float = 300.0
+    signature_tolerance: float = 300.0
     # Worker tuning.
     prefetch: int = 16
     max_attempts: int = 5
@@ -79,6 +84,9 @@ class Settings:
             "TRIGGERS_MAX_BODY_BYTES": ("max_body_bytes", int),
             "TRIGGERS_TRIGGER_CACHE_TTL": ("trigger_cache_ttl", float),
             "TRIGGERS_AUTH_FAILURES_PER_MINUTE": ("auth_failures_per_minute", int),
+            "TRIGGERS_PUSH_DEDUPE_WINDOW": ("push_dedupe_window", float),
+            "TRIGGERS_ALERT_COOLDOWN": ("alert_cooldown", float),
+            "TRIGGERS_SIGNATURE_TOLERANCE": ("signature_tolerance", float),
             "TRIGGERS_PREFETCH": ("prefetch", int),
             "TRIGGERS_MAX_ATTEMPTS": ("max_attempts", int),
             "TRIGGERS_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),

@@ -9,9 +9,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+import msgspec
+
 from shared.messages import Action, utcnow
 from shared.triggers import (
     Trigger,
+    TriggerOptions,
     hash_secret,
     new_secret,
     new_trigger_id,
@@ -19,7 +22,7 @@ from shared.triggers import (
     validate_namespace,
 )
 
-__all__ = ["SqliteTriggerStore", "TriggerStore", "open_store"]
+__all__ = ["SqliteTriggerStore", "TriggerStore", "encode_options", "open_store"]
 
 T = TypeVar("T")
 
@@ -34,13 +37,19 @@ CREATE TABLE IF NOT EXISTS triggers (
     namespace    TEXT,
     secret_hash  TEXT NOT NULL,
     created_at   TEXT NOT NULL,
-    revoked_at   TEXT
+    revoked_at   TEXT,
+    options      TEXT
 );
 CREATE INDEX IF NOT EXISTS triggers_by_app ON triggers (cluster, app);
 """
+_options_decoder = msgspec.json.Decoder(TriggerOptions)
+_options_encoder = msgspec.json.Encoder()
 
 # Columns added after the first release, for files created before them.
-_ADDED_COLUMNS = {"namespace": "ALTER TABLE triggers ADD COLUMN namespace TEXT"}
+_ADDED_COLUMNS = {
+    "namespace": "ALTER TABLE triggers ADD COLUMN namespace TEXT",
+    "options": "ALTER TABLE triggers ADD COLUMN options TEXT",
+}
 
 
 class TriggerStore(Protocol):
@@ -55,6 +64,7 @@ class TriggerStore(Protocol):
         service: str | None = None,
         image_update: bool = False,
         namespace: str | None = None,
+        options: TriggerOptions | None = None,
     ) -> tuple[Trigger, str]:
         """Create a trigger; return it with its secret, which is never shown again."""
         ...
@@ -79,8 +89,17 @@ class TriggerStore(Protocol):
 
 
 def _check_new(
-    cluster: str, app: str, action: Action, service: str | None, namespace: str | None = None
+    cluster: str,
+    app: str,
+    action: Action,
+    service: str | None,
+    namespace: str | None = None,
+    *,
+    image_update: bool = False,
+    options: TriggerOptions | None = None,
 ) -> None:
+    if options is not None:
+        options.check(action, image_update)
     if namespace is not None:
         validate_namespace(namespace)
     validate_name("cluster", cluster)
@@ -106,7 +125,15 @@ def _row_to_trigger(row: sqlite3.Row) -> Trigger:
         secret_hash=row["secret_hash"],
         created_at=datetime.fromisoformat(row["created_at"]),
         revoked_at=datetime.fromisoformat(row["revoked_at"]) if row["revoked_at"] else None,
+        options=_options_decoder.decode(row["options"]) if row["options"] else TriggerOptions(),
     )
+
+
+def encode_options(options: TriggerOptions) -> str | None:
+    """The `options` column's value: JSON, or NULL when every option has its default."""
+    if options == TriggerOptions():
+        return None
+    return _options_encoder.encode(options).decode()
 
 
 class SqliteTriggerStore:
@@ -153,9 +180,12 @@ class SqliteTriggerStore:
         service: str | None = None,
         image_update: bool = False,
         namespace: str | None = None,
+        options: TriggerOptions | None = None,
     ) -> tuple[Trigger, str]:
         """Create a trigger; return it with its secret, which is never shown again."""
-        _check_new(cluster, app, action, service, namespace)
+        _check_new(
+            cluster, app, action, service, namespace, image_update=image_update, options=options
+        )
         secret = new_secret()
         trigger = Trigger(
             id=new_trigger_id(),
@@ -167,12 +197,14 @@ class SqliteTriggerStore:
             namespace=namespace,
             secret_hash=hash_secret(secret),
             created_at=utcnow(),
+            options=options or TriggerOptions(),
         )
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO triggers (id, cluster, app, action, service, image_update,"
-                " namespace, secret_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " namespace, secret_hash, created_at, options)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     trigger.id,
                     trigger.cluster,
@@ -183,6 +215,7 @@ class SqliteTriggerStore:
                     trigger.namespace,
                     trigger.secret_hash,
                     trigger.created_at.isoformat(),
+                    encode_options(trigger.options),
                 ),
             )
 

@@ -18,12 +18,15 @@ from typing import Literal
 from urllib.parse import quote
 
 import msgspec
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from shared.messages import Action
 
 __all__ = [
     "NAME_PATTERN",
+    "SignatureScheme",
     "Trigger",
+    "TriggerOptions",
     "TriggerRef",
     "TriggerUrlError",
     "decode_trigger_url",
@@ -52,6 +55,61 @@ class TriggerUrlError(ValueError):
     """`triggerUrl` is not base64 of ``cluster|app|action|id|``; the message says how."""
 
 
+SignatureScheme = Literal["github", "hmac", "timestamped"]
+
+
+class TriggerOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How a trigger reacts to registry pushes and alerts, and how callers authenticate.
+
+    Stored as one JSON column, so a new option needs no schema change.
+    """
+
+    # Image update: the repository the trigger is bound to, and which tags deploy.
+    image: str | None = None
+    tags: str | None = None
+    semver: str | None = None
+    # Alerts: the scaling step when the call gives none, scale in when an alert resolves,
+    # and how long one alert (group) acts only once.
+    step: int | None = None
+    scale_in_on_resolve: bool = False
+    cooldown: float | None = None
+    # Authentication beyond the secret. The HMAC key must be kept in clear to verify
+    # signatures; it is shown once, like the secret, and never printed again.
+    signature: SignatureScheme | None = None
+    signing_secret: str | None = None
+    header_secret_only: bool = False
+
+    def check(self, action: Action, image_update: bool) -> None:
+        """Raise ValueError, saying which option to fix, when the options do not fit."""
+        if (self.image or self.tags or self.semver) and not (action == "redeploy" and image_update):
+            msg = "--image, --tags and --semver apply to redeploy triggers with --image-update"
+            raise ValueError(msg)
+        if self.tags and self.semver:
+            msg = "give --tags or --semver, not both"
+            raise ValueError(msg)
+        if self.semver:
+            try:
+                SpecifierSet(self.semver)
+            except InvalidSpecifier:
+                msg = f"--semver {self.semver!r} is not a version range; write e.g. '>=1.2,<2'"
+                raise ValueError(msg) from None
+        if (self.step is not None or self.scale_in_on_resolve) and action != "scale":
+            msg = "--step and --scale-in-on-resolve apply to scale triggers only"
+            raise ValueError(msg)
+        if self.step is not None and not 1 <= self.step <= 100:
+            msg = "--step must be a whole number from 1 to 100"
+            raise ValueError(msg)
+        if self.cooldown is not None and not 0 <= self.cooldown <= 86_400:
+            msg = "--cooldown must be from 0 to 86400 seconds"
+            raise ValueError(msg)
+        if self.signing_secret is not None and self.signature is None:
+            msg = "--signing-secret needs --signature github|hmac|timestamped"
+            raise ValueError(msg)
+        if self.signature is not None and not self.signing_secret:
+            msg = "a signature scheme needs a signing secret"
+            raise ValueError(msg)
+
+
 class Trigger(msgspec.Struct, frozen=True, kw_only=True):
     """A stored trigger. `secret_hash` is all the store knows of the secret."""
 
@@ -66,6 +124,7 @@ class Trigger(msgspec.Struct, frozen=True, kw_only=True):
     secret_hash: str
     created_at: datetime
     revoked_at: datetime | None = None
+    options: TriggerOptions = TriggerOptions()
 
     @property
     def revoked(self) -> bool:

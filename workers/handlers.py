@@ -6,7 +6,8 @@ outcomes into ack, retry or dead-letter.
 
 from __future__ import annotations
 
-from shared.messages import CommandEnvelope, Redeploy, Scale
+from shared.images import normalize_repository, same_repository
+from shared.messages import CommandEnvelope, Redeploy, Scale, Target
 from workers.orchestrators.base import Change, Orchestrator
 
 __all__ = ["apply_command"]
@@ -15,10 +16,34 @@ __all__ = ["apply_command"]
 async def apply_command(envelope: CommandEnvelope, orchestrator: Orchestrator) -> Change:
     """Apply one command through the orchestrator, once per job id."""
     match envelope.command:
-        case Redeploy(image=image):
+        case Redeploy(image=image, only_matching=only_matching):
+            if image is not None and only_matching:
+                skipped = await _skip_unless_running(envelope.target, image, orchestrator)
+                if skipped is not None:
+                    return skipped
             return await orchestrator.redeploy(
                 envelope.job_id, envelope.target, image=image, issued_at=envelope.issued_at
             )
         case Scale(direction=direction, step=step):
             delta = step if direction == "scale_out" else -step
             return await orchestrator.scale(envelope.job_id, envelope.target, delta=delta)
+
+
+async def _skip_unless_running(
+    target: Target, image: str, orchestrator: Orchestrator
+) -> Change | None:
+    # An image-update trigger not bound to a repository learns here whether the pushed
+    # image is the application's: nothing changes, so no job needs recording.
+    services = await orchestrator.state(Target(cluster=target.cluster, app=target.app))
+    if not services or any(same_repository(s.image, image) for s in services.values()):
+        return None  # a missing application fails in the adapter, with its own message
+    return Change(
+        status="skipped",
+        before=services,
+        after=services,
+        detail=(
+            f"no service of {target.app} runs {normalize_repository(image)}; "
+            "the pushed image is not this application's, nothing changed"
+        ),
+        image=image,
+    )

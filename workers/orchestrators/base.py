@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from shared.images import normalize_repository
 from shared.messages import ServiceState, Target
 
 __all__ = ["Change", "Orchestrator", "image_repository", "redeploy_plan", "scale_change"]
@@ -74,13 +75,13 @@ class Orchestrator(Protocol):
 
 
 def image_repository(image: str) -> str:
-    """``registry/name`` of an image reference, without tag or digest."""
-    name = image.split("@", 1)[0]
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    if colon > slash:
-        name = name[:colon]
-    return name
+    """The canonical ``registry/path`` of an image reference, without tag or digest.
+
+    Every spelling of one repository gives the same answer (``nginx``,
+    ``docker.io/library/nginx:1.27``), so a registry push matches the services running it
+    whichever way each side writes the name.
+    """
+    return normalize_repository(image)
 
 
 def redeploy_plan(

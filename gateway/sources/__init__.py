@@ -1,0 +1,167 @@
+"""Registry pushes and monitoring alerts posted to a trigger: recognise, authenticate, plan.
+
+One module per sender family parses a body into a typed `Parsed` event (pure functions
+of headers, content type and bytes); `plan` turns it into a command for the trigger;
+`inspect_call` is the one entry point `gateway/hook.py` calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from aiohttp import web
+
+from gateway.errors import ApiError
+from gateway.keys import RECENT_EVENTS, SETTINGS
+from gateway.recent import RecentEvents
+from gateway.sources._event import (
+    Alert,
+    ImagePush,
+    Parsed,
+    UnrecognisedBody,
+    UnusableBody,
+)
+from gateway.sources.auth import github_signature, header_secret, verify_signature
+from gateway.sources.detect import SOURCES, parse_event
+from gateway.sources.plan import Ignored, Planned, plan_event
+from shared.messages import Command, Origin
+from shared.triggers import Trigger
+
+__all__ = [
+    "SOURCES",
+    "Alert",
+    "EventCall",
+    "Ignored",
+    "ImagePush",
+    "Parsed",
+    "RecentEvents",
+    "UnrecognisedBody",
+    "UnusableBody",
+    "github_signature",
+    "header_secret",
+    "inspect_call",
+    "parse_event",
+]
+
+# How long a delivery id is remembered against replays (bounded by the cache's size).
+_DELIVERY_TTL = 24 * 3600.0
+
+
+@dataclass
+class EventCall:
+    """A command made from a body, holding its claims until the broker confirms it."""
+
+    command: Command
+    origin: Origin
+    summary: dict[str, object]
+    _recent: RecentEvents
+    _claims: tuple[tuple[str, float], ...]
+    _forget: tuple[str, ...]
+
+    def published(self, job_id: str) -> None:
+        """The broker confirmed the command: remember its job id under every claim."""
+        for key, ttl in self._claims:
+            self._recent.confirm(key, job_id, ttl)
+        for key in self._forget:
+            self._recent.release(key)
+
+    def failed(self) -> None:
+        """Nothing was published: a retry of the same event must act."""
+        for key, _ in self._claims:
+            self._recent.release(key)
+
+
+def _ignored(reason: str, job_id: str | None = None) -> web.Response:
+    body: dict[str, object] = {"status": "ignored", "reason": reason}
+    if job_id is not None:
+        body["job_id"] = job_id
+    return web.json_response(body, status=200)
+
+
+def inspect_call(
+    request: web.Request,
+    trigger: Trigger,
+    body: bytes,
+    *,
+    source: str | None,
+    direction: Literal["scale_in", "scale_out"] | None,
+    step: int | None,
+    secret_in_query: bool,
+) -> EventCall | web.Response | None:
+    """Authenticate beyond the secret, then read the body.
+
+    Returns None for a plain call (no body, or ``source=plain``), an `EventCall` whose
+    command replaces the plain one, or a 200 "ignored" response. Raises `ApiError`
+    (400, 401, 409, 422) when the call must be refused.
+    """
+    settings = request.app[SETTINGS]
+    recent = request.app[RECENT_EVENTS]
+    options = trigger.options
+    if secret_in_query and options.header_secret_only:
+        raise ApiError(
+            400,
+            "query_secret_refused",
+            "this trigger takes its secret only in the X-Trigger-Secret or "
+            "Authorization: Bearer header; the secret has been in a URL, so rotate it",
+        )
+    verify_signature(
+        options,
+        trigger.id,
+        request.headers,
+        body,
+        recent=recent,
+        tolerance=settings.signature_tolerance,
+    )
+    if source == "plain" or (source is None and not body.strip()):
+        return None
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    try:
+        parsed = parse_event(request.headers, content_type, body, source)
+    except (UnrecognisedBody, UnusableBody) as exc:
+        code = "unrecognised_body" if isinstance(exc, UnrecognisedBody) else "unusable_body"
+        raise ApiError(422, code, str(exc)) from None
+    label = SOURCES[parsed.source].label
+    delivery_key = f"delivery:{trigger.id}:{parsed.source}:{parsed.event_id}"
+    if parsed.event_id is not None and (earlier := recent.seen(delivery_key)) is not None:
+        return _ignored(f"{label} delivery {parsed.event_id} was already received", earlier)
+    try:
+        plan = plan_event(
+            trigger,
+            parsed,
+            label,
+            direction=direction,
+            step=step,
+            push_window=settings.push_dedupe_window,
+            alert_cooldown=settings.alert_cooldown,
+        )
+    except UnusableBody as exc:
+        raise ApiError(422, "unusable_body", str(exc)) from None
+    if isinstance(plan, Ignored):
+        for key in plan.forget:
+            recent.release(key)
+        return _ignored(plan.reason, plan.job_id)
+    return _claim(recent, plan, delivery_key if parsed.event_id is not None else None)
+
+
+def _claim(
+    recent: RecentEvents, plan: Planned, delivery_key: str | None
+) -> EventCall | web.Response:
+    claims = plan.claims + (((delivery_key, _DELIVERY_TTL),) if delivery_key else ())
+    taken: list[str] = []
+    for key, ttl in claims:
+        earlier = recent.claim(key, ttl)
+        if earlier is not None:
+            for done in taken:
+                recent.release(done)
+            what = "alert" if key.startswith("alert:") else "image"
+            return _ignored(f"the same {what} already acted recently (within {ttl:.0f} s)", earlier)
+        taken.append(key)
+    return EventCall(
+        command=plan.command,
+        origin=plan.origin,
+        summary=plan.summary,
+        _recent=recent,
+        _claims=claims,
+        _forget=plan.forget,
+    )

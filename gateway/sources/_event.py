@@ -1,0 +1,92 @@
+"""What every parser returns: image pushes or an alert, typed; and the two refusals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+__all__ = [
+    "Alert",
+    "Headers",
+    "ImagePush",
+    "Parsed",
+    "PushAction",
+    "SourceFormat",
+    "UnrecognisedBody",
+    "UnusableBody",
+    "convert",
+]
+
+T = TypeVar("T")
+Headers = Mapping[str, str]
+PushAction = Literal["push", "pull", "delete", "other"]
+
+
+class UnrecognisedBody(ValueError):
+    """The body is in no format the gateway knows (422)."""
+
+
+class UnusableBody(ValueError):
+    """The body is in a known format but lacks what a command needs (422)."""
+
+
+class ImagePush(msgspec.Struct, frozen=True, kw_only=True):
+    """One registry event about one image; only ``action == "push"`` can deploy.
+
+    `repository` includes the registry host (``ghcr.io/acme/api``); Docker Hub
+    repositories are canonical (``docker.io/library/nginx``).
+    """
+
+    action: PushAction
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+    # What tells two pushes of one tag apart when the sender gives no digest.
+    pushed_at: str | None = None
+    kind: str | None = None  # the sender's own name for the event, for messages
+
+
+class Alert(msgspec.Struct, frozen=True, kw_only=True):
+    """One alert notification (a group of alerts, as Alertmanager sends them)."""
+
+    status: Literal["firing", "resolved"]
+    key: str  # group key, or the sorted fingerprints: what makes a re-send "the same"
+    name: str | None = None
+    fingerprints: tuple[str, ...] = ()
+    count: int = 0
+
+
+class Parsed(msgspec.Struct, frozen=True, kw_only=True):
+    """A recognised body: its sender format and what it says.
+
+    With neither pushes nor an alert, `note` says why there is nothing to act on
+    (a GitHub ping, a layer-only registry notification).
+    """
+
+    source: str
+    pushes: tuple[ImagePush, ...] = ()
+    alert: Alert | None = None
+    event_id: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """One sender's format: its `source=` name, a label for messages, detect and parse."""
+
+    name: str
+    label: str
+    detect: Callable[[Any, Headers, str], bool]
+    parse: Callable[[Any, Headers], Parsed]
+
+
+def convert(payload: Any, kind: type[T], label: str) -> T:
+    """Validate a decoded JSON body against a vendor's Struct; UnusableBody says where."""
+    try:
+        return msgspec.convert(payload, kind)
+    except msgspec.ValidationError as exc:
+        msg = f"not a usable {label} payload: {exc}"
+        raise UnusableBody(msg) from None
