@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.errors import ApiError
 from gateway.keys import RECENT_EVENTS, SETTINGS
-from gateway.recent import RecentEvents
+from gateway.recent import PENDING, RecentEvents
 from gateway.sources._event import (
     Alert,
     ImagePush,
@@ -124,7 +124,10 @@ def inspect_call(
     label = SOURCES[parsed.source].label
     delivery_key = f"delivery:{trigger.id}:{parsed.source}:{parsed.event_id}"
     if parsed.event_id is not None and (earlier := recent.seen(delivery_key)) is not None:
-        return _ignored(f"{label} delivery {parsed.event_id} was already received", earlier)
+        return _ignored(
+            f"{label} delivery {parsed.event_id} was already received",
+            None if earlier == PENDING else earlier,
+        )
     try:
         plan = plan_event(
             trigger,
@@ -155,7 +158,9 @@ def _claim(
             for done in taken:
                 recent.release(done)
             what = "alert" if key.startswith("alert:") else "image"
-            return _ignored(f"the same {what} already acted recently (within {ttl:.0f} s)", earlier)
+            if earlier == PENDING:
+                return _ignored(f"the same {what} is being acted on by a call still in progress")
+            return _ignored(f"the same {what} already acted within the last {ttl:.0f} s", earlier)
         taken.append(key)
     return EventCall(
         command=plan.command,

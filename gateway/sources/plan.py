@@ -61,7 +61,9 @@ def tag_allowed(tag: str | None, options: TriggerOptions) -> bool:
         version = Version(tag)
     except InvalidVersion:
         return False
-    return SpecifierSet(options.semver).contains(version)
+    spec = SpecifierSet(options.semver)
+    # Pre-releases deploy only when the range itself names one (">=2.0.0rc1").
+    return spec.contains(version, prereleases=bool(spec.prereleases))
 
 
 def _tag_rank(push: ImagePush) -> tuple[int, Version]:

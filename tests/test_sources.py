@@ -1,0 +1,428 @@
+"""Recognising registry pushes and alerts: pure parsing, on the vendors' own sample payloads."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.recent import RecentEvents
+from gateway.sources import (
+    SOURCES,
+    Alert,
+    ImagePush,
+    UnrecognisedBody,
+    UnusableBody,
+    github_signature,
+    parse_event,
+)
+from gateway.sources.plan import tag_allowed
+from shared.images import familiar_repository, image_reference, normalize_repository
+from shared.triggers import TriggerOptions
+
+FIXTURES = Path(__file__).parent / "fixtures" / "sources"
+JSON = "application/json"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    """A sample payload, decoded (a fresh copy each time, safe to change)."""
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    return data
+
+
+def raw(name: str) -> bytes:
+    """A sample payload's bytes, exactly as stored."""
+    return (FIXTURES / name).read_bytes()
+
+
+# (fixture, headers, content type, source, first push or alert expected)
+RECOGNISED: list[tuple[str, dict[str, str], str, str, ImagePush | Alert]] = [
+    (
+        "dockerhub_push.json",
+        {},
+        JSON,
+        "dockerhub",
+        ImagePush(
+            action="push",
+            repository="docker.io/svendowideit/testhook",
+            tag="latest",
+            pushed_at="1417566161",
+        ),
+    ),
+    (
+        "harbor_push_default.json",
+        {},
+        JSON,
+        "harbor",
+        ImagePush(
+            action="push",
+            repository="hub.harbor.com/test-webhook/debian",
+            tag="latest",
+            digest="sha256:8a9e9863dbb6e10edb5adfe917c00da84e1700fa76e7ed02476aa6e6fb8ee0d8",
+            pushed_at="1586922308",
+            kind="PUSH_ARTIFACT",
+        ),
+    ),
+    (
+        "harbor_push_cloudevents.json",
+        {},
+        "application/cloudevents+json",
+        "harbor",
+        ImagePush(
+            action="push",
+            repository="localhost/harbor/alpine",
+            digest="sha256:954b378c375d852eb3c63ab88978f640b4348b01c1b3456a024a81536dafbbf4",
+            kind="harbor.artifact.pushed",
+        ),
+    ),
+    (
+        "github_registry_package_published.json",
+        {"X-GitHub-Event": "registry_package", "X-GitHub-Delivery": "d-1"},
+        JSON,
+        "github",
+        ImagePush(
+            action="push",
+            repository="ghcr.io/codertocat/hello-world",
+            digest="sha256:6c62fb45fe66bfb1ea9a66abc38f6a0cc974292b",
+            kind="registry_package.published",
+        ),
+    ),
+    (
+        "github_package_published.json",
+        {"X-GitHub-Event": "package"},
+        JSON,
+        "github",
+        ImagePush(
+            action="push",
+            repository="ghcr.io/codertocat/hello-world",
+            digest="sha256:6c62fb45fe66bfb1ea9a66abc38f6a0cc974292b",
+            kind="package.published",
+        ),
+    ),
+    (
+        "distribution_push.json",
+        {},
+        "application/vnd.docker.distribution.events.v2+json",
+        "distribution",
+        ImagePush(
+            action="push",
+            repository="registrycluster.local/library/test",
+            digest="sha256:fea8895f450959fa676bcc1df0611ea93823a735a01205fd8622846041d0c7cf",
+            pushed_at="2006-01-02T15:04:05Z",
+            kind="push",
+        ),
+    ),
+    (
+        "alibaba_push.json",
+        {},
+        JSON,
+        "alibaba",
+        ImagePush(
+            action="push",
+            repository="registry.cn-hangzhou.aliyuncs.com/namespace/repotest",
+            tag="latest",
+            digest="sha256:457f4aa83fc9a6663ab9d1b0a6e2dce25a12a943ed5bf2c1747c58d48bbb4917",
+            pushed_at="2016-11-29 12:25:46",
+        ),
+    ),
+    (
+        "quay_push.json",
+        {},
+        JSON,
+        "quay",
+        ImagePush(action="push", repository="quay.io/dgangaia/test", tag="latest"),
+    ),
+    (
+        "quay_push_legacy.json",
+        {},
+        JSON,
+        "quay",
+        ImagePush(action="push", repository="quay.io/devtable/ubuntu", tag="latest"),
+    ),
+    (
+        "alertmanager_firing.json",
+        {},
+        JSON,
+        "alertmanager",
+        Alert(
+            status="firing",
+            key='{}/{severity="critical"}:{alertname="ProbeFailure"}',
+            name="ProbeFailure",
+            fingerprints=("1a30ba71cca2921f",),
+            count=1,
+        ),
+    ),
+    (
+        "grafana_firing.json",
+        {},
+        JSON,
+        "grafana",
+        Alert(
+            status="firing",
+            key="{}:{}",
+            name="High memory usage",
+            fingerprints=("bc97ff14869b13e3", "c6eadffa33fcdf37"),
+            count=2,
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "headers", "content_type", "source", "expected"),
+    RECOGNISED,
+    ids=[r[0] for r in RECOGNISED],
+)
+def test_sample_payload_is_recognised_by_shape_and_headers(
+    name: str,
+    headers: dict[str, str],
+    content_type: str,
+    source: str,
+    expected: ImagePush | Alert,
+) -> None:
+    """Each vendor's documented sample is recognised without source= and parsed exactly."""
+    parsed = parse_event(headers, content_type, raw(name))
+    assert parsed.source == source
+    if isinstance(expected, Alert):
+        assert parsed.alert == expected
+        assert parsed.pushes == ()
+    else:
+        assert parsed.pushes[0] == expected
+        assert parsed.alert is None
+
+
+@pytest.mark.parametrize(("name", "source"), [(r[0], r[3]) for r in RECOGNISED])
+def test_explicit_source_parameter_parses_its_own_sample(name: str, source: str) -> None:
+    """source=<name> accepts the vendor's own sample even without the vendor's headers."""
+    assert parse_event({}, JSON, raw(name), source).source == source
+
+
+def test_explicit_source_rejects_another_vendors_body() -> None:
+    """source= overrides detection: a Docker Hub body sent as source=alertmanager is refused."""
+    with pytest.raises(UnrecognisedBody, match="does not look like a Prometheus Alertmanager"):
+        parse_event({}, JSON, raw("dockerhub_push.json"), "alertmanager")
+
+
+def test_unknown_source_name_lists_the_known_ones() -> None:
+    """An unknown source= value is refused with the list of names that work."""
+    with pytest.raises(UnrecognisedBody, match="dockerhub") as caught:
+        parse_event({}, JSON, b"{}", "gitlab")
+    assert "plain" in str(caught.value)
+    assert set(SOURCES) == {
+        "github",
+        "distribution",
+        "harbor",
+        "alibaba",
+        "dockerhub",
+        "quay",
+        "alertmanager",
+        "grafana",
+    }
+
+
+def test_distribution_v1_media_type_and_layer_events() -> None:
+    """The v1 media type is recognised; layer pushes are skipped, only the manifest deploys."""
+    parsed = parse_event(
+        {}, "application/vnd.docker.distribution.events.v1+json", raw("distribution_push.json")
+    )
+    assert len(parsed.pushes) == 1
+    assert parsed.event_id == "asdf-asdf-asdf-asdf-0"
+    layers_only = fixture("distribution_push.json")
+    layers_only["events"] = layers_only["events"][1:]
+    parsed = parse_event({}, JSON, json.dumps(layers_only).encode())
+    assert parsed.pushes == ()
+    assert parsed.note is not None
+    assert "manifest" in parsed.note
+
+
+def test_distribution_pull_is_parsed_as_a_pull() -> None:
+    """A manifest pull is recognised, as a pull (which never deploys)."""
+    parsed = parse_event({}, JSON, raw("distribution_pull.json"))
+    assert [p.action for p in parsed.pushes] == ["pull"]
+    assert parsed.pushes[0].repository == "192.168.100.227:5000/hello-world"
+
+
+def test_github_ping_and_other_events_are_notes() -> None:
+    """GitHub's ping and non-package events parse to a note, not a push."""
+    ping = parse_event({"X-GitHub-Event": "ping"}, JSON, b'{"zen": "Keep it logically awesome."}')
+    assert ping.pushes == ()
+    assert ping.note is not None
+    assert "ping" in ping.note
+    push = parse_event({"X-GitHub-Event": "push"}, JSON, b'{"ref": "refs/heads/main"}')
+    assert push.note is not None
+    assert "packages" in push.note
+
+
+def test_github_npm_package_is_not_an_image() -> None:
+    """A GitHub package event for a non-container package is a note, not a push."""
+    body = fixture("github_package_published.json")
+    body["package"]["ecosystem"] = "npm"
+    body["package"]["registry"]["type"] = "npm"
+    parsed = parse_event({"X-GitHub-Event": "package"}, JSON, json.dumps(body).encode())
+    assert parsed.pushes == ()
+    assert parsed.note == "not a container image package"
+
+
+def _mutated(name: str, path: tuple[str | int, ...], value: Any) -> bytes:
+    body = fixture(name)
+    target: Any = body
+    for key in path[:-1]:
+        target = target[key]
+    if value is _DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return json.dumps(body).encode()
+
+
+_DELETE = object()
+
+# Recognised formats whose body lacks what a command needs: (fixture, change, headers, message).
+UNUSABLE: list[tuple[str, tuple[str | int, ...], Any, dict[str, str], str]] = [
+    ("dockerhub_push.json", ("push_data", "tag"), _DELETE, {}, "tag"),
+    ("harbor_push_default.json", ("event_data", "resources"), [], {}, "no resources"),
+    (
+        "harbor_push_default.json",
+        ("event_data", "resources", 0, "resource_url"),
+        _DELETE,
+        {},
+        "resource_url",
+    ),
+    (
+        "github_package_published.json",
+        ("package", "package_version"),
+        _DELETE,
+        {"X-GitHub-Event": "package"},
+        "package_version",
+    ),
+    ("distribution_push.json", ("events", 0, "target", "repository"), _DELETE, {}, "repository"),
+    ("alibaba_push.json", ("push_data", "tag"), _DELETE, {}, "tag"),
+    ("quay_push.json", ("updated_tags",), [], {}, "no updated_tags"),
+    ("alertmanager_firing.json", ("version",), "3", {}, "version '3'"),
+    ("grafana_firing.json", ("status",), "pending", {}, "status"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "value", "headers", "message"),
+    UNUSABLE,
+    ids=[f"{u[0]}:{'.'.join(map(str, u[1]))}" for u in UNUSABLE],
+)
+def test_recognised_but_unusable_body_says_what_is_missing(
+    name: str, path: tuple[str | int, ...], value: Any, headers: dict[str, str], message: str
+) -> None:
+    """A known format missing a needed field raises UnusableBody naming the field."""
+    with pytest.raises(UnusableBody, match=message):
+        parse_event(headers, JSON, _mutated(name, path, value))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json at all", "not JSON"),
+        (b'{"hello": "world"}', "not a registry push or alert"),
+        (b"[1, 2, 3]", "not a registry push or alert"),
+    ],
+)
+def test_unknown_body_is_unrecognised(body: bytes, message: str) -> None:
+    """A body in no known format raises UnrecognisedBody with how to fix it."""
+    with pytest.raises(UnrecognisedBody, match=message):
+        parse_event({}, JSON, body)
+
+
+def test_github_documented_signature_vector() -> None:
+    """GitHub's documented example: the secret and body give the published signature."""
+    assert (
+        github_signature("It's a Secret to Everybody", b"Hello, World!")
+        == "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    )
+
+
+@pytest.mark.parametrize(
+    ("reference", "canonical", "familiar"),
+    [
+        ("nginx", "docker.io/library/nginx", "nginx"),
+        ("nginx:1.27", "docker.io/library/nginx", "nginx"),
+        ("library/nginx", "docker.io/library/nginx", "nginx"),
+        ("index.docker.io/library/nginx@sha256:abc", "docker.io/library/nginx", "nginx"),
+        ("svendowideit/testhook", "docker.io/svendowideit/testhook", "svendowideit/testhook"),
+        ("ghcr.io/Acme/API:1.0", "ghcr.io/acme/api", "ghcr.io/acme/api"),
+        ("localhost:5000/app:dev", "localhost:5000/app", "localhost:5000/app"),
+        ("localhost/harbor/alpine", "localhost/harbor/alpine", "localhost/harbor/alpine"),
+    ],
+)
+def test_repository_spellings_normalise(reference: str, canonical: str, familiar: str) -> None:
+    """Every spelling of one repository compares equal; the familiar form is Docker's."""
+    assert normalize_repository(reference) == canonical
+    assert familiar_repository(reference) == familiar
+
+
+def test_image_reference_pins_the_digest_and_refuses_junk() -> None:
+    """The deployed reference carries tag and digest; a malformed digest is refused."""
+    digest = "sha256:" + "a" * 64
+    assert image_reference("nginx", "1.28", digest) == f"nginx:1.28@{digest}"
+    assert image_reference("nginx", None, digest) == f"nginx@{digest}"
+    assert image_reference("nginx", "1.28", None) == "nginx:1.28"
+    with pytest.raises(ValueError, match="not an image digest"):
+        image_reference("nginx", "1.28", "sha256:bad digest")
+
+
+@pytest.mark.parametrize(
+    ("options", "tag", "allowed"),
+    [
+        (TriggerOptions(), "anything", True),
+        (TriggerOptions(), None, True),
+        (TriggerOptions(tags="v1.*"), "v1.4.0", True),
+        (TriggerOptions(tags="v1.*"), "v2.0.0", False),
+        (TriggerOptions(tags="v1.*, stable"), "stable", True),
+        (TriggerOptions(tags="v1.*"), None, False),
+        (TriggerOptions(semver=">=1.2,<2"), "1.4.0", True),
+        (TriggerOptions(semver=">=1.2,<2"), "v1.2.0", True),
+        (TriggerOptions(semver=">=1.2,<2"), "2.0.0", False),
+        (TriggerOptions(semver=">=1.2,<2"), "1.1.9", False),
+        (TriggerOptions(semver=">=1.2,<2"), "1.5.0-rc1", False),
+        (TriggerOptions(semver=">=1.2,<2"), "latest", False),
+    ],
+)
+def test_tag_filters(options: TriggerOptions, tag: str | None, allowed: bool) -> None:
+    """Globs match tag names; ranges match version tags, never pre-releases or 'latest'."""
+    assert tag_allowed(tag, options) is allowed
+
+
+def test_trigger_options_are_checked_against_the_action() -> None:
+    """Options that do not fit the trigger are refused with the flag to fix."""
+    with pytest.raises(ValueError, match="--image-update"):
+        TriggerOptions(image="nginx").check("redeploy", image_update=False)
+    with pytest.raises(ValueError, match="scale triggers only"):
+        TriggerOptions(step=2).check("redeploy", image_update=False)
+    with pytest.raises(ValueError, match="not a version range"):
+        TriggerOptions(image="nginx", semver="one point two").check("redeploy", image_update=True)
+    with pytest.raises(ValueError, match="not both"):
+        TriggerOptions(tags="v*", semver=">1").check("redeploy", image_update=True)
+    TriggerOptions(image="nginx", semver=">=1.2,<2").check("redeploy", image_update=True)
+
+
+def test_recent_events_remember_for_their_ttl_only() -> None:
+    """A claimed key answers its job id until its time to live passes, then is free again."""
+    now = [1000.0]
+    recent = RecentEvents(clock=lambda: now[0])
+    assert recent.claim("k", 60) is None
+    assert recent.claim("k", 60) == "pending"
+    recent.confirm("k", "job-1", 60)
+    assert recent.claim("k", 60) == "job-1"
+    now[0] += 61
+    assert recent.claim("k", 60) is None
+    recent.release("k")
+    assert recent.seen("k") is None
+
+
+def test_fixtures_are_unchanged_copies() -> None:
+    """The sample files stay valid JSON, and every one of them is exercised above."""
+    names = {p.name for p in FIXTURES.glob("*.json")}
+    used = {r[0] for r in RECOGNISED} | {"distribution_pull.json"}
+    assert names == used
+    for name in names:
+        assert isinstance(copy.deepcopy(fixture(name)), dict)
