@@ -94,6 +94,14 @@ def event_line(event: ResultEvent, *, colour: bool = True) -> str:
         parts.append(f"error: {event.error}")
     elif event.detail:
         parts.append(f"({event.detail})")
+    origin = event.source.origin
+    if origin is not None:
+        what = origin.alert or origin.repository or ""
+        if origin.alert_status:
+            what += f" {origin.alert_status}"
+        elif origin.tag:
+            what += f":{origin.tag}"
+        parts.append(f"via {origin.source} {what}".rstrip())
     if event.duration_ms is not None:
         parts.append(f"{event.duration_ms:.0f} ms")
     parts.append(f"job {event.job_id[:12]}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from shared.render import event_line
 from shared.store import SqliteTriggerStore
 from shared.triggers import TriggerOptions
 from tests.conftest import Gateway, Results, queue_depth
@@ -62,6 +63,7 @@ async def test_docker_hub_push_rolls_the_bound_service_image_and_revision(
         "svendowideit/testhook",
         "latest",
     )
+    assert "via dockerhub svendowideit/testhook:latest" in event_line(event, colour=False)
     services = cluster.cluster.snapshot()["clusters"]["demo"]["apps"]["shop"]["services"]
     assert services["hook"] == {
         "replicas": 1,
