@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.errors import ApiError
 from gateway.keys import AUTH_LIMITER, BUS, LOG_FIELDS, SETTINGS, STORE, TRIGGER_CACHE
-from gateway.sources import EventCall, header_secret, inspect_call
+from gateway.sources import EventCall, inspect_call, presented_secret
 from shared.messages import (
     Command,
     CommandEnvelope,
@@ -156,8 +156,7 @@ async def handle_trigger(request: web.Request) -> web.Response:
     query = _query(request)
     token = _single(query, "triggerUrl")
     # A header keeps the secret out of URLs and access logs; it wins over the query.
-    query_secret = _single(query, "secret")
-    secret = header_secret(request.headers) or query_secret
+    secret, secret_in_query = presented_secret(request.headers, _single(query, "secret"))
     if not token:
         raise _bad(
             "missing_trigger_url", "triggerUrl is required: call the URL `triggers create` printed"
@@ -201,7 +200,7 @@ async def handle_trigger(request: web.Request) -> web.Response:
         source=_single(query, "source"),
         direction=direction,
         step=step,
-        secret_in_query=secret == query_secret,
+        secret_in_query=secret_in_query,
     )
     if isinstance(event, web.Response):
         return event  # a valid event this trigger does not act on

@@ -597,3 +597,19 @@ async def test_signature_is_checked_only_after_the_secret(
     trigger, _ = await image_trigger(store, None, signature="github", signing_secret=GITHUB_KEY)
     status, answer = await post(gateway, trigger, "0" * 64, b"Hello, World!")
     assert (status, answer["error"]) == (403, "forbidden")
+
+
+async def test_senders_own_authorization_header_does_not_hide_the_url_secret(
+    gateway: Gateway, store: SqliteTriggerStore
+) -> None:
+    """An Authorization header that cannot be a trigger secret leaves the URL secret in charge."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    url = gateway.call_url(trigger, secret)
+    async with gateway.http.post(
+        url, headers={"Authorization": "Bearer registry-token"}
+    ) as response:
+        assert response.status == 202, await response.text()
+    async with gateway.http.post(
+        url.split("&secret=")[0], headers={"Authorization": "Bearer registry-token"}
+    ) as response:
+        assert response.status == 403

@@ -13,7 +13,7 @@ from typing import Literal
 from aiohttp import web
 
 from gateway.errors import ApiError
-from gateway.keys import RECENT_EVENTS, SETTINGS
+from gateway.keys import LOG_FIELDS, RECENT_EVENTS, SETTINGS
 from gateway.recent import PENDING, RecentEvents
 from gateway.sources._event import (
     Alert,
@@ -22,7 +22,12 @@ from gateway.sources._event import (
     UnrecognisedBody,
     UnusableBody,
 )
-from gateway.sources.auth import github_signature, header_secret, verify_signature
+from gateway.sources.auth import (
+    github_signature,
+    header_secret,
+    presented_secret,
+    verify_signature,
+)
 from gateway.sources.detect import SOURCES, parse_event
 from gateway.sources.plan import Ignored, Planned, plan_event
 from shared.messages import Command, Origin
@@ -42,6 +47,7 @@ __all__ = [
     "header_secret",
     "inspect_call",
     "parse_event",
+    "presented_secret",
 ]
 
 # How long a delivery id is remembered against replays (bounded by the cache's size).
@@ -122,6 +128,9 @@ def inspect_call(
         code = "unrecognised_body" if isinstance(exc, UnrecognisedBody) else "unusable_body"
         raise ApiError(422, code, str(exc)) from None
     label = SOURCES[parsed.source].label
+    log_fields = request.get(LOG_FIELDS)
+    if log_fields is not None:
+        log_fields["event_source"] = parsed.source
     delivery_key = f"delivery:{trigger.id}:{parsed.source}:{parsed.event_id}"
     if parsed.event_id is not None and (earlier := recent.seen(delivery_key)) is not None:
         return _ignored(

@@ -14,13 +14,25 @@ import time
 from gateway.errors import ApiError
 from gateway.recent import RecentEvents
 from gateway.sources._event import Headers
-from shared.triggers import TriggerOptions
+from shared.triggers import TriggerOptions, looks_like_secret
 
-__all__ = ["github_signature", "header_secret", "verify_signature"]
+__all__ = ["github_signature", "header_secret", "presented_secret", "verify_signature"]
 
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
 _HEX_SIGNATURE = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
 _TIMESTAMPED = re.compile(r"^t=(\d{1,12}),v1=([0-9a-fA-F]{64})$")
+
+
+def presented_secret(headers: Headers, query_secret: str | None) -> tuple[str | None, bool]:
+    """The secret to check, and whether it came from the query string.
+
+    A header wins, unless it cannot be a trigger secret and the query has one: a sender's
+    own ``Authorization`` header must not hide a correct secret in the URL.
+    """
+    from_header = header_secret(headers)
+    if from_header and (looks_like_secret(from_header) or not query_secret):
+        return from_header, False
+    return query_secret, query_secret is not None
 
 
 def header_secret(headers: Headers) -> str | None:
