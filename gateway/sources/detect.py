@@ -25,11 +25,11 @@ SOURCES: dict[str, SourceFormat] = {
 }
 
 
-def _decode(body: bytes, label: str) -> Any:
+def _decode(body: bytes, label: str, hint: str = "") -> Any:
     try:
         return msgspec.json.decode(body)
     except msgspec.DecodeError:
-        msg = f"the body is not JSON, so it cannot be a {label} payload"
+        msg = f"the body is not JSON, so it cannot be a {label} payload{hint}"
         raise UnrecognisedBody(msg) from None
 
 
@@ -51,7 +51,9 @@ def parse_event(
             msg = f"the body does not look like a {chosen.label} payload (source={source})"
             raise UnrecognisedBody(msg)
         return chosen.parse(payload, headers)
-    payload = _decode(body, "registry or alert")
+    payload = _decode(
+        body, "registry or alert", "; call with source=plain to run the trigger and ignore it"
+    )
     for candidate in SOURCES.values():
         if candidate.detect(payload, headers, content_type):
             return candidate.parse(payload, headers)

@@ -121,6 +121,11 @@ def _plan_pushes(trigger: Trigger, parsed: Parsed, label: str, window: float) ->
         msg = f"{label} push names neither a tag nor a digest"
         raise UnusableBody(msg)
     command = Redeploy(image=image, only_matching=True) if trigger.image_update else Redeploy()
+    summary: dict[str, object] = {"source": parsed.source, "repository": repository}
+    if chosen.tag:
+        summary["tag"] = chosen.tag
+    if trigger.image_update:
+        summary["image"] = image
     origin = Origin(
         source=parsed.source,
         event_id=parsed.event_id,
@@ -132,7 +137,7 @@ def _plan_pushes(trigger: Trigger, parsed: Parsed, label: str, window: float) ->
         command=command,
         origin=origin,
         claims=((_push_key(trigger, chosen), window),),
-        summary={"source": parsed.source, "image": image if trigger.image_update else None},
+        summary=summary,
     )
 
 
