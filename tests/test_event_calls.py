@@ -19,7 +19,7 @@ from shared.store import SqliteTriggerStore
 from shared.topology import COMMAND_QUEUES
 from shared.triggers import Trigger, TriggerOptions
 from tests.conftest import Gateway
-from tests.test_sources import _DELETE, _mutated, fixture, raw
+from tests.test_sources import DELETE, fixture, mutated, raw
 
 JSON = {"Content-Type": "application/json"}
 NPM_PACKAGE = {
@@ -217,7 +217,7 @@ async def test_resolve_scales_in_only_when_asked_and_rearms_the_alert(
     plain, plain_secret = await store.create(
         cluster="demo", app="shop", action="scale", service="web"
     )
-    resolved = _mutated("alertmanager_firing.json", ("status",), "resolved")
+    resolved = mutated("alertmanager_firing.json", ("status",), "resolved")
     status, body = await post(gateway, plain, plain_secret, resolved)
     assert (status, body["status"]) == (200, "ignored")
     assert "--scale-in-on-resolve" in body["reason"]
@@ -317,7 +317,7 @@ async def test_valid_event_not_for_this_trigger_is_ignored_with_a_reason(
         if alert
         else await image_trigger(store, **{"image": None, **options})
     )
-    body = raw(name) if change is None else _mutated(name, *change)
+    body = raw(name) if change is None else mutated(name, *change)
     status, answer = await post(gateway, trigger, secret, body, headers)
     assert status == 200, answer
     assert answer["status"] == "ignored"
@@ -342,25 +342,25 @@ REFUSED: list[tuple[bytes, str, str, str]] = [
     (raw("dockerhub_push.json"), "&source=quay", "unrecognised_body", "does not look like a Quay"),
     (raw("dockerhub_push.json"), "&source=gitlab", "unrecognised_body", "source must be one of"),
     (b"", "&source=dockerhub", "unrecognised_body", "not JSON"),
-    (_mutated("dockerhub_push.json", ("push_data", "tag"), _DELETE), "", "unusable_body", "tag"),
+    (mutated("dockerhub_push.json", ("push_data", "tag"), DELETE), "", "unusable_body", "tag"),
     (
-        _mutated("harbor_push_default.json", ("event_data", "resources"), []),
+        mutated("harbor_push_default.json", ("event_data", "resources"), []),
         "",
         "unusable_body",
         "no resources",
     ),
-    (_mutated("alibaba_push.json", ("push_data", "tag"), _DELETE), "", "unusable_body", "tag"),
-    (_mutated("quay_push.json", ("updated_tags",), []), "", "unusable_body", "updated_tags"),
+    (mutated("alibaba_push.json", ("push_data", "tag"), DELETE), "", "unusable_body", "tag"),
+    (mutated("quay_push.json", ("updated_tags",), []), "", "unusable_body", "updated_tags"),
     (
-        _mutated("distribution_push.json", ("events", 0, "target", "repository"), _DELETE),
+        mutated("distribution_push.json", ("events", 0, "target", "repository"), DELETE),
         "",
         "unusable_body",
         "repository",
     ),
-    (_mutated("alertmanager_firing.json", ("version",), "3"), "", "unusable_body", "version 4"),
-    (_mutated("grafana_firing.json", ("status",), "pending"), "", "unusable_body", "status"),
+    (mutated("alertmanager_firing.json", ("version",), "3"), "", "unusable_body", "version 4"),
+    (mutated("grafana_firing.json", ("status",), "pending"), "", "unusable_body", "status"),
     (
-        _mutated(
+        mutated(
             "harbor_push_default.json",
             ("event_data", "resources", 0, "digest"),
             "sha256:not a digest",
@@ -394,7 +394,7 @@ async def test_github_package_body_without_its_header_needs_the_version(
 ) -> None:
     """A GitHub package event missing package_version is refused with 422."""
     trigger, secret = await image_trigger(store, None)
-    body = _mutated("github_package_published.json", ("package", "package_version"), _DELETE)
+    body = mutated("github_package_published.json", ("package", "package_version"), DELETE)
     status, answer = await post(
         gateway, trigger, secret, body, {**JSON, "X-GitHub-Event": "package"}
     )
@@ -419,13 +419,13 @@ async def test_tags_of_one_digest_deploy_once_and_a_new_digest_rolls(
     trigger, secret = await image_trigger(store, "hub.harbor.com/test-webhook/debian")
     answers = []
     for tag in ("1.2.3", "1.2", "latest"):
-        body = _mutated("harbor_push_default.json", ("event_data", "resources", 0, "tag"), tag)
+        body = mutated("harbor_push_default.json", ("event_data", "resources", 0, "tag"), tag)
         answers.append(await post(gateway, trigger, secret, body))
     assert [s for s, _ in answers] == [202, 200, 200]
     first_job = answers[0][1]["job_id"]
     assert all(a["job_id"] == first_job for _, a in answers[1:])
     new_digest = "sha256:" + "b" * 64
-    rolled = _mutated(
+    rolled = mutated(
         "harbor_push_default.json", ("event_data", "resources", 0, "digest"), new_digest
     )
     status, answer = await post(gateway, trigger, secret, rolled)

@@ -266,40 +266,40 @@ def test_github_npm_package_is_not_an_image() -> None:
     assert parsed.note == "not a container image package"
 
 
-def _mutated(name: str, path: tuple[str | int, ...], value: Any) -> bytes:
+def mutated(name: str, path: tuple[str | int, ...], value: Any) -> bytes:
     body = fixture(name)
     target: Any = body
     for key in path[:-1]:
         target = target[key]
-    if value is _DELETE:
+    if value is DELETE:
         del target[path[-1]]
     else:
         target[path[-1]] = value
     return json.dumps(body).encode()
 
 
-_DELETE = object()
+DELETE = object()
 
 # Recognised formats whose body lacks what a command needs: (fixture, change, headers, message).
 UNUSABLE: list[tuple[str, tuple[str | int, ...], Any, dict[str, str], str]] = [
-    ("dockerhub_push.json", ("push_data", "tag"), _DELETE, {}, "tag"),
+    ("dockerhub_push.json", ("push_data", "tag"), DELETE, {}, "tag"),
     ("harbor_push_default.json", ("event_data", "resources"), [], {}, "no resources"),
     (
         "harbor_push_default.json",
         ("event_data", "resources", 0, "resource_url"),
-        _DELETE,
+        DELETE,
         {},
         "resource_url",
     ),
     (
         "github_package_published.json",
         ("package", "package_version"),
-        _DELETE,
+        DELETE,
         {"X-GitHub-Event": "package"},
         "package_version",
     ),
-    ("distribution_push.json", ("events", 0, "target", "repository"), _DELETE, {}, "repository"),
-    ("alibaba_push.json", ("push_data", "tag"), _DELETE, {}, "tag"),
+    ("distribution_push.json", ("events", 0, "target", "repository"), DELETE, {}, "repository"),
+    ("alibaba_push.json", ("push_data", "tag"), DELETE, {}, "tag"),
     ("quay_push.json", ("updated_tags",), [], {}, "no updated_tags"),
     ("alertmanager_firing.json", ("version",), "3", {}, "version '3'"),
     ("grafana_firing.json", ("status",), "pending", {}, "status"),
@@ -316,7 +316,7 @@ def test_recognised_but_unusable_body_says_what_is_missing(
 ) -> None:
     """A known format missing a needed field raises UnusableBody naming the field."""
     with pytest.raises(UnusableBody, match=message):
-        parse_event(headers, JSON, _mutated(name, path, value))
+        parse_event(headers, JSON, mutated(name, path, value))
 
 
 @pytest.mark.parametrize(
