@@ -193,11 +193,16 @@ def create(
     if signing_secret:
         click.echo(f"Signing secret ({signature}): {signing_secret}")
     click.echo("")
+    curl = f"curl -X POST '{url}"
+    if header_secret_only:
+        # This trigger refuses the secret in the URL: show it in a header instead.
+        bare, _, _ = url.partition("&secret=")
+        curl = f"curl -X POST -H 'X-Trigger-Secret: {secret}' '{bare}"
     if trigger.action == "scale":
-        click.echo(f"  curl -X POST '{url}&type=scale_out&step=1'")
-        click.echo(f"  curl -X POST '{url}&type=scale_in&step=1'")
+        click.echo(f"  {curl}&type=scale_out&step=1'")
+        click.echo(f"  {curl}&type=scale_in&step=1'")
     else:
-        click.echo(f"  curl -X POST '{url}'")
+        click.echo(f"  {curl}'")
 
 
 def _get_or_fail(store: TriggerStore, trigger_id: str) -> Any:

@@ -96,3 +96,16 @@ async def test_store_adds_the_options_column_to_an_older_file(tmp_path: Path) ->
     fetched = await store.get(new.id)
     assert fetched is not None
     assert fetched.options == options
+
+
+def test_header_secret_only_trigger_prints_a_curl_with_the_secret_in_a_header(
+    env: dict[str, str],
+) -> None:
+    """A trigger refusing query secrets is printed with X-Trigger-Secret, never secret= in the URL."""
+    created = _cli(
+        env, "create", "--cluster=demo", "--app=shop", "--action=redeploy", "--header-secret-only"
+    )
+    assert created.returncode == 0, created.stderr
+    (curl,) = [line.strip() for line in created.stdout.splitlines() if "curl" in line]
+    assert curl.startswith("curl -X POST -H 'X-Trigger-Secret: ")
+    assert "secret=" not in curl
