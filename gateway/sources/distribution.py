@@ -26,6 +26,7 @@ DISTRIBUTION_MEDIA_TYPES = (
     "application/vnd.docker.distribution.events.v1+json",
     "application/vnd.docker.distribution.events.v2+json",
 )
+_ACTIONS: dict[str, PushAction] = {"push": "push", "pull": "pull", "delete": "delete"}
 
 
 class _Target(msgspec.Struct, frozen=True, rename="camel"):
@@ -70,7 +71,7 @@ def _is_manifest(target: _Target) -> bool:
 
 def _push(event: _Event) -> ImagePush:
     host = event.request.host if event.request else None
-    action: PushAction = event.action if event.action in ("push", "pull", "delete") else "other"  # type: ignore[assignment]  # narrowed by the membership test
+    action = _ACTIONS.get(event.action, "other")
     return ImagePush(
         action=action,
         repository=f"{host}/{event.target.repository}" if host else event.target.repository,
