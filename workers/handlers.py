@@ -6,6 +6,8 @@ outcomes into ack, retry or dead-letter.
 
 from __future__ import annotations
 
+import msgspec
+
 from shared.images import normalize_repository, same_repository
 from shared.messages import CommandEnvelope, Redeploy, Scale, Target
 from workers.orchestrators.base import Change, Orchestrator
@@ -34,7 +36,8 @@ async def _skip_unless_running(
 ) -> Change | None:
     # An image-update trigger not bound to a repository learns here whether the pushed
     # image is the application's: nothing changes, so no job needs recording.
-    services = await orchestrator.state(Target(cluster=target.cluster, app=target.app))
+    # The whole application (a redeploy names no service), in the target's namespace.
+    services = await orchestrator.state(msgspec.structs.replace(target, service=None))
     if not services or any(same_repository(s.image, image) for s in services.values()):
         return None  # a missing application fails in the adapter, with its own message
     return Change(
