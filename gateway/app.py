@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import structlog
@@ -11,9 +12,22 @@ from cachetools import TTLCache
 from gateway.abuse import FailedAuthLimiter
 from gateway.errors import error_middleware
 from gateway.hook import handle_trigger
-from gateway.keys import AUTH_LIMITER, BUS, RECENT_EVENTS, SETTINGS, STORE, TRIGGER_CACHE
+from gateway.jobs import handle_job, handle_jobs
+from gateway.keys import (
+    AUTH_LIMITER,
+    BUS,
+    JOBS,
+    RECENT_EVENTS,
+    SETTINGS,
+    STORE,
+    TRIGGER_CACHE,
+    WAITER,
+)
+from gateway.metrics import handle_metrics, metrics_middleware
 from gateway.recent import RecentEvents
+from gateway.waiter import ResultWaiter
 from shared.bus import AmqpBus, Bus
+from shared.jobs import JobStore, open_job_store
 from shared.settings import Settings
 from shared.store import TriggerStore, open_store
 
@@ -26,16 +40,37 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def _store_up(request: web.Request) -> bool:
+    try:
+        async with asyncio.timeout(2.0):
+            await request.app[JOBS].ping()
+            await request.app[STORE].get("readyz")
+    except Exception as exc:  # any failure means "not reachable"; the log says which
+        log.warning("gateway.store_unreachable", error=repr(exc))
+        return False
+    return True
+
+
 async def _readyz(request: web.Request) -> web.Response:
-    if request.app[BUS].ready:
-        return web.json_response({"status": "ready", "broker": "up"})
-    return web.json_response(
-        {"status": "unready", "broker": "down"}, status=503, headers={"Retry-After": "5"}
-    )
+    """Ready when a call can be accepted: broker connected and store reachable."""
+    broker = request.app[BUS].ready
+    store = await _store_up(request)
+    body = {
+        "status": "ready" if broker and store else "unready",
+        "broker": "up" if broker else "down",
+        "store": "up" if store else "down",
+    }
+    if broker and store:
+        return web.json_response(body)
+    return web.json_response(body, status=503, headers={"Retry-After": "5"})
 
 
 def create_app(
-    settings: Settings, *, store: TriggerStore | None = None, bus: Bus | None = None
+    settings: Settings,
+    *,
+    store: TriggerStore | None = None,
+    bus: Bus | None = None,
+    jobs: JobStore | None = None,
 ) -> web.Application:
     """The gateway application. Resources not passed in are opened from the settings.
 
@@ -44,27 +79,37 @@ def create_app(
     down, and recovers by itself.
     """
     # The body limit is enforced by aiohttp itself as well as by the handler.
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[metrics_middleware, error_middleware],
+    )
     app[SETTINGS] = settings
+    app[WAITER] = ResultWaiter()
     app[TRIGGER_CACHE] = TTLCache(maxsize=10_000, ttl=settings.trigger_cache_ttl)
     app[AUTH_LIMITER] = FailedAuthLimiter(settings.auth_failures_per_minute)
     app[RECENT_EVENTS] = RecentEvents()
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store if store is not None else open_store(settings.database)
+        app[JOBS] = jobs if jobs is not None else open_job_store(settings.database)
         yield
         if store is None:
             await app[STORE].close()
+        if jobs is None:
+            await app[JOBS].close()
 
     async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
         if bus is not None:
             app[BUS] = bus
+            await app[WAITER].start(bus)
             yield
             return
         owned = AmqpBus.from_settings(settings, "gateway")
         owned.start_in_background()
         app[BUS] = owned
+        app[WAITER].start_when_connected(owned)
         yield
+        await app[WAITER].close()
         await owned.close()
 
     app.cleanup_ctx.append(store_ctx)
@@ -73,6 +118,9 @@ def create_app(
     app.router.add_route("POST", "/hook/trigger", handle_trigger)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/v1/jobs", handle_jobs)
+    app.router.add_get("/v1/jobs/{job_id}", handle_job)
     return app
 
 

@@ -15,6 +15,7 @@ from typing import Literal
 from aiohttp import web
 
 from gateway.errors import ApiError
+from gateway.jobs import parse_wait, run_job
 from gateway.keys import AUTH_LIMITER, BUS, LOG_FIELDS, SETTINGS, STORE, TRIGGER_CACHE
 from gateway.sources import EventCall, inspect_call, presented_secret
 from shared.messages import (
@@ -36,7 +37,7 @@ from shared.triggers import (
 
 __all__ = ["ALLOWED_PARAMETERS", "handle_trigger"]
 
-ALLOWED_PARAMETERS = ("triggerUrl", "secret", "type", "step", "source")
+ALLOWED_PARAMETERS = ("triggerUrl", "secret", "type", "step", "source", "wait")
 _STEP = re.compile(r"^[0-9]{1,3}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _FORBIDDEN = ApiError(
@@ -192,6 +193,7 @@ async def handle_trigger(request: web.Request) -> web.Response:
         limiter.failed(address)
         raise _FORBIDDEN
 
+    wait_s = parse_wait(_single(query, "wait"), request.app[SETTINGS])
     direction, step = _call_parameters(trigger, query)
     event = inspect_call(
         request,
@@ -227,14 +229,17 @@ async def handle_trigger(request: web.Request) -> web.Response:
         correlation_id=_correlation_id(request, job_id),
     )
     request[LOG_FIELDS]["job_id"] = job_id
-    try:
-        await request.app[BUS].publish_command(envelope)
-    except BaseException:
+
+    async def publish() -> None:
+        try:
+            await request.app[BUS].publish_command(envelope)
+        except BaseException:
+            if event:
+                event.failed()
+            raise
         if event:
-            event.failed()
-        raise
-    if event:
-        event.published(job_id)
+            event.published(job_id)
+
     answer: dict[str, object] = {
         "job_id": job_id,
         "status": "accepted",
@@ -251,4 +256,5 @@ async def handle_trigger(request: web.Request) -> web.Response:
         answer["step"] = command.step
     if event:
         answer["event"] = event.summary
-    return web.json_response(answer, status=202, headers={"X-Request-ID": envelope.correlation_id})
+    # With wait=N, the job's result within N seconds instead of the 202 (gateway/jobs.py).
+    return await run_job(request, envelope, answer, publish, wait=wait_s)

@@ -7,7 +7,9 @@ from cachetools import TTLCache
 
 from gateway.abuse import FailedAuthLimiter
 from gateway.recent import RecentEvents
+from gateway.waiter import ResultWaiter
 from shared.bus import Bus
+from shared.jobs import JobStore
 from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.triggers import Trigger
@@ -15,17 +17,21 @@ from shared.triggers import Trigger
 __all__ = [
     "AUTH_LIMITER",
     "BUS",
+    "JOBS",
     "LOG_FIELDS",
     "RECENT_EVENTS",
     "SETTINGS",
     "STORE",
     "TRIGGER_CACHE",
+    "WAITER",
 ]
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", TriggerStore)
 BUS = web.AppKey("bus", Bus)
 AUTH_LIMITER = web.AppKey("auth_limiter", FailedAuthLimiter)
+JOBS = web.AppKey("jobs", JobStore)
+WAITER = web.AppKey("waiter", ResultWaiter)
 TRIGGER_CACHE = web.AppKey("trigger_cache", TTLCache[str, Trigger | None])
 # Pushed digests, alert groups, deliveries and signatures this gateway acted on recently.
 RECENT_EVENTS = web.AppKey("recent_events", RecentEvents)

@@ -10,14 +10,18 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 import aio_pika
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
@@ -27,24 +31,29 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from shared.errors import BrokerUnavailable
 from shared.messages import (
     COMMAND_CONTENT_TYPE,
+    NOTICE_CONTENT_TYPE,
     RESULT_CONTENT_TYPE,
     Action,
     CommandEnvelope,
+    JobNotice,
     ResultEvent,
     decode_result,
     encode,
     utcnow,
 )
+from shared.metrics import PUBLISH_SECONDS
 from shared.settings import Settings
 from shared.topology import (
     COMMAND_QUEUE_ARGUMENTS,
     COMMAND_QUEUES,
     COMMANDS_EXCHANGE,
     DEAD_EXCHANGE,
+    RECORDER_QUEUE,
     RESULTS_EXCHANGE,
     RETRY_EXCHANGE,
     Topology,
     declare,
+    declare_recorder_queue,
     result_routing_key,
     retry_routing_key,
 )
@@ -118,6 +127,10 @@ class Bus(Protocol):
         """Publish a result event and wait for the confirm."""
         ...
 
+    async def publish_notice(self, notice: JobNotice) -> None:
+        """Publish a job's progress notice (`running`) and wait for the confirm."""
+        ...
+
     async def consume_commands(self, handler: DeliveryHandler, *, prefetch: int) -> None:
         """Start delivering commands to `handler`, at most `prefetch` unsettled per queue."""
         ...
@@ -132,6 +145,10 @@ class Bus(Protocol):
 
     async def subscribe_results(self, handler: ResultHandler, *, binding: str = "#") -> None:
         """Call `handler` for every result event matching a topic binding key."""
+        ...
+
+    async def consume_job_events(self, handler: DeliveryHandler, *, prefetch: int) -> None:
+        """Deliver every result event and progress notice, durably, to one recorder."""
         ...
 
     async def close(self) -> None:
@@ -252,7 +269,12 @@ class AmqpBus:
         self._consumers: list[_Consumer] = []
         self._consume_with: tuple[DeliveryHandler, int] | None = None
         self._channels: list[AbstractChannel] = []
+        self._event_consumers: list[_Consumer] = []
         self._connector: asyncio.Task[None] | None = None
+        self._started = asyncio.Event()
+        # False from a connection loss until the robust connection has restored every
+        # channel, queue and consumer: `connected` alone comes back before that.
+        self._restored = False
 
     @classmethod
     def from_settings(cls, settings: Settings, role: str, **overrides: Any) -> AmqpBus:
@@ -267,10 +289,11 @@ class AmqpBus:
 
     @property
     def ready(self) -> bool:
-        """Connected now (a robust connection clears this while it reconnects)."""
+        """Connected now, with channels and consumers restored after any reconnect."""
         return (
             self._topology is not None
             and self._connection is not None
+            and self._restored
             and self._connection.connected.is_set()
         )
 
@@ -291,7 +314,22 @@ class AmqpBus:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self._topology = await declare(channel, self._retry_delays)
         self._connection = connection
+        self._restored = True
+        connection.close_callbacks.add(self._on_lost)
+        connection.reconnect_callbacks.add(self._on_restored)
+        self._started.set()
         log.info("bus.connected", broker=_redact(self._url), role=self._role)
+
+    def _on_lost(self, *_: object) -> None:
+        self._restored = False
+
+    def _on_restored(self, *_: object) -> None:
+        self._restored = True
+        log.info("bus.reconnected", role=self._role)
+
+    async def wait_started(self) -> None:
+        """Return once the first connection is up (reconnects are the robust connection's)."""
+        await self._started.wait()
 
     def start_in_background(self, retry_every: float = 2.0) -> None:
         """Keep trying to connect until it works; meanwhile `ready` is false."""
@@ -313,11 +351,13 @@ class AmqpBus:
         return self._topology
 
     async def _publish(
-        self, exchange: Any, message: aio_pika.Message, key: str, *, mandatory: bool
+        self, exchange: Any, message: aio_pika.Message, key: str, *, mandatory: bool, kind: str
     ) -> None:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._publish_timeout):
                 await exchange.publish(message, routing_key=key, mandatory=mandatory)
+            PUBLISH_SECONDS.labels(kind).observe(time.perf_counter() - started)
         except TimeoutError as exc:
             msg = f"RabbitMQ did not confirm within {self._publish_timeout:g}s"
             raise BrokerUnavailable(msg) from exc
@@ -338,22 +378,39 @@ class AmqpBus:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             headers={"trigger-id": envelope.trigger_id},
         )
-        await self._publish(topology.commands, message, envelope.action, mandatory=True)
+        await self._publish(
+            topology.commands, message, envelope.action, mandatory=True, kind="command"
+        )
 
     async def publish_result(self, event: ResultEvent) -> None:
         """Publish a result event; not mandatory, since nobody may be listening."""
         topology = self._require_topology()
+        await self._publish_event(topology.results, event, RESULT_CONTENT_TYPE, event.finished_at)
+
+    async def publish_notice(self, notice: JobNotice) -> None:
+        """Publish a progress notice on `triggers.progress`; not mandatory either."""
+        topology = self._require_topology()
+        await self._publish_event(topology.progress, notice, NOTICE_CONTENT_TYPE, notice.at)
+
+    async def _publish_event(
+        self,
+        exchange: AbstractExchange,
+        event: ResultEvent | JobNotice,
+        content_type: str,
+        timestamp: datetime,
+    ) -> None:
         message = aio_pika.Message(
             body=encode(event),
             content_type="application/json",
-            type=RESULT_CONTENT_TYPE,
+            type=content_type,
             message_id=event.job_id,
             correlation_id=event.correlation_id or None,
-            timestamp=event.finished_at,
+            timestamp=timestamp,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         key = result_routing_key(event.status, event.action, event.cluster, event.app)
-        await self._publish(topology.results, message, key, mandatory=False)
+        kind = "result" if isinstance(event, ResultEvent) else "notice"
+        await self._publish(exchange, message, key, mandatory=False, kind=kind)
 
     async def republish(
         self,
@@ -369,7 +426,10 @@ class AmqpBus:
             DEAD_EXCHANGE: topology.dead,
             COMMANDS_EXCHANGE: topology.commands,
         }[exchange]
-        await self._publish(target, copy_message(message, headers), routing_key, mandatory=True)
+        kind = {RETRY_EXCHANGE: "retry", DEAD_EXCHANGE: "dead_letter"}.get(exchange, "command")
+        await self._publish(
+            target, copy_message(message, headers), routing_key, mandatory=True, kind=kind
+        )
 
     async def consume_commands(self, handler: DeliveryHandler, *, prefetch: int) -> None:
         """A channel per command queue, each with its own prefetch."""
@@ -426,13 +486,30 @@ class AmqpBus:
             restored.append(consumer.name)
         return restored
 
+    async def consume_job_events(self, handler: DeliveryHandler, *, prefetch: int) -> None:
+        """Consume `triggers.results.recorder` (declared here) on a channel of its own."""
+        if self._connection is None:
+            msg = "start() the bus before consuming"
+            raise BrokerUnavailable(msg)
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await declare_recorder_queue(channel)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await handler(_AmqpDelivery(message, self))
+
+        tag = await queue.consume(on_message)
+        # Kept apart from the command consumers, which check_consumers re-creates as such.
+        self._event_consumers.append(_Consumer(queue.name, channel, queue, tag))
+
     async def stop_consuming(self) -> None:
         """Cancel the consumers; unsettled deliveries can still be acked."""
         self._consume_with = None
-        for consumer in self._consumers:
+        for consumer in [*self._consumers, *self._event_consumers]:
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                 await consumer.queue.cancel(consumer.tag)
         self._consumers.clear()
+        self._event_consumers.clear()
 
     async def subscribe_results(self, handler: ResultHandler, *, binding: str = "#") -> None:
         """An exclusive, auto-deleted queue bound to `triggers.results`."""
@@ -441,7 +518,10 @@ class AmqpBus:
             raise BrokerUnavailable(msg)
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=256)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        # Named under `triggers.` (the deploy's broker user may configure only those) and
+        # after its owner, so the broker's queue list says whose it is.
+        name = f"triggers.results.{self._role}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
         await queue.bind(RESULTS_EXCHANGE, routing_key=binding)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
@@ -457,12 +537,26 @@ class AmqpBus:
         self._channels.append(channel)
 
     async def queue_depths(self) -> dict[str, int]:
-        """Messages ready in each command queue (a passive declare; cheap)."""
+        """Messages ready in the command, dead-letter and (if declared) recorder queues.
+
+        Passive declares on a channel of their own: a failed one closes its channel, and
+        the recorder's queue exists only once a recorder ran.
+        """
         topology = self._require_topology()
+        assert self._connection is not None  # noqa: S101 - ready implies connected
+        names = [q.name for q in (*topology.command_queues.values(), topology.dead_queue)]
         depths: dict[str, int] = {}
-        for queue in topology.command_queues.values():
-            result = await queue.channel.declare_queue(queue.name, passive=True)
-            depths[queue.name] = result.declaration_result.message_count or 0
+        probe = await self._connection.channel(publisher_confirms=False)
+        try:
+            for name in [*names, RECORDER_QUEUE]:
+                try:
+                    declared = await probe.declare_queue(name, passive=True)
+                except aio_pika.exceptions.ChannelClosed:
+                    break  # only the last one may be missing
+                depths[name] = declared.declaration_result.message_count or 0
+        finally:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await probe.close()
         return depths
 
     async def close(self) -> None:
@@ -519,6 +613,33 @@ class _MemoryDelivery:
         self._bus.dead.append((self._body, reason))
 
 
+class _MemoryEventDelivery:
+    """A job event handed straight to the recorder: nothing to settle in process."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    @property
+    def attempt(self) -> int:
+        return 1
+
+    async def ack(self) -> None:
+        pass
+
+    async def requeue(self) -> None:
+        pass
+
+    async def retry(self, delay: float, error: str) -> None:
+        pass
+
+    async def dead_letter(self, reason: str) -> None:
+        pass
+
+
 def _topic_matches(binding: str, key: str) -> bool:
     """AMQP topic matching for bindings made of words, '*' and a trailing '#'."""
     pattern, words = binding.split("."), key.split(".")
@@ -543,6 +664,7 @@ class MemoryBus:
             action: asyncio.Queue() for action in COMMAND_QUEUES
         }
         self._subscribers: list[tuple[str, ResultHandler]] = []
+        self._recorders: list[DeliveryHandler] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.dead: list[tuple[bytes, str]] = []
 
@@ -568,6 +690,19 @@ class MemoryBus:
         for binding, handler in list(self._subscribers):
             if _topic_matches(binding, key):
                 await handler(event)
+        await self._record(encode(event))
+
+    async def publish_notice(self, notice: JobNotice) -> None:
+        """Hand the notice to the recorder, if one consumes."""
+        await self._record(encode(notice))
+
+    async def _record(self, body: bytes) -> None:
+        for handler in self._recorders:
+            await handler(_MemoryEventDelivery(body))
+
+    async def consume_job_events(self, handler: DeliveryHandler, *, prefetch: int) -> None:
+        """Register the recorder; events are handed over as they are published."""
+        self._recorders.append(handler)
 
     async def consume_commands(self, handler: DeliveryHandler, *, prefetch: int) -> None:
         """Up to `prefetch` handlers at a time per queue."""

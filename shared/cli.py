@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Coroutine
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
@@ -58,13 +59,93 @@ def gateway(ctx: click.Context, host: str, port: int) -> None:
     run_gateway(_settings(ctx), host, port)
 
 
+_metrics_port = click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus /metrics on this port."
+)
+_metrics_host = click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, help="Address of /metrics."
+)
+
+
 @main.command()
+@_metrics_port
+@_metrics_host
 @click.pass_context
-def worker(ctx: click.Context) -> None:
+def worker(ctx: click.Context, metrics_port: int | None, metrics_host: str) -> None:
     """Consume commands, apply them to the orchestrator, publish results."""
     from workers.run import run_worker  # noqa: PLC0415
 
-    _run(run_worker(_settings(ctx)))
+    _run(run_worker(_settings(ctx), metrics_host=metrics_host, metrics_port=metrics_port))
+
+
+@main.command()
+@_metrics_port
+@_metrics_host
+@click.pass_context
+def recorder(ctx: click.Context, metrics_port: int | None, metrics_host: str) -> None:
+    """Record every job's progress and result in the store (for history, status and --since)."""
+    from workers.run import run_recorder  # noqa: PLC0415
+
+    _run(run_recorder(_settings(ctx), metrics_host=metrics_host, metrics_port=metrics_port))
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    from shared.jobs import parse_since  # noqa: PLC0415
+
+    if value is None:
+        return None
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command()
+@click.option("--cluster", help="Only this cluster.")
+@click.option("--app", help="Only this application.")
+@click.option("--service", help="Only this service.")
+@click.option("--action", type=click.Choice(["redeploy", "scale"]))
+@click.option(
+    "--status", type=click.Choice(["accepted", "running", "succeeded", "failed", "skipped"])
+)
+@click.option(
+    "--since", callback=_since, help="Only jobs since a duration ago (15m, 2h, 7d) or a time."
+)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def history(
+    ctx: click.Context,
+    cluster: str | None,
+    app: str | None,
+    service: str | None,
+    action: str | None,
+    status: str | None,
+    since: datetime | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Jobs the recorder kept, newest first."""
+    from shared.jobs import job_json, open_job_store  # noqa: PLC0415
+    from shared.render import console, job_table  # noqa: PLC0415
+
+    jobs = _run(
+        open_job_store(_settings(ctx).database).list(
+            cluster=cluster,
+            app=app,
+            service=service,
+            action=action,
+            status=status,
+            since=since,
+            limit=limit,
+        )
+    )
+    if as_json:
+        _echo_json([job_json(job) for job in jobs])
+    elif jobs:
+        console().print(job_table(jobs))
+    else:
+        click.echo("No jobs match. Is `triggers recorder` running? (`triggers dev` runs one.)")
 
 
 @main.command()
@@ -275,18 +356,26 @@ def revoke(ctx: click.Context, trigger_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 @click.option("--app", help="Only this application.")
 @click.option("--cluster", help="Only this cluster.")
+@click.option("--service", help="Only this service.")
 @click.option("--action", type=click.Choice(["redeploy", "scale"]))
 @click.option("--status", type=click.Choice(["succeeded", "failed", "skipped"]))
 @click.option("--count", type=int, help="Exit after this many events.")
+@click.option(
+    "--since",
+    callback=_since,
+    help="First replay jobs since a duration ago (15m, 2h, 7d) or a time, from history.",
+)
 @click.pass_context
 def tail(
     ctx: click.Context,
     as_json: bool,
     app: str | None,
     cluster: str | None,
+    service: str | None,
     action: str | None,
     status: str | None,
     count: int | None,
+    since: datetime | None,
 ) -> None:
     """Print result events as workers publish them."""
     from shared.tail import run_tail  # noqa: PLC0415
@@ -297,9 +386,11 @@ def tail(
             as_json=as_json,
             app=app,
             cluster=cluster,
+            service=service,
             action=action,
             status=status,
             count=count,
+            since=since,
         )
     )
     sys.exit(code)

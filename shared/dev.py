@@ -11,6 +11,7 @@ from aiohttp import web
 
 from shared.bus import AmqpBus, Bus, MemoryBus
 from shared.errors import BrokerUnavailable
+from shared.jobs import open_job_store
 from shared.messages import ResultEvent
 from shared.render import event_line
 from shared.settings import Settings
@@ -37,6 +38,7 @@ async def run_dev(settings: Settings, host: str, port: int) -> None:
     """Seed, create two triggers, serve, and print every result until Ctrl-C."""
     from gateway.app import create_app  # noqa: PLC0415
     from workers.orchestrators.local import LocalOrchestrator  # noqa: PLC0415
+    from workers.recorder import Recorder  # noqa: PLC0415
     from workers.worker import Worker  # noqa: PLC0415
 
     if host not in ("127.0.0.1", "localhost") and settings.public_url == Settings().public_url:
@@ -62,14 +64,17 @@ async def run_dev(settings: Settings, host: str, port: int) -> None:
 
     bus = await _open_bus(settings)
     worker = Worker(settings, bus, orchestrator)
+    jobs = open_job_store(settings.database)
+    recorder = Recorder(settings, bus, jobs)
     colour = sys.stdout.isatty()
 
     async def show(event: ResultEvent) -> None:
         click.echo(event_line(event, colour=colour))
 
     await bus.subscribe_results(show)
+    await recorder.start()
     await worker.start()
-    runner = web.AppRunner(create_app(settings, store=store, bus=bus), access_log=None)
+    runner = web.AppRunner(create_app(settings, store=store, bus=bus, jobs=jobs), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
 
@@ -89,8 +94,12 @@ Redeploy {DEMO_CLUSTER}/{DEMO_APP}:
 Scale {DEMO_CLUSTER}/{DEMO_APP}/web out by 3, then in by 1:
   curl -X POST '{scale_url}&type=scale_out&step=3'
   curl -X POST '{scale_url}&type=scale_in&step=1'
-See the cluster:
+Wait up to 30 s for the result (200, or 422 when it failed; curl --fail fails then):
+  curl --fail '{redeploy_url}&wait=30'
+See the cluster, the history, the metrics:
   triggers local show
+  triggers history
+  curl http://{host}:{port}/metrics
 
 Results appear below. Ctrl-C to stop.
 """
@@ -104,5 +113,6 @@ Results appear below. Ctrl-C to stop.
     finally:
         await runner.cleanup()
         await worker.stop()
+        await recorder.stop()
         await bus.close()
         await orchestrator.close()

@@ -15,10 +15,13 @@ import msgspec
 
 __all__ = [
     "COMMAND_CONTENT_TYPE",
+    "NOTICE_CONTENT_TYPE",
     "RESULT_CONTENT_TYPE",
     "Action",
     "Command",
     "CommandEnvelope",
+    "JobNotice",
+    "JobStatus",
     "Origin",
     "Redeploy",
     "ResultEvent",
@@ -28,6 +31,7 @@ __all__ = [
     "Status",
     "Target",
     "decode_command",
+    "decode_job_event",
     "decode_result",
     "encode",
     "new_job_id",
@@ -36,9 +40,13 @@ __all__ = [
 
 COMMAND_CONTENT_TYPE = "application/vnd.container-triggers.command.v1+json"
 RESULT_CONTENT_TYPE = "application/vnd.container-triggers.result.v1+json"
+NOTICE_CONTENT_TYPE = "application/vnd.container-triggers.notice.v1+json"
 
 Action = Literal["redeploy", "scale"]
 Status = Literal["succeeded", "failed", "skipped"]
+# A job's life: accepted (the broker confirmed the command), running (a worker took it),
+# then one of the result statuses.
+JobStatus = Literal["accepted", "running", "succeeded", "failed", "skipped"]
 Direction = Literal["scale_in", "scale_out"]
 Step = Annotated[int, msgspec.Meta(ge=1, le=100)]
 
@@ -169,12 +177,43 @@ class ResultEvent(msgspec.Struct, frozen=True, kw_only=True):
     schema: str = "triggers.result.v1"
 
 
+class JobNotice(msgspec.Struct, frozen=True, kw_only=True):
+    """Progress of a job before its result: published on `triggers.progress`.
+
+    Kept off `triggers.results` so that exchange carries only results, as its consumers
+    expect. The recorder turns notices into the job's `running` state.
+    """
+
+    job_id: str
+    trigger_id: str
+    action: Action
+    cluster: str
+    app: str
+    service: str | None
+    status: Literal["running"] = "running"
+    attempt: int = 1
+    correlation_id: str = ""
+    source: Source = Source()
+    issued_at: datetime | None = None
+    at: datetime = msgspec.field(default_factory=utcnow)
+    worker: str | None = None
+    schema: str = "triggers.notice.v1"
+
+
+class _Schema(msgspec.Struct):
+    schema: str = "triggers.result.v1"
+
+
 _encoder = msgspec.json.Encoder()
 _command_decoder = msgspec.json.Decoder(CommandEnvelope)
 _result_decoder = msgspec.json.Decoder(ResultEvent)
 
 
-def encode(message: CommandEnvelope | ResultEvent) -> bytes:
+_notice_decoder = msgspec.json.Decoder(JobNotice)
+_schema_decoder = msgspec.json.Decoder(_Schema)
+
+
+def encode(message: CommandEnvelope | ResultEvent | JobNotice) -> bytes:
     """JSON bytes of a message."""
     return _encoder.encode(message)
 
@@ -186,4 +225,11 @@ def decode_command(data: bytes) -> CommandEnvelope:
 
 def decode_result(data: bytes) -> ResultEvent:
     """Decode and validate a result event."""
+    return _result_decoder.decode(data)
+
+
+def decode_job_event(data: bytes) -> ResultEvent | JobNotice:
+    """A result event or a progress notice, told apart by their `schema` field."""
+    if _schema_decoder.decode(data).schema == "triggers.notice.v1":
+        return _notice_decoder.decode(data)
     return _result_decoder.decode(data)

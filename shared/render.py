@@ -4,15 +4,40 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 import msgspec
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
-from shared.messages import ResultEvent, ServiceState
+from shared.jobs import JobRecord
+from shared.messages import ResultEvent, ServiceState, Source
 from shared.triggers import Trigger, encode_trigger_url
 
-__all__ = ["event_line", "trigger_json", "trigger_table"]
+__all__ = [
+    "console",
+    "event_line",
+    "event_text",
+    "job_table",
+    "job_text",
+    "trigger_json",
+    "trigger_table",
+]
 
-_STATUS_COLOUR = {"succeeded": "green", "failed": "red", "skipped": "yellow"}
+# Colour by status: green done, red failed, yellow nothing to do, cyan/blue in progress.
+_STATUS_STYLE = {
+    "succeeded": "bold green",
+    "failed": "bold red",
+    "skipped": "yellow",
+    "running": "cyan",
+    "accepted": "blue",
+}
+_STATUS_MARK = {
+    "succeeded": "✔",
+    "failed": "✘",
+    "skipped": "○",
+    "running": "▶",
+    "accepted": "…",
+}
 
 
 def trigger_json(
@@ -66,43 +91,148 @@ def trigger_table(triggers: list[Trigger]) -> str:
     )
 
 
-def _states(before: dict[str, ServiceState], after: dict[str, ServiceState], action: str) -> str:
-    parts = []
+def console() -> Console:
+    """Stdout for people: colours on a terminal; wide lines, not 80 columns, into a pipe."""
+    out = Console(highlight=False, soft_wrap=True)
+    if not out.is_terminal:
+        out.width = 240
+    return out
+
+
+def _change(before: dict[str, ServiceState], after: dict[str, ServiceState], action: str) -> Text:
+    """``web 2 → 5`` for a scale, ``api rev 3 → 4 nginx:1.27 → nginx:1.28`` for a redeploy."""
+    text = Text()
     for name in sorted(after or before):
         old, new = before.get(name), after.get(name)
         if old is None or new is None:
             continue
+        if text:
+            text.append(", ")
+        text.append(f"{name} ", style="bold")
         if action == "scale":
-            parts.append(f"{name} {old.replicas}→{new.replicas} replicas")
+            text.append(str(old.replicas), style="dim")
+            text.append(" → ")
+            text.append(str(new.replicas), style="bold")
+            text.append(" replicas")
         else:
-            image = f" {old.image}→{new.image}" if old.image != new.image else ""
-            parts.append(f"{name} rev {old.revision}→{new.revision}{image}")
-    return ", ".join(parts)
+            text.append(f"rev {old.revision}", style="dim")
+            text.append(" → ")
+            text.append(f"{new.revision}", style="bold")
+            if old.image != new.image:
+                text.append(f" {old.image}", style="dim")
+                text.append(" → ")
+                text.append(new.image, style="bold magenta")
+    return text
+
+
+def _source(source: Source) -> str:
+    parts = [p for p in (source.user_agent, source.remote and f"from {source.remote}") if p]
+    return " ".join(parts)
+
+
+def _origin(source: Source) -> str:
+    """``via dockerhub acme/api:1.2`` or ``via alertmanager HighLoad firing``."""
+    origin = source.origin
+    if origin is None:
+        return ""
+    what = origin.alert or origin.repository or ""
+    if origin.alert_status:
+        what += f" {origin.alert_status}"
+    elif origin.tag:
+        what += f":{origin.tag}"
+    return f"via {origin.source} {what}".rstrip()
+
+
+def _target(cluster: str, app: str, service: str | None) -> str:
+    return f"{cluster}/{app}" + (f"/{service}" if service else "")
+
+
+def _status(status: str) -> Text:
+    mark = _STATUS_MARK.get(status, " ")
+    return Text(f"{mark} {status.upper():9}", style=_STATUS_STYLE.get(status, ""))
+
+
+def event_text(event: ResultEvent) -> Text:
+    """One line per result: time, status, action, target, before → after, why, duration, source."""
+    line = Text()
+    line.append(event.finished_at.astimezone().strftime("%H:%M:%S"), style="dim")
+    line.append("  ")
+    line.append_text(_status(event.status))
+    line.append(f"  {event.action:8} ")
+    line.append(_target(event.cluster, event.app, event.service), style="bold")
+    change = _change(event.before, event.after, event.action)
+    if change:
+        line.append("  ")
+        line.append_text(change)
+    if event.error:
+        line.append(f"  {event.error}", style="red")
+    elif event.detail:
+        line.append(f"  ({event.detail})", style="italic")
+    if event.duplicate:
+        line.append("  duplicate", style="yellow")
+    if event.duration_ms is not None:
+        line.append(f"  {event.duration_ms:.0f} ms", style="cyan")
+    if event.attempt > 1:
+        line.append(f"  attempt {event.attempt}", style="yellow")
+    origin = _origin(event.source)
+    if origin:
+        line.append(f"  {origin}", style="magenta")
+    source = _source(event.source)
+    if source:
+        line.append(f"  {source}", style="dim")
+    if event.correlation_id and event.correlation_id != event.job_id:
+        line.append(f"  req {event.correlation_id}", style="dim")
+    line.append(f"  job {event.job_id[:12]}", style="dim")
+    return line
+
+
+def job_text(job: JobRecord) -> Text:
+    """A job from history: its result line, or its state while it has none."""
+    if job.result is not None:
+        return event_text(job.result)
+    moment = job.started_at or job.accepted_at or job.issued_at
+    line = Text()
+    line.append(moment.astimezone().strftime("%H:%M:%S"), style="dim")
+    line.append("  ")
+    line.append_text(_status(job.status))
+    line.append(f"  {job.action:8} ")
+    line.append(_target(job.cluster, job.app, job.service), style="bold")
+    source = _source(job.source)
+    if source:
+        line.append(f"  {source}", style="dim")
+    line.append(f"  job {job.job_id[:12]}", style="dim")
+    return line
 
 
 def event_line(event: ResultEvent, *, colour: bool = True) -> str:
-    """One line per result: time, status, action, target, before → after, why."""
-    status = event.status.upper().ljust(9)
-    if colour:
-        status = click.style(status, fg=_STATUS_COLOUR.get(event.status), bold=True)
-    target = f"{event.cluster}/{event.app}" + (f"/{event.service}" if event.service else "")
-    parts = [event.finished_at.strftime("%H:%M:%S"), status, event.action.ljust(8), target]
-    change = _states(event.before, event.after, event.action)
-    if change:
-        parts.append(change)
-    if event.error:
-        parts.append(f"error: {event.error}")
-    elif event.detail:
-        parts.append(f"({event.detail})")
-    origin = event.source.origin
-    if origin is not None:
-        what = origin.alert or origin.repository or ""
-        if origin.alert_status:
-            what += f" {origin.alert_status}"
-        elif origin.tag:
-            what += f":{origin.tag}"
-        parts.append(f"via {origin.source} {what}".rstrip())
-    if event.duration_ms is not None:
-        parts.append(f"{event.duration_ms:.0f} ms")
-    parts.append(f"job {event.job_id[:12]}")
-    return "  ".join(parts)
+    """`event_text` as a string, with ANSI colours or plain."""
+    text = event_text(event)
+    if not colour:
+        return text.plain
+    console = Console(force_terminal=True, color_system="standard", width=1_000, soft_wrap=True)
+    with console.capture() as captured:
+        console.print(text, end="")
+    return captured.get()
+
+
+def job_table(jobs: list[JobRecord]) -> Table:
+    """History as a table, newest first."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("TIME", "STATUS", "ACTION", "TARGET", "CHANGE", "TOOK", "SOURCE", "JOB"):
+        table.add_column(column, no_wrap=column != "CHANGE")
+    for job in jobs:
+        result = job.result
+        change = _change(result.before, result.after, job.action) if result else Text()
+        if job.error:
+            change.append(("  " if change else "") + job.error, style="red")
+        table.add_row(
+            job.issued_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+            _status(job.status),
+            job.action,
+            _target(job.cluster, job.app, job.service),
+            change,
+            f"{job.duration_ms:.0f} ms" if job.duration_ms is not None else "",
+            _source(job.source),
+            job.job_id[:12],
+        )
+    return table

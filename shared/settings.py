@@ -48,6 +48,10 @@ class Settings:
     push_dedupe_window: float = 120.0
     alert_cooldown: float = 300.0
     signature_tolerance: float = 300.0
+    # Longest `wait=N` a trigger call may ask for, in seconds.
+    max_wait: float = 60.0
+    # Job history: how long the recorder keeps jobs, in seconds.
+    job_retention: float = 7 * 86400.0
     # Worker tuning.
     prefetch: int = 16
     max_attempts: int = 5
@@ -87,6 +91,7 @@ class Settings:
             "TRIGGERS_PUSH_DEDUPE_WINDOW": ("push_dedupe_window", float),
             "TRIGGERS_ALERT_COOLDOWN": ("alert_cooldown", float),
             "TRIGGERS_SIGNATURE_TOLERANCE": ("signature_tolerance", float),
+            "TRIGGERS_MAX_WAIT": ("max_wait", float),
             "TRIGGERS_PREFETCH": ("prefetch", int),
             "TRIGGERS_MAX_ATTEMPTS": ("max_attempts", int),
             "TRIGGERS_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
@@ -107,6 +112,16 @@ class Settings:
                 )
             except ValueError:
                 msg = "TRIGGERS_RETRY_DELAYS must be comma-separated seconds, e.g. 1,5,30,120"
+                raise ValueError(msg) from None
+        if env.get("TRIGGERS_JOB_RETENTION"):
+            from shared.jobs import parse_duration  # noqa: PLC0415 - settings stay import-light
+
+            try:
+                values["job_retention"] = parse_duration(
+                    env["TRIGGERS_JOB_RETENTION"]
+                ).total_seconds()
+            except ValueError as exc:
+                msg = f"TRIGGERS_JOB_RETENTION: {exc}"
                 raise ValueError(msg) from None
         if env.get("TRIGGERS_FAULTS"):
             values["faults"] = frozenset(f.strip() for f in env["TRIGGERS_FAULTS"].split(","))

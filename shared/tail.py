@@ -1,21 +1,75 @@
-"""`triggers tail`: result events, live."""
+"""`triggers tail`: result events, live, optionally after replaying recent history.
+
+Live events are subscribed to *before* history is read, and held until the replay is
+printed, so nothing falls between the two; a job printed from history is not printed
+again when its (duplicate) result shows up live.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import sys
+from collections import Counter
+from datetime import datetime
 
 import click
 
 from shared.bus import AmqpBus
 from shared.errors import BrokerUnavailable
+from shared.jobs import JobRecord, open_job_store
 from shared.messages import ResultEvent, encode
-from shared.render import event_line
+from shared.render import console, event_text, job_text
 from shared.settings import Settings
 from shared.topology import result_binding
 
 __all__ = ["run_tail"]
+
+_REPLAY_LIMIT = 10_000
+
+
+class _Printer:
+    """Prints events and history jobs once each, counting toward `count`."""
+
+    def __init__(self, *, as_json: bool, count: int | None) -> None:
+        self._as_json = as_json
+        self._count = count
+        self._console = console()
+        self.printed: set[str] = set()
+        self.statuses: Counter[str] = Counter()
+        self.done = asyncio.Event()
+
+    def _full(self) -> bool:
+        return self._count is not None and sum(self.statuses.values()) >= self._count
+
+    def event(self, event: ResultEvent) -> None:
+        if self._full() or event.job_id in self.printed:
+            return
+        if self._as_json:
+            sys.stdout.write(encode(event).decode() + "\n")
+            sys.stdout.flush()
+        else:
+            self._console.print(event_text(event))
+        self._seen(event.job_id, event.status)
+
+    def job(self, job: JobRecord) -> None:
+        if job.result is not None:
+            self.event(job.result)
+        elif not self._as_json and not self._full():
+            # Scripts get result events only, as before; people also see what is in flight.
+            self._console.print(job_text(job))
+            self._seen(job.job_id, job.status)
+
+    def _seen(self, job_id: str, status: str) -> None:
+        self.printed.add(job_id)
+        self.statuses[status] += 1
+        if self._full():
+            self.done.set()
+
+    def summary(self) -> str:
+        total = sum(self.statuses.values())
+        parts = ", ".join(f"{n} {s}" for s, n in self.statuses.most_common())
+        return f"{total} shown" + (f": {parts}" if parts else "")
 
 
 async def run_tail(
@@ -24,9 +78,11 @@ async def run_tail(
     as_json: bool,
     app: str | None = None,
     cluster: str | None = None,
+    service: str | None = None,
     action: str | None = None,
     status: str | None = None,
     count: int | None = None,
+    since: datetime | None = None,
 ) -> int:
     """Print matching result events until interrupted (or `count` were printed)."""
     bus = AmqpBus.from_settings(settings, "tail")
@@ -35,32 +91,47 @@ async def run_tail(
     except BrokerUnavailable as exc:
         click.echo(f"triggers tail: {exc}", err=True)
         return 2
-    done = asyncio.Event()
-    seen = 0
-    colour = sys.stdout.isatty()
+    printer = _Printer(as_json=as_json, count=count)
+    held: list[ResultEvent] | None = [] if since is not None else None
 
-    async def show(event: ResultEvent) -> None:
-        nonlocal seen
-        if count is not None and seen >= count:
+    async def on_event(event: ResultEvent) -> None:
+        # The service is not in the routing key; it is filtered here.
+        if service is not None and event.service != service:
             return
-        if as_json:
-            sys.stdout.write(encode(event).decode() + "\n")
+        if held is not None:
+            held.append(event)
         else:
-            sys.stdout.write(event_line(event, colour=colour) + "\n")
-        sys.stdout.flush()
-        seen += 1
-        if count is not None and seen >= count:
-            done.set()
+            printer.event(event)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
+        loop.add_signal_handler(sig, printer.done.set)
     binding = result_binding(status=status, action=action, cluster=cluster, app=app)
-    await bus.subscribe_results(show, binding=binding)
-    if not as_json:
-        click.echo(f"Waiting for results ({binding}); Ctrl-C to stop.", err=True)
     try:
-        await done.wait()
+        await bus.subscribe_results(on_event, binding=binding)
+        if since is not None and held is not None:
+            jobs = open_job_store(settings.database)
+            history = await jobs.list(
+                cluster=cluster,
+                app=app,
+                service=service,
+                action=action,
+                status=status,
+                since=since,
+                limit=_REPLAY_LIMIT,
+                oldest_first=True,
+            )
+            for job in history:
+                printer.job(job)
+            while held:
+                printer.event(held.pop(0))
+            held = None
+        if not as_json:
+            click.echo(f"Waiting for results ({binding}); Ctrl-C to stop.", err=True)
+        if count is None or count > 0:
+            await printer.done.wait()
     finally:
         await bus.close()
+    if not as_json:
+        click.echo(printer.summary(), err=True)
     return 0

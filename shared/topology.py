@@ -8,6 +8,10 @@
   retry delay, whose messages expire back into ``triggers.commands`` with the action as
   routing key: a retry waits in the broker, not in a worker's prefetch window.
 - ``triggers.results`` (topic): routing key ``<status>.<action>.<cluster>.<app>``.
+- ``triggers.progress`` (topic): job notices before the result (``running.<action>.<cluster>.<app>``).
+- ``triggers.results.recorder``: the recorder's durable quorum queue, bound to both with ``#``;
+  declared by the recorder only (`declare_recorder_queue`), so a deployment without one
+  does not pile up events nobody reads.
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ __all__ = [
     "DEAD_EXCHANGE",
     "DEAD_QUEUE",
     "DELIVERY_LIMIT",
+    "PROGRESS_EXCHANGE",
+    "RECORDER_QUEUE",
+    "RECORDER_QUEUE_ARGUMENTS",
     "RESULTS_EXCHANGE",
     "RETRY_EXCHANGE",
     "Topology",
     "declare",
+    "declare_recorder_queue",
     "result_binding",
     "result_routing_key",
     "retry_routing_key",
@@ -37,6 +45,8 @@ __all__ = [
 
 COMMANDS_EXCHANGE = "triggers.commands"
 RESULTS_EXCHANGE = "triggers.results"
+PROGRESS_EXCHANGE = "triggers.progress"
+RECORDER_QUEUE = "triggers.results.recorder"
 DEAD_EXCHANGE = "triggers.dead"
 DEAD_QUEUE = "triggers.dead"
 RETRY_EXCHANGE = "triggers.retry"
@@ -60,12 +70,24 @@ COMMAND_QUEUE_ARGUMENTS: dict[str, Any] = {
 }
 
 
+RECORDER_QUEUE_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-delivery-limit": DELIVERY_LIMIT,
+    "x-dead-letter-exchange": DEAD_EXCHANGE,
+    # Bounded, dropping the oldest: a recorder that is down for long loses old history
+    # rather than making result publishes fail (reject-publish would stall every worker).
+    "x-max-length": 1_000_000,
+    "x-overflow": "drop-head",
+}
+
+
 @dataclass(frozen=True)
 class Topology:
     """The declared (robust) objects, so they come back after a reconnect."""
 
     commands: AbstractExchange
     results: AbstractExchange
+    progress: AbstractExchange
     dead: AbstractExchange
     retry: AbstractExchange
     command_queues: dict[Action, AbstractQueue]
@@ -86,6 +108,9 @@ async def declare(
     )
     results = await channel.declare_exchange(
         RESULTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    progress = await channel.declare_exchange(
+        PROGRESS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
     dead = await channel.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
     dead_queue = await channel.declare_queue(
@@ -119,11 +144,22 @@ async def declare(
     return Topology(
         commands=commands,
         results=results,
+        progress=progress,
         dead=dead,
         retry=retry,
         command_queues=queues,
         dead_queue=dead_queue,
     )
+
+
+async def declare_recorder_queue(channel: AbstractChannel) -> AbstractQueue:
+    """The recorder's queue, bound to every result and every progress notice."""
+    queue = await channel.declare_queue(
+        RECORDER_QUEUE, durable=True, arguments=RECORDER_QUEUE_ARGUMENTS
+    )
+    await queue.bind(RESULTS_EXCHANGE, routing_key="#")
+    await queue.bind(PROGRESS_EXCHANGE, routing_key="#")
+    return queue
 
 
 def result_routing_key(status: str, action: str, cluster: str, app: str) -> str:

@@ -11,10 +11,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiohttp
@@ -23,20 +27,34 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from shared.bus import AmqpBus
-from shared.messages import CommandEnvelope, ResultEvent, Scale, Target, new_job_id
+from shared.jobs import JobRecord, SqliteJobStore
+from shared.messages import CommandEnvelope, ResultEvent, Scale, ServiceState, Target, new_job_id
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
-from shared.topology import COMMAND_QUEUES, DEAD_QUEUE
+from shared.topology import COMMAND_QUEUES, DEAD_QUEUE, RECORDER_QUEUE
 from shared.triggers import Trigger, trigger_call_url
+from tests.proxy import TcpProxy
+from workers.orchestrators.base import Change, Orchestrator
 from workers.orchestrators.local import LocalOrchestrator
+from workers.recorder import Recorder
 from workers.worker import Worker
+
+T = TypeVar("T")
 
 BROKER = os.environ.get("TRIGGERS_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672")
 
 
-def _rabbitmqctl(*args: str) -> None:
+def _rabbitmqctl(*args: str) -> str:
     ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    subprocess.run([ctl, *args], check=True, capture_output=True, timeout=60)
+    done = subprocess.run([ctl, *args], check=True, capture_output=True, timeout=60, text=True)
+    return done.stdout
+
+
+def broker_queues(amqp_url: str) -> list[str]:
+    """Every queue of the URL's vhost, as the broker lists them."""
+    vhost = amqp_url.rsplit("/", 1)[1]
+    out = _rabbitmqctl("--quiet", "list_queues", "-p", vhost, "--no-table-headers", "name")
+    return sorted(line.strip() for line in out.splitlines() if line.strip())
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +109,12 @@ def store(settings: Settings) -> SqliteTriggerStore:
 
 
 @pytest.fixture
+def jobs(settings: Settings) -> SqliteJobStore:
+    """The test's job history (the same file as the trigger store)."""
+    return SqliteJobStore(settings.database.removeprefix("sqlite:///"))
+
+
+@pytest.fixture
 def cluster(settings: Settings) -> LocalOrchestrator:
     """The test's local cluster, seeded with demo/shop (web: 2 replicas, api: 1)."""
     orchestrator = LocalOrchestrator(settings.local_state)
@@ -105,7 +129,7 @@ async def _purge(amqp_url: str) -> None:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
-        for name in [*COMMAND_QUEUES.values(), DEAD_QUEUE]:
+        for name in [*COMMAND_QUEUES.values(), DEAD_QUEUE, RECORDER_QUEUE]:
             try:
                 queue = await channel.declare_queue(name, passive=True)
             except aio_pika.exceptions.ChannelClosed:
@@ -230,3 +254,95 @@ async def queue_depth(amqp_url: str, name: str) -> int:
         channel = await connection.channel()
         queue = await channel.declare_queue(name, passive=True)
         return queue.declaration_result.message_count or 0
+
+
+@pytest.fixture
+async def recorder(
+    settings: Settings, jobs: SqliteJobStore, bus: AmqpBus
+) -> AsyncIterator[Recorder]:
+    """A recorder in this process, on its own connection, writing the test's history."""
+    amqp = AmqpBus(settings.amqp_url, role="test-recorder")
+    await amqp.start()
+    running = Recorder(settings, amqp, jobs)
+    await running.start()
+    yield running
+    await running.stop()
+    await amqp.close()
+
+
+class WrappedOrchestrator:
+    """Delegates everything to an inner orchestrator; tests override what they perturb."""
+
+    def __init__(self, inner: Orchestrator) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    async def state(self, target: Target) -> dict[str, ServiceState]:
+        """The inner orchestrator's state."""
+        return await self.inner.state(target)
+
+    async def recorded(self, job_id: str, target: Target) -> Change | None:
+        """The inner orchestrator's ledger."""
+        return await self.inner.recorded(job_id, target)
+
+    async def redeploy(
+        self,
+        job_id: str,
+        target: Target,
+        *,
+        image: str | None = None,
+        issued_at: datetime | None = None,
+    ) -> Change:
+        """Redeploy through the inner orchestrator."""
+        return await self.inner.redeploy(job_id, target, image=image, issued_at=issued_at)
+
+    async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
+        """Scale through the inner orchestrator."""
+        return await self.inner.scale(job_id, target, delta=delta)
+
+    async def close(self) -> None:
+        """The inner orchestrator is the fixture's to close."""
+
+
+@pytest.fixture
+async def proxy(settings: Settings) -> AsyncIterator[TcpProxy]:
+    """A cuttable path to the test's RabbitMQ (see tests/proxy.py)."""
+    parts = urlsplit(settings.amqp_url)
+    tcp = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
+    await tcp.start()
+    yield tcp
+    await tcp.close()
+
+
+def through_proxy(settings: Settings, proxy: TcpProxy) -> Settings:
+    """The settings with the broker reached through the proxy, and a short publish timeout."""
+    parts = urlsplit(settings.amqp_url)
+    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
+    return settings.with_(amqp_url=parts._replace(netloc=netloc).geturl(), publish_timeout=2.0)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, what: str, within: float = 10.0
+) -> T:
+    """Call `probe` until it returns something other than None; fail after `within` seconds.
+
+    For state another process writes at its own pace (the recorder, a reconnect), where
+    there is no event of ours to await.
+    """
+    deadline = time.monotonic() + within
+    while (value := await probe()) is None:
+        if time.monotonic() > deadline:
+            msg = f"{what} did not happen within {within:g} s"
+            raise AssertionError(msg)
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def recorded(jobs: SqliteJobStore, job_id: str, status: str) -> JobRecord:
+    """The job once the recorder has it in `status`."""
+
+    async def probe() -> JobRecord | None:
+        job = await jobs.get(job_id)
+        return job if job is not None and job.status == status else None
+
+    return await eventually(probe, what=f"job {job_id} recorded as {status}")

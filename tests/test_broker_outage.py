@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.triggers import trigger_call_url
+from tests.conftest import through_proxy
 from tests.proxy import TcpProxy
-
-
-@pytest.fixture
-async def proxy(settings: Settings) -> AsyncIterator[TcpProxy]:
-    """A cuttable path to the test's RabbitMQ."""
-    parts = urlsplit(settings.amqp_url)
-    tcp = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
-    await tcp.start()
-    yield tcp
-    await tcp.close()
-
-
-def _through(settings: Settings, proxy: TcpProxy) -> Settings:
-    parts = urlsplit(settings.amqp_url)
-    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
-    return settings.with_(amqp_url=parts._replace(netloc=netloc).geturl(), publish_timeout=2.0)
 
 
 async def _call(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, str], str]:
@@ -44,7 +26,7 @@ async def test_gateway_answers_503_while_the_broker_is_unreachable_then_recovers
     """Cut the broker: 503 with Retry-After and a JSON error; heal it: 202 again, no restart."""
     trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
     # The gateway owns its bus here, exactly as `triggers gateway` runs it.
-    app = create_app(_through(settings, proxy), store=store)
+    app = create_app(through_proxy(settings, proxy), store=store)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     base = str(server.make_url("")).rstrip("/")
@@ -92,7 +74,7 @@ async def test_gateway_starts_without_a_broker_and_connects_when_it_appears(
     """A gateway started while RabbitMQ is down answers 503, then 202 once it is up."""
     trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
     await proxy.cut()
-    server = TestServer(create_app(_through(settings, proxy), store=store), host="127.0.0.1")
+    server = TestServer(create_app(through_proxy(settings, proxy), store=store), host="127.0.0.1")
     await server.start_server()
     url = trigger_call_url(str(server.make_url("")).rstrip("/"), trigger, secret)
     try:

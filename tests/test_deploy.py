@@ -105,12 +105,12 @@ def test_image_runs_as_a_non_root_user() -> None:
 
 
 def test_compose_file_is_valid() -> None:
-    """deploy/compose.yaml has the broker with its definitions, the gateway and the worker; `docker compose config` accepts it where the plugin exists."""
+    """deploy/compose.yaml has the broker with its definitions, the gateway, the worker and the recorder; `docker compose config` accepts it where the plugin exists."""
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    assert set(compose["services"]) == {"rabbitmq", "gateway", "worker"}
+    assert set(compose["services"]) == {"rabbitmq", "gateway", "worker", "recorder"}
     mounts = compose["services"]["rabbitmq"]["volumes"]
     assert "./rabbitmq/definitions.json:/etc/rabbitmq/definitions.json:ro" in mounts
-    for name in ("gateway", "worker"):
+    for name in ("gateway", "worker", "recorder"):
         assert compose["services"][name]["image"] == "container-triggers"
     swarm = yaml.safe_load((DEPLOY / "compose.swarm.yaml").read_text())
     assert swarm["services"]["worker"]["environment"]["TRIGGERS_ORCHESTRATOR"] == "swarm"

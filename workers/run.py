@@ -1,20 +1,34 @@
-"""`triggers worker`: the process entry point."""
+"""`triggers worker` and `triggers recorder`: the process entry points."""
 
 from __future__ import annotations
 
 import structlog
+from aiohttp import web
 
 from shared.bus import AmqpBus
+from shared.jobs import open_job_store
+from shared.metrics import serve_metrics
 from shared.settings import Settings
 from workers.orchestrators import open_orchestrator
+from workers.recorder import Recorder
 from workers.worker import Worker
 
-__all__ = ["run_worker"]
+__all__ = ["run_recorder", "run_worker"]
 
 log = structlog.get_logger("triggers.worker")
 
 
-async def run_worker(settings: Settings) -> None:
+async def _metrics(host: str, port: int | None) -> web.AppRunner | None:
+    if port is None:
+        return None
+    runner = await serve_metrics(host, port)
+    log.info("metrics.serving", host=host, port=port)
+    return runner
+
+
+async def run_worker(
+    settings: Settings, *, metrics_host: str = "127.0.0.1", metrics_port: int | None = None
+) -> None:
     """Connect, consume until SIGTERM, stop gracefully.
 
     Unlike the gateway, a worker refuses to start without the broker: it has nothing to
@@ -23,8 +37,28 @@ async def run_worker(settings: Settings) -> None:
     orchestrator = open_orchestrator(settings)
     bus = AmqpBus.from_settings(settings, "worker")
     await bus.start()
+    metrics = await _metrics(metrics_host, metrics_port)
     try:
         await Worker(settings, bus, orchestrator).run()
     finally:
+        if metrics is not None:
+            await metrics.cleanup()
         await bus.close()
         await orchestrator.close()
+
+
+async def run_recorder(
+    settings: Settings, *, metrics_host: str = "127.0.0.1", metrics_port: int | None = None
+) -> None:
+    """Record job events into the store until SIGTERM."""
+    jobs = open_job_store(settings.database)
+    bus = AmqpBus(settings.amqp_url, publish_timeout=settings.publish_timeout, role="recorder")
+    await bus.start()
+    metrics = await _metrics(metrics_host, metrics_port)
+    try:
+        await Recorder(settings, bus, jobs).run()
+    finally:
+        if metrics is not None:
+            await metrics.cleanup()
+        await bus.close()
+        await jobs.close()

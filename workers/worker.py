@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import time
 from typing import Literal
@@ -25,8 +24,17 @@ import structlog
 
 from shared.bus import Bus, Delivery
 from shared.errors import BrokerUnavailable, PermanentError, RetryableError
-from shared.messages import CommandEnvelope, ResultEvent, Scale, Status, decode_command
+from shared.messages import (
+    CommandEnvelope,
+    JobNotice,
+    ResultEvent,
+    Scale,
+    Status,
+    decode_command,
+)
+from shared.metrics import APPLY_SECONDS, DEAD_LETTERS, RESULTS, RETRIES
 from shared.settings import Settings
+from shared.signals import until_signalled
 from workers.faults import crash_now
 from workers.handlers import apply_command
 from workers.orchestrators.base import Change, Orchestrator
@@ -84,17 +92,7 @@ class Worker:
 
     async def run(self) -> None:
         """Consume until SIGTERM or SIGINT, then stop gracefully."""
-        loop = asyncio.get_running_loop()
-        done = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, done.set)
-        await self.start()
-        try:
-            await done.wait()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            await self.stop()
+        await until_signalled(self.start, self.stop)
 
     async def _watch_consumers(self) -> None:
         while True:
@@ -127,6 +125,7 @@ class Worker:
                 "worker.undecodable", reason=reason, attempt=delivery.attempt
             )
             await delivery.dead_letter(reason)
+            DEAD_LETTERS.labels("undecodable").inc()
             return
         with structlog.contextvars.bound_contextvars(
             job_id=envelope.job_id,
@@ -139,8 +138,9 @@ class Worker:
         attempt = delivery.attempt
         change: Change | None = None
         error: str | None = None
+        await self._announce(envelope, attempt)
         try:
-            change = await apply_command(envelope, self._orchestrator)
+            change = await self._apply(envelope)
         except PermanentError as exc:
             error = str(exc)
         except Exception as exc:
@@ -150,7 +150,7 @@ class Worker:
                 log.exception("worker.unexpected_error", attempt=attempt)
             reason = str(exc) if isinstance(exc, RetryableError) else repr(exc)
             if attempt < self._settings.max_attempts and not self._stopping.is_set():
-                await self._retry_later(delivery, attempt, reason)
+                await self._retry_later(delivery, attempt, reason, envelope.action)
                 return
             if self._stopping.is_set():
                 await self._give_back(delivery)
@@ -172,6 +172,9 @@ class Worker:
             log.warning("worker.result_unpublished", error=str(exc))
             await self._give_back(delivery)
             return
+        RESULTS.labels(envelope.action, event.status, self._orchestrator.name).inc()
+        if settle == "dead_letter":
+            DEAD_LETTERS.labels("failed").inc()
         log.info(
             "worker.command",
             action=envelope.action,
@@ -186,6 +189,36 @@ class Worker:
             duration_ms=event.duration_ms,
         )
 
+    async def _apply(self, envelope: CommandEnvelope) -> Change:
+        """Apply through the orchestrator, timed whether it succeeds or raises."""
+        started = time.perf_counter()
+        try:
+            return await apply_command(envelope, self._orchestrator)
+        finally:
+            APPLY_SECONDS.labels(self._orchestrator.name, envelope.action).observe(
+                time.perf_counter() - started
+            )
+
+    async def _announce(self, envelope: CommandEnvelope, attempt: int) -> None:
+        """Tell the recorder the job is running; advisory, so a failure only logs."""
+        notice = JobNotice(
+            job_id=envelope.job_id,
+            trigger_id=envelope.trigger_id,
+            action=envelope.action,
+            cluster=envelope.target.cluster,
+            app=envelope.target.app,
+            service=envelope.target.service,
+            attempt=attempt,
+            correlation_id=envelope.correlation_id,
+            source=envelope.source,
+            issued_at=envelope.issued_at,
+            worker=self.name,
+        )
+        try:
+            await self._bus.publish_notice(notice)
+        except BrokerUnavailable as exc:
+            log.warning("worker.notice_unpublished", error=str(exc))
+
     async def _report_and_settle(
         self, delivery: Delivery, event: ResultEvent, settle: Settle
     ) -> None:
@@ -195,7 +228,7 @@ class Worker:
         else:
             await delivery.dead_letter(event.error or "failed")
 
-    async def _retry_later(self, delivery: Delivery, attempt: int, error: str) -> None:
+    async def _retry_later(self, delivery: Delivery, attempt: int, error: str, action: str) -> None:
         delays = self._settings.retry_delays
         delay = delays[min(attempt - 1, len(delays) - 1)]
         log.warning("worker.retry_scheduled", attempt=attempt, wait_for=delay, error=error)
@@ -204,6 +237,8 @@ class Worker:
         except BrokerUnavailable as exc:
             log.warning("worker.retry_unpublished", error=str(exc))
             await self._give_back(delivery)
+            return
+        RETRIES.labels(action).inc()
 
     async def _give_back(self, delivery: Delivery) -> None:
         """Return the message unsettled; if the channel is gone, the broker does it for us."""

@@ -1,0 +1,273 @@
+"""Jobs over HTTP: publish a trigger's command and answer (optionally after its result),
+``GET /v1/jobs/{job_id}`` and ``GET /v1/jobs``.
+
+Answers of a call with ``wait=N``:
+- 200 with the job when it succeeded or was skipped (nothing to do is not an error);
+- 422 ``job_failed`` with the job when it failed. Not 502: ``curl --retry`` retries 5xx,
+  and a retried trigger call is a new job, so a failing redeploy would run again and again;
+- 202 with the job id and ``status_url`` when N seconds passed first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from gateway.errors import ApiError
+from gateway.keys import JOBS, LOG_FIELDS, SETTINGS, WAITER
+from shared.jobs import JOB_STATUSES, JobRecord, job_json, parse_since
+from shared.messages import CommandEnvelope, ResultEvent
+from shared.metrics import WAITING
+from shared.settings import Settings
+
+__all__ = [
+    "handle_job",
+    "handle_jobs",
+    "parse_wait",
+    "run_job",
+    "status_url",
+]
+
+log = structlog.get_logger("triggers.gateway")
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_WAIT = re.compile(r"^[0-9]{1,4}(?:\.[0-9]{1,3})?$")
+_RECORD_BOUND = 2.0
+# Writes of `accepted` that outlived their bound, referenced until they finish.
+_slow_writes: set[asyncio.Task[bool]] = set()
+_LIST_FILTERS = ("cluster", "app", "service", "action", "status", "since", "limit")
+
+
+def status_url(settings: Settings, job_id: str) -> str:
+    """Where a caller polls the job."""
+    return f"{settings.public_url.rstrip('/')}/v1/jobs/{job_id}"
+
+
+def parse_wait(text: str | None, settings: Settings) -> float:
+    """Seconds to wait for the result: 0 (the default) answers as soon as it is accepted."""
+    if text is None:
+        return 0.0
+    limit = settings.max_wait
+    if not _WAIT.match(text) or float(text) > limit:
+        raise ApiError(
+            400,
+            "invalid_wait",
+            f"wait must be a number of seconds from 0 to {limit:g}, got {text[:32]!r}",
+        )
+    return float(text)
+
+
+def _public(job: JobRecord, settings: Settings) -> dict[str, Any]:
+    data = job_json(job, status_url=status_url(settings, job.job_id))
+    # The top level `error` of an answer is always a code (see gateway/errors.py); the
+    # job's own error message is in `result.error`.
+    data.pop("error", None)
+    return data
+
+
+async def _record(request: web.Request, job: JobRecord) -> bool:
+    try:
+        await request.app[JOBS].record(job)
+    except Exception as exc:
+        # Never fail the call for history: the recorder still writes the job's result.
+        log.warning("gateway.job_unrecorded", job_id=job.job_id, error=repr(exc))
+        return False
+    return True
+
+
+async def _publish(
+    request: web.Request, envelope: CommandEnvelope, publish: Callable[[], Awaitable[None]]
+) -> JobRecord:
+    """Publish the command and record it `accepted`, the two at once.
+
+    Recording in parallel keeps the store write off the answer's latency, and it has landed
+    before the 202, so `status_url` is right at once. Should the publish fail, the record
+    of a job that will never run is taken back.
+    """
+    job = JobRecord.accepted(envelope)
+    recording = asyncio.create_task(_record(request, job))
+    try:
+        await publish()
+    except BaseException:
+        if await recording:
+            with contextlib.suppress(Exception):
+                await request.app[JOBS].forget_accepted(job.job_id)
+        raise
+    # Bounded: a store stuck on a lock must not hold the answer; the write goes on alone.
+    done, _ = await asyncio.wait({recording}, timeout=_RECORD_BOUND)
+    if not done:
+        log.warning("gateway.job_record_slow", job_id=job.job_id, bound_s=_RECORD_BOUND)
+        _slow_writes.add(recording)
+        recording.add_done_callback(_slow_writes.discard)
+    return job
+
+
+async def run_job(
+    request: web.Request,
+    envelope: CommandEnvelope,
+    body: dict[str, Any],
+    publish: Callable[[], Awaitable[None]],
+    *,
+    wait: float,
+) -> web.Response:
+    """Publish the command (`publish` returns once it is confirmed); answer 202, or the
+    job's result when it comes within `wait` seconds."""
+    settings = request.app[SETTINGS]
+    fields = request[LOG_FIELDS]
+    fields["action"] = envelope.action
+    fields["correlation_id"] = envelope.correlation_id
+    body["status_url"] = status_url(settings, envelope.job_id)
+    headers = {"X-Request-ID": envelope.correlation_id, "Location": body["status_url"]}
+    waiter = request.app[WAITER]
+    if wait <= 0:
+        await _publish(request, envelope, publish)
+        fields["outcome"] = "accepted"
+        return web.json_response(body, status=202, headers=headers)
+    if not waiter.ready:
+        raise ApiError(
+            503,
+            "wait_unavailable",
+            "the gateway is not receiving results right now; retry in a few seconds",
+            headers={"Retry-After": "2"},
+        )
+    # Expect the result before publishing: a fast worker may answer before the confirm.
+    with waiter.expect(envelope.job_id) as future:
+        accepted = await _publish(request, envelope, publish)
+        WAITING.inc()
+        try:
+            async with asyncio.timeout(wait):
+                event = await future
+        except TimeoutError:
+            fields["outcome"] = "timed_out"
+            return await _timed_out(request, envelope, body, wait, headers)
+        finally:
+            WAITING.dec()
+    return _result_answer(event, accepted, body.get("event"), settings, headers, fields)
+
+
+async def _timed_out(
+    request: web.Request,
+    envelope: CommandEnvelope,
+    body: dict[str, Any],
+    wait: float,
+    headers: dict[str, str],
+) -> web.Response:
+    # One read, to say whether a worker has started it; the caller polls status_url next.
+    try:
+        job = await request.app[JOBS].get(envelope.job_id)
+    except Exception:  # the store is optional here; `accepted` is still true
+        job = None
+    body["status"] = job.status if job is not None else "accepted"
+    body["waited"] = wait
+    body["detail"] = (
+        f"no result within {wait:g} s; the job goes on: poll status_url or watch `triggers tail`"
+    )
+    return web.json_response(body, status=202, headers=headers)
+
+
+def _result_answer(
+    event: ResultEvent,
+    accepted: JobRecord,
+    origin: object,
+    settings: Settings,
+    headers: dict[str, str],
+    fields: dict[str, str],
+) -> web.Response:
+    fields["outcome"] = event.status
+    finished = msgspec.structs.replace(
+        JobRecord.from_event(event), accepted_at=accepted.accepted_at
+    )
+    job = _public(finished, settings)
+    if origin is not None:
+        job["event"] = origin  # what a registry push or an alert was recognised as
+    if event.status == "failed":
+        job = {
+            "error": "job_failed",
+            "detail": event.error or "the job failed",
+            **job,
+        }
+        return web.json_response(job, status=422, headers=headers)
+    return web.json_response(job, status=200, headers=headers)
+
+
+async def handle_job(request: web.Request) -> web.Response:
+    """``GET /v1/jobs/{job_id}``: the job's state and, once finished, its result.
+
+    The job id is a 122-bit random capability handed to the caller who held the trigger's
+    secret, so knowing it is what grants access (like the trigger URL itself).
+    """
+    job_id = request.match_info["job_id"]
+    if not _JOB_ID.match(job_id):
+        raise ApiError(
+            400, "invalid_job_id", "a job id is 32 lowercase hex characters, as a 202 answer gives"
+        )
+    job = await request.app[JOBS].get(job_id)
+    settings = request.app[SETTINGS]
+    if job is None:
+        days = settings.job_retention / 86400
+        raise ApiError(
+            404,
+            "job_not_found",
+            f"no job {job_id}: unknown, or older than the history keeps ({days:g} days)",
+        )
+    return web.json_response(_public(job, settings))
+
+
+def _require_admin(request: web.Request) -> None:
+    token = request.app[SETTINGS].admin_token
+    if not token:
+        raise ApiError(
+            403,
+            "admin_disabled",
+            "listing jobs needs the admin API: set TRIGGERS_ADMIN_TOKEN on the gateway",
+        )
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "send Authorization: Bearer <TRIGGERS_ADMIN_TOKEN>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+async def handle_jobs(request: web.Request) -> web.Response:
+    """``GET /v1/jobs?cluster=&app=&service=&action=&status=&since=&limit=``, newest first."""
+    _require_admin(request)
+    query = request.query
+    unknown = sorted(set(query) - set(_LIST_FILTERS))
+    if unknown:
+        raise ApiError(
+            400,
+            "unknown_parameter",
+            f"unknown parameter {unknown[0][:32]!r}; filter with {', '.join(_LIST_FILTERS)}",
+        )
+    status = query.get("status")
+    if status is not None and status not in JOB_STATUSES:
+        raise ApiError(400, "invalid_status", f"status must be one of {', '.join(JOB_STATUSES)}")
+    try:
+        since = parse_since(query["since"]) if "since" in query else None
+    except ValueError as exc:
+        raise ApiError(400, "invalid_since", str(exc)) from None
+    limit_text = query.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+        raise ApiError(400, "invalid_limit", "limit must be a whole number from 1 to 1000")
+    jobs = await request.app[JOBS].list(
+        cluster=query.get("cluster"),
+        app=query.get("app"),
+        service=query.get("service"),
+        action=query.get("action"),
+        status=status,
+        since=since,
+        limit=int(limit_text),
+    )
+    settings = request.app[SETTINGS]
+    return web.json_response({"jobs": [_public(job, settings) for job in jobs], "count": len(jobs)})

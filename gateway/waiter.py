@@ -1,0 +1,90 @@
+"""Waiting for a job's result without a queue per request.
+
+One results consumer per gateway process (an exclusive, auto-deleted queue bound to
+`triggers.results`) hands each event to the request waiting for that job id, if any.
+A request registers its future *before* the command is published, so a result that
+comes back faster than the publish confirm is not missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import structlog
+
+from shared.bus import AmqpBus, Bus
+from shared.messages import ResultEvent
+
+__all__ = ["ResultWaiter"]
+
+log = structlog.get_logger("triggers.gateway")
+
+
+class ResultWaiter:
+    """Routes result events to the futures of waiting requests, keyed by job id."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, asyncio.Future[ResultEvent]] = {}
+        self._bus: Bus | None = None
+        self._subscriber: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Subscribed, on a connected bus: a result published now would reach us."""
+        return self._bus is not None and self._bus.ready
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting right now."""
+        return len(self._pending)
+
+    async def start(self, bus: Bus) -> None:
+        """Subscribe to every result, once for the process."""
+        await bus.subscribe_results(self._on_result)
+        self._bus = bus
+        log.info("gateway.results_subscribed", bus=bus.name)
+
+    def start_when_connected(self, bus: AmqpBus, retry_every: float = 2.0) -> None:
+        """Subscribe once the bus (connecting in the background) first connects.
+
+        After that, the robust channel brings the queue and its consumer back by itself.
+        """
+
+        async def subscribe() -> None:
+            await bus.wait_started()
+            while True:
+                try:
+                    await self.start(bus)
+                except Exception as exc:  # the connection dropped meanwhile: try again
+                    log.warning("gateway.results_subscribe_failed", error=repr(exc))
+                    await asyncio.sleep(retry_every)
+                else:
+                    return
+
+        self._subscriber = asyncio.create_task(subscribe())
+
+    async def close(self) -> None:
+        """Stop a pending subscription attempt."""
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._subscriber
+
+    @contextlib.contextmanager
+    def expect(self, job_id: str) -> Iterator[asyncio.Future[ResultEvent]]:
+        """A future that gets the job's first result; forgotten on exit."""
+        future: asyncio.Future[ResultEvent] = asyncio.get_running_loop().create_future()
+        self._pending[job_id] = future
+        try:
+            yield future
+        finally:
+            self._pending.pop(job_id, None)
+            future.cancel()
+
+    async def _on_result(self, event: ResultEvent) -> None:
+        future = self._pending.get(event.job_id)
+        # A redelivery can publish a second (duplicate) result: the first one answers.
+        if future is not None and not future.done():
+            future.set_result(event)

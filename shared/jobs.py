@@ -1,0 +1,441 @@
+"""Job history: what became of every trigger call, kept for `TRIGGERS_JOB_RETENTION`.
+
+A job moves accepted -> running -> succeeded | failed | skipped. Events may arrive out of
+order (the recorder can see a result before the gateway wrote `accepted`), so a write
+never moves a job backwards: each state has a rank and the higher rank wins; the first
+result is kept (a redelivery's duplicate result changes nothing).
+
+Same store style as `shared/store.py`: one interface, SQLite at `TRIGGERS_DATABASE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+
+from shared.messages import (
+    Action,
+    CommandEnvelope,
+    JobNotice,
+    JobStatus,
+    ResultEvent,
+    Source,
+    utcnow,
+)
+
+__all__ = [
+    "JOB_STATUSES",
+    "JobRecord",
+    "JobStore",
+    "SqliteJobStore",
+    "job_json",
+    "open_job_store",
+    "parse_duration",
+    "parse_since",
+]
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+JOB_STATUSES: tuple[JobStatus, ...] = ("accepted", "running", "succeeded", "failed", "skipped")
+_RANK: dict[str, int] = {"accepted": 0, "running": 1, "succeeded": 2, "failed": 2, "skipped": 2}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id         TEXT PRIMARY KEY,
+    trigger_id     TEXT NOT NULL,
+    action         TEXT NOT NULL,
+    cluster        TEXT NOT NULL,
+    app            TEXT NOT NULL,
+    service        TEXT,
+    status         TEXT NOT NULL,
+    rank           INTEGER NOT NULL,
+    correlation_id TEXT NOT NULL DEFAULT '',
+    source         TEXT NOT NULL DEFAULT '{}',
+    issued_at      TEXT NOT NULL,
+    accepted_at    TEXT,
+    started_at     TEXT,
+    finished_at    TEXT,
+    duration_ms    REAL,
+    attempt        INTEGER NOT NULL DEFAULT 1,
+    error          TEXT,
+    result         TEXT,
+    updated_at     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (issued_at);
+CREATE INDEX IF NOT EXISTS jobs_by_app ON jobs (cluster, app, issued_at);
+"""
+
+_COLUMNS = (
+    "job_id",
+    "trigger_id",
+    "action",
+    "cluster",
+    "app",
+    "service",
+    "status",
+    "rank",
+    "correlation_id",
+    "source",
+    "issued_at",
+    "accepted_at",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "attempt",
+    "error",
+    "result",
+    "updated_at",
+)
+
+# Every column is merged so that the job only moves forward, whatever the arrival order.
+# Plain SQL with `?` placeholders and no SQLite-only functions, so the same statement
+# serves PostgreSQL once the store has a driver for it.
+_UPSERT = f"""
+INSERT INTO jobs ({", ".join(_COLUMNS)})
+VALUES ({", ".join("?" for _ in _COLUMNS)})
+ON CONFLICT (job_id) DO UPDATE SET
+    status = CASE WHEN excluded.rank > jobs.rank THEN excluded.status ELSE jobs.status END,
+    rank = CASE WHEN excluded.rank > jobs.rank THEN excluded.rank ELSE jobs.rank END,
+    correlation_id = CASE WHEN jobs.correlation_id = '' THEN excluded.correlation_id
+                          ELSE jobs.correlation_id END,
+    accepted_at = COALESCE(jobs.accepted_at, excluded.accepted_at),
+    started_at = COALESCE(jobs.started_at, excluded.started_at),
+    finished_at = COALESCE(jobs.finished_at, excluded.finished_at),
+    duration_ms = COALESCE(jobs.duration_ms, excluded.duration_ms),
+    attempt = CASE WHEN excluded.attempt > jobs.attempt THEN excluded.attempt
+                   ELSE jobs.attempt END,
+    error = COALESCE(jobs.error, excluded.error),
+    result = COALESCE(jobs.result, excluded.result),
+    updated_at = excluded.updated_at
+"""  # noqa: S608 - built from the constant column names above
+
+
+class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One job as the history store and `GET /v1/jobs/{job_id}` show it."""
+
+    job_id: str
+    status: JobStatus
+    trigger_id: str
+    action: Action
+    cluster: str
+    app: str
+    service: str | None
+    correlation_id: str = ""
+    source: Source = Source()
+    issued_at: datetime
+    accepted_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: float | None = None
+    attempt: int = 1
+    error: str | None = None
+    result: ResultEvent | None = None
+
+    @classmethod
+    def accepted(cls, envelope: CommandEnvelope) -> JobRecord:
+        """The job the gateway just had confirmed by the broker."""
+        return cls(
+            job_id=envelope.job_id,
+            status="accepted",
+            trigger_id=envelope.trigger_id,
+            action=envelope.action,
+            cluster=envelope.target.cluster,
+            app=envelope.target.app,
+            service=envelope.target.service,
+            correlation_id=envelope.correlation_id,
+            source=envelope.source,
+            issued_at=envelope.issued_at,
+            accepted_at=utcnow(),
+        )
+
+    @classmethod
+    def from_event(cls, event: ResultEvent | JobNotice) -> JobRecord:
+        """The job as a progress notice or a result event describes it."""
+        common: dict[str, Any] = {
+            "job_id": event.job_id,
+            "status": event.status,
+            "trigger_id": event.trigger_id,
+            "action": event.action,
+            "cluster": event.cluster,
+            "app": event.app,
+            "service": event.service,
+            "correlation_id": event.correlation_id,
+            "source": event.source,
+            "attempt": event.attempt,
+        }
+        if isinstance(event, JobNotice):
+            return cls(**common, issued_at=event.issued_at or event.at, started_at=event.at)
+        return cls(
+            **common,
+            issued_at=event.issued_at or event.finished_at,
+            finished_at=event.finished_at,
+            duration_ms=event.duration_ms,
+            error=event.error,
+            result=event,
+        )
+
+
+_encoder = msgspec.json.Encoder()
+_source_decoder = msgspec.json.Decoder(Source)
+_result_decoder = msgspec.json.Decoder(ResultEvent)
+
+
+def _ts(value: datetime | None) -> str | None:
+    # Fixed-width UTC text, so the database can compare and sort timestamps as strings.
+    return value.astimezone(utcnow().tzinfo).isoformat(timespec="microseconds") if value else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _row_to_job(row: Row) -> JobRecord:
+    issued = _dt(row["issued_at"])
+    assert issued is not None  # noqa: S101 - the column is NOT NULL
+    return JobRecord(
+        job_id=row["job_id"],
+        status=row["status"],
+        trigger_id=row["trigger_id"],
+        action=row["action"],
+        cluster=row["cluster"],
+        app=row["app"],
+        service=row["service"],
+        correlation_id=row["correlation_id"],
+        source=_source_decoder.decode(row["source"]),
+        issued_at=issued,
+        accepted_at=_dt(row["accepted_at"]),
+        started_at=_dt(row["started_at"]),
+        finished_at=_dt(row["finished_at"]),
+        duration_ms=row["duration_ms"],
+        attempt=row["attempt"],
+        error=row["error"],
+        result=_result_decoder.decode(row["result"]) if row["result"] else None,
+    )
+
+
+class JobStore(Protocol):
+    """Where job history lives."""
+
+    async def record(self, job: JobRecord) -> None:
+        """Merge what is known about a job; never moves it backwards."""
+        ...
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """One job, or None when unknown (or pruned)."""
+        ...
+
+    async def list(
+        self,
+        *,
+        cluster: str | None = None,
+        app: str | None = None,
+        service: str | None = None,
+        action: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        oldest_first: bool = False,
+    ) -> list[JobRecord]:
+        """Jobs issued at or after `since`, newest first unless `oldest_first`."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per status."""
+        ...
+
+    async def forget_accepted(self, job_id: str) -> None:
+        """Delete a job still only `accepted` (its command was never published after all)."""
+        ...
+
+    async def prune(self, older_than: datetime) -> int:
+        """Forget jobs issued before `older_than`; return how many."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise when the store cannot be reached."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class SqliteJobStore:
+    """Job history in the SQLite file of the trigger store (a table of its own)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        self._ready = False
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        # History is not the source of truth (the broker and the cluster are): in WAL mode,
+        # NORMAL survives a process crash and skips an fsync on every write, which is most
+        # of what recording `accepted` would otherwise add to a trigger call.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        if not self._ready:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript(_SCHEMA)
+            self._ready = True
+        return conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            conn = self._connect()
+            try:
+                return fn(conn)
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(call)
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await self._run(lambda c: [dict(r) for r in c.execute(sql, params).fetchall()])
+
+    async def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return await self._run(lambda c: c.execute(sql, params).rowcount)
+
+    async def record(self, job: JobRecord) -> None:
+        """Merge what is known about a job; never moves it backwards."""
+        values = {
+            "job_id": job.job_id,
+            "trigger_id": job.trigger_id,
+            "action": job.action,
+            "cluster": job.cluster,
+            "app": job.app,
+            "service": job.service,
+            "status": job.status,
+            "rank": _RANK[job.status],
+            "correlation_id": job.correlation_id,
+            "source": _encoder.encode(job.source).decode(),
+            "issued_at": _ts(job.issued_at),
+            "accepted_at": _ts(job.accepted_at),
+            "started_at": _ts(job.started_at),
+            "finished_at": _ts(job.finished_at),
+            "duration_ms": job.duration_ms,
+            "attempt": job.attempt,
+            "error": job.error,
+            "result": _encoder.encode(job.result).decode() if job.result else None,
+            "updated_at": _ts(utcnow()),
+        }
+        await self._execute(_UPSERT, [values[c] for c in _COLUMNS])
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """One job, or None when unknown (or pruned)."""
+        rows = await self._fetch("SELECT * FROM jobs WHERE job_id = ?", [job_id])
+        return _row_to_job(rows[0]) if rows else None
+
+    async def list(
+        self,
+        *,
+        cluster: str | None = None,
+        app: str | None = None,
+        service: str | None = None,
+        action: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        oldest_first: bool = False,
+    ) -> list[JobRecord]:
+        """Jobs issued at or after `since`, newest first unless `oldest_first`."""
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (
+            ("cluster", cluster),
+            ("app", app),
+            ("service", service),
+            ("action", action),
+            ("status", status),
+        ):
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            clauses.append("issued_at >= ?")
+            params.append(_ts(since))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = "ASC" if oldest_first else "DESC"
+        query = f"SELECT * FROM jobs {where} ORDER BY issued_at {order}, job_id LIMIT ?"  # noqa: S608 - columns and order are constants
+        params.append(limit)
+        return [_row_to_job(row) for row in await self._fetch(query, params)]
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per status."""
+        rows = await self._fetch("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        return {str(row["status"]): int(row["n"]) for row in rows}
+
+    async def forget_accepted(self, job_id: str) -> None:
+        """Delete a job still only `accepted` (its command was never published after all)."""
+        await self._execute("DELETE FROM jobs WHERE job_id = ? AND status = 'accepted'", [job_id])
+
+    async def prune(self, older_than: datetime) -> int:
+        """Forget jobs issued before `older_than`; return how many."""
+        return await self._execute("DELETE FROM jobs WHERE issued_at < ?", [_ts(older_than)])
+
+    async def ping(self) -> None:
+        """Raise `sqlite3.Error` when the file cannot be opened and read."""
+        await self._fetch("SELECT 1 FROM jobs LIMIT 1")
+
+    async def close(self) -> None:
+        """Nothing stays open between calls."""
+
+
+def open_job_store(database: str) -> JobStore:
+    """The job store named by a `TRIGGERS_DATABASE` URL."""
+    if database.startswith("sqlite:///"):
+        path = database.removeprefix("sqlite:///")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return SqliteJobStore(path)
+    msg = (
+        "job history supports only sqlite:///path databases in this version; "
+        "set TRIGGERS_DATABASE=sqlite:///triggers.db"
+    )
+    raise ValueError(msg)
+
+
+def job_json(job: JobRecord, *, status_url: str | None = None) -> dict[str, Any]:
+    """A job as the HTTP API and `--json` print it."""
+    data: dict[str, Any] = msgspec.to_builtins(job)
+    if status_url is not None:
+        data["status_url"] = status_url
+    return data
+
+
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` as a timedelta."""
+    match = _DURATION.match(text)
+    if not match:
+        msg = f"expected a duration like 90s, 15m, 12h, 7d or 2w, got {text[:32]!r}"
+        raise ValueError(msg)
+    return timedelta(seconds=float(match[1]) * _UNIT[match[2]])
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> datetime:
+    """A duration ago (``15m``, ``2h``, ``1d``) or an ISO 8601 time (UTC when no zone)."""
+    try:
+        return (now or utcnow()) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        msg = (
+            "since must be a duration (15m, 2h, 7d) or an ISO 8601 time "
+            f"(2026-01-31T12:00:00Z), got {text[:40]!r}"
+        )
+        raise ValueError(msg) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=utcnow().tzinfo)

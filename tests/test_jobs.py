@@ -1,0 +1,283 @@
+"""Job status and wait-for-result, end to end on the real RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import pytest
+
+from shared.bus import AmqpBus
+from shared.messages import Target
+from shared.settings import Settings
+from shared.store import SqliteTriggerStore
+from shared.topology import COMMAND_QUEUES
+from tests.conftest import (
+    Gateway,
+    Results,
+    WrappedOrchestrator,
+    broker_queues,
+    eventually,
+    queue_depth,
+)
+from workers.orchestrators.base import Change
+from workers.orchestrators.local import LocalOrchestrator
+from workers.recorder import Recorder
+from workers.worker import Worker
+
+
+class GatedOrchestrator(WrappedOrchestrator):
+    """The local cluster behind a gate: commands wait inside the adapter until it opens."""
+
+    def __init__(self, inner: LocalOrchestrator) -> None:
+        super().__init__(inner)
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def redeploy(
+        self,
+        job_id: str,
+        target: Target,
+        *,
+        image: str | None = None,
+        issued_at: datetime | None = None,
+    ) -> Change:
+        """Redeploy once the gate opens."""
+        self.entered.set()
+        await self.gate.wait()
+        return await super().redeploy(job_id, target, image=image, issued_at=issued_at)
+
+    async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
+        """Scale once the gate opens."""
+        self.entered.set()
+        await self.gate.wait()
+        return await super().scale(job_id, target, delta=delta)
+
+
+@pytest.fixture
+async def gated(
+    settings: Settings, cluster: LocalOrchestrator, bus: AmqpBus
+) -> AsyncIterator[GatedOrchestrator]:
+    """A worker whose commands block in the adapter until the test opens the gate."""
+    orchestrator = GatedOrchestrator(cluster)
+    amqp = AmqpBus(settings.amqp_url, role="test-gated-worker")
+    await amqp.start()
+    running = Worker(settings, amqp, orchestrator)
+    await running.start()
+    yield orchestrator
+    orchestrator.gate.set()
+    await running.stop()
+    await amqp.close()
+
+
+async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
+    async with http.get(url) as response:
+        return response.status, await response.json()
+
+
+async def job_in_state(http: aiohttp.ClientSession, url: str, status: str) -> dict[str, Any]:
+    """GET the job until the recorder has it in `status` (bounded)."""
+
+    async def probe() -> dict[str, Any] | None:
+        code, body = await _get(http, url)
+        return body if code == 200 and body["status"] == status else None
+
+    return await eventually(probe, what=f"job at {url} reaching {status!r}")
+
+
+async def test_job_status_goes_accepted_running_succeeded(
+    gateway: Gateway,
+    store: SqliteTriggerStore,
+    recorder: Recorder,
+    gated: GatedOrchestrator,
+    results: Results,
+) -> None:
+    """GET status_url shows accepted at once, running while the adapter works, then the result."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="scale", service="web")
+    url = gateway.call_url(trigger, secret) + "&type=scale_out&step=2"
+    async with gateway.http.post(url) as response:
+        accepted = await response.json()
+        assert response.status == 202, accepted
+    status_url = accepted["status_url"]
+    assert status_url == f"{gateway.settings.public_url}/v1/jobs/{accepted['job_id']}"
+    assert response.headers["Location"] == status_url
+    local_url = status_url.replace(gateway.settings.public_url, gateway.url)
+
+    # The gateway wrote `accepted` before answering: read-your-writes, no race with the worker.
+    code, first = await _get(gateway.http, local_url)
+    assert code == 200
+    assert first["status"] in ("accepted", "running")
+    assert first["accepted_at"] is not None
+    assert first["result"] is None
+
+    await asyncio.wait_for(gated.entered.wait(), 10)
+    running = await job_in_state(gateway.http, local_url, "running")
+    assert running["started_at"] is not None
+    assert running["result"] is None
+    assert running["status_url"] == status_url
+
+    gated.gate.set()
+    await results.wait_for(accepted["job_id"])
+    done = await job_in_state(gateway.http, local_url, "succeeded")
+    assert done["result"]["before"]["web"]["replicas"] == 2
+    assert done["result"]["after"]["web"]["replicas"] == 4
+    assert done["finished_at"] is not None
+    assert done["duration_ms"] is not None
+    assert (done["cluster"], done["app"], done["service"]) == ("demo", "shop", "web")
+
+
+async def test_job_status_ends_failed_or_skipped(
+    gateway: Gateway,
+    store: SqliteTriggerStore,
+    recorder: Recorder,
+    worker: Worker,
+    results: Results,
+) -> None:
+    """A job for a missing app ends failed with its error; a scale-in at zero ends skipped."""
+    gone, gone_secret = await store.create(cluster="demo", app="gone", action="redeploy")
+    async with gateway.http.post(gateway.call_url(gone, gone_secret)) as response:
+        failed = await response.json()
+    await results.wait_for(failed["job_id"])
+    local = failed["status_url"].replace(gateway.settings.public_url, gateway.url)
+    body = await job_in_state(gateway.http, local, "failed")
+    assert "'gone' not found" in body["result"]["error"]
+    assert "error" not in body  # a top-level `error` is reserved for error codes
+
+    scale, scale_secret = await store.create(
+        cluster="demo", app="shop", action="scale", service="api"
+    )
+    url = gateway.call_url(scale, scale_secret) + "&type=scale_in&step=1"
+    for expected in ("succeeded", "skipped"):  # api has 1 replica: 1 -> 0, then nothing to do
+        async with gateway.http.get(url) as response:
+            job = await response.json()
+        await results.wait_for(job["job_id"])
+        local = job["status_url"].replace(gateway.settings.public_url, gateway.url)
+        body = await job_in_state(gateway.http, local, expected)
+        assert body["result"]["after"]["api"]["replicas"] == 0
+
+
+async def test_unknown_and_malformed_job_ids(gateway: Gateway) -> None:
+    """An unknown job id answers 404 job_not_found; a malformed one 400 invalid_job_id."""
+    code, body = await _get(gateway.http, f"{gateway.url}/v1/jobs/{'0' * 32}")
+    assert (code, body["error"]) == (404, "job_not_found")
+    assert "7 days" in body["detail"]
+    code, body = await _get(gateway.http, f"{gateway.url}/v1/jobs/not-a-job")
+    assert (code, body["error"]) == (400, "invalid_job_id")
+
+
+async def test_wait_answers_200_with_the_result(
+    gateway: Gateway, store: SqliteTriggerStore, worker: Worker
+) -> None:
+    """wait=N answers 200 with the job and its result once the worker succeeded."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    async with gateway.http.post(gateway.call_url(trigger, secret) + "&wait=20") as response:
+        body = await response.json()
+        assert response.status == 200, body
+    assert body["status"] == "succeeded"
+    assert body["accepted_at"] is not None
+    assert body["finished_at"] is not None
+    assert body["result"]["status"] == "succeeded"
+    assert {n: s["revision"] for n, s in body["result"]["after"].items()} == {"api": 2, "web": 2}
+    assert body["status_url"].endswith(f"/v1/jobs/{body['job_id']}")
+    assert response.headers["X-Request-ID"] == body["correlation_id"]
+
+
+async def test_wait_answers_422_when_the_job_failed(
+    gateway: Gateway, store: SqliteTriggerStore, worker: Worker
+) -> None:
+    """A failed job answers 422 job_failed (curl --fail fails; curl --retry does not re-run it)."""
+    trigger, secret = await store.create(cluster="demo", app="gone", action="redeploy")
+    async with gateway.http.get(gateway.call_url(trigger, secret) + "&wait=20") as response:
+        body = await response.json()
+        assert response.status == 422, body
+    assert body["error"] == "job_failed"
+    assert "'gone' not found" in body["detail"]
+    assert body["status"] == "failed"
+    assert body["result"]["error"] == body["detail"]
+    assert body["job_id"]
+
+
+async def test_wait_answers_202_when_time_runs_out(
+    gateway: Gateway, store: SqliteTriggerStore, bus: AmqpBus
+) -> None:
+    """With no worker, wait=0.5 answers 202 with the job id and status_url after half a second."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    started = time.monotonic()
+    async with gateway.http.get(gateway.call_url(trigger, secret) + "&wait=0.5") as response:
+        body = await response.json()
+        assert response.status == 202, body
+    assert time.monotonic() - started >= 0.5
+    assert body["status"] == "accepted"
+    assert body["waited"] == 0.5
+    assert body["status_url"].endswith(f"/v1/jobs/{body['job_id']}")
+    assert "no result within 0.5 s" in body["detail"]
+    # The command is still queued for a worker: timing out cancels nothing.
+    assert await queue_depth(gateway.settings.amqp_url, COMMAND_QUEUES["redeploy"]) == 1
+
+
+@pytest.mark.parametrize("wait", ["61", "-1", "abc", "", "1e3"])
+async def test_bad_wait_is_400_and_nothing_is_published(
+    gateway: Gateway, store: SqliteTriggerStore, wait: str
+) -> None:
+    """wait must be 0..60 seconds; anything else is a 400 that says so, and nothing runs."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    async with gateway.http.get(gateway.call_url(trigger, secret) + f"&wait={wait}") as response:
+        body = await response.json()
+        assert response.status == 400, body
+    assert body["error"] == "invalid_wait"
+    assert "from 0 to 60" in body["detail"]
+    assert await queue_depth(gateway.settings.amqp_url, COMMAND_QUEUES["redeploy"]) == 0
+
+
+async def test_a_hundred_waiting_calls_share_one_results_queue(
+    gateway: Gateway,
+    store: SqliteTriggerStore,
+    settings: Settings,
+    cluster: LocalOrchestrator,
+    bus: AmqpBus,
+) -> None:
+    """100 concurrent wait calls all get their own result, and the broker gains no queue."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    url = gateway.call_url(trigger, secret) + "&wait=60"
+    before = broker_queues(settings.amqp_url)
+
+    async def call(http: aiohttp.ClientSession) -> tuple[int, dict[str, Any]]:
+        async with http.get(url) as response:
+            return response.status, await response.json()
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as http:
+        calls = [asyncio.create_task(call(http)) for _ in range(100)]
+
+        # Every command is confirmed (so every call is waiting) before any worker runs.
+        async def all_queued() -> bool | None:
+            depth = await queue_depth(settings.amqp_url, COMMAND_QUEUES["redeploy"])
+            return True if depth == 100 else None
+
+        await eventually(all_queued, what="100 commands queued", within=30)
+        during = await asyncio.to_thread(broker_queues, settings.amqp_url)
+        assert during == before, "waiting calls must not declare queues"
+        gateway_queues = [q for q in during if q.startswith("triggers.results.test-gateway.")]
+        assert len(gateway_queues) == 1, during  # the one results queue of this gateway
+        async with gateway.http.get(f"{gateway.url}/metrics") as response:
+            assert "triggers_gateway_waiting_requests 100.0" in await response.text()
+
+        amqp = AmqpBus(settings.amqp_url, role="test-worker")
+        await amqp.start()
+        worker = Worker(settings, amqp, cluster)
+        await worker.start()
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(*calls), 60)
+        finally:
+            await worker.stop()
+            await amqp.close()
+    assert [code for code, _ in answers] == [200] * 100
+    assert len({body["job_id"] for _, body in answers}) == 100
+    assert all(body["status"] == "succeeded" for _, body in answers)
+    # Each call got its own job's result, not a neighbour's.
+    assert all(body["result"]["job_id"] == body["job_id"] for _, body in answers)
+    revisions = sorted(body["result"]["after"]["web"]["revision"] for _, body in answers)
+    assert revisions == list(range(2, 102))
