@@ -150,7 +150,9 @@ async def run_job(
             return await _timed_out(request, envelope, body, wait, headers)
         finally:
             WAITING.dec()
-    return _result_answer(event, accepted, body.get("event"), settings, headers, fields)
+    return _result_answer(
+        event, accepted, origin=body.get("event"), settings=settings, headers=headers, fields=fields
+    )
 
 
 async def _timed_out(
@@ -176,6 +178,7 @@ async def _timed_out(
 def _result_answer(
     event: ResultEvent,
     accepted: JobRecord,
+    *,
     origin: object,
     settings: Settings,
     headers: dict[str, str],
