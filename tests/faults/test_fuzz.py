@@ -16,7 +16,9 @@ from shared.topology import COMMAND_QUEUES
 from shared.triggers import Trigger, encode_trigger_url, new_secret
 from tests.conftest import Gateway, queue_depth
 
-KNOWN = ("triggerUrl", "secret", "type", "step", "source")
+KNOWN = ("triggerUrl", "secret", "type", "step", "source", "wait")
+_WAIT = re.compile(r"^[0-9]{1,4}(?:\.[0-9]{1,3})?$")  # the documented format
+MAX_WAIT = 60.0
 _STEP = re.compile(r"^(?:[1-9][0-9]?|100)$")
 
 
@@ -44,6 +46,10 @@ def _is_valid(known: Known, method: str, params: list[tuple[str, str]], body: by
     # source=plain says to ignore it; any other source= needs such a body.
     source = values.pop("source", None)
     if source is not None and source != "plain":
+        return False
+    # wait=N: seconds, a plain decimal from 0 to the gateway's bound (60 by default).
+    wait = values.pop("wait", None)
+    if wait is not None and not (_WAIT.match(wait) and float(wait) <= MAX_WAIT):
         return False
     if source is None and method == "POST" and body is not None and body.strip():
         return False
@@ -120,7 +126,7 @@ def mutated_calls(draw: st.DrawFn) -> list[tuple[str, str]]:
             index = draw(st.integers(0, len(params) - 1))
             params[index] = (params[index][0], draw(VALUES))
         else:
-            params.append((draw(st.sampled_from([*KNOWN, "wait", "x"])), draw(VALUES)))
+            params.append((draw(st.sampled_from([*KNOWN, "x"])), draw(VALUES)))
     return params
 
 
