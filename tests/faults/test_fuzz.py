@@ -45,11 +45,11 @@ def _is_valid(known: Known, method: str, params: list[tuple[str, str]], body: by
     # A POST body is a registry push or an alert (random bytes never are: 422) unless
     # source=plain says to ignore it; any other source= needs such a body.
     source = values.pop("source", None)
-    if source is not None and source != "plain":
-        return False
     # wait=N: seconds, a plain decimal from 0 to the gateway's bound (60 by default).
     wait = values.pop("wait", None)
-    if wait is not None and not (_WAIT.match(wait) and float(wait) <= MAX_WAIT):
+    if (source is not None and source != "plain") or (
+        wait is not None and not (_WAIT.match(wait) and float(wait) <= MAX_WAIT)
+    ):
         return False
     if source is None and method == "POST" and body is not None and body.strip():
         return False
