@@ -10,22 +10,28 @@ from aiohttp import web
 from cachetools import TTLCache
 
 from gateway.abuse import FailedAuthLimiter
+from gateway.admin import add_admin_routes
+from gateway.audit import audit_middleware
 from gateway.errors import error_middleware
 from gateway.hook import handle_trigger
 from gateway.jobs import handle_job, handle_jobs
 from gateway.keys import (
+    AUDIT,
     AUTH_LIMITER,
     BUS,
     JOBS,
+    LIMITS,
     RECENT_EVENTS,
     SETTINGS,
     STORE,
     TRIGGER_CACHE,
     WAITER,
 )
+from gateway.limits import CallLimits, open_limits
 from gateway.metrics import handle_metrics, metrics_middleware
 from gateway.recent import RecentEvents
 from gateway.waiter import ResultWaiter
+from shared.audit import AuditLog
 from shared.bus import AmqpBus, Bus
 from shared.jobs import JobStore, open_job_store
 from shared.settings import Settings
@@ -71,17 +77,19 @@ def create_app(
     store: TriggerStore | None = None,
     bus: Bus | None = None,
     jobs: JobStore | None = None,
+    limits: CallLimits | None = None,
 ) -> web.Application:
     """The gateway application. Resources not passed in are opened from the settings.
 
     A bus passed in is used as it is (its owner starts and closes it); one opened here
     connects in the background, so the gateway starts and answers 503 while RabbitMQ is
-    down, and recovers by itself.
+    down, and recovers by itself. The store's schema is migrated at start.
     """
-    # The body limit is enforced by aiohttp itself as well as by the handler.
+    # The body limit is enforced by aiohttp itself as well as by the handler. The audit
+    # middleware is outermost, so it sees the final status of every call.
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[metrics_middleware, error_middleware],
+        middlewares=[audit_middleware, metrics_middleware, error_middleware],
     )
     app[SETTINGS] = settings
     app[WAITER] = ResultWaiter()
@@ -92,11 +100,25 @@ def create_app(
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store if store is not None else open_store(settings.database)
         app[JOBS] = jobs if jobs is not None else open_job_store(settings.database)
+        await app[STORE].start()
+        app[AUDIT] = AuditLog(
+            app[STORE],
+            interval=settings.audit_flush_interval,
+            max_pending=settings.audit_max_pending,
+        )
+        app[AUDIT].start()
         yield
+        await app[AUDIT].close()
         if store is None:
             await app[STORE].close()
         if jobs is None:
             await app[JOBS].close()
+
+    async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[LIMITS] = limits or open_limits(settings.redis_url, settings.redis_prefix)
+        yield
+        if limits is None:
+            await app[LIMITS].close()
 
     async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
         if bus is not None:
@@ -114,6 +136,7 @@ def create_app(
 
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(bus_ctx)
+    app.cleanup_ctx.append(limits_ctx)
     app.router.add_route("GET", "/hook/trigger", handle_trigger)
     app.router.add_route("POST", "/hook/trigger", handle_trigger)
     app.router.add_get("/healthz", _healthz)
@@ -121,12 +144,20 @@ def create_app(
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/v1/jobs", handle_jobs)
     app.router.add_get("/v1/jobs/{job_id}", handle_job)
+    add_admin_routes(app)
     return app
 
 
 def run_gateway(settings: Settings, host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT; in-flight requests get the shutdown timeout to finish."""
-    log.info("gateway.starting", host=host, port=port, database=settings.database.split("://")[0])
+    log.info(
+        "gateway.starting",
+        host=host,
+        port=port,
+        database=settings.database.split("://", maxsplit=1)[0],
+        limits="redis" if settings.redis_url else "memory",
+        admin_api=settings.admin_token is not None,
+    )
     web.run_app(
         create_app(settings),
         host=host,

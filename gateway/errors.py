@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from gateway.keys import LOG_FIELDS
+from gateway.keys import ERROR, LOG_FIELDS
 from shared.errors import BrokerUnavailable
 
 __all__ = ["ApiError", "error_middleware", "json_error"]
@@ -19,8 +19,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # aiohttp's own HTTP errors (routing, body size) get a stable code and a useful detail.
 _AIOHTTP_ERRORS: dict[int, tuple[str, str]] = {
-    404: ("not_found", "no such endpoint; triggers are called at /hook/trigger"),
-    405: ("method_not_allowed", "call a trigger with GET or POST"),
+    404: (
+        "not_found",
+        "no such endpoint; triggers are called at /hook/trigger, the admin API is under /v1",
+    ),
+    405: ("method_not_allowed", "this endpoint does not take that method; see the Allow header"),
     413: ("payload_too_large", "the request body is larger than the gateway accepts"),
 }
 
@@ -58,12 +61,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """
     started = time.monotonic()
     response: web.StreamResponse
+    failure: tuple[int, str, str, dict[str, str] | None] | None = None
     try:
         response = await handler(request)
     except ApiError as exc:
-        response = json_error(exc.status, exc.code, exc.detail, exc.headers)
+        failure = (exc.status, exc.code, exc.detail, exc.headers)
     except BrokerUnavailable:
-        response = json_error(
+        failure = (
             503,
             "broker_unavailable",
             "the message broker cannot take the command right now; retry after a few seconds",
@@ -72,10 +76,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         code, detail = _AIOHTTP_ERRORS.get(exc.status, ("http_error", exc.reason))
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        response = json_error(exc.status, code, detail, headers)
+        failure = (exc.status, code, detail, headers)
     except Exception:
         log.exception("gateway.unhandled_error", path=request.path)
-        response = json_error(500, "internal_error", "unexpected error; it has been logged")
+        failure = (500, "internal_error", "unexpected error; it has been logged", None)
+    if failure is not None:
+        status, code, detail, headers = failure
+        request[ERROR] = (code, detail)
+        response = json_error(status, code, detail, headers)
     log.info(
         "gateway.request",
         method=request.method,
@@ -83,6 +91,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status=response.status,
         duration_ms=round((time.monotonic() - started) * 1000, 2),
         remote=request.remote,
+        error=request.get(ERROR, (None,))[0],
         **request.get(LOG_FIELDS, {}),
     )
     return response

@@ -2,9 +2,11 @@
 
 Order matters: the call's shape is checked first (400), then the trigger and secret (403,
 the same answer for an unknown trigger, a revoked one, a mismatched `triggerUrl` and a
-wrong secret), then signatures and a registry or alert body (`gateway.sources`: 401,
-409, 422, or 200 "ignored"), then the parameters the trigger's action needs (400).
-Only then is a command published, and 202 is answered only after the broker confirmed it.
+wrong secret; during a rotation's grace period the previous secret counts too), then
+signatures and a registry or alert body (`gateway.sources`: 401, 409, 422, or 200
+"ignored"), then the parameters the trigger's action needs (400), then the trigger's
+policy (`gateway.policy`: 403/405/429, or 200 "ignored" within a cooldown). Only then is
+a command published, and 202 is answered only after the broker confirmed it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+import msgspec
 from aiohttp import web
 
 from gateway.errors import ApiError
 from gateway.jobs import parse_wait, run_job
 from gateway.keys import AUTH_LIMITER, BUS, LOG_FIELDS, SETTINGS, STORE, TRIGGER_CACHE
+from gateway.policy import Admission, admit
 from gateway.sources import EventCall, inspect_call, presented_secret
+from shared.errors import BrokerUnavailable
 from shared.messages import (
     Command,
     CommandEnvelope,
@@ -26,13 +31,14 @@ from shared.messages import (
     Source,
     Target,
     new_job_id,
+    utcnow,
 )
 from shared.triggers import (
     Trigger,
+    TriggerRef,
     TriggerUrlError,
     decode_trigger_url,
     looks_like_secret,
-    secret_matches,
 )
 
 __all__ = ["ALLOWED_PARAMETERS", "handle_trigger"]
@@ -104,14 +110,51 @@ def _scale_command(query: dict[str, list[str]]) -> Scale:
     return Scale(direction=direction, step=step)
 
 
-async def _lookup(request: web.Request, trigger_id: str) -> Trigger | None:
+async def _lookup(request: web.Request, trigger_id: str, *, fresh: bool = False) -> Trigger | None:
     # A short cache keeps the store off the hot path; its TTL bounds how long a revoked
     # trigger keeps working on this gateway.
     cache = request.app[TRIGGER_CACHE]
-    if trigger_id in cache:
+    if not fresh and trigger_id in cache:
         return cache[trigger_id]
     trigger = await request.app[STORE].get(trigger_id)
     cache[trigger_id] = trigger
+    return trigger
+
+
+def _authentic(trigger: Trigger | None, ref: TriggerRef, secret: str) -> bool:
+    return (
+        trigger is not None
+        and not trigger.revoked
+        and (trigger.cluster, trigger.app, trigger.action) == (ref.cluster, ref.app, ref.action)
+        and trigger.accepts_secret(secret, utcnow())
+    )
+
+
+async def _verified(request: web.Request, ref: TriggerRef, secret: str) -> Trigger | None:
+    if not looks_like_secret(secret):
+        return None
+    trigger = await _lookup(request, ref.trigger_id)
+    if not _authentic(trigger, ref, secret) and trigger is not None and not trigger.revoked:
+        # The cached copy may predate a rotation made through another gateway or the CLI:
+        # read once more, so a new secret works at once everywhere.
+        trigger = await _lookup(request, ref.trigger_id, fresh=True)
+    return trigger if _authentic(trigger, ref, secret) else None
+
+
+async def _authenticate(request: web.Request, ref: TriggerRef, secret: str) -> Trigger:
+    limiter = request.app[AUTH_LIMITER]
+    address = request.remote or "unknown"
+    if wait := limiter.blocked_for(address):
+        raise ApiError(
+            429,
+            "too_many_failed_attempts",
+            "too many calls with a wrong trigger or secret from this address; wait and retry",
+            headers={"Retry-After": limiter.retry_after(wait)},
+        )
+    trigger = await _verified(request, ref, secret)
+    if trigger is None:
+        limiter.failed(address)
+        raise _FORBIDDEN
     return trigger
 
 
@@ -145,10 +188,30 @@ def _call_parameters(
 
 def _command(trigger: Trigger, query: dict[str, list[str]], event: EventCall | None) -> Command:
     if event is not None:
-        return event.command
-    if trigger.action == "scale":
-        return _scale_command(query)
-    return Redeploy()
+        command = event.command
+    elif trigger.action == "scale":
+        command = _scale_command(query)
+    else:
+        command = Redeploy()
+    if isinstance(command, Scale):
+        # The worker clamps to the bounds against the live replica count.
+        command = msgspec.structs.replace(
+            command, min_replicas=trigger.min_replicas, max_replicas=trigger.max_replicas
+        )
+    return command
+
+
+async def _admit(request: web.Request, trigger: Trigger, event: EventCall | None) -> Admission:
+    """The trigger's policy; an event's claims are released when it holds the call back."""
+    try:
+        admission = await admit(request, trigger, utcnow())
+    except ApiError:
+        if event:
+            event.failed()
+        raise
+    if admission.ignored is not None and event:
+        event.failed()
+    return admission
 
 
 async def handle_trigger(request: web.Request) -> web.Response:
@@ -174,24 +237,7 @@ async def handle_trigger(request: web.Request) -> web.Response:
         )
     request[LOG_FIELDS] = {"trigger_id": ref.trigger_id}
 
-    limiter = request.app[AUTH_LIMITER]
-    address = request.remote or "unknown"
-    if wait := limiter.blocked_for(address):
-        raise ApiError(
-            429,
-            "too_many_failed_attempts",
-            "too many calls with a wrong trigger or secret from this address; wait and retry",
-            headers={"Retry-After": limiter.retry_after(wait)},
-        )
-    trigger = await _lookup(request, ref.trigger_id) if looks_like_secret(secret) else None
-    if (
-        trigger is None
-        or trigger.revoked
-        or (trigger.cluster, trigger.app, trigger.action) != (ref.cluster, ref.app, ref.action)
-        or not secret_matches(secret, trigger.secret_hash)
-    ):
-        limiter.failed(address)
-        raise _FORBIDDEN
+    trigger = await _authenticate(request, ref, secret)
 
     wait_s = parse_wait(_single(query, "wait"), request.app[SETTINGS])
     direction, step = _call_parameters(trigger, query)
@@ -207,6 +253,9 @@ async def handle_trigger(request: web.Request) -> web.Response:
     if isinstance(event, web.Response):
         return event  # a valid event this trigger does not act on
     command = _command(trigger, query, event)
+    admission = await _admit(request, trigger, event)
+    if admission.ignored is not None:
+        return admission.ignored
 
     job_id = new_job_id()
     envelope = CommandEnvelope(
@@ -233,9 +282,11 @@ async def handle_trigger(request: web.Request) -> web.Response:
     async def publish() -> None:
         try:
             await request.app[BUS].publish_command(envelope)
-        except BaseException:
+        except BaseException as exc:
             if event:
                 event.failed()
+            if isinstance(exc, BrokerUnavailable):
+                await admission.release()
             raise
         if event:
             event.published(job_id)

@@ -6,8 +6,10 @@ from aiohttp import web
 from cachetools import TTLCache
 
 from gateway.abuse import FailedAuthLimiter
+from gateway.limits import CallLimits
 from gateway.recent import RecentEvents
 from gateway.waiter import ResultWaiter
+from shared.audit import AuditLog
 from shared.bus import Bus
 from shared.jobs import JobStore
 from shared.settings import Settings
@@ -15,9 +17,12 @@ from shared.store import TriggerStore
 from shared.triggers import Trigger
 
 __all__ = [
+    "AUDIT",
     "AUTH_LIMITER",
     "BUS",
+    "ERROR",
     "JOBS",
+    "LIMITS",
     "LOG_FIELDS",
     "RECENT_EVENTS",
     "SETTINGS",
@@ -35,6 +40,10 @@ WAITER = web.AppKey("waiter", ResultWaiter)
 TRIGGER_CACHE = web.AppKey("trigger_cache", TTLCache[str, Trigger | None])
 # Pushed digests, alert groups, deliveries and signatures this gateway acted on recently.
 RECENT_EVENTS = web.AppKey("recent_events", RecentEvents)
+LIMITS = web.AppKey("limits", CallLimits)
+AUDIT = web.AppKey("audit", AuditLog)
 
 # Fields the request's summary log line carries besides method, path and status.
 LOG_FIELDS = web.RequestKey("log_fields", dict[str, str])
+# The error code and detail of a non-2xx answer, set by the error middleware for the audit.
+ERROR = web.RequestKey("error", tuple[str, str])

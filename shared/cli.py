@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+import msgspec
 
 from shared.logging import configure_logging
 from shared.settings import Settings
-from shared.store import TriggerStore, open_store
-from shared.triggers import SignatureScheme, TriggerOptions, new_secret, trigger_call_url
+
+if TYPE_CHECKING:
+    from shared.admin import TriggerAdmin
+    from shared.api import TriggerView
 
 __all__ = ["main"]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+Operation = Callable[["TriggerAdmin"], Awaitable[T]]
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -159,6 +165,176 @@ def dev(ctx: click.Context, host: str, port: int) -> None:
     _run(run_dev(_settings(ctx), host, port))
 
 
+# --- trigger management: the local store, or a gateway's admin API with --server -----
+
+_CLEAR = "none"
+
+
+class _Limit(click.ParamType[Any]):
+    """A whole number within bounds, or "none" to remove the limit (update)."""
+
+    name = "N|none"
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) or value is None:
+            return value
+        if str(value).lower() in (_CLEAR, "off"):
+            return _CLEAR
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number (or 'none')", param, ctx)
+        if not self.low <= number <= self.high:
+            self.fail(f"{number} is not in {self.low}..{self.high}", param, ctx)
+        return number
+
+
+def _collect(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """Gather the policy flags given into ``ctx.meta``; "none" clears a limit."""
+    if value is None or param.name is None:
+        return
+    policy = ctx.meta.setdefault("policy", {})
+    if param.name == "methods":
+        policy["allowed_methods"] = value.upper().split(",")
+    else:
+        policy[param.name] = None if value == _CLEAR else value
+
+
+def _given_policy(ctx: click.Context) -> dict[str, Any]:
+    policy: dict[str, Any] = ctx.meta.get("policy", {})
+    return policy
+
+
+def _policy_options(fn: F) -> F:
+    def option(*names: str, **kwargs: Any) -> Callable[[F], F]:
+        return click.option(*names, callback=_collect, expose_value=False, **kwargs)
+
+    options = [
+        option("--min-replicas", type=_Limit(0, 10_000), help="Scaling never goes below N."),
+        option("--max-replicas", type=_Limit(0, 10_000), help="Scaling never goes above N."),
+        option(
+            "--cooldown",
+            type=_Limit(0, 7 * 24 * 3600),
+            help="SECONDS after a call during which further calls do nothing.",
+        ),
+        option(
+            "--rate-limit",
+            type=_Limit(1, 60_000),
+            help="CALLS_PER_MINUTE; more are refused with 429 and Retry-After.",
+        ),
+        option(
+            "--expires-in",
+            type=_Limit(1, 10 * 365 * 24 * 3600),
+            help="SECONDS from now after which calls are refused.",
+        ),
+        option(
+            "--methods",
+            type=click.Choice(["GET", "POST", "GET,POST"], case_sensitive=False),
+            help="HTTP methods the trigger accepts (default GET,POST).",
+        ),
+    ]
+    for add in reversed(options):
+        fn = add(fn)
+    return fn
+
+
+def _remote_options(fn: F) -> F:
+    fn = click.option(
+        "--token",
+        envvar="TRIGGERS_ADMIN_TOKEN",
+        help="Admin token for --server (prefer $TRIGGERS_ADMIN_TOKEN: flags show in `ps`).",
+    )(fn)
+    return click.option(
+        "--server",
+        envvar="TRIGGERS_SERVER",
+        help="Gateway URL: work through its admin API instead of the local store.",
+    )(fn)
+
+
+def _check_names(**names: str | None) -> None:
+    """A usage error naming the first cluster/app/service/namespace that cannot exist."""
+    from shared.triggers import validate_name, validate_namespace  # noqa: PLC0415
+
+    try:
+        for kind, value in names.items():
+            if value is not None and kind == "namespace":
+                validate_namespace(value)
+            elif value is not None:
+                validate_name(kind, value)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _convert(data: dict[str, Any], kind: type[T]) -> T:
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        # "... - at `$.min_replicas`" names the flag: "... - at `--min-replicas`".
+        message = re.sub(
+            r"`\$\.([a-z_]+)`", lambda m: f"`--{m.group(1).replace('_', '-')}`", str(exc)
+        )
+        raise click.UsageError(message) from None
+
+
+def _manage(
+    ctx: click.Context, server: str | None, token: str | None, operation: Operation[T]
+) -> T:
+    """Run one operation on the local store, or remotely with --server."""
+    from shared.admin import AdminError, HttpAdmin, StoreAdmin  # noqa: PLC0415
+    from shared.store import open_store  # noqa: PLC0415
+
+    settings = _settings(ctx)
+
+    async def run() -> T:
+        admin: TriggerAdmin
+        if server:
+            admin = HttpAdmin(server, token)
+        else:
+            admin = StoreAdmin(open_store(settings.database), settings.public_url)
+        try:
+            return await operation(admin)
+        finally:
+            await admin.close()
+
+    try:
+        return _run(run())
+    except AdminError as exc:
+        if exc.status in (400, 422):
+            # The operator's input: a usage error (exit 2), wherever it was found.
+            raise click.UsageError(exc.detail) from None
+        hint = " (set TRIGGERS_ADMIN_TOKEN or pass --token)" if exc.status == 401 else ""
+        raise click.ClickException(f"{exc.detail}{hint}") from None
+
+
+def _echo_view(view: TriggerView, as_json: bool, headline: str) -> None:
+    from shared.render import trigger_lines  # noqa: PLC0415
+
+    if as_json:
+        click.echo(msgspec.json.encode(view).decode())
+        return
+    click.echo(headline)
+    click.echo(trigger_lines(view))
+
+
+def _echo_url(view: TriggerView) -> None:
+    if not isinstance(view.url, str):
+        return
+    click.echo("")
+    curl = f"curl -X POST '{view.url}"
+    if view.options.get("header_secret_only"):
+        # This trigger refuses the secret in the URL: show it in a header instead.
+        bare, _, _ = view.url.partition("&secret=")
+        curl = f"curl -X POST -H 'X-Trigger-Secret: {view.secret}' '{bare}"
+    if view.action == "scale":
+        click.echo(f"  {curl}&type=scale_out&step=1'")
+        click.echo(f"  {curl}&type=scale_in&step=1'")
+    else:
+        click.echo(f"  {curl}'")
+
+
 @main.command()
 @click.option("--cluster", required=True, help="Cluster the application runs in.")
 @click.option("--app", required=True, help="Application to act on.")
@@ -182,7 +358,10 @@ def dev(ctx: click.Context, host: str, port: int) -> None:
 )
 @click.option("--scale-in-on-resolve", is_flag=True, help="Scale back in when the alert resolves.")
 @click.option(
-    "--cooldown", type=float, metavar="SECONDS", help="One alert (group) acts once per cooldown."
+    "--alert-cooldown",
+    type=float,
+    metavar="SECONDS",
+    help="One alert (group) acts once per this many seconds (default TRIGGERS_ALERT_COOLDOWN).",
 )
 @click.option(
     "--signature",
@@ -203,6 +382,8 @@ def dev(ctx: click.Context, host: str, port: int) -> None:
     "--namespace",
     help="Kubernetes namespace of the application (default: the context's, else default).",
 )
+@_policy_options
+@_remote_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def create(
@@ -212,105 +393,113 @@ def create(
     action: str,
     service: str | None,
     image_update: bool,
-    namespace: str | None,
     image: str | None,
     tags: str | None,
     semver: str | None,
     step: int | None,
     scale_in_on_resolve: bool,
-    cooldown: float | None,
-    signature: SignatureScheme | None,
+    alert_cooldown: float | None,
+    signature: str | None,
     signing_secret: str | None,
     header_secret_only: bool,
+    namespace: str | None,
+    server: str | None,
+    token: str | None,
     as_json: bool,
 ) -> None:
     """Create a trigger and print its URL. The secret is shown only now."""
-    from shared.render import trigger_json  # noqa: PLC0415
+    from shared.api import TriggerCreate  # noqa: PLC0415
 
-    settings = _settings(ctx)
-    store = open_store(settings.database)
     if (image_update or image) and action != "redeploy":
         raise click.UsageError("--image-update applies to redeploy triggers only")
-    if signature and not signing_secret:
-        signing_secret = new_secret()
-    options = TriggerOptions(
-        image=image,
-        tags=tags,
-        semver=semver,
-        step=step,
-        scale_in_on_resolve=scale_in_on_resolve,
-        cooldown=cooldown,
-        signature=signature,
-        signing_secret=signing_secret,
-        header_secret_only=header_secret_only,
+    _check_names(cluster=cluster, app=app, service=service, namespace=namespace)
+    policy = _given_policy(ctx)
+    request = _convert(
+        {
+            "cluster": cluster,
+            "app": app,
+            "action": action,
+            "service": service,
+            "image_update": image_update or image is not None,
+            "namespace": namespace,
+            "options": {
+                "image": image,
+                "tags": tags,
+                "semver": semver,
+                "step": step,
+                "scale_in_on_resolve": scale_in_on_resolve,
+                "cooldown": alert_cooldown,
+                "signature": signature,
+                "signing_secret": signing_secret,
+                "header_secret_only": header_secret_only,
+            },
+            **{k: v for k, v in policy.items() if v is not None},
+        },
+        TriggerCreate,
     )
-    try:
-        trigger, secret = _run(
-            store.create(
-                cluster=cluster,
-                app=app,
-                action="redeploy" if action == "redeploy" else "scale",
-                service=service,
-                image_update=image_update or image is not None,
-                namespace=namespace,
-                options=options,
-            )
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    url = trigger_call_url(settings.public_url, trigger, secret)
+    view = _manage(ctx, server, token, lambda admin: admin.create(request))
     if as_json:
-        data = trigger_json(trigger, url=url, secret=secret)
-        if signing_secret:
-            data["signing_secret"] = signing_secret
-        _echo_json(data)
+        _echo_view(view, True, "")
         return
     click.echo(
-        f"Created {trigger.action} trigger {trigger.id} for {cluster}/{app}"
+        f"Created {view.action} trigger {view.id} for {cluster}/{app}"
         + (f" service {service}" if service else "")
         + (f" in namespace {namespace}" if namespace else "")
     )
-    click.echo("Keep the URL secret; it cannot be shown again (revoke and create anew if lost).")
-    if signing_secret:
-        click.echo(f"Signing secret ({signature}): {signing_secret}")
-    click.echo("")
-    curl = f"curl -X POST '{url}"
-    if header_secret_only:
-        # This trigger refuses the secret in the URL: show it in a header instead.
-        bare, _, _ = url.partition("&secret=")
-        curl = f"curl -X POST -H 'X-Trigger-Secret: {secret}' '{bare}"
-    if trigger.action == "scale":
-        click.echo(f"  {curl}&type=scale_out&step=1'")
-        click.echo(f"  {curl}&type=scale_in&step=1'")
-    else:
-        click.echo(f"  {curl}'")
-
-
-def _get_or_fail(store: TriggerStore, trigger_id: str) -> Any:
-    trigger = _run(store.get(trigger_id))
-    if trigger is None:
-        raise click.ClickException(f"no trigger {trigger_id!r}; `triggers list` shows them")
-    return trigger
+    click.echo("Keep the URL secret; it cannot be shown again (rotate it if lost).")
+    if isinstance(view.signing_secret, str):
+        click.echo(f"Signing secret ({signature}): {view.signing_secret}")
+    _echo_url(view)
 
 
 @main.command("list")
 @click.option("--cluster")
 @click.option("--app")
+@click.option("--action", type=click.Choice(["redeploy", "scale"]))
+@click.option(
+    "--status",
+    type=click.Choice(["active", "disabled", "expired", "revoked"]),
+    help="Only triggers in this state.",
+)
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked triggers.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@_remote_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def list_(
-    ctx: click.Context, cluster: str | None, app: str | None, include_revoked: bool, as_json: bool
+    ctx: click.Context,
+    cluster: str | None,
+    app: str | None,
+    action: str | None,
+    status: str | None,
+    include_revoked: bool,
+    limit: int,
+    server: str | None,
+    token: str | None,
+    as_json: bool,
 ) -> None:
     """List triggers (secrets are never shown again)."""
-    from shared.render import trigger_json, trigger_table  # noqa: PLC0415
+    from shared.admin import ListFilter  # noqa: PLC0415
+    from shared.render import trigger_table  # noqa: PLC0415
 
-    store = open_store(_settings(ctx).database)
-    triggers = _run(store.list(cluster=cluster, app=app, include_revoked=include_revoked))
+    selection = _convert(
+        {
+            "cluster": cluster,
+            "app": app,
+            "action": action,
+            "status": status,
+            "include_revoked": include_revoked,
+            "limit": limit,
+        },
+        ListFilter,
+    )
+    page = _manage(ctx, server, token, lambda admin: admin.list(selection))
     if as_json:
-        _echo_json([trigger_json(t) for t in triggers])
-    elif triggers:
-        click.echo(trigger_table(triggers))
+        click.echo(msgspec.json.encode(page.triggers).decode())
+    elif page.triggers:
+        click.echo(trigger_table(page.triggers))
+        if page.next_offset is not None:
+            click.echo(f"(first {limit} shown; narrow the filters or raise --limit)")
     else:
         click.echo(
             "No triggers. Create one with: triggers create --cluster C --app A --action redeploy"
@@ -319,37 +508,127 @@ def list_(
 
 @main.command()
 @click.argument("trigger_id")
+@_remote_options
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def show(ctx: click.Context, trigger_id: str, as_json: bool) -> None:
-    """Show one trigger."""
-    from shared.render import trigger_json  # noqa: PLC0415
-
-    trigger = _get_or_fail(open_store(_settings(ctx).database), trigger_id)
-    data = trigger_json(trigger)
-    if as_json:
-        _echo_json(data)
-        return
-    for key, value in data.items():
-        click.echo(f"{key + ':':14} {value if value is not None else '-'}")
+def show(
+    ctx: click.Context, trigger_id: str, server: str | None, token: str | None, as_json: bool
+) -> None:
+    """Show one trigger and its policy."""
+    view = _manage(ctx, server, token, lambda admin: admin.get(trigger_id))
+    _echo_view(view, as_json, f"Trigger {view.id}")
 
 
 @main.command()
 @click.argument("trigger_id")
+@_policy_options
+@click.option(
+    "--enable/--disable",
+    "enabled",
+    default=None,
+    callback=_collect,
+    expose_value=False,
+    help="Accept calls, or refuse them.",
+)
+@_remote_options
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def revoke(ctx: click.Context, trigger_id: str, as_json: bool) -> None:
-    """Revoke a trigger: calls answer 403 within a few seconds."""
-    from shared.render import trigger_json  # noqa: PLC0415
+def update(
+    ctx: click.Context,
+    trigger_id: str,
+    server: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Change a trigger's policy; give "none" to remove a limit (e.g. --max-replicas none)."""
+    from shared.policy import PolicyChanges  # noqa: PLC0415
 
-    store = open_store(_settings(ctx).database)
-    trigger = _run(store.revoke(trigger_id))
-    if trigger is None:
-        raise click.ClickException(f"no trigger {trigger_id!r}; `triggers list` shows them")
+    changes_given = _given_policy(ctx)
+    if not changes_given:
+        raise click.UsageError("nothing to change; give at least one option (see --help)")
+    changes = _convert(changes_given, PolicyChanges)
+    view = _manage(ctx, server, token, lambda admin: admin.update(trigger_id, changes))
+    _echo_view(view, as_json, f"Updated {view.id}.")
+
+
+@main.command()
+@click.argument("trigger_id")
+@click.option(
+    "--grace",
+    type=click.IntRange(0, 7 * 24 * 3600),
+    default=300,
+    show_default=True,
+    help="SECONDS the old secret keeps working, so callers can be switched without a gap.",
+)
+@_remote_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with url and secret.")
+@click.pass_context
+def rotate(
+    ctx: click.Context,
+    trigger_id: str,
+    grace: int,
+    server: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Give a trigger a new secret; print the new URL (shown only now)."""
+    view = _manage(ctx, server, token, lambda admin: admin.rotate(trigger_id, grace))
     if as_json:
-        _echo_json(trigger_json(trigger))
+        _echo_view(view, True, "")
+        return
+    click.echo(f"Rotated {view.id}. The old secret works for {grace} more seconds.")
+    click.echo(f"New URL (keep it secret): {view.url}")
+    _echo_url(view)
+
+
+@main.command()
+@click.argument("trigger_id")
+@_remote_options
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def revoke(
+    ctx: click.Context, trigger_id: str, server: str | None, token: str | None, as_json: bool
+) -> None:
+    """Revoke a trigger: calls answer 403 within a few seconds."""
+    view = _manage(ctx, server, token, lambda admin: admin.revoke(trigger_id))
+    if as_json:
+        _echo_view(view, True, "")
     else:
-        click.echo(f"Revoked {trigger.id}.")
+        click.echo(f"Revoked {view.id}.")
+
+
+@main.command()
+@click.option("--trigger", "trigger_id", help="Only calls of this trigger.")
+@click.option("--outcome", type=click.Choice(["accepted", "ignored", "rejected"]))
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@_remote_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def audit(
+    ctx: click.Context,
+    trigger_id: str | None,
+    outcome: str | None,
+    limit: int,
+    server: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """The trigger calls, newest first: outcome, reason, caller (never the secret)."""
+    from shared.render import audit_table  # noqa: PLC0415
+
+    chosen: Any = outcome
+    page = _manage(
+        ctx,
+        server,
+        token,
+        lambda admin: admin.audit(trigger_id=trigger_id, outcome=chosen, limit=limit),
+    )
+    if as_json:
+        click.echo(msgspec.json.encode(page.entries).decode())
+    elif page.entries:
+        click.echo(audit_table(page.entries))
+    else:
+        click.echo("No calls recorded" + (f" for {trigger_id}." if trigger_id else "."))
 
 
 @main.command()
@@ -476,14 +755,9 @@ def local_set_app(
     ctx: click.Context, cluster: str, app: str, service: str, replicas: int, image: str | None
 ) -> None:
     """Create or update one service of an application."""
-    from shared.triggers import validate_name  # noqa: PLC0415
     from workers.orchestrators.local import LocalCluster  # noqa: PLC0415
 
-    try:
-        for kind, value in (("cluster", cluster), ("app", app), ("service", service)):
-            validate_name(kind, value)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    _check_names(cluster=cluster, app=app, service=service)
     state = LocalCluster(_settings(ctx).local_state).set_service(
         cluster, app, service, replicas=replicas, image=image
     )

@@ -109,10 +109,17 @@ class Redeploy(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=
 
 
 class Scale(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="scale.v1"):
-    """Change one service's replica count by `step` in `direction`."""
+    """Change one service's replica count by `step` in `direction`.
+
+    `min_replicas`/`max_replicas` are the trigger's bounds, checked by the worker against
+    the live replica count (the gateway cannot know it): a step that would cross a bound
+    is clamped to it.
+    """
 
     direction: Direction
     step: Step
+    min_replicas: int | None = None
+    max_replicas: int | None = None
 
 
 Command = Redeploy | Scale

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import msgspec
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from shared.api import TriggerView
+from shared.audit import AuditEntry
 from shared.jobs import JobRecord
 from shared.messages import ResultEvent, ServiceState, Source
-from shared.triggers import Trigger, encode_trigger_url
 
 __all__ = [
+    "audit_table",
     "console",
     "event_line",
     "event_text",
     "job_table",
     "job_text",
-    "trigger_json",
+    "policy_summary",
+    "trigger_lines",
     "trigger_table",
 ]
 
@@ -40,55 +44,81 @@ _STATUS_MARK = {
 }
 
 
-def trigger_json(
-    trigger: Trigger, *, url: str | None = None, secret: str | None = None
-) -> dict[str, Any]:
-    """A trigger as `--json` prints it; `url` and `secret` only at creation."""
-    data: dict[str, Any] = {
-        "id": trigger.id,
-        "cluster": trigger.cluster,
-        "app": trigger.app,
-        "action": trigger.action,
-        "service": trigger.service,
-        "image_update": trigger.image_update,
-        "namespace": trigger.namespace,
-        "trigger_url": encode_trigger_url(trigger.cluster, trigger.app, trigger.action, trigger.id),
-        "created_at": trigger.created_at.isoformat(),
-        "revoked_at": trigger.revoked_at.isoformat() if trigger.revoked_at else None,
-        "status": "revoked" if trigger.revoked else "active",
-        # Never the signing secret: like the secret, it is shown once, at creation.
-        "options": {
-            k: v
-            for k, v in msgspec.structs.asdict(trigger.options).items()
-            if k != "signing_secret" and v not in (None, False)
-        },
-    }
-    if url is not None:
-        data["url"] = url
-    if secret is not None:
-        data["secret"] = secret
-    return data
-
-
-def trigger_table(triggers: list[Trigger]) -> str:
-    """Aligned columns, one trigger a row."""
-    header = ("ID", "CLUSTER", "APP", "ACTION", "SERVICE", "STATUS", "CREATED")
-    rows = [header] + [
-        (
-            t.id,
-            t.cluster,
-            t.app,
-            t.action + (" (image)" if t.image_update else ""),
-            t.service or "-",
-            "revoked" if t.revoked else "active",
-            t.created_at.strftime("%Y-%m-%d %H:%M"),
-        )
-        for t in triggers
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    every = [header, *rows]
+    widths = [max(len(r[i]) for r in every) for i in range(len(header))]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in every
     )
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def policy_summary(view: TriggerView) -> str:
+    """The trigger's limits in a few words, ``-`` when it has none."""
+    parts = []
+    if view.min_replicas is not None or view.max_replicas is not None:
+        low = view.min_replicas if view.min_replicas is not None else 0
+        high = view.max_replicas if view.max_replicas is not None else "∞"
+        parts.append(f"replicas {low}..{high}")
+    if view.cooldown:
+        parts.append(f"cooldown {view.cooldown}s")
+    if view.rate_limit:
+        parts.append(f"{view.rate_limit}/min")
+    if view.allowed_methods != ["GET", "POST"]:
+        parts.append(",".join(view.allowed_methods) + " only")
+    if view.expires_at:
+        parts.append(f"expires {_when(view.expires_at)}")
+    return ", ".join(parts) or "-"
+
+
+def trigger_table(views: list[TriggerView]) -> str:
+    """Aligned columns, one trigger a row."""
+    header = ("ID", "CLUSTER", "APP", "ACTION", "SERVICE", "STATUS", "POLICY", "CREATED")
+    rows = [
+        (
+            v.id,
+            v.cluster,
+            v.app,
+            v.action + (" (image)" if v.image_update else ""),
+            v.service or "-",
+            v.status,
+            policy_summary(v),
+            _when(v.created_at),
+        )
+        for v in views
+    ]
+    return _table(header, rows)
+
+
+def trigger_lines(view: TriggerView) -> str:
+    """One ``field: value`` line per field, for `show` and the other single-trigger commands."""
+    data = msgspec.to_builtins(view)
+    return "\n".join(
+        f"{key + ':':27} {', '.join(value) if isinstance(value, list) else value if value is not None else '-'}"
+        for key, value in data.items()
+    )
+
+
+def audit_table(entries: list[AuditEntry]) -> str:
+    """Aligned columns, one call a row, newest first."""
+    header = ("TIME", "OUTCOME", "STATUS", "TRIGGER", "REASON", "METHOD", "REMOTE", "USER AGENT")
+    rows = [
+        (
+            e.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            e.outcome,
+            str(e.status),
+            e.trigger_id or "-",
+            e.reason or "-",
+            e.method or "-",
+            e.remote or "-",
+            (e.user_agent or "-")[:40],
+        )
+        for e in entries
+    ]
+    return _table(header, rows)
 
 
 def console() -> Console:

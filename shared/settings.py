@@ -52,6 +52,12 @@ class Settings:
     max_wait: float = 60.0
     # Job history: how long the recorder keeps jobs, in seconds.
     job_retention: float = 7 * 86400.0
+    # Shared rate-limit and cooldown state; None keeps it in the gateway process.
+    redis_url: str | None = field(default=None, repr=False)
+    redis_prefix: str = "container-triggers:"
+    # Audit entries wait in a bounded queue and are written in batches off the hot path.
+    audit_flush_interval: float = 0.5
+    audit_max_pending: int = 10_000
     # Worker tuning.
     prefetch: int = 16
     max_attempts: int = 5
@@ -79,6 +85,8 @@ class Settings:
             "TRIGGERS_ADMIN_TOKEN": "admin_token",
             "TRIGGERS_LOG_FORMAT": "log_format",
             "TRIGGERS_LOG_LEVEL": "log_level",
+            "TRIGGERS_REDIS_URL": "redis_url",
+            "TRIGGERS_REDIS_PREFIX": "redis_prefix",
         }
         for var, name in simple.items():
             if env.get(var):
@@ -97,6 +105,8 @@ class Settings:
             "TRIGGERS_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
             "TRIGGERS_CONSUMER_CHECK_INTERVAL": ("consumer_check_interval", float),
             "TRIGGERS_ORCHESTRATOR_TIMEOUT": ("orchestrator_timeout", float),
+            "TRIGGERS_AUDIT_FLUSH_INTERVAL": ("audit_flush_interval", float),
+            "TRIGGERS_AUDIT_MAX_PENDING": ("audit_max_pending", int),
         }
         for var, (name, kind) in numbers.items():
             if env.get(var):

@@ -23,11 +23,14 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from shared.messages import Action
 
 __all__ = [
+    "HTTP_METHODS",
+    "NAMESPACE_PATTERN",
     "NAME_PATTERN",
     "SignatureScheme",
     "Trigger",
     "TriggerOptions",
     "TriggerRef",
+    "TriggerState",
     "TriggerUrlError",
     "decode_trigger_url",
     "encode_trigger_url",
@@ -49,6 +52,11 @@ _SECRET = re.compile(r"^[0-9a-f]{64}$")
 UrlAction = Literal["redeploy", "scaling"]
 _URL_ACTION: dict[Action, UrlAction] = {"redeploy": "redeploy", "scale": "scaling"}
 _ACTION: dict[str, Action] = {"redeploy": "redeploy", "scaling": "scale"}
+
+
+# The methods a trigger may be called with; a trigger can be limited to a subset.
+HTTP_METHODS: tuple[str, ...] = ("GET", "POST")
+TriggerState = Literal["active", "disabled", "expired", "revoked"]
 
 
 class TriggerUrlError(ValueError):
@@ -111,7 +119,11 @@ class TriggerOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
 
 
 class Trigger(msgspec.Struct, frozen=True, kw_only=True):
-    """A stored trigger. `secret_hash` is all the store knows of the secret."""
+    """A stored trigger with its policy. Only hashes of secrets are kept.
+
+    After a rotation the previous secret's hash is kept until
+    `previous_secret_expires_at`, so callers can be switched over without a gap.
+    """
 
     id: str
     cluster: str
@@ -125,11 +137,48 @@ class Trigger(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     revoked_at: datetime | None = None
     options: TriggerOptions = TriggerOptions()
+    # Policy (migration 4). None means "no limit".
+    enabled: bool = True
+    expires_at: datetime | None = None
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    cooldown: int | None = None
+    rate_limit: int | None = None
+    allowed_methods: tuple[str, ...] = HTTP_METHODS
+    # Rotation (migration 4).
+    previous_secret_hash: str | None = None
+    previous_secret_expires_at: datetime | None = None
+    rotated_at: datetime | None = None
+    updated_at: datetime | None = None
 
     @property
     def revoked(self) -> bool:
         """A revoked trigger answers 403 like an unknown one."""
         return self.revoked_at is not None
+
+    def state(self, now: datetime) -> TriggerState:
+        """What a call would find: revoked wins over disabled, disabled over expired."""
+        if self.revoked:
+            return "revoked"
+        if not self.enabled:
+            return "disabled"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        return "active"
+
+    def accepts_secret(self, secret: str, now: datetime) -> bool:
+        """The current secret, or the previous one while its grace period lasts.
+
+        Both hashes are always compared, so the time taken says nothing about which matched.
+        """
+        current = secret_matches(secret, self.secret_hash)
+        previous = (
+            self.previous_secret_hash is not None
+            and self.previous_secret_expires_at is not None
+            and now < self.previous_secret_expires_at
+        )
+        old = secret_matches(secret, self.previous_secret_hash or "")
+        return current or (previous and old)
 
 
 class TriggerRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -152,12 +201,12 @@ def validate_name(kind: str, value: str) -> str:
     return value
 
 
-_NAMESPACE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+NAMESPACE_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 def validate_namespace(value: str) -> str:
     """Return `value` if it is a valid Kubernetes namespace name, else raise ValueError."""
-    if not _NAMESPACE.match(value):
+    if not NAMESPACE_PATTERN.match(value):
         msg = (
             f"namespace {value!r} is not a valid Kubernetes namespace: use 1-63 lowercase "
             "letters, digits or '-', starting and ending with a letter or digit"

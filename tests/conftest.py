@@ -1,7 +1,8 @@
-"""Fixtures: a private RabbitMQ vhost per test session, in-process gateway and worker.
+"""Fixtures: a private RabbitMQ vhost and PostgreSQL database per test session, in-process
+gateway and worker.
 
-Tests talk to the real RabbitMQ on 127.0.0.1 (started by .ci/run when it is not running);
-a missing broker fails the tests rather than skipping them.
+Tests talk to the real RabbitMQ and PostgreSQL on 127.0.0.1 (started by .ci/run when they
+are not running); a missing server fails the tests rather than skipping them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -17,11 +19,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aio_pika
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -30,7 +33,7 @@ from shared.bus import AmqpBus
 from shared.jobs import JobRecord, SqliteJobStore
 from shared.messages import CommandEnvelope, ResultEvent, Scale, ServiceState, Target, new_job_id
 from shared.settings import Settings
-from shared.store import SqliteTriggerStore
+from shared.store import PostgresTriggerStore, SqliteTriggerStore, SqlTriggerStore
 from shared.topology import COMMAND_QUEUES, DEAD_QUEUE, RECORDER_QUEUE
 from shared.triggers import Trigger, trigger_call_url
 from tests.proxy import TcpProxy
@@ -42,6 +45,9 @@ from workers.worker import Worker
 T = TypeVar("T")
 
 BROKER = os.environ.get("TRIGGERS_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672")
+ADMIN_TOKEN = "test-admin-token-5b1f0c2e9d"
+REDIS = os.environ.get("TRIGGERS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+POSTGRES = os.environ.get("TRIGGERS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _rabbitmqctl(*args: str) -> str:
@@ -69,6 +75,55 @@ def amqp_url() -> Iterator[str]:
         _rabbitmqctl("delete_vhost", vhost)
 
 
+async def _pg_admin(dsn: str, statement: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A PostgreSQL database of its own for the session, dropped at the end."""
+    name = f"triggers_test_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_pg_admin(POSTGRES, f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{POSTGRES.rsplit('/', 1)[0]}/{name}"
+    finally:
+        asyncio.run(_pg_admin(POSTGRES, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """A fresh schema in the session's database, so each test migrates from nothing."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(pg_database, f'CREATE SCHEMA "{schema}"'))
+    return f"{pg_database}?search_path={schema}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh trigger store URL, once per backend."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture
+async def any_store(database_url: str) -> AsyncIterator[SqlTriggerStore]:
+    """A started store on each backend in turn."""
+    opened: SqlTriggerStore
+    if database_url.startswith("postgresql://"):
+        opened = PostgresTriggerStore(database_url, max_size=4)
+    else:
+        opened = SqliteTriggerStore(database_url.removeprefix("sqlite:///"))
+    await opened.start()
+    yield opened
+    await opened.close()
+
+
 @pytest.fixture
 def settings(tmp_path: Path, amqp_url: str) -> Settings:
     """Settings pointing at this test's files and the session's vhost."""
@@ -81,7 +136,22 @@ def settings(tmp_path: Path, amqp_url: str) -> Settings:
         trigger_cache_ttl=1.0,
         retry_delays=(0.05, 0.1, 0.2),
         shutdown_timeout=5.0,
+        admin_token=ADMIN_TOKEN,
+        audit_flush_interval=0.05,
     )
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A key prefix of its own on the shared Redis; its keys are deleted afterwards."""
+    import redis.asyncio as redis  # noqa: PLC0415 - only the limits tests need it
+
+    prefix = f"triggers-test-{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    client = redis.from_url(REDIS)
+    async for key in client.scan_iter(match=f"{prefix}*"):
+        await client.delete(key)
+    await client.aclose()
 
 
 @pytest.fixture
@@ -100,6 +170,21 @@ def env(settings: Settings) -> dict[str, str]:
 def triggers_cli() -> list[str]:
     """The installed console script, next to this interpreter."""
     return [str(Path(sys.executable).with_name("triggers"))]
+
+
+async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """Run `triggers ARGS` without blocking the loop (a gateway may run in it); bounded."""
+    process = await asyncio.create_subprocess_exec(
+        *triggers_cli(),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture
@@ -159,6 +244,20 @@ class Gateway:
     def call_url(self, trigger: Trigger, secret: str) -> str:
         """The trigger's URL on this gateway."""
         return trigger_call_url(self.url, trigger, secret)
+
+    def call_url_for(self, created: dict[str, Any]) -> str:
+        """The printed `url` of a created or rotated trigger, pointed at this gateway."""
+        return f"{self.url}/hook/trigger?{created['url'].split('?', 1)[1]}"
+
+    async def admin(
+        self, method: str, path: str, body: object = None, *, token: str | None = ADMIN_TOKEN
+    ) -> tuple[int, Any]:
+        """Call the admin API with the token; the status and the decoded JSON body."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.http.request(
+            method, f"{self.url}{path}", json=body, headers=headers
+        ) as response:
+            return response.status, await response.json()
 
 
 @pytest.fixture
@@ -234,6 +333,14 @@ def scale_command(step: int = 1, direction: str = "scale_out") -> CommandEnvelop
     )
 
 
+def free_port() -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 async def wait_ready(base_url: str, within: float = 30.0) -> None:
     """Wait until a gateway at `base_url` answers /readyz with 200 (it connected to RabbitMQ)."""
     async with aiohttp.ClientSession() as http, asyncio.timeout(within):
@@ -296,9 +403,19 @@ class WrappedOrchestrator:
         """Redeploy through the inner orchestrator."""
         return await self.inner.redeploy(job_id, target, image=image, issued_at=issued_at)
 
-    async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
+    async def scale(
+        self,
+        job_id: str,
+        target: Target,
+        *,
+        delta: int,
+        min_replicas: int | None = None,
+        max_replicas: int | None = None,
+    ) -> Change:
         """Scale through the inner orchestrator."""
-        return await self.inner.scale(job_id, target, delta=delta)
+        return await self.inner.scale(
+            job_id, target, delta=delta, min_replicas=min_replicas, max_replicas=max_replicas
+        )
 
     async def close(self) -> None:
         """The inner orchestrator is the fixture's to close."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import aiohttp
 import pytest
 
 from shared.bus import AmqpBus
-from tests.conftest import triggers_cli
+from tests.conftest import free_port, triggers_cli
 
 
 def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -22,14 +21,6 @@ def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Compl
     return subprocess.run(
         [*triggers_cli(), *args], env=env, capture_output=True, text=True, timeout=60, check=check
     )
-
-
-def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_create_json_prints_a_callable_url_once(env: dict[str, str]) -> None:

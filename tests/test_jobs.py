@@ -51,11 +51,21 @@ class GatedOrchestrator(WrappedOrchestrator):
         await self.gate.wait()
         return await super().redeploy(job_id, target, image=image, issued_at=issued_at)
 
-    async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
+    async def scale(
+        self,
+        job_id: str,
+        target: Target,
+        *,
+        delta: int,
+        min_replicas: int | None = None,
+        max_replicas: int | None = None,
+    ) -> Change:
         """Scale once the gate opens."""
         self.entered.set()
         await self.gate.wait()
-        return await super().scale(job_id, target, delta=delta)
+        return await super().scale(
+            job_id, target, delta=delta, min_replicas=min_replicas, max_replicas=max_replicas
+        )
 
 
 @pytest.fixture

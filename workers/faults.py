@@ -72,9 +72,21 @@ class FlakyOrchestrator:
             lambda: self._inner.redeploy(job_id, target, image=image, issued_at=issued_at)
         )
 
-    async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
+    async def scale(
+        self,
+        job_id: str,
+        target: Target,
+        *,
+        delta: int,
+        min_replicas: int | None = None,
+        max_replicas: int | None = None,
+    ) -> Change:
         """Scale, perhaps failing before or after."""
-        return await self._faulty(lambda: self._inner.scale(job_id, target, delta=delta))
+        return await self._faulty(
+            lambda: self._inner.scale(
+                job_id, target, delta=delta, min_replicas=min_replicas, max_replicas=max_replicas
+            )
+        )
 
     async def close(self) -> None:
         """Close the wrapped orchestrator."""

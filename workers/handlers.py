@@ -26,9 +26,15 @@ async def apply_command(envelope: CommandEnvelope, orchestrator: Orchestrator) -
             return await orchestrator.redeploy(
                 envelope.job_id, envelope.target, image=image, issued_at=envelope.issued_at
             )
-        case Scale(direction=direction, step=step):
+        case Scale(direction=direction, step=step) as scale:
             delta = step if direction == "scale_out" else -step
-            return await orchestrator.scale(envelope.job_id, envelope.target, delta=delta)
+            return await orchestrator.scale(
+                envelope.job_id,
+                envelope.target,
+                delta=delta,
+                min_replicas=scale.min_replicas,
+                max_replicas=scale.max_replicas,
+            )
 
 
 async def _skip_unless_running(

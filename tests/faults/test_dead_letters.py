@@ -121,7 +121,15 @@ async def test_retryable_failures_retry_through_the_broker_then_fail_with_the_re
     class Down(LocalOrchestrator):
         calls = 0
 
-        async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
+        async def scale(
+            self,
+            job_id: str,
+            target: Target,
+            *,
+            delta: int,
+            min_replicas: int | None = None,
+            max_replicas: int | None = None,
+        ) -> Change:
             Down.calls += 1
             msg = "the API server did not answer within 10s"
             raise RetryableError(msg)

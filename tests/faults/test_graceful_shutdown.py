@@ -16,10 +16,9 @@ import pytest
 from shared.bus import AmqpBus
 from shared.settings import Settings
 from shared.topology import COMMAND_QUEUES
-from tests.conftest import Results, queue_depth, scale_command, triggers_cli, wait_ready
+from tests.conftest import Results, free_port, queue_depth, scale_command, triggers_cli, wait_ready
 from tests.faults.harness import WorkerPool
 from tests.proxy import TcpProxy
-from tests.test_cli import free_port
 from workers.orchestrators.local import LocalOrchestrator
 
 

@@ -12,9 +12,8 @@ import pytest
 
 from shared.bus import AmqpBus
 from shared.triggers import new_secret
-from tests.conftest import Results, triggers_cli, wait_ready
+from tests.conftest import Results, free_port, triggers_cli, wait_ready
 from tests.faults.harness import WorkerPool
-from tests.test_cli import free_port
 
 
 @pytest.mark.slow

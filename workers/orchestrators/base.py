@@ -65,8 +65,20 @@ class Orchestrator(Protocol):
         """
         ...
 
-    async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
-        """Add `delta` replicas (negative to remove) to the target's service, never below 0."""
+    async def scale(
+        self,
+        job_id: str,
+        target: Target,
+        *,
+        delta: int,
+        min_replicas: int | None = None,
+        max_replicas: int | None = None,
+    ) -> Change:
+        """Add `delta` replicas (negative to remove) to the target's service.
+
+        The result stays within [`min_replicas`, `max_replicas`] and never below 0:
+        adapters read the live count and let `scale_change` clamp it.
+        """
         ...
 
     async def close(self) -> None:
@@ -104,22 +116,40 @@ def redeploy_plan(
 
 
 def scale_change(
-    service: str, before: ServiceState, delta: int, *, revision_step: int = 0
+    service: str,
+    before: ServiceState,
+    delta: int,
+    *,
+    revision_step: int = 0,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
 ) -> Change:
-    """The change that adding `delta` replicas to a service makes, clamped at 0.
+    """The change that adding `delta` replicas to a service makes, within its bounds.
 
-    `revision_step` is how much the platform's revision counter moves on a replica change
-    (Kubernetes bumps `metadata.generation`; the local cluster and Swarm do not).
+    Every adapter uses this one rule: ``current + delta`` is clamped to
+    [`min_replicas`, `max_replicas`] and never below 0. A step never moves the count
+    against its direction: a service already above its maximum is left alone by a
+    scale_out (and likewise below its minimum), so a bound added later never causes a
+    surprise change. `revision_step` is how much the platform's revision counter moves on
+    a replica change (Kubernetes bumps `metadata.generation`; the local cluster and Swarm
+    do not).
     """
-    wanted = before.replicas + delta
-    new = max(0, wanted)
+    current = before.replicas
+    wanted = current + delta
+    if delta >= 0:
+        limit = f"max_replicas {max_replicas}"
+        new = max(current, wanted if max_replicas is None else min(wanted, max_replicas))
+    else:
+        limit = f"min_replicas {min_replicas}" if min_replicas else "0"
+        new = min(current, max(wanted, min_replicas or 0, 0))
+    direction = "scale_out" if delta >= 0 else "scale_in"
     clamped = new != wanted
-    if new == before.replicas:
+    if new == current:
         return Change(
             status="skipped",
             before={service: before},
             after={service: before},
-            detail=f"{service} already has 0 replicas; nothing to scale in",
+            detail=f"{service} already has {current} replicas (limit {limit}); nothing to {direction}",
             clamped=clamped,
             applied_step=0,
         )
@@ -129,10 +159,11 @@ def scale_change(
         before={service: before},
         after={service: after},
         detail=(
-            f"scale_in clamped at 0: removed {before.replicas} of {-delta} replicas"
+            f"{direction} clamped at {limit}: changed {service} by {abs(new - current)}"
+            f" of {abs(delta)} replicas"
             if clamped
             else None
         ),
         clamped=clamped,
-        applied_step=abs(new - before.replicas),
+        applied_step=abs(new - current),
     )

@@ -227,8 +227,16 @@ class KubernetesOrchestrator:
                 wrote = wrote or written
             return as_change(records, duplicate=not wrote)
 
-    async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
-        """Set ``/scale`` to the current replicas plus `delta` (never below 0), once per job."""
+    async def scale(
+        self,
+        job_id: str,
+        target: Target,
+        *,
+        delta: int,
+        min_replicas: int | None = None,
+        max_replicas: int | None = None,
+    ) -> Change:
+        """Set ``/scale`` to the current replicas plus `delta` within the bounds, once per job."""
         if not target.service:
             msg = "a scale command must name a service"
             raise NotFoundError(msg)
@@ -251,7 +259,14 @@ class KubernetesOrchestrator:
                     continue
                 if job_id in ledger:
                     return as_change({workload.name: ledger[job_id]}, duplicate=not completed)
-                change = scale_change(workload.name, workload.state, delta, revision_step=1)
+                change = scale_change(
+                    workload.name,
+                    workload.state,
+                    delta,
+                    revision_step=1,
+                    min_replicas=min_replicas,
+                    max_replicas=max_replicas,
+                )
                 value = record_change(ledger, job_id, as_record(workload.name, change, "scale"))
                 with _conflict_retry():
                     written = await cluster.client.patch(

@@ -168,8 +168,15 @@ class LocalCluster:
 
         return self._transaction(apply)
 
-    def scale(self, job_id: str, target: Target, delta: int) -> Change:
-        """Add `delta` replicas to one service, clamped at 0 (once per job)."""
+    def scale(
+        self,
+        job_id: str,
+        target: Target,
+        delta: int,
+        min_replicas: int | None = None,
+        max_replicas: int | None = None,
+    ) -> Change:
+        """Add `delta` replicas to one service within its bounds (once per job)."""
 
         def apply(conn: sqlite3.Connection) -> Change:
             if (done := _recorded(conn, job_id)) is not None:
@@ -180,7 +187,13 @@ class LocalCluster:
             before = _read(conn, target)
             if target.service not in before:
                 raise NotFoundError(_missing_service(target))
-            change = scale_change(target.service, before[target.service], delta)
+            change = scale_change(
+                target.service,
+                before[target.service],
+                delta,
+                min_replicas=min_replicas,
+                max_replicas=max_replicas,
+            )
             if change.status == "succeeded":
                 conn.execute(
                     "UPDATE services SET replicas = ?, updated_at = ?"
@@ -270,9 +283,19 @@ class LocalOrchestrator:
         """Raise every service's revision (and roll `image` where it matches)."""
         return await asyncio.to_thread(self.cluster.redeploy, job_id, target, image)
 
-    async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
-        """Add `delta` replicas, clamped at 0."""
-        return await asyncio.to_thread(self.cluster.scale, job_id, target, delta)
+    async def scale(
+        self,
+        job_id: str,
+        target: Target,
+        *,
+        delta: int,
+        min_replicas: int | None = None,
+        max_replicas: int | None = None,
+    ) -> Change:
+        """Add `delta` replicas within the bounds (and never below 0)."""
+        return await asyncio.to_thread(
+            self.cluster.scale, job_id, target, delta, min_replicas, max_replicas
+        )
 
     async def close(self) -> None:
         """Nothing stays open."""

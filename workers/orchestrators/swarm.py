@@ -173,14 +173,29 @@ class SwarmOrchestrator:
                 wrote = wrote or written
             return as_change(records, duplicate=not wrote)
 
-    async def scale(self, job_id: str, target: Target, *, delta: int) -> Change:
-        """Set ``Mode.Replicated.Replicas`` to the current count plus `delta`, once per job."""
+    async def scale(
+        self,
+        job_id: str,
+        target: Target,
+        *,
+        delta: int,
+        min_replicas: int | None = None,
+        max_replicas: int | None = None,
+    ) -> Change:
+        """Set ``Mode.Replicated.Replicas`` to the current count plus `delta` within the
+        bounds, once per job."""
         if not target.service:
             msg = "a scale command must name a service"
             raise NotFoundError(msg)
         async with self._docker(target) as docker:
             record, written = await self._update_once(
-                docker, target, target.service, job_id=job_id, image=None, delta=delta
+                docker,
+                target,
+                target.service,
+                job_id=job_id,
+                image=None,
+                delta=delta,
+                bounds=(min_replicas, max_replicas),
             )
             return as_change({target.service: record}, duplicate=not written)
 
@@ -236,11 +251,12 @@ class SwarmOrchestrator:
         image: str | None,
         delta: int | None,
         note: tuple[str | None, str | None] = (None, None),
+        bounds: tuple[int | None, int | None] = (None, None),
     ) -> tuple[Record, bool]:
         """Apply a redeploy (`delta` None) or a scale to one service, once per job.
 
         `note` is a redeploy's (detail, requested image), kept in the ledger so a
-        duplicate reports them too.
+        duplicate reports them too; `bounds` a scale's (min_replicas, max_replicas).
         """
         for _ in range(self._retries):
             service = await self._service(docker, target, name)
@@ -272,7 +288,9 @@ class SwarmOrchestrator:
                         "node) and cannot be scaled; use a replicated service"
                     )
                     raise PermanentError(msg)
-                change = scale_change(name, before, delta)
+                change = scale_change(
+                    name, before, delta, min_replicas=bounds[0], max_replicas=bounds[1]
+                )
                 record = as_record(name, change, "scale")
                 spec["Mode"]["Replicated"]["Replicas"] = change.after[name].replicas
             spec["Labels"] = service.labels | {LEDGER_KEY: record_change(ledger, job_id, record)}

@@ -1,0 +1,85 @@
+"""The audit trail of trigger calls: one entry per call to ``/hook/``, from a middleware.
+
+Each entry has the outcome, status, error code, time, caller address and user agent,
+never the query string (it carries the secret). Entries are written in batches by
+`shared.audit.AuditLog`, off the hot path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+
+from gateway.keys import AUDIT, ERROR, LOG_FIELDS
+from shared.audit import AuditEntry, Outcome
+from shared.messages import utcnow
+
+__all__ = ["audit_middleware"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Details may quote a caller's bad value; a long hex run there could be (part of) a secret
+# sent in the wrong parameter, so it is masked before it is stored.
+_HEX_RUN = re.compile(r"[0-9a-fA-F]{24,}")
+
+
+def _masked(detail: str | None) -> str | None:
+    return _HEX_RUN.sub("[hex value masked]", detail) if detail else detail
+
+
+def _outcome(status: int, fields: dict[str, str]) -> Outcome:
+    # A trigger call answers 202 when a command was published; any other 2xx means it was
+    # authenticated but held back (a cooldown, an event the trigger does not act on).
+    if fields.get("outcome") == "ignored" or (200 <= status < 300 and status != 202):
+        return "ignored"
+    return "accepted" if status < 300 else "rejected"
+
+
+def _ignored_reason(response: web.StreamResponse) -> tuple[str | None, str | None]:
+    # Event sources answer {"status": "ignored", "reason": ...}; read it back for the trail.
+    body = response.body if isinstance(response, web.Response) else None
+    if not isinstance(body, bytes):
+        return None, None
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    reason, detail = data.get("reason"), data.get("detail")
+    return (
+        reason if isinstance(reason, str) else None,
+        detail if isinstance(detail, str) else None,
+    )
+
+
+@web.middleware
+async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Record one entry per trigger call (placed outside the error middleware)."""
+    response = await handler(request)
+    if not request.path.startswith("/hook/"):
+        return response
+    fields = request.get(LOG_FIELDS, {})
+    code, detail = request.get(ERROR, (None, None))
+    outcome = _outcome(response.status, fields)
+    if outcome == "ignored" and "reason" not in fields:
+        code, detail = _ignored_reason(response)
+    request.app[AUDIT].record(
+        AuditEntry(
+            at=utcnow(),
+            outcome=outcome,
+            status=response.status,
+            trigger_id=fields.get("trigger_id"),
+            reason=code or fields.get("reason"),
+            detail=_masked(detail or fields.get("detail")),
+            method=request.method,
+            remote=request.remote,
+            user_agent=request.headers.get("User-Agent", "")[:200] or None,
+            job_id=fields.get("job_id"),
+            request_id=response.headers.get("X-Request-ID") or None,
+        )
+    )
+    return response

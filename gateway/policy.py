@@ -1,0 +1,101 @@
+"""A trigger's policy, checked for each authenticated call, in this order:
+
+1. disabled -> 403 ``trigger_disabled``; expired -> 403 ``trigger_expired``;
+2. a method the trigger does not allow -> 405 with ``Allow``;
+3. over its rate limit -> 429 with ``Retry-After`` (every authenticated call counts);
+4. within its cooldown -> 200 ``{"status": "ignored", "reason": "cooldown"}``: nothing is
+   published. A 200 rather than an error, because the caller did nothing wrong and a
+   monitoring system retrying a 4xx/5xx would only prolong an alert storm.
+
+Replica bounds are not checked here: the gateway does not know the live replica count.
+They travel in the `Scale` command and the worker clamps to them.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from aiohttp import web
+
+from gateway.abuse import FailedAuthLimiter
+from gateway.errors import ApiError
+from gateway.keys import LIMITS, LOG_FIELDS
+from shared.triggers import Trigger
+
+__all__ = ["Admission", "admit"]
+
+
+class Admission:
+    """The policy's answer: go ahead, or a response that says why nothing was done."""
+
+    def __init__(
+        self, request: web.Request, trigger: Trigger, *, ignored: web.Response | None = None
+    ) -> None:
+        self._request = request
+        self._trigger = trigger
+        self.ignored = ignored
+
+    async def release(self) -> None:
+        """The command was not accepted after all: free the cooldown it claimed."""
+        if self._trigger.cooldown and self.ignored is None:
+            await self._request.app[LIMITS].release_cooldown(self._trigger.id)
+
+
+def _check_state(trigger: Trigger, now: datetime) -> None:
+    state = trigger.state(now)
+    if state == "disabled":
+        raise ApiError(
+            403,
+            "trigger_disabled",
+            f"trigger {trigger.id} is disabled; enable it with `triggers update {trigger.id} --enable`",
+        )
+    if state == "expired" and trigger.expires_at is not None:
+        raise ApiError(
+            403,
+            "trigger_expired",
+            f"trigger {trigger.id} expired at {trigger.expires_at.isoformat()}; extend it with "
+            f"`triggers update {trigger.id} --expires-in SECONDS` or create a new one",
+        )
+
+
+async def admit(request: web.Request, trigger: Trigger, now: datetime) -> Admission:
+    """Check the policy for this call; raises `ApiError` for a violation."""
+    _check_state(trigger, now)
+    if request.method not in trigger.allowed_methods:
+        allowed = ", ".join(trigger.allowed_methods)
+        raise ApiError(
+            405,
+            "method_not_allowed",
+            f"trigger {trigger.id} accepts {allowed} only",
+            headers={"Allow": allowed},
+        )
+    limits = request.app[LIMITS]
+    if trigger.rate_limit:
+        wait = await limits.take_rate(trigger.id, trigger.rate_limit)
+        if wait is not None:
+            retry_after = FailedAuthLimiter.retry_after(wait)
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"trigger {trigger.id} allows {trigger.rate_limit} calls per minute; "
+                f"retry after {retry_after} s",
+                headers={"Retry-After": retry_after},
+            )
+    if trigger.cooldown:
+        remaining = await limits.claim_cooldown(trigger.id, trigger.cooldown)
+        if remaining is not None:
+            detail = (
+                f"trigger {trigger.id} ran less than {trigger.cooldown} s ago; "
+                f"nothing was done (cooldown ends in {math.ceil(remaining)} s)"
+            )
+            request[LOG_FIELDS].update(outcome="ignored", reason="cooldown", detail=detail)
+            body = {
+                "status": "ignored",
+                "reason": "cooldown",
+                "detail": detail,
+                "trigger_id": trigger.id,
+                "cooldown_remaining": math.ceil(remaining),
+            }
+            return Admission(request, trigger, ignored=web.json_response(body, status=200))
+    return Admission(request, trigger)

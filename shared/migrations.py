@@ -1,0 +1,120 @@
+"""Schema migrations of the trigger store: one ordered list for SQLite and PostgreSQL.
+
+To change the schema, append a `Migration` with the next version number; never edit one
+that has shipped. Statements are written once for both databases; the few types that
+differ are placeholders filled per dialect: ``{ts}`` (a timestamp), ``{bool}``,
+``{true}``/``{false}`` and ``{serial}`` (an auto-increment primary key). A nullable
+column is one statement: ``ALTER TABLE triggers ADD COLUMN namespace TEXT``.
+
+Migrations run when a process starts (`TriggerStore.start`), safe from several at once:
+SQLite takes the write lock first (``BEGIN IMMEDIATE``), PostgreSQL an advisory lock
+for the transaction; the second process then finds the work done. In SQLite an
+``ADD COLUMN`` of a column that is already there is skipped: files written before
+versioned migrations may have one (``namespace``, ``options``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+__all__ = ["MIGRATIONS", "MIGRATION_LOCK", "Dialect", "Migration", "render"]
+
+Dialect = Literal["sqlite", "postgresql"]
+
+# pg_advisory_xact_lock key: "triggers" in ASCII, so it cannot collide by accident.
+MIGRATION_LOCK = 0x7472696767657273
+
+_TYPES: dict[Dialect, dict[str, str]] = {
+    "sqlite": {
+        "ts": "TEXT",
+        "bool": "INTEGER",
+        "true": "1",
+        "false": "0",
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    },
+    "postgresql": {
+        "ts": "TIMESTAMPTZ",
+        "bool": "BOOLEAN",
+        "true": "TRUE",
+        "false": "FALSE",
+        "serial": "BIGSERIAL PRIMARY KEY",
+    },
+}
+
+
+class Migration(NamedTuple):
+    """One schema step: applied once, in version order, in one transaction."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    # Version 1 is the schema the first release created without a version table, so it
+    # is written to adopt such a file unchanged.
+    Migration(
+        1,
+        "triggers",
+        (
+            """CREATE TABLE IF NOT EXISTS triggers (
+                id           TEXT PRIMARY KEY,
+                cluster      TEXT NOT NULL,
+                app          TEXT NOT NULL,
+                action       TEXT NOT NULL CHECK (action IN ('redeploy', 'scale')),
+                service      TEXT,
+                image_update {bool} NOT NULL DEFAULT {false},
+                secret_hash  TEXT NOT NULL,
+                created_at   {ts} NOT NULL,
+                revoked_at   {ts}
+            )""",
+            "CREATE INDEX IF NOT EXISTS triggers_by_app ON triggers (cluster, app)",
+        ),
+    ),
+    Migration(2, "namespace", ("ALTER TABLE triggers ADD COLUMN namespace TEXT",)),
+    # Registry and alert options, one JSON object (TriggerOptions).
+    Migration(3, "options", ("ALTER TABLE triggers ADD COLUMN options TEXT",)),
+    Migration(
+        4,
+        "policy and rotation",
+        (
+            "ALTER TABLE triggers ADD COLUMN enabled {bool} NOT NULL DEFAULT {true}",
+            "ALTER TABLE triggers ADD COLUMN expires_at {ts}",
+            "ALTER TABLE triggers ADD COLUMN min_replicas INTEGER",
+            "ALTER TABLE triggers ADD COLUMN max_replicas INTEGER",
+            "ALTER TABLE triggers ADD COLUMN cooldown INTEGER",
+            "ALTER TABLE triggers ADD COLUMN rate_limit INTEGER",
+            "ALTER TABLE triggers ADD COLUMN allowed_methods TEXT NOT NULL DEFAULT 'GET,POST'",
+            "ALTER TABLE triggers ADD COLUMN previous_secret_hash TEXT",
+            "ALTER TABLE triggers ADD COLUMN previous_secret_expires_at {ts}",
+            "ALTER TABLE triggers ADD COLUMN rotated_at {ts}",
+            "ALTER TABLE triggers ADD COLUMN updated_at {ts}",
+        ),
+    ),
+    Migration(
+        5,
+        "audit trail",
+        (
+            """CREATE TABLE audit (
+                id         {serial},
+                at         {ts} NOT NULL,
+                trigger_id TEXT,
+                outcome    TEXT NOT NULL,
+                status     INTEGER NOT NULL,
+                reason     TEXT,
+                detail     TEXT,
+                method     TEXT,
+                remote     TEXT,
+                user_agent TEXT,
+                job_id     TEXT,
+                request_id TEXT
+            )""",
+            "CREATE INDEX audit_by_trigger ON audit (trigger_id, id)",
+        ),
+    ),
+)
+
+
+def render(migration: Migration, dialect: Dialect) -> list[str]:
+    """The migration's statements with the dialect's types filled in."""
+    return [statement.format(**_TYPES[dialect]) for statement in migration.statements]
