@@ -2,7 +2,7 @@
 
 Every route but the OpenAPI document needs ``Authorization: Bearer <TRIGGERS_ADMIN_TOKEN>``
 (compared in constant time); without a configured token the API answers 403
-``admin_api_disabled``. Bodies are decoded with the Structs of `shared/api.py`, from which
+``admin_disabled``. Bodies are decoded with the Structs of `shared/api.py`, from which
 ``/v1/openapi.json`` is generated: a malformed body is 400 ``invalid_json``, a body that
 does not fit the schema or a policy that cannot hold is 422 ``invalid_body``.
 """
@@ -26,7 +26,7 @@ from shared.api import RotateRequest, TriggerCreate, TriggerView
 from shared.policy import PolicyChanges
 from shared.triggers import NAME_PATTERN
 
-__all__ = ["add_admin_routes"]
+__all__ = ["add_admin_routes", "require_admin"]
 
 log = structlog.get_logger("triggers.admin")
 
@@ -43,12 +43,14 @@ def _json(
     )
 
 
-def _authorize(request: web.Request) -> None:
+def require_admin(request: web.Request) -> None:
+    """The admin bearer token, compared in constant time: 401 without it, 403 when the
+    gateway has none configured (the admin API is off)."""
     token = request.app[SETTINGS].admin_token
     if not token:
         raise ApiError(
             403,
-            "admin_api_disabled",
+            "admin_disabled",
             "the admin API is disabled on this gateway; set TRIGGERS_ADMIN_TOKEN to enable it",
         )
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
@@ -160,7 +162,7 @@ def _admin(operation: Operation) -> Route:
     """Authorize, run the operation on the store, map `AdminError` to the JSON error."""
 
     async def route(request: web.Request) -> web.Response:
-        _authorize(request)
+        require_admin(request)
         settings = request.app[SETTINGS]
         try:
             return await operation(request, StoreAdmin(request.app[STORE], settings.public_url))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,6 +20,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from gateway.admin import require_admin
 from gateway.errors import ApiError
 from gateway.keys import JOBS, LOG_FIELDS, SETTINGS, WAITER
 from shared.jobs import JOB_STATUSES, JobRecord, job_json, parse_since
@@ -224,27 +224,9 @@ async def handle_job(request: web.Request) -> web.Response:
     return web.json_response(_public(job, settings))
 
 
-def _require_admin(request: web.Request) -> None:
-    token = request.app[SETTINGS].admin_token
-    if not token:
-        raise ApiError(
-            403,
-            "admin_disabled",
-            "listing jobs needs the admin API: set TRIGGERS_ADMIN_TOKEN on the gateway",
-        )
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "send Authorization: Bearer <TRIGGERS_ADMIN_TOKEN>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
 async def handle_jobs(request: web.Request) -> web.Response:
     """``GET /v1/jobs?cluster=&app=&service=&action=&status=&since=&limit=``, newest first."""
-    _require_admin(request)
+    require_admin(request)
     query = request.query
     unknown = sorted(set(query) - set(_LIST_FILTERS))
     if unknown:

@@ -27,7 +27,7 @@ def _content(kind: type) -> dict[str, Any]:
 _ERRORS = {
     400: "The JSON or a query parameter is malformed",
     401: "No or a wrong bearer token",
-    403: "The admin API is disabled (no TRIGGERS_ADMIN_TOKEN on the gateway)",
+    403: "The admin API is disabled (admin_disabled: no TRIGGERS_ADMIN_TOKEN on the gateway)",
     404: "No such trigger",
     409: "The trigger is revoked",
     422: "The body does not fit the schema, or the policy cannot hold (e.g. min above max)",

@@ -136,7 +136,6 @@ def settings(tmp_path: Path, amqp_url: str) -> Settings:
         trigger_cache_ttl=1.0,
         retry_delays=(0.05, 0.1, 0.2),
         shutdown_timeout=5.0,
-        admin_token=ADMIN_TOKEN,
         audit_flush_interval=0.05,
     )
 

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from shared.bus import AmqpBus
+from shared.jobs import SqliteJobStore
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
-from tests.conftest import Gateway
+from tests.conftest import ADMIN_TOKEN, Gateway
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """This module's gateways serve the admin API."""
+    return settings.with_(admin_token=ADMIN_TOKEN)
+
 
 ROUTES = [
     ("POST", "/v1/triggers"),
@@ -166,7 +176,7 @@ async def test_admin_api_is_disabled_without_a_configured_token(
                 assert response.status == 200
     finally:
         await server.close()
-    assert body["error"] == "admin_api_disabled"
+    assert body["error"] == "admin_disabled"
     assert "TRIGGERS_ADMIN_TOKEN" in body["detail"]
 
 
@@ -255,12 +265,14 @@ async def test_bad_patch_and_rotate_bodies(gateway: Gateway) -> None:
 
 
 async def test_gateway_on_postgresql_end_to_end(
-    pg_url: str, settings: Settings, bus: AmqpBus
+    pg_url: str, settings: Settings, bus: AmqpBus, tmp_path: Path
 ) -> None:
     """With TRIGGERS_DATABASE=postgresql://..., the gateway migrates at start, creates through
     the admin API, authenticates calls and audits them."""
     pg_settings = settings.with_(database=pg_url)
-    server = TestServer(create_app(pg_settings, bus=bus), host="127.0.0.1")
+    # Job history has no PostgreSQL backend yet: it stays in a SQLite file here.
+    jobs = SqliteJobStore(tmp_path / "jobs.db")
+    server = TestServer(create_app(pg_settings, bus=bus, jobs=jobs), host="127.0.0.1")
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as http:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
+from shared.settings import Settings
 from tests.conftest import ADMIN_TOKEN, Gateway, run_cli
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """This module's gateways serve the admin API."""
+    return settings.with_(admin_token=ADMIN_TOKEN)
 
 
 async def _json(env: dict[str, str], *args: str) -> Any:

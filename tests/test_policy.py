@@ -17,10 +17,16 @@ from shared.policy import PolicyChanges
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.triggers import Trigger, trigger_call_url
-from tests.conftest import REDIS, Gateway, Results
+from tests.conftest import ADMIN_TOKEN, REDIS, Gateway, Results
 from workers.orchestrators.base import scale_change
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """This module's gateways serve the admin API."""
+    return settings.with_(admin_token=ADMIN_TOKEN)
 
 
 def _replicas(cluster: LocalOrchestrator, service: str = "web") -> int:

@@ -7,12 +7,19 @@ import json
 import sqlite3
 from datetime import datetime
 
+import pytest
 from structlog.testing import capture_logs
 
 from shared.messages import utcnow
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
-from tests.conftest import Gateway, run_cli
+from tests.conftest import ADMIN_TOKEN, Gateway, run_cli
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """This module's gateways serve the admin API."""
+    return settings.with_(admin_token=ADMIN_TOKEN)
 
 
 async def _status(gateway: Gateway, url: str, method: str = "GET") -> int:
