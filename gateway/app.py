@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 
 import structlog
@@ -34,6 +39,8 @@ from gateway.waiter import ResultWaiter
 from shared.audit import AuditLog
 from shared.bus import AmqpBus, Bus
 from shared.jobs import JobStore, open_job_store
+from shared.logging import configure_logging
+from shared.loop import new_event_loop
 from shared.settings import Settings
 from shared.store import TriggerStore, open_store
 
@@ -148,21 +155,67 @@ def create_app(
     return app
 
 
-def run_gateway(settings: Settings, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT; in-flight requests get the shutdown timeout to finish."""
-    log.info(
-        "gateway.starting",
-        host=host,
-        port=port,
-        database=settings.database.split("://", maxsplit=1)[0],
-        limits="redis" if settings.redis_url else "memory",
-        admin_api=settings.admin_token is not None,
-    )
+def _serve(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
+    """One gateway process: serve until SIGTERM/SIGINT, finishing in-flight requests."""
+    configure_logging(settings.log_format, settings.log_level)
     web.run_app(
         create_app(settings),
         host=host,
         port=port,
+        reuse_port=reuse_port or None,
         access_log=None,  # the access log would print query strings, and so secrets
         shutdown_timeout=settings.shutdown_timeout,
         print=None,
+        loop=new_event_loop(),
     )
+
+
+def run_gateway(settings: Settings, host: str, port: int, processes: int = 1) -> None:
+    """Serve until SIGTERM/SIGINT; in-flight requests get the shutdown timeout to finish.
+
+    With ``processes > 1`` this process only supervises: N gateway processes bind the same
+    port with SO_REUSEPORT and the kernel spreads connections over them (one event loop
+    per core). If one dies, the others are stopped too and the exit status says so, so the
+    service manager restarts the whole set rather than running silently short.
+    """
+    log.info(
+        "gateway.starting",
+        host=host,
+        port=port,
+        processes=processes,
+        database=settings.database.split("://", maxsplit=1)[0],
+        limits="redis" if settings.redis_url else "memory",
+        admin_api=settings.admin_token is not None,
+    )
+    if processes <= 1:
+        _serve(settings, host, port, reuse_port=False)
+        return
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_serve, args=(settings, host, port, True), name=f"gateway-{i}")
+        for i in range(processes)
+    ]
+    stopping = False
+
+    def stop(signum: int = signal.SIGTERM, frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        child.start()
+    while any(child.is_alive() for child in children):
+        multiprocessing.connection.wait([c.sentinel for c in children], timeout=1.0)
+        dead = [c for c in children if not c.is_alive()]
+        if dead and not stopping:
+            log.error("gateway.process_exited", exitcode=dead[0].exitcode, processes=processes)
+            stop()
+    for child in children:
+        child.join()
+    failed = [c.exitcode for c in children if c.exitcode not in (0, -signal.SIGTERM)]
+    if failed:
+        sys.exit(1)

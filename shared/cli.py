@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
@@ -14,6 +13,7 @@ import click
 import msgspec
 
 from shared.logging import configure_logging
+from shared.loop import run
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ Operation = Callable[["TriggerAdmin"], Awaitable[T]]
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    return run(coro)
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -57,12 +57,19 @@ def main(ctx: click.Context, database: str | None, amqp_url: str | None) -> None
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=int)
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1, max=64),
+    help="Gateway processes sharing the port (SO_REUSEPORT); about one per core.",
+)
 @click.pass_context
-def gateway(ctx: click.Context, host: str, port: int) -> None:
+def gateway(ctx: click.Context, host: str, port: int, processes: int) -> None:
     """Serve /hook/trigger: authenticate calls and publish commands."""
     from gateway.app import run_gateway  # noqa: PLC0415 - each service imports only its own code
 
-    run_gateway(_settings(ctx), host, port)
+    run_gateway(_settings(ctx), host, port, processes)
 
 
 _metrics_port = click.option(
@@ -673,6 +680,55 @@ def tail(
         )
     )
     sys.exit(code)
+
+
+@main.command()
+@click.option("--seconds", default=5.0, show_default=True, help="Length of each load run.")
+@click.option("--connections", default=64, show_default=True, help="Load generator connections.")
+@click.option("--calls", default=5000, show_default=True, help="End-to-end calls.")
+@click.option("--in-flight", default=64, show_default=True, help="End-to-end calls in flight.")
+@click.option("--processes", default=2, show_default=True, help="Gateway processes.")
+@click.option("--peers/--no-peers", default=True, help="Measure adnanh/webhook and Celery.")
+@click.option("--setup/--no-setup", default=True, help="apt-get install missing peer tools.")
+@click.option("--wrk/--python-load", "use_wrk", default=True, help="Load generator.")
+@click.option("--broker", default="amqp://guest:guest@127.0.0.1:5672", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON here.")
+@click.option("--keep", type=click.Path(file_okay=False), help="Keep the logs in this directory.")
+def bench(
+    seconds: float,
+    connections: int,
+    calls: int,
+    in_flight: int,
+    processes: int,
+    peers: bool,
+    setup: bool,
+    use_wrk: bool,
+    broker: str,
+    json_path: str | None,
+    keep: str | None,
+) -> None:
+    """Measure the gateway and the pipeline against the ceilings and peers, in one run."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from bench.harness import BenchConfig, run_bench  # noqa: PLC0415 - needs the bench extra
+    from bench.table import render  # noqa: PLC0415
+
+    config = BenchConfig(
+        seconds=seconds,
+        connections=connections,
+        calls=calls,
+        in_flight=in_flight,
+        gateway_processes=processes,
+        peers=peers,
+        setup=setup,
+        use_wrk=use_wrk,
+        broker=broker,
+        keep=Path(keep) if keep else None,
+    )
+    report = _run(run_bench(config, say=lambda text: click.echo(text, err=True)))
+    click.echo(render(report))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report.to_json(), indent=2))
 
 
 @main.group()

@@ -17,6 +17,7 @@ import contextlib
 import os
 import socket
 import time
+from datetime import datetime
 from typing import Literal
 
 import msgspec
@@ -25,11 +26,14 @@ import structlog
 from shared.bus import Bus, Delivery
 from shared.errors import BrokerUnavailable, PermanentError, RetryableError
 from shared.messages import (
+    Action,
     CommandEnvelope,
     JobNotice,
     ResultEvent,
     Scale,
+    Source,
     Status,
+    Target,
     decode_command,
 )
 from shared.metrics import APPLY_SECONDS, DEAD_LETTERS, RESULTS, RETRIES
@@ -39,7 +43,7 @@ from workers.faults import crash_now
 from workers.handlers import apply_command
 from workers.orchestrators.base import Change, Orchestrator
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "result_event"]
 
 log = structlog.get_logger("triggers.worker")
 
@@ -163,7 +167,22 @@ class Worker:
         if change is not None and "crash-after-apply" in self._settings.faults:
             crash_now()
 
-        event = self._result(envelope, change, error, attempt, started)
+        event = result_event(
+            job_id=envelope.job_id,
+            trigger_id=envelope.trigger_id,
+            action=envelope.action,
+            target=envelope.target,
+            change=change,
+            error=error,
+            attempt=attempt,
+            correlation_id=envelope.correlation_id,
+            source=envelope.source,
+            issued_at=envelope.issued_at,
+            started=started,
+            orchestrator=self._orchestrator.name,
+            requested_step=(envelope.command.step if isinstance(envelope.command, Scale) else None),
+            worker=self.name,
+        )
         settle: Settle = "ack" if error is None else "dead_letter"
         try:
             # Shielded: a shutdown must not cancel between the confirm and the ack.
@@ -245,42 +264,52 @@ class Worker:
         with contextlib.suppress(Exception):
             await delivery.requeue()
 
-    def _result(
-        self,
-        envelope: CommandEnvelope,
-        change: Change | None,
-        error: str | None,
-        attempt: int,
-        started: float,
-    ) -> ResultEvent:
-        status: Status = "failed" if change is None else change.status
-        detail = change.detail if change is not None else None
-        if change is not None and change.duplicate:
-            note = "already applied by an earlier delivery of this job; nothing changed"
-            detail = f"{note}; {detail}" if detail else note
-        requested = envelope.command.step if isinstance(envelope.command, Scale) else None
-        return ResultEvent(
-            job_id=envelope.job_id,
-            trigger_id=envelope.trigger_id,
-            action=envelope.action,
-            cluster=envelope.target.cluster,
-            app=envelope.target.app,
-            service=envelope.target.service,
-            status=status,
-            before=change.before if change else {},
-            after=change.after if change else {},
-            error=error,
-            detail=detail,
-            duplicate=change.duplicate if change else False,
-            clamped=change.clamped if change else False,
-            requested_step=requested,
-            applied_step=change.applied_step if change else None,
-            image=change.image if change else None,
-            orchestrator=self._orchestrator.name,
-            attempt=attempt,
-            correlation_id=envelope.correlation_id,
-            source=envelope.source,
-            issued_at=envelope.issued_at,
-            duration_ms=round((time.monotonic() - started) * 1000, 2),
-            worker=self.name,
-        )
+
+def result_event(
+    *,
+    job_id: str,
+    trigger_id: str,
+    action: Action,
+    target: Target,
+    change: Change | None,
+    error: str | None,
+    attempt: int,
+    correlation_id: str,
+    source: Source,
+    issued_at: datetime | None,
+    started: float,
+    orchestrator: str,
+    requested_step: int | None,
+    worker: str,
+) -> ResultEvent:
+    """The result event of one job: the change applied (or found applied), or the error."""
+    status: Status = "failed" if change is None else change.status
+    detail = change.detail if change is not None else None
+    if change is not None and change.duplicate:
+        note = "already applied by an earlier delivery of this job; nothing changed"
+        detail = f"{note}; {detail}" if detail else note
+    return ResultEvent(
+        job_id=job_id,
+        trigger_id=trigger_id,
+        action=action,
+        cluster=target.cluster,
+        app=target.app,
+        service=target.service,
+        status=status,
+        before=change.before if change else {},
+        after=change.after if change else {},
+        error=error,
+        detail=detail,
+        duplicate=change.duplicate if change else False,
+        clamped=change.clamped if change else False,
+        requested_step=requested_step,
+        applied_step=change.applied_step if change else None,
+        image=change.image if change else None,
+        orchestrator=orchestrator,
+        attempt=attempt,
+        correlation_id=correlation_id,
+        source=source,
+        issued_at=issued_at,
+        duration_ms=round((time.monotonic() - started) * 1000, 2),
+        worker=worker,
+    )

@@ -1,0 +1,8 @@
+"""``python -m bench``: the same as ``triggers bench``."""
+
+from __future__ import annotations
+
+from shared.cli import main
+
+if __name__ == "__main__":
+    main(["bench", *__import__("sys").argv[1:]])

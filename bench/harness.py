@@ -1,0 +1,533 @@
+"""The benchmark harness: start everything, measure in one run, print one table, clean up.
+
+Phases, each bounded in time and on loopback only:
+1. ceilings: an aiohttp no-op handler; the broker's own confirmed-publish rate;
+2. adnanh/webhook with two hooks (answer first / answer after the command);
+3. our gateway on a scaling trigger URL (no worker running, so it is measured alone);
+4. end to end: gateway + broker + worker + local cluster, N calls with a bound in flight;
+5. the Celery peer (Flask + gunicorn + Celery), measured the same two ways.
+Everything runs in a private RabbitMQ vhost that is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import psutil
+
+from bench.flows import broker_ceiling, end_to_end
+from bench.load import LoadResult, http_load
+from bench.procs import Service, broker_process, free_port, usage, wait_port
+from shared.store import SqliteTriggerStore
+from shared.topology import COMMAND_QUEUES, declare
+from shared.triggers import hash_secret, new_secret, trigger_call_url
+from workers.orchestrators.local import LocalCluster
+
+__all__ = ["BenchConfig", "Report", "run_bench"]
+
+BROKER = "amqp://guest:guest@127.0.0.1:5672"
+CLUSTER, APP, SERVICE = "bench", "shop", "web"
+CELERY_QUEUE = "bench.celery"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How much load, for how long, and which parts to run."""
+
+    seconds: float = 5.0
+    connections: int = 64
+    calls: int = 5000
+    in_flight: int = 64
+    gateway_processes: int = 2
+    peers: bool = True
+    setup: bool = True
+    use_wrk: bool = True
+    within: float = 120.0
+    broker: str = BROKER
+    keep: Path | None = None
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    name: str
+    rate: float
+    unit: str
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    errors: int = 0
+    note: str = ""
+
+
+@dataclass
+class Report:
+    """Everything measured, in the order it was measured."""
+
+    rows: list[Row] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    cpu_per_command_us: dict[str, dict[str, float]] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+
+    def row(self, name: str) -> Row | None:
+        """The row of that name, if it was measured."""
+        return next((r for r in self.rows if r.name == name), None)
+
+    def add_load(self, name: str, result: LoadResult, note: str = "") -> Row:
+        """A row from a load run."""
+        row = Row(
+            name, result.rate, "req/s", result.p50_ms, result.p99_ms, result.errors, note=note
+        )
+        self.rows.append(row)
+        return row
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict (for --json and the smoke test)."""
+        return asdict(self)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    subprocess.run([ctl, *args], check=True, capture_output=True, timeout=60)  # noqa: S603 - fixed argv
+
+
+@contextmanager
+def _private_vhost(broker: str) -> Iterator[str]:
+    vhost = f"bench-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"{broker.rstrip('/')}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+def _apt_setup(packages: dict[str, str], say: Callable[[str], None]) -> None:
+    """Install missing peer tools with apt (root only); a failure only skips that peer."""
+    missing = [pkg for tool, pkg in packages.items() if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        say(f"setup: not root, cannot apt-get install {' '.join(missing)}")
+        return
+    say(f"setup: apt-get install {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+        subprocess.run(argv, env=env, capture_output=True, timeout=300, check=False)  # noqa: S603 - fixed argv
+
+
+def _cli(name: str) -> str:
+    """A console script installed next to this interpreter."""
+    return str(Path(sys.executable).with_name(name))
+
+
+async def _wait_ready(url: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                msg = f"{url} not ready after {within:g}s"
+                raise TimeoutError(msg)
+            await asyncio.sleep(0.1)
+
+
+async def _wait_consumer(amqp_url: str, queue: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        while True:
+            channel = await connection.channel()
+            try:
+                declared = await channel.declare_queue(queue, passive=True)
+                if (declared.declaration_result.consumer_count or 0) > 0:
+                    return
+            except aio_pika.exceptions.ChannelClosed:
+                pass
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+            if time.monotonic() > deadline:
+                msg = f"no consumer on {queue} after {within:g}s"
+                raise TimeoutError(msg)
+            await asyncio.sleep(0.1)
+
+
+async def _purge(amqp_url: str, *queues: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        for name in queues:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+                await queue.purge()
+            except aio_pika.exceptions.ChannelClosed:
+                continue
+
+
+class _Meter:
+    """CPU seconds per command of named process sets over one phase."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[psutil.Process]]]) -> None:
+        self._groups = groups
+        self._before = {name: usage(get()).cpu for name, get in groups.items()}
+
+    def per_command_us(self, commands: int, extra: dict[str, float]) -> dict[str, float]:
+        out = {
+            name: (usage(get()).cpu - self._before[name]) / max(commands, 1) * 1e6
+            for name, get in self._groups.items()
+        }
+        out.update({name: cpu / max(commands, 1) * 1e6 for name, cpu in extra.items()})
+        return {k: round(v, 1) for k, v in out.items()}
+
+
+class _Bench:
+    def __init__(self, config: BenchConfig, say: Callable[[str], None]) -> None:
+        self.config = config
+        self.say = say
+        self.report = Report()
+        self.services: list[Service] = []
+        self.work = Path(tempfile.mkdtemp(prefix="triggers-bench-"))
+        self.amqp_url = ""
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Service:
+        service = Service(name, argv, {**os.environ, **(env or {})}, self.work / f"{name}.log")
+        self.services.append(service.start())
+        return service
+
+    def stop_all(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()
+
+    async def load(self, url: str) -> LoadResult:
+        return await http_load(
+            url,
+            connections=self.config.connections,
+            seconds=self.config.seconds,
+            use_wrk=self.config.use_wrk,
+        )
+
+    # -- phases -----------------------------------------------------------------------
+
+    async def ceilings(self) -> None:
+        port = free_port()
+        for i in range(self.config.gateway_processes):
+            self.start(f"noop-{i}", [sys.executable, "-m", "bench.noop", str(port)])
+        wait_port(port, 15)
+        await _wait_ready(f"http://127.0.0.1:{port}/", 15)
+        result = await self.load(f"http://127.0.0.1:{port}/")
+        self.report.add_load(
+            "aiohttp no-op handler", result, f"{self.config.gateway_processes} processes"
+        )
+        for service in [s for s in self.services if s.name.startswith("noop-")]:
+            service.stop()
+        ceiling = await broker_ceiling(
+            self.amqp_url, seconds=self.config.seconds, in_flight=self.config.in_flight
+        )
+        self.report.rows.append(
+            Row(
+                "broker confirmed publishes",
+                ceiling.rate,
+                "msg/s",
+                note=f"aio-pika, 1 connection, {self.config.in_flight} in flight, persistent, quorum",
+            )
+        )
+
+    async def webhook(self) -> None:
+        if shutil.which("webhook") is None:
+            self.report.skipped["webhook"] = (
+                "adnanh/webhook not installed (apt-get install webhook)"
+            )
+            return
+        secret = new_secret()
+        rule = {
+            "match": {
+                "type": "value",
+                "value": secret,
+                "parameter": {"source": "url", "name": "secret"},
+            }
+        }
+        hooks = [
+            {"id": "answer-first", "execute-command": "/bin/true", "trigger-rule": rule},
+            {
+                "id": "answer-after",
+                "execute-command": "/bin/true",
+                "include-command-output-in-response": True,
+                "trigger-rule": rule,
+            },
+        ]
+        path = self.work / "hooks.json"
+        path.write_text(json.dumps(hooks))
+        for hook, note in (
+            ("answer-first", "default: answers before running /bin/true"),
+            ("answer-after", "include-command-output-in-response"),
+        ):
+            # A fresh webhook per hook: answer-first leaves a backlog of commands running
+            # after the load stops, which would slow the next measurement.
+            port = free_port()
+            service = self.start(
+                f"webhook-{hook}",
+                ["webhook", "-hooks", str(path), "-ip", "127.0.0.1", "-port", str(port)],
+            )
+            wait_port(port, 15)
+            result = await self.load(f"http://127.0.0.1:{port}/hooks/{hook}?secret={secret}")
+            self.report.add_load(f"webhook {hook}", result, note)
+            service.stop()
+
+    async def seed(self) -> tuple[dict[str, str], str, str]:
+        """Our trigger and local cluster; returns the env, the call URL and the secret hash."""
+        database = self.work / "triggers.db"
+        state = self.work / "local-cluster.db"
+        LocalCluster(state).set_service(CLUSTER, APP, SERVICE, replicas=1, image="nginx:1.27")
+        trigger, secret = await SqliteTriggerStore(database).create(
+            cluster=CLUSTER, app=APP, action="scale", service=SERVICE
+        )
+        env = {
+            "TRIGGERS_AMQP_URL": self.amqp_url,
+            "TRIGGERS_DATABASE": f"sqlite:///{database}",
+            "TRIGGERS_LOCAL_STATE": str(state),
+            "TRIGGERS_LOG_FORMAT": "json",
+        }
+        url = trigger_call_url("http://127.0.0.1:{port}", trigger, secret)
+        return env, url + "&type=scale_out&step=1", hash_secret(secret)
+
+    async def ours(self) -> None:
+        env, url_template, _ = await self.seed()
+        port = free_port()
+        url = url_template.replace("{port}", str(port))
+        gateway = self.start(
+            "gateway",
+            [
+                _cli("triggers"),
+                "gateway",
+                "--port",
+                str(port),
+                "--processes",
+                str(self.config.gateway_processes),
+            ],
+            env,
+        )
+        await _wait_ready(f"http://127.0.0.1:{port}/readyz", 30)
+        broker = broker_process()
+        meter = _Meter({"gateway": gateway.processes, "broker": lambda: broker})
+        result = await self.load(url)
+        self.report.add_load(
+            "our gateway (scale trigger)",
+            result,
+            f"{self.config.gateway_processes} processes, 202 after each confirm",
+        )
+        commands = result.requests - result.errors
+        self.report.cpu_per_command_us["gateway phase"] = meter.per_command_us(
+            commands, {"load generator": result.generator_cpu}
+        )
+        await _purge(self.amqp_url, *COMMAND_QUEUES.values())
+
+        worker = self.start("worker", [_cli("triggers"), "worker"], env)
+        await _wait_consumer(self.amqp_url, COMMAND_QUEUES["scale"], 30)
+        meter = _Meter(
+            {
+                "gateway": gateway.processes,
+                "worker": worker.processes,
+                "broker": lambda: broker,
+            }
+        )
+        e2e = await end_to_end(
+            url,
+            self.amqp_url,
+            calls=self.config.calls,
+            in_flight=self.config.in_flight,
+            within=self.config.within,
+        )
+        self.report.rows.append(
+            Row(
+                "our end to end",
+                e2e.rate,
+                "results/s",
+                e2e.p50_ms,
+                e2e.p99_ms,
+                e2e.errors + (e2e.calls - e2e.results - e2e.errors),
+                f"{e2e.results} of {self.config.calls} results, {self.config.in_flight} in flight",
+            )
+        )
+        self.report.cpu_per_command_us["end to end (ours)"] = meter.per_command_us(
+            e2e.results, {"load generator + result subscriber": e2e.driver_cpu}
+        )
+        self.report.peak_rss_mb["gateway (largest process)"] = round(
+            usage(gateway.processes()).peak_rss_mb, 1
+        )
+        self.report.peak_rss_mb["worker"] = round(usage(worker.processes()).peak_rss_mb, 1)
+        worker.stop()
+        gateway.stop()
+
+    async def celery(self) -> None:
+        missing = [t for t in ("celery", "gunicorn") if shutil.which(_cli(t)) is None]
+        if missing:
+            self.report.skipped["celery"] = (
+                f"{', '.join(missing)} not installed (pip install -e '.[bench]')"
+            )
+            return
+        env, url_template, secret_hash = await self.seed()
+        state = self.work / "celery-cluster.db"
+        LocalCluster(state).set_service(CLUSTER, APP, SERVICE, replicas=1, image="nginx:1.27")
+        env = {
+            **env,
+            "BENCH_AMQP_URL": self.amqp_url,
+            "BENCH_LOCAL_STATE": str(state),
+            "BENCH_SECRET_HASH": secret_hash,
+            "BENCH_SERVICE": SERVICE,
+        }
+        port = free_port()
+        url = url_template.replace("{port}", str(port))
+        web = self.start(
+            "gunicorn",
+            [
+                _cli("gunicorn"),
+                "--workers",
+                "2",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+                "bench.celery_peer:flask_app",
+            ],
+            env,
+        )
+        wait_port(port, 30)
+        broker = broker_process()
+        meter = _Meter({"gunicorn": web.processes, "broker": lambda: broker})
+        result = await self.load(url)
+        self.report.add_load(
+            "celery peer gateway (flask+gunicorn)", result, "2 workers, confirm_publish"
+        )
+        self.report.cpu_per_command_us["celery gateway phase"] = meter.per_command_us(
+            result.requests - result.errors, {"load generator": result.generator_cpu}
+        )
+        await _purge(self.amqp_url, CELERY_QUEUE)
+        worker = self.start(
+            "celery",
+            [
+                _cli("celery"),
+                "-A",
+                "bench.celery_peer",
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "warning",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            env,
+        )
+        await _wait_consumer(self.amqp_url, CELERY_QUEUE, 60)
+        meter = _Meter(
+            {"gunicorn": web.processes, "celery worker": worker.processes, "broker": lambda: broker}
+        )
+        e2e = await end_to_end(
+            url,
+            self.amqp_url,
+            calls=self.config.calls,
+            in_flight=self.config.in_flight,
+            within=self.config.within,
+        )
+        self.report.rows.append(
+            Row(
+                "celery peer end to end",
+                e2e.rate,
+                "results/s",
+                e2e.p50_ms,
+                e2e.p99_ms,
+                e2e.errors + (e2e.calls - e2e.results - e2e.errors),
+                f"{e2e.results} of {self.config.calls} results, prefork 2, late acks",
+            )
+        )
+        self.report.cpu_per_command_us["end to end (celery)"] = meter.per_command_us(
+            e2e.results, {"load generator + result subscriber": e2e.driver_cpu}
+        )
+        self.report.peak_rss_mb["celery worker (largest process)"] = round(
+            usage(worker.processes()).peak_rss_mb, 1
+        )
+        worker.stop()
+        web.stop()
+
+    def ratios(self) -> None:
+        def rate(name: str) -> float | None:
+            row = self.report.row(name)
+            return row.rate if row is not None and row.rate > 0 else None
+
+        ours = rate("our gateway (scale trigger)")
+        pairs = {
+            "gateway / webhook answer-first": (ours, rate("webhook answer-first")),
+            "gateway / webhook answer-after": (ours, rate("webhook answer-after")),
+            "gateway / broker ceiling": (ours, rate("broker confirmed publishes")),
+            "gateway / aiohttp no-op": (ours, rate("aiohttp no-op handler")),
+            "end to end / celery end to end": (
+                rate("our end to end"),
+                rate("celery peer end to end"),
+            ),
+            "gateway / celery gateway": (ours, rate("celery peer gateway (flask+gunicorn)")),
+        }
+        for name, (a, b) in pairs.items():
+            if a is not None and b is not None:
+                self.report.ratios[name] = round(a / b, 2)
+
+
+async def run_bench(config: BenchConfig, say: Callable[[str], None] = print) -> Report:
+    """Run every phase in one private vhost; stop everything started, whatever happens."""
+    if config.peers and config.setup:
+        _apt_setup({"wrk": "wrk", "webhook": "webhook"}, say)
+    bench = _Bench(config, say)
+    try:
+        with _private_vhost(config.broker) as amqp_url:
+            bench.amqp_url = amqp_url
+            connection = await aio_pika.connect(amqp_url)
+            async with connection:
+                await declare(await connection.channel())
+            async with asyncio.timeout(config.within * 4):
+                say("bench: ceilings")
+                await bench.ceilings()
+                if config.peers:
+                    say("bench: adnanh/webhook")
+                    await bench.webhook()
+                say("bench: our gateway and end to end")
+                await bench.ours()
+                if config.peers:
+                    say("bench: celery peer")
+                    await bench.celery()
+                else:
+                    bench.report.skipped["webhook"] = "peers off (--no-peers)"
+                    bench.report.skipped["celery"] = "peers off (--no-peers)"
+            bench.ratios()
+    finally:
+        bench.stop_all()
+        if config.keep is None:
+            shutil.rmtree(bench.work, ignore_errors=True)
+        else:
+            shutil.copytree(bench.work, config.keep, dirs_exist_ok=True)
+            shutil.rmtree(bench.work, ignore_errors=True)
+    return bench.report

@@ -1,0 +1,37 @@
+"""The report as text: the figures table, ratios, CPU per command and memory."""
+
+from __future__ import annotations
+
+from bench.harness import Report
+
+__all__ = ["render"]
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def render(report: Report) -> str:
+    """A plain-text (Markdown-compatible) rendering of a report."""
+    lines = [
+        "| measured | rate | p50 ms | p99 ms | errors | note |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for row in report.rows:
+        lines.append(
+            f"| {row.name} | {row.rate:,.0f} {row.unit} | {_ms(row.p50_ms)} | {_ms(row.p99_ms)}"
+            f" | {row.errors} | {row.note} |"
+        )
+    for name, why in report.skipped.items():
+        lines.append(f"| {name} | skipped | - | - | - | {why} |")
+    if report.ratios:
+        lines += ["", "| ratio | value |", "|---|---:|"]
+        lines += [f"| {name} | {value:.2f}x |" for name, value in report.ratios.items()]
+    if report.cpu_per_command_us:
+        lines += ["", "| CPU per command (µs) | process | µs |", "|---|---|---:|"]
+        for phase, figures in report.cpu_per_command_us.items():
+            lines += [f"| {phase} | {name} | {us:,.0f} |" for name, us in figures.items()]
+    if report.peak_rss_mb:
+        lines += ["", "| peak resident memory | MB |", "|---|---:|"]
+        lines += [f"| {name} | {mb:.1f} |" for name, mb in report.peak_rss_mb.items()]
+    return "\n".join(lines)
