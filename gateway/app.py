@@ -17,7 +17,7 @@ from cachetools import TTLCache
 from gateway.abuse import FailedAuthLimiter
 from gateway.admin import add_admin_routes
 from gateway.audit import audit_middleware
-from gateway.errors import error_middleware
+from gateway.errors import error_middleware, json_response
 from gateway.hook import handle_trigger
 from gateway.jobs import handle_job, handle_jobs
 from gateway.keys import (
@@ -30,6 +30,7 @@ from gateway.keys import (
     SETTINGS,
     STORE,
     TRIGGER_CACHE,
+    TRIGGER_LOOKUPS,
     WAITER,
 )
 from gateway.limits import CallLimits, open_limits
@@ -50,7 +51,7 @@ log = structlog.get_logger("triggers.gateway")
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def _store_up(request: web.Request) -> bool:
@@ -74,8 +75,8 @@ async def _readyz(request: web.Request) -> web.Response:
         "store": "up" if store else "down",
     }
     if broker and store:
-        return web.json_response(body)
-    return web.json_response(body, status=503, headers={"Retry-After": "5"})
+        return json_response(body)
+    return json_response(body, status=503, headers={"Retry-After": "5"})
 
 
 def create_app(
@@ -103,6 +104,7 @@ def create_app(
     app[TRIGGER_CACHE] = TTLCache(maxsize=10_000, ttl=settings.trigger_cache_ttl)
     app[AUTH_LIMITER] = FailedAuthLimiter(settings.auth_failures_per_minute)
     app[RECENT_EVENTS] = RecentEvents()
+    app[TRIGGER_LOOKUPS] = {}
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store if store is not None else open_store(settings.database)

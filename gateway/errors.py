@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import structlog
 from aiohttp import web
 
 from gateway.keys import ERROR, LOG_FIELDS
 from shared.errors import BrokerUnavailable
 
-__all__ = ["ApiError", "error_middleware", "json_error"]
+__all__ = ["ApiError", "error_middleware", "json_error", "json_response"]
 
 log = structlog.get_logger("triggers.gateway")
 
@@ -46,11 +47,24 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# Built once: msgspec encodes a response body several times faster than json.dumps.
+_json = msgspec.json.Encoder()
+
+
+def json_response(
+    data: object, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response, encoded with msgspec."""
+    return web.Response(
+        body=_json.encode(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
 def json_error(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     """The JSON error body every non-2xx answer uses."""
-    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+    return json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
 
 @web.middleware

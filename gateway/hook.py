@@ -11,6 +11,7 @@ a command published, and 202 is answered only after the broker confirmed it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Literal
 
@@ -19,7 +20,15 @@ from aiohttp import web
 
 from gateway.errors import ApiError
 from gateway.jobs import parse_wait, run_job
-from gateway.keys import AUTH_LIMITER, BUS, LOG_FIELDS, SETTINGS, STORE, TRIGGER_CACHE
+from gateway.keys import (
+    AUTH_LIMITER,
+    BUS,
+    LOG_FIELDS,
+    SETTINGS,
+    STORE,
+    TRIGGER_CACHE,
+    TRIGGER_LOOKUPS,
+)
 from gateway.policy import Admission, admit
 from gateway.sources import EventCall, inspect_call, presented_secret
 from shared.errors import BrokerUnavailable
@@ -112,13 +121,30 @@ def _scale_command(query: dict[str, list[str]]) -> Scale:
 
 async def _lookup(request: web.Request, trigger_id: str, *, fresh: bool = False) -> Trigger | None:
     # A short cache keeps the store off the hot path; its TTL bounds how long a revoked
-    # trigger keeps working on this gateway.
+    # trigger keeps working on this gateway. When an entry expires under load, one lookup
+    # goes to the store and the calls arriving meanwhile wait for it (single flight).
     cache = request.app[TRIGGER_CACHE]
-    if not fresh and trigger_id in cache:
+    if fresh:
+        # A fresh read must start now (after a rotation), not join one already on its way.
+        trigger = await request.app[STORE].get(trigger_id)
+        cache[trigger_id] = trigger
+        return trigger
+    try:
         return cache[trigger_id]
-    trigger = await request.app[STORE].get(trigger_id)
-    cache[trigger_id] = trigger
-    return trigger
+    except KeyError:
+        pass
+    lookups = request.app[TRIGGER_LOOKUPS]
+    pending = lookups.get(trigger_id)
+    if pending is None:
+        pending = asyncio.ensure_future(request.app[STORE].get(trigger_id))
+        lookups[trigger_id] = pending
+        try:
+            trigger = await asyncio.shield(pending)
+        finally:
+            lookups.pop(trigger_id, None)
+        cache[trigger_id] = trigger
+        return trigger
+    return await asyncio.shield(pending)
 
 
 def _authentic(trigger: Trigger | None, ref: TriggerRef, secret: str) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from cachetools import TTLCache
 
@@ -28,6 +30,7 @@ __all__ = [
     "SETTINGS",
     "STORE",
     "TRIGGER_CACHE",
+    "TRIGGER_LOOKUPS",
     "WAITER",
 ]
 
@@ -42,6 +45,8 @@ TRIGGER_CACHE = web.AppKey("trigger_cache", TTLCache[str, Trigger | None])
 RECENT_EVENTS = web.AppKey("recent_events", RecentEvents)
 LIMITS = web.AppKey("limits", CallLimits)
 AUDIT = web.AppKey("audit", AuditLog)
+# Store lookups in flight, by trigger id, so a cache miss under load costs one query.
+TRIGGER_LOOKUPS = web.AppKey("trigger_lookups", dict[str, "asyncio.Future[Trigger | None]"])
 
 # Fields the request's summary log line carries besides method, path and status.
 LOG_FIELDS = web.RequestKey("log_fields", dict[str, str])

@@ -59,7 +59,8 @@ class Settings:
     audit_flush_interval: float = 0.5
     audit_max_pending: int = 10_000
     # Worker tuning.
-    prefetch: int = 16
+    # Enough in hand for the local cluster to commit many commands in one transaction.
+    prefetch: int = 64
     max_attempts: int = 5
     # Delay before each retry of a retryable failure; the last one repeats. Each delay is
     # a queue (triggers.retry.<action>.<ms>ms), so changing them declares new queues.
