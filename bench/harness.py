@@ -79,6 +79,7 @@ class Row:
 class Report:
     """Everything measured, in the order it was measured."""
 
+    vhost: str = ""
     rows: list[Row] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     cpu_per_command_us: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -243,8 +244,13 @@ class _Bench:
         )
         for service in [s for s in self.services if s.name.startswith("noop-")]:
             service.stop()
+        broker = broker_process()
+        meter = _Meter({"broker": lambda: broker})
         ceiling = await broker_ceiling(
             self.amqp_url, seconds=self.config.seconds, in_flight=self.config.in_flight
+        )
+        self.report.cpu_per_command_us["broker ceiling phase"] = meter.per_command_us(
+            ceiling.messages, {"publisher (aio-pika)": ceiling.client_cpu}
         )
         self.report.rows.append(
             Row(
@@ -313,39 +319,50 @@ class _Bench:
         url = trigger_call_url("http://127.0.0.1:{port}", trigger, secret)
         return env, url + "&type=scale_out&step=1", hash_secret(secret)
 
-    async def ours(self) -> None:
-        env, url_template, _ = await self.seed()
+    async def gateway(
+        self, env: dict[str, str], url_template: str, processes: int
+    ) -> tuple[Service, str]:
+        """Start `processes` gateway processes on a fresh port, wait until it is ready."""
         port = free_port()
-        url = url_template.replace("{port}", str(port))
         gateway = self.start(
-            "gateway",
-            [
-                _cli("triggers"),
-                "gateway",
-                "--port",
-                str(port),
-                "--processes",
-                str(self.config.gateway_processes),
-            ],
+            f"gateway-{processes}",
+            [_cli("triggers"), "gateway", "--port", str(port), "--processes", str(processes)],
             env,
         )
         await _wait_ready(f"http://127.0.0.1:{port}/readyz", 30)
+        return gateway, url_template.replace("{port}", str(port))
+
+    async def measure_gateway(self, gateway: Service, url: str, processes: int) -> None:
+        """Load one gateway (no worker runs: the gateway alone is measured), then purge."""
         broker = broker_process()
         meter = _Meter({"gateway": gateway.processes, "broker": lambda: broker})
         result = await self.load(url)
+        plural = "process" if processes == 1 else "processes"
         self.report.add_load(
-            "our gateway (scale trigger)",
+            f"our gateway, {processes} {plural}",
             result,
-            f"{self.config.gateway_processes} processes, 202 after each confirm",
+            "scale trigger, 202 after each confirm",
         )
-        commands = result.requests - result.errors
-        self.report.cpu_per_command_us["gateway phase"] = meter.per_command_us(
-            commands, {"load generator": result.generator_cpu}
+        self.report.cpu_per_command_us[f"gateway phase ({processes} {plural})"] = (
+            meter.per_command_us(
+                result.requests - result.errors, {"load generator": result.generator_cpu}
+            )
         )
         await _purge(self.amqp_url, *COMMAND_QUEUES.values())
 
+    async def ours(self) -> None:
+        env, url_template, _ = await self.seed()
+        processes = self.config.gateway_processes
+        if processes > 1:
+            single, url = await self.gateway(env, url_template, 1)
+            await self.measure_gateway(single, url, 1)
+            single.stop()
+        gateway, url = await self.gateway(env, url_template, processes)
+        await self.measure_gateway(gateway, url, processes)
+
         worker = self.start("worker", [_cli("triggers"), "worker"], env)
         await _wait_consumer(self.amqp_url, COMMAND_QUEUES["scale"], 30)
+        broker = broker_process()
         meter = _Meter(
             {
                 "gateway": gateway.processes,
@@ -480,7 +497,10 @@ class _Bench:
             row = self.report.row(name)
             return row.rate if row is not None and row.rate > 0 else None
 
-        ours = rate("our gateway (scale trigger)")
+        ours = rate(
+            f"our gateway, {self.config.gateway_processes} "
+            + ("process" if self.config.gateway_processes == 1 else "processes")
+        )
         pairs = {
             "gateway / webhook answer-first": (ours, rate("webhook answer-first")),
             "gateway / webhook answer-after": (ours, rate("webhook answer-after")),
@@ -505,6 +525,7 @@ async def run_bench(config: BenchConfig, say: Callable[[str], None] = print) -> 
     try:
         with _private_vhost(config.broker) as amqp_url:
             bench.amqp_url = amqp_url
+            bench.report.vhost = amqp_url.rsplit("/", 1)[-1]
             connection = await aio_pika.connect(amqp_url)
             async with connection:
                 await declare(await connection.channel())

@@ -1,0 +1,69 @@
+"""The benchmark harness, run in a tiny configuration so that it cannot rot.
+
+Peers (adnanh/webhook, Celery) are measured when installed and reported as skipped
+otherwise; our own figures must always be there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.conftest import triggers_cli
+
+CALLS = 120
+
+
+def test_bench_smoke_run_measures_our_gateway_and_end_to_end(tmp_path: Path) -> None:
+    """`triggers bench` in a tiny configuration prints the table and measures our figures."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            *triggers_cli(),
+            "bench",
+            "--seconds",
+            "1",
+            "--connections",
+            "8",
+            "--calls",
+            str(CALLS),
+            "--in-flight",
+            "8",
+            "--processes",
+            "2",
+            "--no-setup",
+            "--python-load",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    for name in ("aiohttp no-op handler", "our gateway, 1 process", "our gateway, 2 processes"):
+        assert rows[name]["rate"] > 0, rows[name]
+        assert rows[name]["errors"] == 0, rows[name]
+    assert rows["broker confirmed publishes"]["rate"] > 0
+    e2e = rows["our end to end"]
+    assert e2e["rate"] > 0
+    assert e2e["errors"] == 0
+    assert e2e["note"].startswith(f"{CALLS} of {CALLS} results")
+    assert 0 < e2e["p50_ms"] <= e2e["p99_ms"]
+    assert report["ratios"]["gateway / broker ceiling"] > 0
+    assert report["cpu_per_command_us"]["end to end (ours)"]["worker"] > 0
+    assert 0 < report["peak_rss_mb"]["worker"] < 500
+    # Each peer was either measured or said why not.
+    assert "webhook answer-first" in rows or "webhook" in report["skipped"]
+    assert "celery peer end to end" in rows or "celery" in report["skipped"]
+    assert "| our end to end |" in done.stdout
+    # Its private vhost is gone.
+    vhosts = subprocess.run(
+        ["rabbitmqctl", "list_vhosts", "-q"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert report["vhost"].startswith("bench-")
+    assert report["vhost"] not in vhosts
