@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import socket
+
+import aiohttp
+
 from shared.store import SqliteTriggerStore
-from tests.conftest import Gateway, Results
+from shared.triggers import trigger_call_url
+from tests.conftest import Gateway, Results, triggers_cli
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
 
@@ -108,3 +115,55 @@ async def test_missing_application_ends_in_a_failed_result_and_a_dead_letter(
     assert event.error is not None
     assert "'gone' not found" in event.error
     assert "triggers local set-app" in event.error
+
+
+async def test_gateway_processes_share_one_port_and_stop_on_sigterm(
+    env: dict[str, str], store: SqliteTriggerStore
+) -> None:
+    """`triggers gateway --processes 2` answers 202 on one port and exits 0 on SIGTERM."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        *triggers_cli(),
+        "gateway",
+        "--port",
+        str(port),
+        "--processes",
+        "2",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with asyncio.timeout(30):
+            # Each process connects to the broker on its own: ready once ten fresh
+            # connections in a row (spread over the processes by the kernel) say so.
+            ready = 0
+            while ready < 10:
+                try:
+                    async with (
+                        aiohttp.ClientSession() as fresh,
+                        fresh.get(f"{base}/readyz") as response,
+                    ):
+                        ready = ready + 1 if response.status == 200 else 0
+                except aiohttp.ClientError:
+                    ready = 0
+                if ready == 0:
+                    await asyncio.sleep(0.1)
+            statuses = []
+            for _ in range(6):
+                # A new connection each time, so the kernel spreads them over the processes.
+                async with (
+                    aiohttp.ClientSession() as fresh,
+                    fresh.get(trigger_call_url(base, trigger, secret)) as response,
+                ):
+                    statuses.append(response.status)
+        assert statuses == [202] * 6
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    assert stderr.count(b'"gateway.request"') == 6 + stderr.count(b'"/readyz"')
