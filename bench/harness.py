@@ -116,7 +116,17 @@ def _private_vhost(broker: str) -> Iterator[str]:
         _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield f"{broker.rstrip('/')}/{vhost}"
     finally:
-        _rabbitmqctl("delete_vhost", vhost)
+        # The broker is shared: if someone restarts it mid-run, wait for it to come back
+        # rather than leave the vhost behind.
+        for attempt in range(10):
+            try:
+                _rabbitmqctl("delete_vhost", vhost)
+                break
+            except subprocess.CalledProcessError as exc:
+                if attempt == 9:
+                    msg = f"could not delete vhost {vhost}: run `rabbitmqctl delete_vhost {vhost}`"
+                    raise RuntimeError(msg) from exc
+                time.sleep(3)
 
 
 def _apt_setup(packages: dict[str, str], say: Callable[[str], None]) -> None:
@@ -368,6 +378,33 @@ class _Bench:
         )
         await _purge(self.amqp_url, *COMMAND_QUEUES.values())
 
+    async def measure_end_to_end(
+        self, name: str, url: str, meter: _Meter, note: str, who: str
+    ) -> None:
+        """N calls through a pipeline, timed until each call's result event arrived."""
+        e2e = await end_to_end(
+            url,
+            self.amqp_url,
+            calls=self.config.calls,
+            in_flight=self.config.in_flight,
+            within=self.config.within,
+        )
+        missing = e2e.calls - e2e.results - e2e.errors
+        self.report.rows.append(
+            Row(
+                name,
+                e2e.rate,
+                "results/s",
+                e2e.p50_ms,
+                e2e.p99_ms,
+                e2e.errors + missing,
+                f"{e2e.results} of {self.config.calls} results, {note}",
+            )
+        )
+        self.report.cpu_per_command_us[f"end to end ({who})"] = meter.per_command_us(
+            e2e.results, {"load generator + result subscriber": e2e.driver_cpu}
+        )
+
     async def ours(self) -> None:
         env, url_template, _ = await self.seed()
         processes = self.config.gateway_processes
@@ -388,26 +425,8 @@ class _Bench:
                 "broker": lambda: broker,
             }
         )
-        e2e = await end_to_end(
-            url,
-            self.amqp_url,
-            calls=self.config.calls,
-            in_flight=self.config.in_flight,
-            within=self.config.within,
-        )
-        self.report.rows.append(
-            Row(
-                "our end to end",
-                e2e.rate,
-                "results/s",
-                e2e.p50_ms,
-                e2e.p99_ms,
-                e2e.errors + (e2e.calls - e2e.results - e2e.errors),
-                f"{e2e.results} of {self.config.calls} results, {self.config.in_flight} in flight",
-            )
-        )
-        self.report.cpu_per_command_us["end to end (ours)"] = meter.per_command_us(
-            e2e.results, {"load generator + result subscriber": e2e.driver_cpu}
+        await self.measure_end_to_end(
+            "our end to end", url, meter, f"{self.config.in_flight} in flight", "ours"
         )
         self.report.peak_rss_mb["gateway (largest process)"] = round(
             usage(gateway.processes()).peak_rss_mb, 1
@@ -483,26 +502,8 @@ class _Bench:
         meter = _Meter(
             {"gunicorn": web.processes, "celery worker": worker.processes, "broker": lambda: broker}
         )
-        e2e = await end_to_end(
-            url,
-            self.amqp_url,
-            calls=self.config.calls,
-            in_flight=self.config.in_flight,
-            within=self.config.within,
-        )
-        self.report.rows.append(
-            Row(
-                "celery peer end to end",
-                e2e.rate,
-                "results/s",
-                e2e.p50_ms,
-                e2e.p99_ms,
-                e2e.errors + (e2e.calls - e2e.results - e2e.errors),
-                f"{e2e.results} of {self.config.calls} results, prefork 2, late acks",
-            )
-        )
-        self.report.cpu_per_command_us["end to end (celery)"] = meter.per_command_us(
-            e2e.results, {"load generator + result subscriber": e2e.driver_cpu}
+        await self.measure_end_to_end(
+            "celery peer end to end", url, meter, "prefork 2, late acks", "celery"
         )
         self.report.peak_rss_mb["celery worker (largest process)"] = round(
             usage(worker.processes()).peak_rss_mb, 1
