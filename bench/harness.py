@@ -73,6 +73,7 @@ class Row:
     p99_ms: float | None = None
     errors: int = 0
     note: str = ""
+    requests: int = 0
 
 
 @dataclass
@@ -92,8 +93,20 @@ class Report:
 
     def add_load(self, name: str, result: LoadResult, note: str = "") -> Row:
         """A row from a load run."""
+        if result.statuses:
+            shown = ", ".join(
+                f"{n}x {s or 'no answer'}" for s, n in sorted(result.statuses.items())
+            )
+            note = f"{note}; errors: {shown}"
         row = Row(
-            name, result.rate, "req/s", result.p50_ms, result.p99_ms, result.errors, note=note
+            name,
+            result.rate,
+            "req/s",
+            result.p50_ms,
+            result.p99_ms,
+            result.errors,
+            note=note,
+            requests=result.requests,
         )
         self.rows.append(row)
         return row
@@ -399,6 +412,7 @@ class _Bench:
                 e2e.p99_ms,
                 e2e.errors + missing,
                 f"{e2e.results} of {self.config.calls} results, {note}",
+                requests=e2e.calls,
             )
         )
         self.report.cpu_per_command_us[f"end to end ({who})"] = meter.per_command_us(

@@ -7,7 +7,7 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import psutil
@@ -26,6 +26,8 @@ class LoadResult:
     errors: int
     generator: str
     generator_cpu: float
+    # Answers other than 2xx by status (0: no answer); wrk only tells how many.
+    statuses: dict[int, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -91,6 +93,7 @@ async def python_load(url: str, *, connections: int, seconds: float) -> LoadResu
     """`connections` keep-alive connections, each sending the next request on an answer."""
     latencies: list[float] = []
     errors = 0
+    statuses: dict[int, int] = {}
     started_cpu = time.process_time()
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -103,11 +106,13 @@ async def python_load(url: str, *, connections: int, seconds: float) -> LoadResu
                 try:
                     async with http.get(url) as response:
                         await response.read()
-                        ok = response.status < 300
+                        status = response.status
                 except aiohttp.ClientError:
-                    ok = False
+                    status = 0
                 latencies.append((time.perf_counter() - began) * 1000)
-                errors += not ok
+                if not 200 <= status < 300:
+                    errors += 1
+                    statuses[status] = statuses.get(status, 0) + 1
 
         began = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(connections)))
@@ -120,6 +125,7 @@ async def python_load(url: str, *, connections: int, seconds: float) -> LoadResu
         errors=errors,
         generator="python",
         generator_cpu=time.process_time() - started_cpu,
+        statuses=statuses,
     )
 
 

@@ -101,7 +101,13 @@ async def test_broker_restart_under_load(
         # The first probe call is in the ledger too; a refused call whose publish did reach
         # the broker may be applied as well (the caller was told 503 and may retry).
         assert web["replicas"] == 2 + sum(ledger.values())
-        assert await _consumers(settings.amqp_url) == {q: 1 for q in COMMAND_QUEUES.values()}
+        # The workers reconnect on their own schedule (every 2 s); the jobs above may all be
+        # applied before that, so wait for the consumers (bounded) rather than race them.
+        expected = {q: 1 for q in COMMAND_QUEUES.values()}
+        async with asyncio.timeout(30):
+            while (consumers := await _consumers(settings.amqp_url)) != expected:
+                await asyncio.sleep(0.2)
+        assert consumers == expected
         refused_but_applied = len(set(ledger) - set(accepted)) - 1
         print(
             f"\nbroker restart: {len(calls)} calls, {len(accepted)} accepted and applied once, "
