@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,6 +86,8 @@ class Report:
     cpu_per_command_us: dict[str, dict[str, float]] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
+    # Phases run again because the shared broker went away under them, and why.
+    repeated: dict[str, str] = field(default_factory=dict)
 
     def row(self, name: str) -> Row | None:
         """The row of that name, if it was measured."""
@@ -257,6 +259,30 @@ class _Bench:
         service = Service(name, argv, {**os.environ, **(env or {})}, self.work / f"{name}.log")
         self.services.append(service.start())
         return service
+
+    async def run_phase(self, name: str, phase: Callable[[], Awaitable[None]]) -> None:
+        """Run one phase, bounded in time; run it again if the shared broker restarted.
+
+        Others' fault tests stop and start the shared RabbitMQ node: a phase that loses
+        its broker is thrown away (its rows too) and repeated, at most twice, and the
+        report says so.
+        """
+        for attempt in range(1, 4):
+            self.say(f"bench: {name}" + (f" (attempt {attempt})" if attempt > 1 else ""))
+            rows = len(self.report.rows)
+            try:
+                async with asyncio.timeout(self.config.within * 2):
+                    await phase()
+            except Exception as exc:
+                self.stop_all()
+                del self.report.rows[rows:]
+                if attempt == 3:
+                    raise
+                self.say(f"bench: {name} failed ({exc!r:.200}); waiting for the broker")
+                await asyncio.to_thread(_rabbitmqctl, "await_startup")
+                self.report.repeated[name] = f"{exc!r:.120}"
+                continue
+            return
 
     def stop_all(self) -> None:
         for service in reversed(self.services):
@@ -562,20 +588,17 @@ async def run_bench(config: BenchConfig, say: Callable[[str], None] = print) -> 
             connection = await aio_pika.connect(amqp_url)
             async with connection:
                 await declare(await connection.channel())
-            async with asyncio.timeout(config.within * 4):
-                say("bench: ceilings")
-                await bench.ceilings()
-                if config.peers:
-                    say("bench: adnanh/webhook")
-                    await bench.webhook()
-                say("bench: our gateway and end to end")
-                await bench.ours()
-                if config.peers:
-                    say("bench: celery peer")
-                    await bench.celery()
-                else:
-                    bench.report.skipped["webhook"] = "peers off (--no-peers)"
-                    bench.report.skipped["celery"] = "peers off (--no-peers)"
+            phases: list[tuple[str, Callable[[], Awaitable[None]]]] = [("ceilings", bench.ceilings)]
+            if config.peers:
+                phases.append(("adnanh/webhook", bench.webhook))
+            phases.append(("our gateway and end to end", bench.ours))
+            if config.peers:
+                phases.append(("celery peer", bench.celery))
+            else:
+                bench.report.skipped["webhook"] = "peers off (--no-peers)"
+                bench.report.skipped["celery"] = "peers off (--no-peers)"
+            for name, phase in phases:
+                await bench.run_phase(name, phase)
             bench.ratios()
     finally:
         bench.stop_all()

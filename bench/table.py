@@ -24,6 +24,9 @@ def render(report: Report) -> str:
         )
     for name, why in report.skipped.items():
         lines.append(f"| {name} | skipped | - | - | - | {why} |")
+    for name, why in report.repeated.items():
+        reason = why.replace("|", "/")
+        lines.append(f"| ({name}) | repeated | - | - | - | the broker went away: {reason} |")
     if report.ratios:
         lines += ["", "| ratio | value |", "|---|---:|"]
         lines += [f"| {name} | {value:.2f}x |" for name, value in report.ratios.items()]
