@@ -134,12 +134,11 @@ async def end_to_end(  # noqa: PLR0915 - one closed-loop driver reads best whole
                     sent = time.perf_counter()
                     try:
                         async with http.get(url) as response:
+                            if response.status != 202:
+                                errors += 1
+                                continue
                             body = await response.json(content_type=None)
-                            status = response.status
-                    except aiohttp.ClientError:
-                        errors += 1
-                        continue
-                    if status != 202:
+                    except (aiohttp.ClientError, ValueError):
                         errors += 1
                         continue
                     job_id = str(body["job_id"])
