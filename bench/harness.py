@@ -83,7 +83,7 @@ class Report:
     vhost: str = ""
     rows: list[Row] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
-    cpu_per_command_us: dict[str, dict[str, float]] = field(default_factory=dict)
+    cpu_per_command_us: dict[str, dict[str, float | None]] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
     # Phases run again because the shared broker went away under them, and why.
@@ -217,22 +217,27 @@ async def _purge(amqp_url: str, *queues: str) -> None:
 class _Meter:
     """CPU seconds per command of named process sets over one phase.
 
-    Counted per process id, so a process that appears during the phase counts from zero
-    and one that is replaced (a restarted broker) never yields a negative figure.
+    Counted per process id: a set whose processes changed during the phase (a broker
+    restarted by someone else) is reported as unknown rather than as a wrong figure.
     """
 
     def __init__(self, groups: dict[str, Callable[[], list[psutil.Process]]]) -> None:
         self._groups = groups
         self._before = {name: _cpu_by_pid(get()) for name, get in groups.items()}
 
-    def per_command_us(self, commands: int, extra: dict[str, float]) -> dict[str, float]:
-        out: dict[str, float] = {}
+    def per_command_us(self, commands: int, extra: dict[str, float]) -> dict[str, float | None]:
+        """µs of CPU per command; None for a set whose processes changed (a restart)."""
+        out: dict[str, float | None] = {}
         for name, get in self._groups.items():
             before = self._before[name]
-            used = sum(cpu - before.get(pid, 0.0) for pid, cpu in _cpu_by_pid(get()).items())
-            out[name] = used / max(commands, 1) * 1e6
-        out.update({name: cpu / max(commands, 1) * 1e6 for name, cpu in extra.items()})
-        return {k: round(v, 1) for k, v in out.items()}
+            now = _cpu_by_pid(get())
+            if set(now) != set(before):
+                out[name] = None
+                continue
+            used = sum(cpu - before[pid] for pid, cpu in now.items())
+            out[name] = round(used / max(commands, 1) * 1e6, 1)
+        out.update({n: round(cpu / max(commands, 1) * 1e6, 1) for n, cpu in extra.items()})
+        return out
 
 
 def _cpu_by_pid(processes: list[psutil.Process]) -> dict[int, float]:
@@ -311,8 +316,7 @@ class _Bench:
         )
         for service in [s for s in self.services if s.name.startswith("noop-")]:
             service.stop()
-        broker = broker_process()
-        meter = _Meter({"broker": lambda: broker})
+        meter = _Meter({"broker": broker_process})
         ceiling = await broker_ceiling(
             self.amqp_url, seconds=self.config.seconds, in_flight=self.config.in_flight
         )
@@ -401,8 +405,7 @@ class _Bench:
 
     async def measure_gateway(self, gateway: Service, url: str, processes: int) -> None:
         """Load one gateway (no worker runs: the gateway alone is measured), then purge."""
-        broker = broker_process()
-        meter = _Meter({"gateway": gateway.processes, "broker": lambda: broker})
+        meter = _Meter({"gateway": gateway.processes, "broker": broker_process})
         result = await self.load(url)
         plural = "process" if processes == 1 else "processes"
         self.report.add_load(
@@ -457,12 +460,11 @@ class _Bench:
 
         worker = self.start("worker", [_cli("triggers"), "worker"], env)
         await _wait_consumer(self.amqp_url, COMMAND_QUEUES["scale"], 30)
-        broker = broker_process()
         meter = _Meter(
             {
                 "gateway": gateway.processes,
                 "worker": worker.processes,
-                "broker": lambda: broker,
+                "broker": broker_process,
             }
         )
         await self.measure_end_to_end(
@@ -509,8 +511,7 @@ class _Bench:
             env,
         )
         wait_port(port, 30)
-        broker = broker_process()
-        meter = _Meter({"gunicorn": web.processes, "broker": lambda: broker})
+        meter = _Meter({"gunicorn": web.processes, "broker": broker_process})
         result = await self.load(url)
         self.report.add_load(
             "celery peer gateway (flask+gunicorn)", result, "2 workers, confirm_publish"
@@ -540,7 +541,7 @@ class _Bench:
         )
         await _wait_consumer(self.amqp_url, CELERY_QUEUE, 60)
         meter = _Meter(
-            {"gunicorn": web.processes, "celery worker": worker.processes, "broker": lambda: broker}
+            {"gunicorn": web.processes, "celery worker": worker.processes, "broker": broker_process}
         )
         await self.measure_end_to_end(
             "celery peer end to end", url, meter, "prefork 2, late acks", "celery"

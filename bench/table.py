@@ -33,7 +33,10 @@ def render(report: Report) -> str:
     if report.cpu_per_command_us:
         lines += ["", "| CPU per command (µs) | process | µs |", "|---|---|---:|"]
         for phase, figures in report.cpu_per_command_us.items():
-            lines += [f"| {phase} | {name} | {us:,.0f} |" for name, us in figures.items()]
+            lines += [
+                f"| {phase} | {name} | {'n/a (restarted)' if us is None else f'{us:,.0f}'} |"
+                for name, us in figures.items()
+            ]
     if report.peak_rss_mb:
         lines += ["", "| peak resident memory | MB |", "|---|---:|"]
         lines += [f"| {name} | {mb:.1f} |" for name, mb in report.peak_rss_mb.items()]
