@@ -401,6 +401,13 @@ class _Bench:
             env,
         )
         await _wait_ready(f"http://127.0.0.1:{port}/readyz", 30)
+        # Each process connects to the broker on its own: wait until all of them said so.
+        deadline = time.monotonic() + 30
+        while gateway.log.read_bytes().count(b'"bus.connected"') < processes:
+            if time.monotonic() > deadline:
+                msg = f"not all {processes} gateway processes reached the broker within 30 s"
+                raise TimeoutError(msg)
+            await asyncio.sleep(0.1)
         return gateway, url_template.replace("{port}", str(port))
 
     async def measure_gateway(self, gateway: Service, url: str, processes: int) -> None:
