@@ -19,6 +19,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
+from shared.bus import AmqpBus
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.topology import COMMAND_QUEUES
@@ -58,9 +59,14 @@ async def test_broker_restart_under_load(
     cluster: LocalOrchestrator,
     env: dict[str, str],
     tmp_path: Path,
+    bus: AmqpBus,
     broker_restarts: None,
 ) -> None:
-    """Every 202 is applied exactly once; every other answer is a 5xx; workers consume again."""
+    """Every 202 is applied exactly once; every other answer is a 5xx; workers consume again.
+
+    `bus` empties the command queues first: commands other tests left behind must not
+    reach this test's workers.
+    """
     trigger, secret = await store.create(cluster="demo", app="shop", action="scale", service="web")
     gateway_settings = settings.with_(publish_timeout=2.0)
     server = TestServer(create_app(gateway_settings, store=store), host="127.0.0.1")
