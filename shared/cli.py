@@ -139,20 +139,22 @@ def history(
     as_json: bool,
 ) -> None:
     """Jobs the recorder kept, newest first."""
-    from shared.jobs import job_json, open_job_store  # noqa: PLC0415
+    from shared.jobs import JobRecord, job_json, opened_job_store  # noqa: PLC0415
     from shared.render import console, job_table  # noqa: PLC0415
 
-    jobs = _run(
-        open_job_store(_settings(ctx).database).list(
-            cluster=cluster,
-            app=app,
-            service=service,
-            action=action,
-            status=status,
-            since=since,
-            limit=limit,
-        )
-    )
+    async def read() -> list[JobRecord]:
+        async with opened_job_store(_settings(ctx).database) as store:
+            return await store.list(
+                cluster=cluster,
+                app=app,
+                service=service,
+                action=action,
+                status=status,
+                since=since,
+                limit=limit,
+            )
+
+    jobs = _run(read())
     if as_json:
         _echo_json([job_json(job) for job in jobs])
     elif jobs:

@@ -116,3 +116,5 @@ Results appear below. Ctrl-C to stop.
         await recorder.stop()
         await bus.close()
         await orchestrator.close()
+        await jobs.close()
+        await store.close()

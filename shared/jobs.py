@@ -5,22 +5,22 @@ order (the recorder can see a result before the gateway wrote `accepted`), so a 
 never moves a job backwards: each state has a rank and the higher rank wins; the first
 result is kept (a redelivery's duplicate result changes nothing).
 
-Same store style as `shared/store.py`: one interface, SQLite at `TRIGGERS_DATABASE`.
+Same store as `shared/store.py`: one interface over the drivers of `shared/sql.py`, in the
+database at `TRIGGERS_DATABASE` (SQLite or PostgreSQL, table ``jobs``, created by the
+migrations of `shared/migrations.py`).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import re
-import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import msgspec
 
-from shared.group_commit import GroupCommit
 from shared.messages import (
     Action,
     CommandEnvelope,
@@ -30,49 +30,24 @@ from shared.messages import (
     Source,
     utcnow,
 )
+from shared.sql import PostgresDriver, Row, SqlBackend, SqliteDriver, parse_database
 
 __all__ = [
     "JOB_STATUSES",
     "JobRecord",
     "JobStore",
+    "PostgresJobStore",
+    "SqlJobStore",
     "SqliteJobStore",
     "job_json",
     "open_job_store",
+    "opened_job_store",
     "parse_duration",
     "parse_since",
 ]
 
-T = TypeVar("T")
-Row = dict[str, Any]
-
 JOB_STATUSES: tuple[JobStatus, ...] = ("accepted", "running", "succeeded", "failed", "skipped")
 _RANK: dict[str, int] = {"accepted": 0, "running": 1, "succeeded": 2, "failed": 2, "skipped": 2}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id         TEXT PRIMARY KEY,
-    trigger_id     TEXT NOT NULL,
-    action         TEXT NOT NULL,
-    cluster        TEXT NOT NULL,
-    app            TEXT NOT NULL,
-    service        TEXT,
-    status         TEXT NOT NULL,
-    rank           INTEGER NOT NULL,
-    correlation_id TEXT NOT NULL DEFAULT '',
-    source         TEXT NOT NULL DEFAULT '{}',
-    issued_at      TEXT NOT NULL,
-    accepted_at    TEXT,
-    started_at     TEXT,
-    finished_at    TEXT,
-    duration_ms    REAL,
-    attempt        INTEGER NOT NULL DEFAULT 1,
-    error          TEXT,
-    result         TEXT,
-    updated_at     TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (issued_at);
-CREATE INDEX IF NOT EXISTS jobs_by_app ON jobs (cluster, app, issued_at);
-"""
 
 _COLUMNS = (
     "job_id",
@@ -97,8 +72,7 @@ _COLUMNS = (
 )
 
 # Every column is merged so that the job only moves forward, whatever the arrival order.
-# Plain SQL with `?` placeholders and no SQLite-only functions, so the same statement
-# serves PostgreSQL once the store has a driver for it.
+# Plain SQL with `?` placeholders and no database-only functions: one statement for both.
 _UPSERT = f"""
 INSERT INTO jobs ({", ".join(_COLUMNS)})
 VALUES ({", ".join("?" for _ in _COLUMNS)})
@@ -189,13 +163,11 @@ _source_decoder = msgspec.json.Decoder(Source)
 _result_decoder = msgspec.json.Decoder(ResultEvent)
 
 
-def _ts(value: datetime | None) -> str | None:
-    # Fixed-width UTC text, so the database can compare and sort timestamps as strings.
-    return value.astimezone(utcnow().tzinfo).isoformat(timespec="microseconds") if value else None
-
-
-def _dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+def _dt(value: str | datetime | None) -> datetime | None:
+    # SQLite gives back the driver's fixed-width UTC text, PostgreSQL a datetime.
+    if isinstance(value, str):
+        return datetime.fromisoformat(value)
+    return value
 
 
 def _row_to_job(row: Row) -> JobRecord:
@@ -264,50 +236,17 @@ class JobStore(Protocol):
         """Raise when the store cannot be reached."""
         ...
 
+    async def start(self) -> None:
+        """Connect and migrate the schema; safe to call from several processes at once."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
 
 
-class SqliteJobStore:
-    """Job history in the SQLite file of the trigger store (a table of its own)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self._path = str(path)
-        self._ready = False
-        # Recording `accepted` is on every trigger call: concurrent records share one
-        # transaction on one connection (group commit) instead of a connection each.
-        self._writes: GroupCommit[int] = GroupCommit(self._connect, "job-store")
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout = 30000")
-        # History is not the source of truth (the broker and the cluster are): in WAL mode,
-        # NORMAL survives a process crash and skips an fsync on every write, which is most
-        # of what recording `accepted` would otherwise add to a trigger call.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        if not self._ready:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(_SCHEMA)
-            self._ready = True
-        return conn
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            conn = self._connect()
-            try:
-                return fn(conn)
-            finally:
-                conn.close()
-
-        return await asyncio.to_thread(call)
-
-    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return await self._run(lambda c: [dict(r) for r in c.execute(sql, params).fetchall()])
-
-    async def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return await self._run(lambda c: c.execute(sql, params).rowcount)
+class SqlJobStore(SqlBackend):
+    """The `JobStore` over a driver; the SQL is shared by both databases."""
 
     async def record(self, job: JobRecord) -> None:
         """Merge what is known about a job; never moves it backwards."""
@@ -322,18 +261,17 @@ class SqliteJobStore:
             "rank": _RANK[job.status],
             "correlation_id": job.correlation_id,
             "source": _encoder.encode(job.source).decode(),
-            "issued_at": _ts(job.issued_at),
-            "accepted_at": _ts(job.accepted_at),
-            "started_at": _ts(job.started_at),
-            "finished_at": _ts(job.finished_at),
+            "issued_at": job.issued_at,
+            "accepted_at": job.accepted_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
             "duration_ms": job.duration_ms,
             "attempt": job.attempt,
             "error": job.error,
             "result": _encoder.encode(job.result).decode() if job.result else None,
-            "updated_at": _ts(utcnow()),
+            "updated_at": utcnow(),
         }
-        params = [values[c] for c in _COLUMNS]
-        await self._writes.run(lambda c: c.execute(_UPSERT, params).rowcount)
+        await self._execute(_UPSERT, [values[c] for c in _COLUMNS])
 
     async def get(self, job_id: str) -> JobRecord | None:
         """One job, or None when unknown (or pruned)."""
@@ -367,7 +305,7 @@ class SqliteJobStore:
                 params.append(value)
         if since is not None:
             clauses.append("issued_at >= ?")
-            params.append(_ts(since))
+            params.append(since)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         order = "ASC" if oldest_first else "DESC"
         query = f"SELECT * FROM jobs {where} ORDER BY issued_at {order}, job_id LIMIT ?"  # noqa: S608 - columns and order are constants
@@ -385,28 +323,47 @@ class SqliteJobStore:
 
     async def prune(self, older_than: datetime) -> int:
         """Forget jobs issued before `older_than`; return how many."""
-        return await self._execute("DELETE FROM jobs WHERE issued_at < ?", [_ts(older_than)])
+        return await self._execute("DELETE FROM jobs WHERE issued_at < ?", [older_than])
 
     async def ping(self) -> None:
-        """Raise `sqlite3.Error` when the file cannot be opened and read."""
+        """Raise the driver's error when the database cannot be reached and read."""
         await self._fetch("SELECT 1 FROM jobs LIMIT 1")
 
-    async def close(self) -> None:
-        """Commit queued records and close the writer's connection."""
-        await self._writes.close()
+
+class SqliteJobStore(SqlJobStore):
+    """Job history in the SQLite file of the trigger store (a table of its own)."""
+
+    def __init__(self, path: str | Path) -> None:
+        # History is not the source of truth (the broker and the cluster are): NORMAL
+        # skips the fsync that would otherwise be most of what recording `accepted` adds
+        # to a trigger call. Recording `accepted` is on every trigger call: concurrent
+        # writes share one transaction on one connection (group commit), not one each.
+        super().__init__(SqliteDriver(str(path), synchronous="NORMAL", group_commit="job-store"))
+
+
+class PostgresJobStore(SqlJobStore):
+    """Job history in the PostgreSQL database of the trigger store."""
+
+    def __init__(self, dsn: str, *, max_size: int = 10) -> None:
+        super().__init__(PostgresDriver(dsn, max_size=max_size))
 
 
 def open_job_store(database: str) -> JobStore:
-    """The job store named by a `TRIGGERS_DATABASE` URL."""
-    if database.startswith("sqlite:///"):
-        path = database.removeprefix("sqlite:///")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return SqliteJobStore(path)
-    msg = (
-        "job history supports only sqlite:///path databases in this version; "
-        "set TRIGGERS_DATABASE=sqlite:///triggers.db"
-    )
-    raise ValueError(msg)
+    """The job store named by a `TRIGGERS_DATABASE` URL (not connected until first use)."""
+    dialect, target = parse_database(database)
+    if dialect == "sqlite":
+        return SqliteJobStore(target)
+    return PostgresJobStore(target)
+
+
+@contextlib.asynccontextmanager
+async def opened_job_store(database: str) -> AsyncIterator[JobStore]:
+    """The job store at `database` for one command, its connections closed after."""
+    store = open_job_store(database)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def job_json(job: JobRecord, *, status_url: str | None = None) -> dict[str, Any]:

@@ -1,14 +1,19 @@
-"""Schema migrations of the trigger store: one ordered list for SQLite and PostgreSQL.
+"""Schema migrations of the database: one ordered list for SQLite and PostgreSQL.
+
+The one database at `TRIGGERS_DATABASE` holds the triggers and their audit trail
+(`shared/store.py`) and the job history (`shared/jobs.py`); whichever store starts
+first brings the whole schema up to date.
 
 To change the schema, append a `Migration` with the next version number; never edit one
 that has shipped. Statements are written once for both databases; the few types that
 differ are placeholders filled per dialect: ``{ts}`` (a timestamp), ``{bool}``,
-``{true}``/``{false}`` and ``{serial}`` (an auto-increment primary key). A nullable
-column is one statement: ``ALTER TABLE triggers ADD COLUMN namespace TEXT``.
+``{true}``/``{false}``, ``{float}`` (a double) and ``{serial}`` (an auto-increment
+primary key); a literal brace is doubled (``'{{}}'``). A nullable column is one
+statement: ``ALTER TABLE triggers ADD COLUMN namespace TEXT``.
 
-Migrations run when a process starts (`TriggerStore.start`), safe from several at once:
-SQLite takes the write lock first (``BEGIN IMMEDIATE``), PostgreSQL an advisory lock
-for the transaction; the second process then finds the work done. In SQLite an
+Migrations run when a process starts (`SqlBackend.start` in `shared/sql.py`), safe from
+several at once: SQLite takes the write lock first (``BEGIN IMMEDIATE``), PostgreSQL an
+advisory lock for the transaction; the second process then finds the work done. In SQLite an
 ``ADD COLUMN`` of a column that is already there is skipped: files written before
 versioned migrations may have one (``namespace``, ``options``).
 """
@@ -30,6 +35,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         "bool": "INTEGER",
         "true": "1",
         "false": "0",
+        "float": "REAL",
         "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
     },
     "postgresql": {
@@ -37,6 +43,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         "bool": "BOOLEAN",
         "true": "TRUE",
         "false": "FALSE",
+        "float": "DOUBLE PRECISION",
         "serial": "BIGSERIAL PRIMARY KEY",
     },
 }
@@ -110,6 +117,37 @@ MIGRATIONS: tuple[Migration, ...] = (
                 request_id TEXT
             )""",
             "CREATE INDEX audit_by_trigger ON audit (trigger_id, id)",
+        ),
+    ),
+    # Job history. SQLite files may have the table already (job history created it itself
+    # before it was migrated here), hence IF NOT EXISTS: such a table is the same one.
+    Migration(
+        6,
+        "job history",
+        (
+            """CREATE TABLE IF NOT EXISTS jobs (
+                job_id         TEXT PRIMARY KEY,
+                trigger_id     TEXT NOT NULL,
+                action         TEXT NOT NULL,
+                cluster        TEXT NOT NULL,
+                app            TEXT NOT NULL,
+                service        TEXT,
+                status         TEXT NOT NULL,
+                rank           INTEGER NOT NULL,
+                correlation_id TEXT NOT NULL DEFAULT '',
+                source         TEXT NOT NULL DEFAULT '{{}}',
+                issued_at      {ts} NOT NULL,
+                accepted_at    {ts},
+                started_at     {ts},
+                finished_at    {ts},
+                duration_ms    {float},
+                attempt        INTEGER NOT NULL DEFAULT 1,
+                error          TEXT,
+                result         TEXT,
+                updated_at     {ts} NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (issued_at)",
+            "CREATE INDEX IF NOT EXISTS jobs_by_app ON jobs (cluster, app, issued_at)",
         ),
     ),
 )

@@ -2,29 +2,25 @@
 
 SQLite is the default (one file, nothing to run, shared by every process on a machine);
 PostgreSQL (``TRIGGERS_DATABASE=postgresql://...``, through asyncpg) when several machines
-share triggers. Both run the same SQL through a small driver: statements are written
-with ``?`` placeholders, and the PostgreSQL driver numbers them. The schema is migrated
-at start (`shared/migrations.py`).
+share triggers. Both run the same SQL through a driver of `shared/sql.py` (statements
+with ``?`` placeholders); the schema is migrated at start (`shared/migrations.py`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import re
-import sqlite3
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import msgspec
 
 from shared.audit import AuditEntry, Outcome
 from shared.errors import PermanentError
 from shared.messages import Action, utcnow
-from shared.migrations import MIGRATION_LOCK, MIGRATIONS, Dialect, render
 from shared.policy import POLICY_FIELDS, PolicyChanges, merge_policy
+from shared.sql import PostgresDriver, Row, SqlBackend, SqliteDriver, parse_database
 from shared.triggers import (
     Trigger,
     TriggerOptions,
@@ -44,9 +40,6 @@ __all__ = [
     "encode_options",
     "open_store",
 ]
-
-T = TypeVar("T")
-Row = dict[str, Any]
 
 
 class TriggerRevokedError(PermanentError):
@@ -128,20 +121,6 @@ class TriggerStore(Protocol):
         ...
 
 
-class _Driver(Protocol):
-    dialect: Dialect
-
-    async def migrate(self) -> None: ...
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
-
-    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
-
-    async def close(self) -> None: ...
-
-
 def _check_new(
     cluster: str,
     app: str,
@@ -200,30 +179,8 @@ _TRIGGER_COLUMNS = tuple(f.name for f in msgspec.structs.fields(Trigger))
 _AUDIT_COLUMNS = tuple(f.name for f in msgspec.structs.fields(AuditEntry) if f.name != "id")
 
 
-class SqlTriggerStore:
+class SqlTriggerStore(SqlBackend):
     """The `TriggerStore` over a driver; the SQL is shared by both databases."""
-
-    def __init__(self, driver: _Driver) -> None:
-        self._db = driver
-        self._started = False
-        self._start_lock = asyncio.Lock()
-
-    async def start(self) -> None:
-        """Connect and migrate (once per store)."""
-        async with self._start_lock:
-            if not self._started:
-                await self._db.migrate()
-                self._started = True
-
-    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        if not self._started:
-            await self.start()
-        return await self._db.fetch(sql, params)
-
-    async def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        if not self._started:
-            await self.start()
-        return await self._db.execute(sql, params)
 
     async def create(
         self,
@@ -369,10 +326,8 @@ class SqlTriggerStore:
         """Append entries to the audit trail in one write."""
         if not entries:
             return
-        if not self._started:
-            await self.start()
         marks = ", ".join("?" for _ in _AUDIT_COLUMNS)
-        await self._db.execute_many(
+        await self._execute_many(
             f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}) VALUES ({marks})",  # noqa: S608 - column names come from the struct
             [[getattr(e, name) for name in _AUDIT_COLUMNS] for e in entries],
         )
@@ -403,209 +358,24 @@ class SqlTriggerStore:
         )
         return [msgspec.convert(r, AuditEntry, strict=False) for r in rows]
 
-    async def close(self) -> None:
-        """Release connections."""
-        await self._db.close()
-
-
-# --- SQLite -------------------------------------------------------------------------
-
-
-def _sqlite_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        # A fixed width, so text order is time order.
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
-    if isinstance(value, bool):
-        return int(value)
-    return value
-
-
-_ADD_COLUMN = re.compile(r"^\s*ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)
-
-
-def _column_exists(conn: sqlite3.Connection, statement: str) -> bool:
-    """Whether an ``ADD COLUMN`` statement's column is there already.
-
-    SQLite files written before versioned migrations may have a column (``namespace``)
-    that a migration adds; SQLite has no ``ADD COLUMN IF NOT EXISTS``.
-    """
-    match = _ADD_COLUMN.match(statement)
-    if match is None:
-        return False
-    table, column = match.groups()
-    return any(row["name"] == column for row in conn.execute(f"PRAGMA table_info({table})"))
-
-
-class _SqliteDriver:
-    """A short-lived connection per call in a worker thread: the loop never waits on a lock."""
-
-    dialect: Dialect = "sqlite"
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout = 30000")
-        return conn
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            conn = self._connect()
-            try:
-                return fn(conn)
-            finally:
-                conn.close()
-
-        return await asyncio.to_thread(call)
-
-    async def migrate(self) -> None:
-        def apply(conn: sqlite3.Connection) -> None:
-            conn.execute("PRAGMA journal_mode = WAL")
-            # The write lock first: a second process waits here, then finds nothing to do.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version"
-                    " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-                )
-                (done,) = conn.execute(
-                    "SELECT COALESCE(MAX(version), 0) FROM schema_version"
-                ).fetchone()
-                for migration in MIGRATIONS:
-                    if migration.version <= done:
-                        continue
-                    for statement in render(migration, "sqlite"):
-                        if not _column_exists(conn, statement):
-                            conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
-                        (migration.version, migration.name, _sqlite_value(utcnow())),
-                    )
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-        await self._run(apply)
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        values = [_sqlite_value(p) for p in params]
-        return await self._run(lambda c: [dict(r) for r in c.execute(sql, values).fetchall()])
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        values = [_sqlite_value(p) for p in params]
-        return await self._run(lambda c: c.execute(sql, values).rowcount)
-
-    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        values = [[_sqlite_value(p) for p in row] for row in rows]
-
-        def insert(conn: sqlite3.Connection) -> None:
-            with conn:  # one transaction for the batch
-                conn.executemany(sql, values)
-
-        await self._run(insert)
-
-    async def close(self) -> None:
-        """Nothing stays open between calls."""
-
 
 class SqliteTriggerStore(SqlTriggerStore):
     """Triggers in one SQLite file, safe to share between processes on one machine."""
 
     def __init__(self, path: str | Path) -> None:
-        super().__init__(_SqliteDriver(str(path)))
-
-
-# --- PostgreSQL ---------------------------------------------------------------------
-
-_PLACEHOLDER = re.compile(r"\?")
-
-
-def _numbered(sql: str) -> str:
-    counter = iter(range(1, 10_000))
-    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
-
-
-class _PostgresDriver:
-    """An asyncpg pool, opened at start."""
-
-    dialect: Dialect = "postgresql"
-
-    def __init__(self, dsn: str, *, max_size: int = 10) -> None:
-        self._dsn = dsn
-        self._max_size = max_size
-        self._pool: Any = None
-
-    async def _open(self) -> Any:
-        import asyncpg  # noqa: PLC0415 - only PostgreSQL deployments need the driver
-
-        if self._pool is None:
-            self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=self._max_size, command_timeout=30
-            )
-        return self._pool
-
-    async def migrate(self) -> None:
-        pool = await self._open()
-        async with pool.acquire() as conn, conn.transaction():
-            # Held until the transaction ends: other processes wait, then find it done.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
-                " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
-            )
-            done = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-            for migration in MIGRATIONS:
-                if migration.version <= done:
-                    continue
-                for statement in render(migration, "postgresql"):
-                    await conn.execute(statement)
-                await conn.execute(
-                    "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    utcnow(),
-                )
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        pool = await self._open()
-        return [dict(r) for r in await pool.fetch(_numbered(sql), *params)]
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        pool = await self._open()
-        status: str = await pool.execute(_numbered(sql), *params)
-        tail = status.rsplit(" ", 1)[-1]
-        return int(tail) if tail.isdigit() else 0
-
-    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        pool = await self._open()
-        await pool.executemany(_numbered(sql), rows)
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        super().__init__(SqliteDriver(str(path)))
 
 
 class PostgresTriggerStore(SqlTriggerStore):
     """Triggers in PostgreSQL, shared by any number of gateways and CLIs."""
 
     def __init__(self, dsn: str, *, max_size: int = 10) -> None:
-        super().__init__(_PostgresDriver(dsn, max_size=max_size))
+        super().__init__(PostgresDriver(dsn, max_size=max_size))
 
 
 def open_store(database: str) -> TriggerStore:
     """The store named by a `TRIGGERS_DATABASE` URL (not connected until first use)."""
-    if database.startswith("sqlite:///"):
-        path = database.removeprefix("sqlite:///")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return SqliteTriggerStore(path)
-    if database.startswith(("postgresql://", "postgres://")):
-        return PostgresTriggerStore(database)
-    msg = (
-        "TRIGGERS_DATABASE must be sqlite:///path/to/file.db or postgresql://user@host/db, "
-        f"got {database.split('://', maxsplit=1)[0]}://..."
-    )
-    raise ValueError(msg)
+    dialect, target = parse_database(database)
+    if dialect == "sqlite":
+        return SqliteTriggerStore(target)
+    return PostgresTriggerStore(target)

@@ -17,7 +17,7 @@ import click
 
 from shared.bus import AmqpBus
 from shared.errors import BrokerUnavailable
-from shared.jobs import JobRecord, open_job_store
+from shared.jobs import JobRecord, opened_job_store
 from shared.messages import ResultEvent, encode
 from shared.render import console, event_text, job_text
 from shared.settings import Settings
@@ -110,17 +110,17 @@ async def run_tail(
     try:
         await bus.subscribe_results(on_event, binding=binding)
         if since is not None and held is not None:
-            jobs = open_job_store(settings.database)
-            history = await jobs.list(
-                cluster=cluster,
-                app=app,
-                service=service,
-                action=action,
-                status=status,
-                since=since,
-                limit=_REPLAY_LIMIT,
-                oldest_first=True,
-            )
+            async with opened_job_store(settings.database) as jobs:
+                history = await jobs.list(
+                    cluster=cluster,
+                    app=app,
+                    service=service,
+                    action=action,
+                    status=status,
+                    since=since,
+                    limit=_REPLAY_LIMIT,
+                    oldest_first=True,
+                )
             for job in history:
                 printer.job(job)
             while held:

@@ -8,16 +8,20 @@ are not running); a missing server fails the tests rather than skipping them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -30,10 +34,26 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from shared.bus import AmqpBus
-from shared.jobs import JobRecord, SqliteJobStore
-from shared.messages import CommandEnvelope, ResultEvent, Scale, ServiceState, Target, new_job_id
+from shared.jobs import JobRecord, JobStore, open_job_store
+from shared.messages import (
+    CommandEnvelope,
+    ResultEvent,
+    Scale,
+    ServiceState,
+    Source,
+    Status,
+    Target,
+    new_job_id,
+    utcnow,
+)
 from shared.settings import Settings
-from shared.store import PostgresTriggerStore, SqliteTriggerStore, SqlTriggerStore
+from shared.store import (
+    PostgresTriggerStore,
+    SqliteTriggerStore,
+    SqlTriggerStore,
+    TriggerStore,
+    open_store,
+)
 from shared.topology import COMMAND_QUEUES, DEAD_QUEUE, RECORDER_QUEUE
 from shared.triggers import Trigger, trigger_call_url
 from tests.proxy import TcpProxy
@@ -56,16 +76,22 @@ def _rabbitmqctl(*args: str) -> str:
     return done.stdout
 
 
+def broker_list(amqp_url: str, kind: str, *columns: str) -> list[dict[str, Any]]:
+    """`rabbitmqctl list_<kind> <columns>` of the URL's vhost: one dict a row."""
+    vhost = amqp_url.rsplit("/", 1)[1]
+    out = _rabbitmqctl("--quiet", f"list_{kind}", "-p", vhost, *columns, "--formatter", "json")
+    rows: list[dict[str, Any]] = json.loads(out)
+    return rows
+
+
 def broker_queues(amqp_url: str) -> list[str]:
     """Every queue of the URL's vhost, as the broker lists them."""
-    vhost = amqp_url.rsplit("/", 1)[1]
-    out = _rabbitmqctl("--quiet", "list_queues", "-p", vhost, "--no-table-headers", "name")
-    return sorted(line.strip() for line in out.splitlines() if line.strip())
+    return sorted(row["name"] for row in broker_list(amqp_url, "queues", "name"))
 
 
-@pytest.fixture(scope="session")
-def amqp_url() -> Iterator[str]:
-    """A vhost of its own, so tests never see another run's messages."""
+@contextlib.contextmanager
+def private_vhost() -> Iterator[str]:
+    """The AMQP URL of a new vhost of the shared broker, deleted afterwards."""
     vhost = f"triggers-test-{uuid.uuid4().hex[:8]}"
     _rabbitmqctl("add_vhost", vhost)
     _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
@@ -73,6 +99,13 @@ def amqp_url() -> Iterator[str]:
         yield f"{BROKER}/{vhost}"
     finally:
         _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A vhost of its own, so tests never see another run's messages."""
+    with private_vhost() as url:
+        yield url
 
 
 async def _pg_admin(dsn: str, statement: str) -> None:
@@ -102,18 +135,52 @@ def pg_url(pg_database: str) -> str:
     return f"{pg_database}?search_path={schema}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh trigger store URL, once per backend."""
-    if request.param == "postgresql":
+BACKENDS = ("sqlite", "postgresql")
+# Runs a test once per database; every fixture below `settings` follows (see `backend`).
+on_both_databases = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """The test's database: SQLite, unless the test is marked `on_both_databases`."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(params=BACKENDS)
+def each_backend(request: pytest.FixtureRequest) -> str:
+    """Each database in turn: a module whose every database test runs on both says
+    `backend = each_backend` (tests that use no database run once)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh `TRIGGERS_DATABASE` of the test's backend: a file, or a schema of its own."""
+    if backend == "postgresql":
         url: str = request.getfixturevalue("pg_url")
         return url
-    return f"sqlite:///{tmp_path / 'store.db'}"
+    return f"sqlite:///{tmp_path / 'triggers.db'}"
+
+
+async def schema_versions(database_url: str) -> list[int]:
+    """The migration versions recorded, in order, duplicates included."""
+    query = "SELECT version FROM schema_version ORDER BY version"
+    if database_url.startswith("postgresql://"):
+        conn = await asyncpg.connect(database_url)
+        try:
+            return [r["version"] for r in await conn.fetch(query)]
+        finally:
+            await conn.close()
+    conn2 = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+    try:
+        return [r[0] for r in conn2.execute(query)]
+    finally:
+        conn2.close()
 
 
 @pytest.fixture
 async def any_store(database_url: str) -> AsyncIterator[SqlTriggerStore]:
-    """A started store on each backend in turn."""
+    """A started trigger store on the test's backend."""
     opened: SqlTriggerStore
     if database_url.startswith("postgresql://"):
         opened = PostgresTriggerStore(database_url, max_size=4)
@@ -125,11 +192,11 @@ async def any_store(database_url: str) -> AsyncIterator[SqlTriggerStore]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, amqp_url: str) -> Settings:
-    """Settings pointing at this test's files and the session's vhost."""
+def settings(tmp_path: Path, amqp_url: str, database_url: str) -> Settings:
+    """Settings pointing at this test's files and database and the session's vhost."""
     return Settings(
         amqp_url=amqp_url,
-        database=f"sqlite:///{tmp_path / 'triggers.db'}",
+        database=database_url,
         local_state=str(tmp_path / "local-cluster.db"),
         public_url="http://127.0.0.1:8080",
         log_format="json",
@@ -187,15 +254,19 @@ async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def store(settings: Settings) -> SqliteTriggerStore:
+async def store(settings: Settings) -> AsyncIterator[TriggerStore]:
     """The test's trigger store."""
-    return SqliteTriggerStore(settings.database.removeprefix("sqlite:///"))
+    opened = open_store(settings.database)
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture
-def jobs(settings: Settings) -> SqliteJobStore:
-    """The test's job history (the same file as the trigger store)."""
-    return SqliteJobStore(settings.database.removeprefix("sqlite:///"))
+async def jobs(settings: Settings) -> AsyncIterator[JobStore]:
+    """The test's job history (the same database as the trigger store)."""
+    opened = open_job_store(settings.database)
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture
@@ -260,9 +331,7 @@ class Gateway:
 
 
 @pytest.fixture
-async def gateway(
-    settings: Settings, store: SqliteTriggerStore, bus: AmqpBus
-) -> AsyncIterator[Gateway]:
+async def gateway(settings: Settings, store: TriggerStore, bus: AmqpBus) -> AsyncIterator[Gateway]:
     """The gateway on an ephemeral port."""
     server = TestServer(create_app(settings, store=store, bus=bus), host="127.0.0.1")
     await server.start_server()
@@ -332,6 +401,30 @@ def scale_command(step: int = 1, direction: str = "scale_out") -> CommandEnvelop
     )
 
 
+def result_event(
+    job_id: str, app: str = "shop", status: Status = "succeeded", *, ago: float = 0
+) -> ResultEvent:
+    """A result of demo/<app>/web (2 -> 5 replicas in 40 ms) issued `ago` seconds ago."""
+    issued = utcnow() - timedelta(seconds=ago)
+    state = ServiceState(replicas=2, image="nginx:1.27", revision=1)
+    return ResultEvent(
+        job_id=job_id,
+        trigger_id="t" * 16,
+        action="scale",
+        cluster="demo",
+        app=app,
+        service="web",
+        status=status,
+        before={"web": state},
+        after={"web": ServiceState(replicas=5, image="nginx:1.27", revision=1)},
+        correlation_id=f"req-{job_id[:4]}",
+        source=Source(remote="10.0.0.4", user_agent="curl/8.5"),
+        issued_at=issued,
+        finished_at=issued + timedelta(milliseconds=40),
+        duration_ms=40.0,
+    )
+
+
 def free_port() -> int:
     """A port nothing listens on right now."""
     with socket.socket() as sock:
@@ -353,6 +446,80 @@ async def wait_ready(base_url: str, within: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
+@dataclass
+class ServiceProcess:
+    """A `triggers gateway|worker|recorder` subprocess: its JSON log lines and its port.
+
+    The port is the gateway's HTTP port, or the metrics port of a worker or recorder.
+    """
+
+    port: int
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    logged: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The base URL of what listens on the port."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def wait_logged(self, event: str, within: float = 10.0) -> dict[str, Any]:
+        """The first log line with this event name, once it is written."""
+        await asyncio.wait_for(self.logged.setdefault(event, asyncio.Event()).wait(), within)
+        return next(line for line in self.lines if line.get("event") == event)
+
+
+@contextlib.asynccontextmanager
+async def service_process(env: dict[str, str], command: str) -> AsyncIterator[ServiceProcess]:
+    """`triggers gateway --port P` (until /readyz is 200) or `triggers worker|recorder
+    --metrics-port P` (until it logs `<command>.started`); SIGTERM and exit 0 after.
+
+    A process that exits before it is ready fails the test at once, with its last lines.
+    """
+    running = ServiceProcess(port=free_port())
+    option = "--port" if command == "gateway" else "--metrics-port"
+    process = await asyncio.create_subprocess_exec(
+        *triggers_cli(), command, option, str(running.port), env=env, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    stderr = process.stderr
+
+    async def read() -> None:
+        async for raw in stderr:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = {"event": None, "text": raw.decode(errors="replace").rstrip()}
+            running.lines.append(line)
+            running.logged.setdefault(str(line.get("event")), asyncio.Event()).set()
+
+    async def started() -> None:
+        if command == "gateway":
+            await wait_ready(running.url)
+        else:
+            await running.wait_logged(f"{command}.started", within=30)
+
+    reader = asyncio.create_task(read())
+    ready = asyncio.create_task(started())
+    exited = asyncio.ensure_future(process.wait())
+    try:
+        await asyncio.wait({ready, exited}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if exited.done():
+            with contextlib.suppress(TimeoutError):  # the last lines, once written
+                await asyncio.wait_for(asyncio.shield(reader), 5)
+        if not ready.done() or exited.done():
+            msg = f"`triggers {command}` did not get ready: {running.lines[-5:]}"
+            raise AssertionError(msg)
+        ready.result()
+        yield running
+    finally:
+        ready.cancel()
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(exited, 20)
+        reader.cancel()
+    assert process.returncode == 0, running.lines[-5:]
+
+
 async def queue_depth(amqp_url: str, name: str) -> int:
     """Messages ready in a queue, by passive declare."""
     connection = await aio_pika.connect(amqp_url)
@@ -363,9 +530,7 @@ async def queue_depth(amqp_url: str, name: str) -> int:
 
 
 @pytest.fixture
-async def recorder(
-    settings: Settings, jobs: SqliteJobStore, bus: AmqpBus
-) -> AsyncIterator[Recorder]:
+async def recorder(settings: Settings, jobs: JobStore, bus: AmqpBus) -> AsyncIterator[Recorder]:
     """A recorder in this process, on its own connection, writing the test's history."""
     amqp = AmqpBus(settings.amqp_url, role="test-recorder")
     await amqp.start()
@@ -454,7 +619,7 @@ async def eventually(
     return value
 
 
-async def recorded(jobs: SqliteJobStore, job_id: str, status: str) -> JobRecord:
+async def recorded(jobs: JobStore, job_id: str, status: str) -> JobRecord:
     """The job once the recorder has it in `status`."""
 
     async def probe() -> JobRecord | None:

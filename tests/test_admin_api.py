@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from shared.bus import AmqpBus
-from shared.jobs import SqliteJobStore
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from tests.conftest import ADMIN_TOKEN, Gateway
@@ -265,14 +262,12 @@ async def test_bad_patch_and_rotate_bodies(gateway: Gateway) -> None:
 
 
 async def test_gateway_on_postgresql_end_to_end(
-    pg_url: str, settings: Settings, bus: AmqpBus, tmp_path: Path
+    pg_url: str, settings: Settings, bus: AmqpBus
 ) -> None:
     """With TRIGGERS_DATABASE=postgresql://..., the gateway migrates at start, creates through
-    the admin API, authenticates calls and audits them."""
+    the admin API, authenticates calls, audits them and keeps their jobs."""
     pg_settings = settings.with_(database=pg_url)
-    # Job history has no PostgreSQL backend yet: it stays in a SQLite file here.
-    jobs = SqliteJobStore(tmp_path / "jobs.db")
-    server = TestServer(create_app(pg_settings, bus=bus, jobs=jobs), host="127.0.0.1")
+    server = TestServer(create_app(pg_settings, bus=bus), host="127.0.0.1")
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as http:
@@ -285,6 +280,11 @@ async def test_gateway_on_postgresql_end_to_end(
                 gateway.call_url_for(created) + "&type=scale_out&step=1"
             ) as response:
                 assert response.status == 202
+                accepted = await response.json()
+            async with http.get(f"{gateway.url}/v1/jobs/{accepted['job_id']}") as response:
+                job = await response.json()
+                assert response.status == 200, job
+            assert job["status"] == "accepted"  # no worker here: written by the gateway
             async with http.post(
                 gateway.call_url_for(created) + "&type=scale_out&step=x"
             ) as response:

@@ -1,20 +1,24 @@
-"""Job status and wait-for-result, end to end on the real RabbitMQ."""
+"""Job status and wait-for-result, end to end on the real RabbitMQ, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from shared.bus import AmqpBus
 from shared.messages import Target
 from shared.settings import Settings
-from shared.store import SqliteTriggerStore
+from shared.store import TriggerStore
 from shared.topology import COMMAND_QUEUES
 from tests.conftest import (
     Gateway,
@@ -22,12 +26,18 @@ from tests.conftest import (
     WrappedOrchestrator,
     broker_queues,
     eventually,
+    on_both_databases,
     queue_depth,
+    run_cli,
+    service_process,
 )
 from workers.orchestrators.base import Change
 from workers.orchestrators.local import LocalOrchestrator
 from workers.recorder import Recorder
 from workers.worker import Worker
+
+# Every test here runs on each database: the trigger store and job history both in it.
+pytestmark = on_both_databases
 
 
 class GatedOrchestrator(WrappedOrchestrator):
@@ -101,7 +111,7 @@ async def job_in_state(http: aiohttp.ClientSession, url: str, status: str) -> di
 
 async def test_job_status_goes_accepted_running_succeeded(
     gateway: Gateway,
-    store: SqliteTriggerStore,
+    store: TriggerStore,
     recorder: Recorder,
     gated: GatedOrchestrator,
     results: Results,
@@ -142,7 +152,7 @@ async def test_job_status_goes_accepted_running_succeeded(
 
 async def test_job_status_ends_failed_or_skipped(
     gateway: Gateway,
-    store: SqliteTriggerStore,
+    store: TriggerStore,
     recorder: Recorder,
     worker: Worker,
     results: Results,
@@ -180,7 +190,7 @@ async def test_unknown_and_malformed_job_ids(gateway: Gateway) -> None:
 
 
 async def test_wait_answers_200_with_the_result(
-    gateway: Gateway, store: SqliteTriggerStore, worker: Worker
+    gateway: Gateway, store: TriggerStore, worker: Worker
 ) -> None:
     """wait=N answers 200 with the job and its result once the worker succeeded."""
     trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
@@ -197,7 +207,7 @@ async def test_wait_answers_200_with_the_result(
 
 
 async def test_wait_answers_422_when_the_job_failed(
-    gateway: Gateway, store: SqliteTriggerStore, worker: Worker
+    gateway: Gateway, store: TriggerStore, worker: Worker
 ) -> None:
     """A failed job answers 422 job_failed (curl --fail fails; curl --retry does not re-run it)."""
     trigger, secret = await store.create(cluster="demo", app="gone", action="redeploy")
@@ -212,7 +222,7 @@ async def test_wait_answers_422_when_the_job_failed(
 
 
 async def test_wait_answers_202_when_time_runs_out(
-    gateway: Gateway, store: SqliteTriggerStore, bus: AmqpBus
+    gateway: Gateway, store: TriggerStore, bus: AmqpBus
 ) -> None:
     """With no worker, wait=0.5 answers 202 with the job id and status_url after half a second."""
     trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
@@ -231,7 +241,7 @@ async def test_wait_answers_202_when_time_runs_out(
 
 @pytest.mark.parametrize("wait", ["61", "-1", "abc", "", "1e3"])
 async def test_bad_wait_is_400_and_nothing_is_published(
-    gateway: Gateway, store: SqliteTriggerStore, wait: str
+    gateway: Gateway, store: TriggerStore, wait: str
 ) -> None:
     """wait must be 0..60 seconds; anything else is a 400 that says so, and nothing runs."""
     trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
@@ -245,7 +255,7 @@ async def test_bad_wait_is_400_and_nothing_is_published(
 
 async def test_a_hundred_waiting_calls_share_one_results_queue(
     gateway: Gateway,
-    store: SqliteTriggerStore,
+    store: TriggerStore,
     settings: Settings,
     cluster: LocalOrchestrator,
     bus: AmqpBus,
@@ -291,3 +301,53 @@ async def test_a_hundred_waiting_calls_share_one_results_queue(
     assert all(body["result"]["job_id"] == body["job_id"] for _, body in answers)
     revisions = sorted(body["result"]["after"]["web"]["revision"] for _, body in answers)
     assert revisions == list(range(2, 102))
+
+
+async def _stored_job(database_url: str, job_id: str) -> dict[str, Any] | None:
+    """The job's row as the database itself holds it, read without the store's code."""
+    query = "SELECT status, accepted_at, started_at, finished_at FROM jobs WHERE job_id = "
+    if database_url.startswith("postgresql://"):
+        conn = await asyncpg.connect(database_url)
+        try:
+            row = await conn.fetchrow(query + "$1", job_id)
+        finally:
+            await conn.close()
+        return dict(row) if row else None
+    with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as db:
+        db.row_factory = sqlite3.Row
+        found = db.execute(query + "?", (job_id,)).fetchone()
+    return dict(found) if found else None
+
+
+async def test_gateway_worker_and_recorder_processes_share_the_database(
+    settings: Settings, env: dict[str, str], cluster: LocalOrchestrator, bus: AmqpBus
+) -> None:
+    """`triggers gateway`, `worker` and `recorder` start on TRIGGERS_DATABASE (PostgreSQL too),
+    serve a wait=5 call with its result, and GET /v1/jobs/{id} shows the recorded job."""
+    code, out, err = await run_cli(
+        env, "create", "--cluster", "demo", "--app", "shop", "--action", "scale",
+        "--service", "web", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    query = json.loads(out)["url"].split("?", 1)[1]
+    async with (
+        service_process(env, "recorder"),
+        service_process(env, "worker"),
+        service_process(env, "gateway") as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        call = f"{gateway.url}/hook/trigger?{query}&type=scale_out&step=1&wait=5"
+        async with http.post(call) as response:
+            answer = await response.json()
+            assert response.status == 200, answer
+        assert answer["status"] == "succeeded"
+        assert answer["result"]["after"]["web"]["replicas"] == 3
+        job_url = answer["status_url"].replace(settings.public_url, gateway.url)
+        job = await job_in_state(http, job_url, "succeeded")
+    assert job["job_id"] == answer["job_id"]
+    assert job["result"] == answer["result"]
+    assert None not in (job["accepted_at"], job["started_at"], job["finished_at"])
+    stored = await _stored_job(settings.database, job["job_id"])
+    assert stored is not None
+    assert stored["status"] == "succeeded"
+    assert None not in (stored["accepted_at"], stored["started_at"], stored["finished_at"])

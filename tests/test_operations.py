@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import signal
-import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +18,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.app import create_app
 from shared.bus import AmqpBus
 from shared.errors import ConflictError
-from shared.jobs import JobRecord, SqliteJobStore
-from shared.messages import ResultEvent, ServiceState, Source, Status, Target, utcnow
+from shared.jobs import JobRecord, JobStore, SqliteJobStore, open_job_store
+from shared.messages import Target, utcnow
 from shared.render import event_line
 from shared.settings import Settings
-from shared.store import SqliteTriggerStore
+from shared.store import TriggerStore
 from shared.triggers import trigger_call_url
 from tests.conftest import (
     Gateway,
     Results,
+    ServiceProcess,
     WrappedOrchestrator,
     eventually,
+    free_port,
+    on_both_databases,
     recorded,
+    result_event,
+    service_process,
     through_proxy,
     triggers_cli,
 )
@@ -65,16 +66,10 @@ async def _scrape(http: aiohttp.ClientSession, url: str) -> Samples:
         return _samples(await response.text())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
+@on_both_databases
 async def test_metrics_count_calls_publishes_results_and_queues(
     gateway: Gateway,
-    store: SqliteTriggerStore,
+    store: TriggerStore,
     recorder: Recorder,
     worker: Worker,
     results: Results,
@@ -164,13 +159,14 @@ class ConflictOnce(WrappedOrchestrator):
         return await super().redeploy(job_id, target, image=image, issued_at=issued_at)
 
 
+@on_both_databases
 async def test_retries_are_counted_and_the_job_shows_its_attempt(
     gateway: Gateway,
-    store: SqliteTriggerStore,
+    store: TriggerStore,
     settings: Settings,
     cluster: LocalOrchestrator,
     recorder: Recorder,
-    jobs: SqliteJobStore,
+    jobs: JobStore,
 ) -> None:
     """A retried job succeeds on attempt 2; the retry counter and the job's attempt say so."""
     amqp = AmqpBus(settings.amqp_url, role="test-flaky-worker")
@@ -211,10 +207,11 @@ async def _readyz_becomes(http: aiohttp.ClientSession, base: str, code: int) -> 
     return await eventually(probe, what=f"/readyz answering {code}", within=30)
 
 
+@on_both_databases
 async def test_readyz_follows_the_broker_and_waiting_works_after_it_returns(
     settings: Settings,
-    store: SqliteTriggerStore,
-    jobs: SqliteJobStore,
+    store: TriggerStore,
+    jobs: JobStore,
     proxy: TcpProxy,
     worker: Worker,
 ) -> None:
@@ -246,11 +243,16 @@ async def test_readyz_follows_the_broker_and_waiting_works_after_it_returns(
         await server.close()
 
 
+@on_both_databases
 async def test_readyz_is_unready_when_the_store_is_unreachable(
-    settings: Settings, store: SqliteTriggerStore, bus: AmqpBus, tmp_path: Path
+    settings: Settings, store: TriggerStore, bus: AmqpBus, tmp_path: Path, backend: str
 ) -> None:
     """A store that cannot be opened makes /readyz answer 503 store down, broker up."""
-    unreadable = SqliteJobStore(tmp_path)  # a directory: SQLite cannot open it
+    unreadable: JobStore
+    if backend == "postgresql":  # nothing listens on that port
+        unreadable = open_job_store(f"postgresql://postgres@127.0.0.1:{free_port()}/test")
+    else:
+        unreadable = SqliteJobStore(tmp_path)  # a directory: SQLite cannot open it
     server = TestServer(create_app(settings, store=store, bus=bus, jobs=unreadable))
     await server.start_server()
     try:
@@ -262,56 +264,6 @@ async def test_readyz_is_unready_when_the_store_is_unreachable(
     assert body == {"status": "unready", "broker": "up", "store": "down"}
 
 
-@dataclass
-class ServiceProcess:
-    """A `triggers worker|recorder` subprocess: its JSON log lines and its metrics port."""
-
-    port: int
-    lines: list[dict[str, Any]] = field(default_factory=list)
-    logged: dict[str, asyncio.Event] = field(default_factory=dict)
-
-    async def wait_logged(self, event: str, within: float = 10.0) -> dict[str, Any]:
-        """The first log line with this event name, once it is written."""
-        await asyncio.wait_for(self.logged.setdefault(event, asyncio.Event()).wait(), within)
-        return next(line for line in self.lines if line.get("event") == event)
-
-
-@contextlib.asynccontextmanager
-async def service_process(env: dict[str, str], command: str) -> AsyncIterator[ServiceProcess]:
-    """`triggers <command> --metrics-port P`, started and read; SIGTERM and exit 0 after."""
-    running = ServiceProcess(port=_free_port())
-    process = await asyncio.create_subprocess_exec(
-        *triggers_cli(),
-        command,
-        "--metrics-port",
-        str(running.port),
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    stderr = process.stderr
-
-    async def read() -> None:
-        async for raw in stderr:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            running.lines.append(line)
-            running.logged.setdefault(str(line.get("event")), asyncio.Event()).set()
-
-    reader = asyncio.create_task(read())
-    try:
-        await running.wait_logged(f"{command}.started", within=30)
-        yield running
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 20)
-        reader.cancel()
-    assert process.returncode == 0
-
-
 @pytest.fixture
 async def worker_process(
     cluster: LocalOrchestrator, bus: AmqpBus, env: dict[str, str]
@@ -321,11 +273,12 @@ async def worker_process(
         yield running
 
 
+@on_both_databases
 async def test_one_correlation_id_from_request_through_worker_log_to_result(
     gateway: Gateway,
-    store: SqliteTriggerStore,
+    store: TriggerStore,
     recorder: Recorder,
-    jobs: SqliteJobStore,
+    jobs: JobStore,
     results: Results,
     worker_process: ServiceProcess,
 ) -> None:
@@ -366,12 +319,13 @@ async def test_one_correlation_id_from_request_through_worker_log_to_result(
     assert _value(scraped, "triggers_worker_results_total", **labels) == 1
 
 
+@on_both_databases
 async def test_recorder_command_records_results_and_serves_metrics(
-    settings: Settings, bus: AmqpBus, jobs: SqliteJobStore, env: dict[str, str]
+    settings: Settings, bus: AmqpBus, jobs: JobStore, env: dict[str, str]
 ) -> None:
     """`triggers recorder` writes a published result into history and counts it on /metrics."""
     async with service_process(env, "recorder") as recorder_process:
-        event = _result("5" * 32, "shop")
+        event = result_event("5" * 32, "shop")
         await bus.publish_result(event)
         job = await recorded(jobs, event.job_id, "succeeded")
         assert job.result == event
@@ -383,7 +337,7 @@ async def test_recorder_command_records_results_and_serves_metrics(
 
 @pytest.fixture
 async def admin_gateway(
-    settings: Settings, store: SqliteTriggerStore, bus: AmqpBus
+    settings: Settings, store: TriggerStore, bus: AmqpBus
 ) -> AsyncIterator[Gateway]:
     """A gateway with the admin API enabled (token `s3cr3t-admin`)."""
     admin = settings.with_(admin_token="s3cr3t-admin")
@@ -394,35 +348,15 @@ async def admin_gateway(
     await server.close()
 
 
-def _result(job_id: str, app: str, status: Status = "succeeded", *, ago: float = 0) -> ResultEvent:
-    issued = utcnow() - timedelta(seconds=ago)
-    state = ServiceState(replicas=2, image="nginx:1.27", revision=1)
-    return ResultEvent(
-        job_id=job_id,
-        trigger_id="t" * 16,
-        action="scale",
-        cluster="demo",
-        app=app,
-        service="web",
-        status=status,
-        before={"web": state},
-        after={"web": ServiceState(replicas=5, image="nginx:1.27", revision=1)},
-        correlation_id=f"req-{job_id[:4]}",
-        source=Source(remote="10.0.0.4", user_agent="curl/8.5"),
-        issued_at=issued,
-        finished_at=issued + timedelta(milliseconds=40),
-        duration_ms=40.0,
-    )
-
-
+@on_both_databases
 async def test_jobs_list_filters_and_needs_the_admin_token(
-    admin_gateway: Gateway, jobs: SqliteJobStore
+    admin_gateway: Gateway, jobs: JobStore
 ) -> None:
     """GET /v1/jobs filters by app, status and since, newest first, and wants the bearer token."""
-    await jobs.record(JobRecord.from_event(_result("a" * 32, "shop", ago=7200)))
-    await jobs.record(JobRecord.from_event(_result("b" * 32, "shop", "failed", ago=60)))
-    await jobs.record(JobRecord.from_event(_result("c" * 32, "shop", ago=30)))
-    await jobs.record(JobRecord.from_event(_result("d" * 32, "blog", ago=10)))
+    await jobs.record(JobRecord.from_event(result_event("a" * 32, "shop", ago=7200)))
+    await jobs.record(JobRecord.from_event(result_event("b" * 32, "shop", "failed", ago=60)))
+    await jobs.record(JobRecord.from_event(result_event("c" * 32, "shop", ago=30)))
+    await jobs.record(JobRecord.from_event(result_event("d" * 32, "blog", ago=10)))
     base = f"{admin_gateway.url}/v1/jobs"
     auth = {"Authorization": "Bearer s3cr3t-admin"}
 
@@ -451,9 +385,10 @@ async def test_jobs_list_is_refused_without_an_admin_token_configured(gateway: G
     assert "TRIGGERS_ADMIN_TOKEN" in body["detail"]
 
 
-async def test_a_result_before_accepted_never_moves_the_job_back(jobs: SqliteJobStore) -> None:
+@on_both_databases
+async def test_a_result_before_accepted_never_moves_the_job_back(jobs: JobStore) -> None:
     """Events in any order: the result stays, accepted_at and started_at are filled in."""
-    event = _result("e" * 32, "shop")
+    event = result_event("e" * 32, "shop")
     await jobs.record(JobRecord.from_event(event))
     await jobs.record(
         JobRecord(
@@ -475,15 +410,16 @@ async def test_a_result_before_accepted_never_moves_the_job_back(jobs: SqliteJob
     assert job.result == event
 
 
+@on_both_databases
 async def test_recorder_prunes_jobs_older_than_the_retention(
-    settings: Settings, bus: AmqpBus, jobs: SqliteJobStore
+    settings: Settings, bus: AmqpBus, jobs: JobStore
 ) -> None:
     """Jobs issued before the retention (here TRIGGERS_JOB_RETENTION=1h) are forgotten."""
     retention = Settings.from_env({"TRIGGERS_JOB_RETENTION": "1h"}).job_retention
     assert retention == 3600
     keeper = Recorder(settings.with_(job_retention=retention), bus, jobs)
-    await jobs.record(JobRecord.from_event(_result("f" * 32, "shop", ago=7200)))
-    await jobs.record(JobRecord.from_event(_result("1" * 32, "shop", ago=1800)))
+    await jobs.record(JobRecord.from_event(result_event("f" * 32, "shop", ago=7200)))
+    await jobs.record(JobRecord.from_event(result_event("1" * 32, "shop", ago=1800)))
     assert await keeper.prune() == 1
     assert await jobs.get("f" * 32) is None
     assert await jobs.get("1" * 32) is not None
@@ -502,13 +438,14 @@ async def _cli(env: dict[str, str], *args: str, within: float = 30) -> tuple[int
     return process.returncode, out.decode(), err.decode()
 
 
+@on_both_databases
 async def test_history_command_filters_and_prints_json_or_a_table(
-    jobs: SqliteJobStore, env: dict[str, str]
+    jobs: JobStore, env: dict[str, str]
 ) -> None:
     """`triggers history --app --status --since` lists matching jobs; --json for scripts."""
-    await jobs.record(JobRecord.from_event(_result("a" * 32, "shop", ago=7200)))
-    await jobs.record(JobRecord.from_event(_result("b" * 32, "shop", "failed", ago=60)))
-    await jobs.record(JobRecord.from_event(_result("c" * 32, "blog", ago=30)))
+    await jobs.record(JobRecord.from_event(result_event("a" * 32, "shop", ago=7200)))
+    await jobs.record(JobRecord.from_event(result_event("b" * 32, "shop", "failed", ago=60)))
+    await jobs.record(JobRecord.from_event(result_event("c" * 32, "blog", ago=30)))
     code, out, err = await _cli(env, "history", "--app", "shop", "--since", "1h", "--json")
     assert code == 0, err
     assert [j["job_id"] for j in json.loads(out)] == ["b" * 32]
@@ -523,17 +460,18 @@ async def test_history_command_filters_and_prints_json_or_a_table(
     assert "since must be a duration" in err
 
 
+@on_both_databases
 async def test_tail_replays_history_then_follows_live_with_filters(
     gateway: Gateway,
-    store: SqliteTriggerStore,
-    jobs: SqliteJobStore,
+    store: TriggerStore,
+    jobs: JobStore,
     worker: Worker,
     results: Results,
     env: dict[str, str],
 ) -> None:
     """`tail --since` prints stored results first, then live ones; --service filters both."""
-    await jobs.record(JobRecord.from_event(_result("a" * 32, "shop", ago=600)))
-    await jobs.record(JobRecord.from_event(_result("b" * 32, "shop", ago=7200)))  # too old
+    await jobs.record(JobRecord.from_event(result_event("a" * 32, "shop", ago=600)))
+    await jobs.record(JobRecord.from_event(result_event("b" * 32, "shop", ago=7200)))  # too old
     process = await asyncio.create_subprocess_exec(
         *triggers_cli(),
         "tail",
@@ -581,7 +519,7 @@ async def test_tail_replays_history_then_follows_live_with_filters(
 
 def test_event_line_shows_status_change_duration_and_source() -> None:
     """A tail line reads: time, status, action, target, before → after, duration, source, ids."""
-    plain = event_line(_result("9" * 32, "shop"), colour=False)
+    plain = event_line(result_event("9" * 32, "shop"), colour=False)
     assert "✔ SUCCEEDED" in plain
     assert "scale    demo/shop/web" in plain
     assert "web 2 → 5 replicas" in plain
@@ -589,5 +527,5 @@ def test_event_line_shows_status_change_duration_and_source() -> None:
     assert "curl/8.5 from 10.0.0.4" in plain
     assert "req req-9999" in plain
     assert plain.endswith("job 999999999999")
-    coloured = event_line(_result("9" * 32, "shop", "failed"), colour=True)
+    coloured = event_line(result_event("9" * 32, "shop", "failed"), colour=True)
     assert "\x1b[1;31m" in coloured  # failed is bold red

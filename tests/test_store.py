@@ -1,4 +1,4 @@
-"""The trigger store: the same tests on SQLite and on PostgreSQL."""
+"""The trigger store and the migrations: the same tests on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from shared.audit import AuditEntry
+from shared.jobs import JobRecord, open_job_store
 from shared.messages import utcnow
 from shared.migrations import MIGRATIONS
 from shared.policy import PolicyChanges, PolicyError
@@ -22,6 +23,10 @@ from shared.store import (
     open_store,
 )
 from shared.triggers import hash_secret
+from tests.conftest import each_backend, result_event, schema_versions
+
+# Every test here that uses a database runs on SQLite and on PostgreSQL.
+backend = each_backend
 
 
 async def _all_text(database_url: str) -> str:
@@ -41,22 +46,6 @@ async def _all_text(database_url: str) -> str:
         for table in ("triggers", "audit", "schema_version"):
             rows += [repr(r) for r in conn2.execute(f"SELECT * FROM {table}")]  # noqa: S608 - constant names
         return "\n".join(rows)
-    finally:
-        conn2.close()
-
-
-async def _versions(database_url: str) -> list[int]:
-    """The migration versions recorded, in order, duplicates included."""
-    query = "SELECT version FROM schema_version ORDER BY version"
-    if database_url.startswith("postgresql://"):
-        conn = await asyncpg.connect(database_url)
-        try:
-            return [r["version"] for r in await conn.fetch(query)]
-        finally:
-            await conn.close()
-    conn2 = sqlite3.connect(database_url.removeprefix("sqlite:///"))
-    try:
-        return [r[0] for r in conn2.execute(query)]
     finally:
         conn2.close()
 
@@ -228,16 +217,22 @@ async def test_audit_entries_are_listed_newest_first_and_filtered(
 
 
 async def test_migrations_are_safe_from_several_processes_at_once(database_url: str) -> None:
-    """Several stores starting together on one fresh database apply each migration once."""
-    stores = [open_store(database_url) for _ in range(4)]
+    """Trigger stores and job stores starting together on one fresh database apply each
+    migration once, and each then finds its tables."""
+    triggers = [open_store(database_url) for _ in range(3)]
+    jobs = [open_job_store(database_url) for _ in range(2)]
     try:
-        await asyncio.gather(*(s.start() for s in stores))
-        created, _ = await stores[0].create(cluster="demo", app="shop", action="redeploy")
-        assert await stores[3].get(created.id) == created
+        await asyncio.gather(*(s.start() for s in triggers), *(s.start() for s in jobs))
+        created, _ = await triggers[0].create(cluster="demo", app="shop", action="redeploy")
+        assert await triggers[2].get(created.id) == created
+        await jobs[0].record(JobRecord.from_event(result_event("c" * 32)))
+        assert await jobs[1].get("c" * 32) is not None
     finally:
-        for s in stores:
-            await s.close()
-    assert await _versions(database_url) == [m.version for m in MIGRATIONS]
+        for trigger_store in triggers:
+            await trigger_store.close()
+        for job_store in jobs:
+            await job_store.close()
+    assert await schema_versions(database_url) == [m.version for m in MIGRATIONS]
 
 
 _OLD_SCHEMA = """

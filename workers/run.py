@@ -50,15 +50,22 @@ async def run_worker(
 async def run_recorder(
     settings: Settings, *, metrics_host: str = "127.0.0.1", metrics_port: int | None = None
 ) -> None:
-    """Record job events into the store until SIGTERM."""
+    """Record job events into the store until SIGTERM.
+
+    Like a worker, it refuses to start without what it writes to: a database it cannot
+    reach or migrate fails here, not on the first event.
+    """
     jobs = open_job_store(settings.database)
-    bus = AmqpBus(settings.amqp_url, publish_timeout=settings.publish_timeout, role="recorder")
-    await bus.start()
-    metrics = await _metrics(metrics_host, metrics_port)
     try:
-        await Recorder(settings, bus, jobs).run()
+        await jobs.start()
+        bus = AmqpBus(settings.amqp_url, publish_timeout=settings.publish_timeout, role="recorder")
+        await bus.start()
+        metrics = await _metrics(metrics_host, metrics_port)
+        try:
+            await Recorder(settings, bus, jobs).run()
+        finally:
+            if metrics is not None:
+                await metrics.cleanup()
+            await bus.close()
     finally:
-        if metrics is not None:
-            await metrics.cleanup()
-        await bus.close()
         await jobs.close()

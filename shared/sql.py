@@ -1,0 +1,342 @@
+"""SQL plumbing shared by the trigger store and job history: one driver per database.
+
+The stores (`shared/store.py`, `shared/jobs.py`) write their SQL once, with ``?``
+placeholders and no database-only functions. SQLite (``sqlite:///path``, the default: one
+file, nothing to run) runs it as it is, on a short-lived connection in a worker thread;
+PostgreSQL (``postgresql://...``, through an asyncpg pool) when several machines share
+the data, with the placeholders numbered. Datetimes are stored as fixed-width UTC text in
+SQLite (text order is time order) and as ``TIMESTAMPTZ`` in PostgreSQL. Both apply the
+one list of `shared/migrations.py` when a store starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+from shared.group_commit import GroupCommit
+from shared.messages import utcnow
+from shared.migrations import MIGRATION_LOCK, MIGRATIONS, Dialect, render
+
+__all__ = [
+    "PostgresDriver",
+    "Row",
+    "SqlBackend",
+    "SqlDriver",
+    "SqliteDriver",
+    "parse_database",
+]
+
+T = TypeVar("T")
+Row = dict[str, Any]
+Synchronous = Literal["FULL", "NORMAL"]
+
+
+class SqlDriver(Protocol):
+    """Runs `?`-placeholder SQL on one database."""
+
+    dialect: Dialect
+
+    async def migrate(self) -> None:
+        """Apply the migrations not applied yet; safe from several processes at once."""
+        ...
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """The rows of a query, as dicts."""
+        ...
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; the number of rows it changed."""
+        ...
+
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per row, in one transaction."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def parse_database(database: str) -> tuple[Dialect, str]:
+    """The dialect and the path (SQLite, its folder created) or DSN of a `TRIGGERS_DATABASE` URL."""
+    if database.startswith("sqlite:///"):
+        path = database.removeprefix("sqlite:///")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return "sqlite", path
+    if database.startswith(("postgresql://", "postgres://")):
+        return "postgresql", database
+    msg = (
+        "TRIGGERS_DATABASE must be sqlite:///path/to/file.db or postgresql://user@host/db, "
+        f"got {database.split('://', maxsplit=1)[0]}://..."
+    )
+    raise ValueError(msg)
+
+
+class SqlBackend:
+    """A store over a driver: migrated once on first use (or `start`), then plain SQL."""
+
+    def __init__(self, driver: SqlDriver) -> None:
+        self._db = driver
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Connect and migrate (once per store; again after a failed attempt)."""
+        async with self._start_lock:
+            if not self._started:
+                await self._db.migrate()
+                self._started = True
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        if not self._started:
+            await self.start()
+        return await self._db.fetch(sql, params)
+
+    async def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        if not self._started:
+            await self.start()
+        return await self._db.execute(sql, params)
+
+    async def _execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not self._started:
+            await self.start()
+        await self._db.execute_many(sql, rows)
+
+    async def close(self) -> None:
+        """Release connections."""
+        await self._db.close()
+
+
+# --- SQLite -------------------------------------------------------------------------
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        # A fixed width, so text order is time order.
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+_ADD_COLUMN = re.compile(r"^\s*ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)
+
+
+def _column_exists(conn: sqlite3.Connection, statement: str) -> bool:
+    """Whether an ``ADD COLUMN`` statement's column is there already.
+
+    SQLite files written before versioned migrations may have a column (``namespace``)
+    that a migration adds; SQLite has no ``ADD COLUMN IF NOT EXISTS``.
+    """
+    match = _ADD_COLUMN.match(statement)
+    if match is None:
+        return False
+    table, column = match.groups()
+    return any(row["name"] == column for row in conn.execute(f"PRAGMA table_info({table})"))
+
+
+def _use_wal(conn: sqlite3.Connection, within: float = 30.0) -> None:
+    """Switch the file to WAL (it stays so), waiting out other connections.
+
+    Changing the journal mode needs the file to itself and SQLite answers "database is
+    locked" at once rather than through the busy timeout, so processes and stores starting
+    together on a fresh file retry here, bounded.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # in a worker thread: the event loop goes on
+        else:
+            return
+
+
+class SqliteDriver:
+    """A short-lived connection per call in a worker thread: the loop never waits on a lock.
+
+    `synchronous="NORMAL"` skips an fsync per write; in WAL mode that still survives a
+    process crash (only a power loss can drop the last writes), which suits data that is
+    not the source of truth, such as job history. With `group_commit` (the writer thread's
+    name), `execute` goes through `shared/group_commit.py`: concurrent writes share one
+    transaction on one long-lived connection instead of a connection and a commit each.
+    """
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(
+        self, path: str, *, synchronous: Synchronous = "FULL", group_commit: str | None = None
+    ) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._writes: GroupCommit[int] | None = (
+            GroupCommit(self._connect, group_commit) if group_commit else None
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            conn = self._connect()
+            try:
+                return fn(conn)
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(call)
+
+    async def migrate(self) -> None:
+        """Apply pending migrations under SQLite's write lock."""
+
+        def apply(conn: sqlite3.Connection) -> None:
+            _use_wal(conn)
+            # The write lock first: a second process waits here, then finds nothing to do.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version"
+                    " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+                )
+                (done,) = conn.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+                ).fetchone()
+                for migration in MIGRATIONS:
+                    if migration.version <= done:
+                        continue
+                    for statement in render(migration, "sqlite"):
+                        if not _column_exists(conn, statement):
+                            conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                        (migration.version, migration.name, _sqlite_value(utcnow())),
+                    )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+        await self._run(apply)
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """The rows of a query, as dicts."""
+        values = [_sqlite_value(p) for p in params]
+        return await self._run(lambda c: [dict(r) for r in c.execute(sql, values).fetchall()])
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; the number of rows it changed."""
+        values = [_sqlite_value(p) for p in params]
+        if self._writes is not None:
+            return await self._writes.run(lambda c: c.execute(sql, values).rowcount)
+        return await self._run(lambda c: c.execute(sql, values).rowcount)
+
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per row, in one transaction."""
+        values = [[_sqlite_value(p) for p in row] for row in rows]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            with conn:  # one transaction for the batch
+                conn.executemany(sql, values)
+
+        await self._run(insert)
+
+    async def close(self) -> None:
+        """Commit queued writes and close the writer's connection, if there is one."""
+        if self._writes is not None:
+            await self._writes.close()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def _numbered(sql: str) -> str:
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+
+
+class PostgresDriver:
+    """An asyncpg pool, opened on first use."""
+
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, dsn: str, *, max_size: int = 10) -> None:
+        self._dsn = dsn
+        self._max_size = max_size
+        self._pool: Any = None
+        self._open_lock = asyncio.Lock()
+
+    async def _open(self) -> Any:
+        if self._pool is not None:
+            return self._pool
+        import asyncpg  # noqa: PLC0415 - only PostgreSQL deployments need the driver
+
+        # Locked: concurrent first calls (a burst of trigger calls) open one pool, not several.
+        async with self._open_lock:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._dsn, min_size=1, max_size=self._max_size, command_timeout=30
+                )
+        return self._pool
+
+    async def migrate(self) -> None:
+        """Apply pending migrations under a transaction-scoped advisory lock."""
+        pool = await self._open()
+        async with pool.acquire() as conn, conn.transaction():
+            # Held until the transaction ends: other processes wait, then find it done.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            done = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            for migration in MIGRATIONS:
+                if migration.version <= done:
+                    continue
+                for statement in render(migration, "postgresql"):
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    utcnow(),
+                )
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """The rows of a query, as dicts."""
+        pool = await self._open()
+        return [dict(r) for r in await pool.fetch(_numbered(sql), *params)]
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; the number of rows it changed (from the command tag)."""
+        pool = await self._open()
+        status: str = await pool.execute(_numbered(sql), *params)
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per row, in one transaction."""
+        pool = await self._open()
+        await pool.executemany(_numbered(sql), rows)
+
+    async def close(self) -> None:
+        """Close the pool (it reopens on next use)."""
+        async with self._open_lock:
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
