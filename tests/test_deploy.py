@@ -1,7 +1,8 @@
-"""deploy/: the Kubernetes base renders with least-privilege RBAC; compose, image, broker definitions agree with the code."""
+"""deploy/: the Kubernetes base renders with least-privilege RBAC; compose, image and broker definitions agree with the code."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -9,16 +10,19 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import yaml
 
+from shared.settings import Settings
 from shared.topology import (
-    COMMAND_QUEUE_ARGUMENTS,
     COMMAND_QUEUES,
-    COMMANDS_EXCHANGE,
-    DEAD_EXCHANGE,
-    DEAD_QUEUE,
-    RESULTS_EXCHANGE,
+    RECORDER_QUEUE,
+    RECORDER_QUEUE_ARGUMENTS,
+    RETRY_EXCHANGE,
+    declare,
+    declare_recorder_queue,
 )
+from tests.conftest import broker_list, private_vhost
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 ALLOWED_VERBS = {"get", "list", "patch"}
@@ -128,23 +132,90 @@ def test_compose_file_is_valid() -> None:
         )
 
 
-def test_broker_definitions_match_the_topology() -> None:
-    """definitions.json declares exactly the exchanges, queues (with arguments) and bindings the code declares."""
+def _broker_definitions(amqp_url: str) -> dict[str, list[dict[str, Any]]]:
+    """A vhost's exchanges, queues and bindings as the broker lists them, in the shape of
+    definitions.json (the broker's own exchanges and the default bindings left out)."""
+
+    def arguments(raw: list[list[Any]]) -> dict[str, Any]:
+        return {name: value for name, _type, value in raw}  # rabbitmqctl: [name, type, value]
+
+    exchanges = broker_list(
+        amqp_url, "exchanges", "name", "type", "durable", "auto_delete", "internal", "arguments"
+    )
+    queues = broker_list(amqp_url, "queues", "name", "durable", "auto_delete", "arguments")
+    bindings = broker_list(
+        amqp_url,
+        "bindings",
+        "source_name",
+        "destination_name",
+        "destination_kind",
+        "routing_key",
+        "arguments",
+    )
+    return {
+        "exchanges": [
+            {**e, "arguments": arguments(e["arguments"])}
+            for e in exchanges
+            if e["name"] and not e["name"].startswith("amq.")
+        ],
+        "queues": [{**q, "arguments": arguments(q["arguments"])} for q in queues],
+        "bindings": [
+            {
+                "source": b["source_name"],
+                "destination": b["destination_name"],
+                "destination_type": b["destination_kind"],
+                "routing_key": b["routing_key"],
+                "arguments": arguments(b["arguments"]),
+            }
+            for b in bindings
+            if b["source_name"]
+        ],
+    }
+
+
+# The fields compared, per kind of object (the vhost is checked on its own).
+_COMPARED = {
+    "exchanges": ("name", "type", "durable", "auto_delete", "internal", "arguments"),
+    "queues": ("name", "durable", "auto_delete", "arguments"),
+    "bindings": ("source", "destination", "destination_type", "routing_key", "arguments"),
+}
+
+
+def _topology(definitions: dict[str, Any]) -> dict[str, list[str]]:
+    """Every exchange, queue and binding as one sorted line of JSON of its compared fields."""
+    return {
+        kind: sorted(
+            json.dumps({f: item[f] for f in fields}, sort_keys=True) for item in definitions[kind]
+        )
+        for kind, fields in _COMPARED.items()
+    }
+
+
+async def test_broker_definitions_match_what_the_processes_declare() -> None:
+    """definitions.json holds exactly the exchanges, queues (every argument) and bindings
+    the gateway, workers and recorder declare with the default settings: any drift fails."""
     definitions = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
-    exchanges = {e["name"]: e["type"] for e in definitions["exchanges"]}
-    assert exchanges == {
-        COMMANDS_EXCHANGE: "direct",
-        RESULTS_EXCHANGE: "topic",
-        DEAD_EXCHANGE: "fanout",
-    }
-    queues = {q["name"]: q["arguments"] for q in definitions["queues"]}
-    assert queues == {
-        **dict.fromkeys(COMMAND_QUEUES.values(), COMMAND_QUEUE_ARGUMENTS),
-        DEAD_QUEUE: {"x-queue-type": "quorum"},
-    }
-    bindings = {(b["source"], b["destination"], b["routing_key"]) for b in definitions["bindings"]}
-    assert bindings == {
-        *((COMMANDS_EXCHANGE, queue, action) for action, queue in COMMAND_QUEUES.items()),
-        (DEAD_EXCHANGE, DEAD_QUEUE, ""),
-    }
+    with private_vhost() as url:
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            await declare(channel, Settings().retry_delays)
+            await declare_recorder_queue(channel)
+        declared = await asyncio.to_thread(_broker_definitions, url)
+    defined, wanted = _topology(definitions), _topology(declared)
+    for kind in _COMPARED:
+        missing = sorted(set(wanted[kind]) - set(defined[kind]))
+        extra = sorted(set(defined[kind]) - set(wanted[kind]))
+        assert (missing, extra) == ([], []), f"{kind}: missing {missing}; not declared {extra}"
+    assert defined == wanted  # and nothing twice
+    # The comparison sees what matters: every retry queue, the recorder's arguments.
+    queues = {q["name"]: q["arguments"] for q in declared["queues"]}
+    retry = [name for name in queues if name.startswith(f"{RETRY_EXCHANGE}.")]
+    assert len(retry) == len(COMMAND_QUEUES) * len(Settings().retry_delays)
+    assert queues[RECORDER_QUEUE] == RECORDER_QUEUE_ARGUMENTS
+    # Every object is in the one vhost the file defines, which the one user may use.
+    (vhost,) = [v["name"] for v in definitions["vhosts"]]
+    objects = [*definitions["exchanges"], *definitions["queues"], *definitions["bindings"]]
+    assert {o["vhost"] for o in objects} == {vhost}
     assert [u["name"] for u in definitions["users"]] == ["triggers"]
+    assert [(p["user"], p["vhost"]) for p in definitions["permissions"]] == [("triggers", vhost)]
