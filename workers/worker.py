@@ -160,7 +160,7 @@ class Worker:
                 await self._give_back(delivery)
                 return
             # The last attempt may have changed the platform before its answer was lost.
-            change = await self._orchestrator.recorded(envelope.job_id, envelope.target)
+            change = await self._recorded(envelope)
             if change is None:
                 error = f"gave up after {attempt} attempts: {reason}"
 
@@ -207,6 +207,14 @@ class Worker:
             error=event.error,
             duration_ms=event.duration_ms,
         )
+
+    async def _recorded(self, envelope: CommandEnvelope) -> Change | None:
+        """The adapter's ledger entry for the job; None when it cannot be read either."""
+        try:
+            return await self._orchestrator.recorded(envelope.job_id, envelope.target)
+        except Exception as exc:  # the job then ends failed, with the original reason
+            log.warning("worker.ledger_unreadable", error=repr(exc))
+            return None
 
     async def _apply(self, envelope: CommandEnvelope) -> Change:
         """Apply through the orchestrator, timed whether it succeeds or raises."""

@@ -134,6 +134,11 @@ async def test_retryable_failures_retry_through_the_broker_then_fail_with_the_re
             msg = "the API server did not answer within 10s"
             raise RetryableError(msg)
 
+        async def recorded(self, job_id: str, target: Target) -> Change | None:
+            # The ledger is unreachable too: the job still ends, failed, with its reason.
+            msg = "the API server did not answer within 10s"
+            raise RetryableError(msg)
+
     amqp = AmqpBus.from_settings(settings, "test-down-worker")
     await amqp.start()
     worker = Worker(settings.with_(max_attempts=3), amqp, Down(settings.local_state))
