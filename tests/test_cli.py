@@ -96,55 +96,18 @@ def test_revoke_and_show_unknown(env: dict[str, str]) -> None:
     assert "no trigger" in missing.stderr
 
 
+def _set_app(
+    env: dict[str, str], service: str, replicas: str, *extra: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return run(env, "local", "set-app", "--cluster", "c1", "--app", "blog", "--service", service,
+               "--replicas", replicas, *extra, check=check)  # fmt: skip
+
+
 def test_local_set_app_and_show(env: dict[str, str]) -> None:
     """`local set-app` seeds services; `local show --json` prints the contract's shape."""
-    run(
-        env,
-        *[
-            "local",
-            "set-app",
-            "--cluster",
-            "c1",
-            "--app",
-            "blog",
-            "--service",
-            "web",
-            "--replicas",
-            "3",
-            "--image",
-            "nginx:1.27",
-        ],
-    )
-    run(
-        env,
-        *[
-            "local",
-            "set-app",
-            "--cluster",
-            "c1",
-            "--app",
-            "blog",
-            "--service",
-            "db",
-            "--replicas",
-            "1",
-        ],
-    )
-    run(
-        env,
-        *[
-            "local",
-            "set-app",
-            "--cluster",
-            "c1",
-            "--app",
-            "blog",
-            "--service",
-            "web",
-            "--replicas",
-            "4",
-        ],
-    )
+    _set_app(env, "web", "3", "--image", "nginx:1.27")
+    _set_app(env, "db", "1")
+    _set_app(env, "web", "4")
     shown = json.loads(run(env, "local", "show", "--json").stdout)
     assert shown == {
         "clusters": {
@@ -160,22 +123,7 @@ def test_local_set_app_and_show(env: dict[str, str]) -> None:
             }
         }
     }
-    negative = run(
-        env,
-        *[
-            "local",
-            "set-app",
-            "--cluster",
-            "c1",
-            "--app",
-            "blog",
-            "--service",
-            "web",
-            "--replicas",
-            "-1",
-        ],
-        check=False,
-    )
+    negative = _set_app(env, "web", "-1", check=False)
     assert negative.returncode == 2
 
 
