@@ -627,3 +627,49 @@ async def recorded(jobs: JobStore, job_id: str, status: str) -> JobRecord:
         return job if job is not None and job.status == status else None
 
     return await eventually(probe, what=f"job {job_id} recorded as {status}")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Subprocesses the test started; killed at the end whatever happens."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+def start_worker(
+    env: dict[str, str], processes: list[subprocess.Popen[bytes]], **extra_env: str
+) -> subprocess.Popen[bytes]:
+    """A `triggers worker` subprocess, registered for clean-up."""
+    worker = subprocess.Popen(
+        [*triggers_cli(), "worker"],
+        env={**env, **extra_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    processes.append(worker)
+    return worker
+
+
+async def scale_out_and_crash(
+    gateway: Gateway,
+    trigger: Trigger,
+    secret: str,
+    env: dict[str, str],
+    processes: list[subprocess.Popen[bytes]],
+    step: int,
+) -> str:
+    """Call a scaling trigger with a worker that SIGKILLs itself after applying; the job id."""
+    doomed = start_worker(env, processes, TRIGGERS_FAULTS="crash-after-apply")
+    url = gateway.call_url(trigger, secret) + f"&type=scale_out&step={step}"
+    async with gateway.http.post(url) as response:
+        assert response.status == 202
+        job_id: str = (await response.json())["job_id"]
+    async with asyncio.timeout(30):
+        while doomed.poll() is None:
+            await asyncio.sleep(0.05)
+    assert doomed.returncode == -signal.SIGKILL
+    return job_id

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
 from shared.bus import AmqpBus
 from shared.messages import CommandEnvelope, Redeploy, Target, new_job_id
 from shared.store import SqliteTriggerStore
-from tests.conftest import Gateway, Results, scale_command, triggers_cli
+from tests.conftest import Gateway, Results, scale_command, scale_out_and_crash, start_worker
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
 
@@ -60,17 +59,6 @@ async def test_distinct_jobs_each_apply(
     assert _services(cluster)["api"]["revision"] == 21
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Subprocesses the test started; killed at the end whatever happens."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-
-
 @pytest.mark.slow
 async def test_worker_killed_between_apply_and_ack_leaves_exactly_one_change(
     gateway: Gateway,
@@ -82,28 +70,11 @@ async def test_worker_killed_between_apply_and_ack_leaves_exactly_one_change(
 ) -> None:
     """SIGKILL after the change and before the ack: the redelivery reports, and changes nothing."""
     trigger, secret = await store.create(cluster="demo", app="shop", action="scale", service="web")
-    doomed = subprocess.Popen(
-        [*triggers_cli(), "worker"],
-        env={**env, "TRIGGERS_FAULTS": "crash-after-apply"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    processes.append(doomed)
-    async with gateway.http.post(gateway.call_url(trigger, secret) + "&type=scale_out&step=4") as r:
-        assert r.status == 202
-        job_id = (await r.json())["job_id"]
-
-    async with asyncio.timeout(30):
-        while doomed.poll() is None:
-            await asyncio.sleep(0.05)
-    assert doomed.returncode == -signal.SIGKILL
+    job_id = await scale_out_and_crash(gateway, trigger, secret, env, processes, step=4)
     assert _services(cluster)["web"]["replicas"] == 6  # applied once...
     assert results.for_job(job_id) == []  # ...but never reported or acked
 
-    survivor = subprocess.Popen(
-        [*triggers_cli(), "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    processes.append(survivor)
+    survivor = start_worker(env, processes)
     (event,) = await results.wait_for(job_id, within=30)
     assert event.status == "succeeded"
     assert event.duplicate is True

@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ import pytest
 from shared.bus import AmqpBus
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
-from tests.conftest import Gateway, Results, triggers_cli
+from tests.conftest import Gateway, Results, scale_out_and_crash, start_worker, triggers_cli
 from tests.orchestrators.fake_kube import FakeKube, running_fake_kube, write_kubeconfig
 from workers.orchestrators import open_orchestrator
 from workers.orchestrators.kubernetes import RESTARTED_AT
@@ -137,17 +137,6 @@ async def test_forbidden_ends_in_a_failed_result_saying_what_to_grant(
     assert "get, list and patch on deployments" in event.error
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Subprocesses the test started; killed at the end whatever happens."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-
-
 @pytest.mark.slow
 async def test_worker_process_killed_after_scaling_leaves_exactly_one_change(
     gateway: Gateway,
@@ -159,30 +148,11 @@ async def test_worker_process_killed_after_scaling_leaves_exactly_one_change(
     """`triggers worker` on Kubernetes, SIGKILLed between the change and the ack: the next worker reports the change as a duplicate and adds nothing."""
     fake, environ = kube_env
     trigger, secret = await store.create(cluster="prod", app="shop", action="scale", service="web")
-    doomed = subprocess.Popen(
-        [*triggers_cli(), "worker"],
-        env={**environ, "TRIGGERS_FAULTS": "crash-after-apply"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    processes.append(doomed)
-    async with gateway.http.post(gateway.call_url(trigger, secret) + "&type=scale_out&step=4") as r:
-        assert r.status == 202
-        job_id = (await r.json())["job_id"]
-    async with asyncio.timeout(30):
-        while doomed.poll() is None:
-            await asyncio.sleep(0.05)
-    assert doomed.returncode == -signal.SIGKILL
+    job_id = await scale_out_and_crash(gateway, trigger, secret, environ, processes, step=4)
     assert fake.get("web")["spec"]["replicas"] == 6
     assert results.for_job(job_id) == []
 
-    survivor = subprocess.Popen(
-        [*triggers_cli(), "worker"],
-        env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    processes.append(survivor)
+    survivor = start_worker(environ, processes)
     (event,) = await results.wait_for(job_id, within=30)
     assert (event.status, event.duplicate, event.orchestrator) == ("succeeded", True, "kubernetes")
     assert (event.before["web"].replicas, event.after["web"].replicas) == (2, 6)
