@@ -12,15 +12,14 @@ import asyncio
 import copy
 import itertools
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from tests.orchestrators.faults import Fault, FaultPlan
+from tests.orchestrators.serving import serving
 
 __all__ = ["API_VERSION", "FakeDocker", "running_fake_docker"]
 
@@ -179,14 +178,6 @@ class FakeDocker:
         return _json({"Warnings": None})
 
 
-@asynccontextmanager
-async def running_fake_docker() -> AsyncIterator[tuple[FakeDocker, str]]:
+def running_fake_docker() -> AbstractAsyncContextManager[tuple[FakeDocker, str]]:
     """A fake engine on an ephemeral port, and its URL for TRIGGERS_DOCKER_HOST."""
-    fake = FakeDocker()
-    server = TestServer(fake.app(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield fake, str(server.make_url("")).rstrip("/")
-    finally:
-        fake.release()
-        await server.close()
+    return serving(FakeDocker())

@@ -13,16 +13,15 @@ import asyncio
 import copy
 import itertools
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from tests.orchestrators.faults import Fault, FaultPlan
+from tests.orchestrators.serving import serving
 
 __all__ = ["FakeKube", "running_fake_kube", "write_kubeconfig"]
 
@@ -291,17 +290,9 @@ class FakeKube:
         return _json(self._scale(new))
 
 
-@asynccontextmanager
-async def running_fake_kube() -> AsyncIterator[tuple[FakeKube, str]]:
+def running_fake_kube() -> AbstractAsyncContextManager[tuple[FakeKube, str]]:
     """A fake API server on an ephemeral port, and its base URL."""
-    fake = FakeKube()
-    server = TestServer(fake.app(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield fake, str(server.make_url("")).rstrip("/")
-    finally:
-        fake.release()
-        await server.close()
+    return serving(FakeKube())
 
 
 def write_kubeconfig(
