@@ -21,6 +21,7 @@ from gateway.errors import error_middleware, json_response
 from gateway.hook import handle_trigger
 from gateway.jobs import handle_job, handle_jobs
 from gateway.keys import (
+    ACCEPTED,
     AUDIT,
     AUTH_LIMITER,
     BUS,
@@ -38,6 +39,7 @@ from gateway.metrics import handle_metrics, metrics_middleware
 from gateway.recent import RecentEvents
 from gateway.waiter import ResultWaiter
 from shared.audit import AuditLog
+from shared.batch import WriteBehind
 from shared.bus import AmqpBus, Bus
 from shared.jobs import JobStore, open_job_store
 from shared.logging import configure_logging
@@ -48,6 +50,9 @@ from shared.store import TriggerStore, open_store
 __all__ = ["create_app", "run_gateway"]
 
 log = structlog.get_logger("triggers.gateway")
+
+# How soon an accepted job is in the history for every gateway (this one knows at once).
+ACCEPTED_FLUSH_INTERVAL = 0.05
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -77,6 +82,20 @@ async def _readyz(request: web.Request) -> web.Response:
     if broker and store:
         return json_response(body)
     return json_response(body, status=503, headers={"Retry-After": "5"})
+
+
+def _start_writers(app: web.Application, settings: Settings) -> None:
+    """What calls leave behind, written in batches off the hot path (`shared.batch`)."""
+    app[AUDIT] = AuditLog(
+        app[STORE],
+        interval=settings.audit_flush_interval,
+        max_pending=settings.audit_max_pending,
+    )
+    app[AUDIT].start()
+    app[ACCEPTED] = WriteBehind(
+        app[JOBS].record_many, name="jobs.accepted", interval=ACCEPTED_FLUSH_INTERVAL
+    )
+    app[ACCEPTED].start()
 
 
 def create_app(
@@ -110,13 +129,9 @@ def create_app(
         app[STORE] = store if store is not None else open_store(settings.database)
         app[JOBS] = jobs if jobs is not None else open_job_store(settings.database)
         await app[STORE].start()
-        app[AUDIT] = AuditLog(
-            app[STORE],
-            interval=settings.audit_flush_interval,
-            max_pending=settings.audit_max_pending,
-        )
-        app[AUDIT].start()
+        _start_writers(app, settings)
         yield
+        await app[ACCEPTED].close()
         await app[AUDIT].close()
         if store is None:
             await app[STORE].close()

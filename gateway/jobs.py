@@ -11,7 +11,6 @@ Answers of a call with ``wait=N``:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,7 +21,7 @@ from aiohttp import web
 
 from gateway.admin import require_admin
 from gateway.errors import ApiError
-from gateway.keys import JOBS, LOG_FIELDS, SETTINGS, WAITER
+from gateway.keys import ACCEPTED, JOBS, LOG_FIELDS, SETTINGS, WAITER
 from shared.jobs import JOB_STATUSES, JobRecord, job_json, parse_since
 from shared.messages import CommandEnvelope, ResultEvent
 from shared.metrics import WAITING
@@ -40,9 +39,9 @@ log = structlog.get_logger("triggers.gateway")
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _WAIT = re.compile(r"^[0-9]{1,4}(?:\.[0-9]{1,3})?$")
-_RECORD_BOUND = 2.0
-# Writes of `accepted` that outlived their bound, referenced until they finish.
-_slow_writes: set[asyncio.Task[bool]] = set()
+# Before a 404, the store is read again after these pauses (accepted records are written
+# every ACCEPTED_FLUSH_INTERVAL, 50 ms, by the gateway that accepted the job).
+_UNSEEN_RETRIES = (0.1, 0.2, 0.4)
 _LIST_FILTERS = ("cluster", "app", "service", "action", "status", "since", "limit")
 
 
@@ -73,40 +72,31 @@ def _public(job: JobRecord, settings: Settings) -> dict[str, Any]:
     return data
 
 
-async def _record(request: web.Request, job: JobRecord) -> bool:
-    try:
-        await request.app[JOBS].record(job)
-    except Exception as exc:
-        # Never fail the call for history: the recorder still writes the job's result.
-        log.warning("gateway.job_unrecorded", job_id=job.job_id, error=repr(exc))
-        return False
-    return True
-
-
 async def _publish(
     request: web.Request, envelope: CommandEnvelope, publish: Callable[[], Awaitable[None]]
 ) -> JobRecord:
-    """Publish the command and record it `accepted`, the two at once.
+    """Publish the command, then queue its `accepted` record for the history.
 
-    Recording in parallel keeps the store write off the answer's latency, and it has landed
-    before the 202, so `status_url` is right at once. Should the publish fail, the record
-    of a job that will never run is taken back.
+    The record is written behind, in batches (`shared.batch.WriteBehind`): no store round
+    trip on the way to the 202. Until it is written this process answers `status_url`
+    from the queue, and other gateways wait a moment for it (`handle_job`). A gateway that
+    dies before the write loses only that record: the recorder still writes the result.
     """
+    await publish()
     job = JobRecord.accepted(envelope)
-    recording = asyncio.create_task(_record(request, job))
-    try:
-        await publish()
-    except BaseException:
-        if await recording:
-            with contextlib.suppress(Exception):
-                await request.app[JOBS].forget_accepted(job.job_id)
-        raise
-    # Bounded: a store stuck on a lock must not hold the answer; the write goes on alone.
-    done, _ = await asyncio.wait({recording}, timeout=_RECORD_BOUND)
-    if not done:
-        log.warning("gateway.job_record_slow", job_id=job.job_id, bound_s=_RECORD_BOUND)
-        _slow_writes.add(recording)
-        recording.add_done_callback(_slow_writes.discard)
+    request.app[ACCEPTED].record(job)
+    return job
+
+
+async def _find(request: web.Request, job_id: str) -> JobRecord | None:
+    """The job from the history, completed by this process's unwritten `accepted` record."""
+    job = await request.app[JOBS].get(job_id)
+    for accepted in request.app[ACCEPTED].unwritten():
+        if accepted.job_id == job_id:
+            if job is None:
+                return accepted
+            # A worker's notice may have been recorded before this record was written.
+            return msgspec.structs.replace(job, accepted_at=job.accepted_at or accepted.accepted_at)
     return job
 
 
@@ -212,7 +202,13 @@ async def handle_job(request: web.Request) -> web.Response:
         raise ApiError(
             400, "invalid_job_id", "a job id is 32 lowercase hex characters, as a 202 answer gives"
         )
-    job = await request.app[JOBS].get(job_id)
+    job = await _find(request, job_id)
+    # Accepted by another gateway a moment ago, its record may still be on its way.
+    for delay in _UNSEEN_RETRIES:
+        if job is not None:
+            break
+        await asyncio.sleep(delay)
+        job = await _find(request, job_id)
     settings = request.app[SETTINGS]
     if job is None:
         days = settings.job_retention / 86400

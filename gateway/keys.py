@@ -12,13 +12,15 @@ from gateway.limits import CallLimits
 from gateway.recent import RecentEvents
 from gateway.waiter import ResultWaiter
 from shared.audit import AuditLog
+from shared.batch import WriteBehind
 from shared.bus import Bus
-from shared.jobs import JobStore
+from shared.jobs import JobRecord, JobStore
 from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.triggers import Trigger
 
 __all__ = [
+    "ACCEPTED",
     "AUDIT",
     "AUTH_LIMITER",
     "BUS",
@@ -45,6 +47,8 @@ TRIGGER_CACHE = web.AppKey("trigger_cache", TTLCache[str, Trigger | None])
 RECENT_EVENTS = web.AppKey("recent_events", RecentEvents)
 LIMITS = web.AppKey("limits", CallLimits)
 AUDIT = web.AppKey("audit", AuditLog)
+# Jobs this process accepted, written to the history in batches (gateway/jobs.py).
+ACCEPTED = web.AppKey("accepted", WriteBehind[JobRecord])
 # Store lookups in flight, by trigger id, so a cache miss under load costs one query.
 TRIGGER_LOOKUPS = web.AppKey("trigger_lookups", dict[str, "asyncio.Future[Trigger | None]"])
 

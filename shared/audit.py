@@ -1,27 +1,22 @@
 """The audit trail: one entry per trigger call, never the secret, written in batches.
 
-Writing is off the hot path: `AuditLog` keeps entries in a bounded in-memory queue that a
-background task flushes every `interval` seconds or every `batch` entries, in one
-multi-row insert. When the store is down the entries stay queued; when the queue is full,
-new entries are dropped and counted (`audit.dropped`) rather than slowing calls down. A
-clean shutdown flushes what is queued.
+Writing is off the hot path: `AuditLog` is a `shared.batch.WriteBehind` queue, flushed
+every `interval` seconds or every `batch` entries in one multi-row insert; when the store
+is down the entries stay queued, and when the queue is full new ones are dropped and
+counted (`audit.dropped`) rather than slowing calls down.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal, Protocol
 
 import msgspec
-import structlog
+
+from shared.batch import WriteBehind
 
 __all__ = ["AuditEntry", "AuditLog", "AuditSink", "Outcome"]
-
-log = structlog.get_logger("triggers.audit")
 
 # accepted: published (202); ignored: authenticated but held back by the cooldown (200);
 # rejected: any 4xx/5xx answer, with the error code as the reason.
@@ -53,8 +48,8 @@ class AuditSink(Protocol):
         ...
 
 
-class AuditLog:
-    """A bounded queue of entries and the task that writes them."""
+class AuditLog(WriteBehind[AuditEntry]):
+    """The audit trail's write-behind queue (`shared.batch.WriteBehind`)."""
 
     def __init__(
         self,
@@ -64,57 +59,10 @@ class AuditLog:
         max_pending: int = 10_000,
         batch: int = 500,
     ) -> None:
-        self._store = store
-        self._interval = interval
-        self._max_pending = max_pending
-        self._batch = batch
-        self._pending: deque[AuditEntry] = deque()
-        self._wake = asyncio.Event()
-        self._write_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self.dropped = 0
-
-    def record(self, entry: AuditEntry) -> None:
-        """Queue an entry; never waits."""
-        if len(self._pending) >= self._max_pending:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("audit.dropped", dropped=self.dropped)
-            return
-        self._pending.append(entry)
-        if len(self._pending) >= self._batch:
-            self._wake.set()
-
-    async def flush(self) -> None:
-        """Write everything queued now; entries stay queued if the store fails."""
-        async with self._write_lock:
-            while self._pending:
-                count = min(len(self._pending), self._batch)
-                batch = [self._pending.popleft() for _ in range(count)]
-                try:
-                    await self._store.record_audit(batch)
-                except Exception as exc:  # keep the entries, retry next round
-                    self._pending.extendleft(reversed(batch))
-                    log.warning(
-                        "audit.write_failed", pending=len(self._pending), error=repr(exc)[:200]
-                    )
-                    return
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
-            self._wake.clear()
-            await self.flush()
-
-    def start(self) -> None:
-        """Begin flushing in the background."""
-        self._task = asyncio.create_task(self._run(), name="audit-flush")
-
-    async def close(self) -> None:
-        """Stop the task and write what is left."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.flush()
+        super().__init__(
+            store.record_audit,
+            name="audit",
+            interval=interval,
+            max_pending=max_pending,
+            batch=batch,
+        )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -201,6 +201,10 @@ class JobStore(Protocol):
         """Merge what is known about a job; never moves it backwards."""
         ...
 
+    async def record_many(self, jobs: Sequence[JobRecord]) -> None:
+        """`record` for many jobs in one transaction."""
+        ...
+
     async def get(self, job_id: str) -> JobRecord | None:
         """One job, or None when unknown (or pruned)."""
         ...
@@ -224,10 +228,6 @@ class JobStore(Protocol):
         """Jobs per status."""
         ...
 
-    async def forget_accepted(self, job_id: str) -> None:
-        """Delete a job still only `accepted` (its command was never published after all)."""
-        ...
-
     async def prune(self, older_than: datetime) -> int:
         """Forget jobs issued before `older_than`; return how many."""
         ...
@@ -245,33 +245,42 @@ class JobStore(Protocol):
         ...
 
 
+def _row(job: JobRecord) -> list[Any]:
+    values = {
+        "job_id": job.job_id,
+        "trigger_id": job.trigger_id,
+        "action": job.action,
+        "cluster": job.cluster,
+        "app": job.app,
+        "service": job.service,
+        "status": job.status,
+        "rank": _RANK[job.status],
+        "correlation_id": job.correlation_id,
+        "source": _encoder.encode(job.source).decode(),
+        "issued_at": job.issued_at,
+        "accepted_at": job.accepted_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "duration_ms": job.duration_ms,
+        "attempt": job.attempt,
+        "error": job.error,
+        "result": _encoder.encode(job.result).decode() if job.result else None,
+        "updated_at": utcnow(),
+    }
+    return [values[c] for c in _COLUMNS]
+
+
 class SqlJobStore(SqlBackend):
     """The `JobStore` over a driver; the SQL is shared by both databases."""
 
     async def record(self, job: JobRecord) -> None:
         """Merge what is known about a job; never moves it backwards."""
-        values = {
-            "job_id": job.job_id,
-            "trigger_id": job.trigger_id,
-            "action": job.action,
-            "cluster": job.cluster,
-            "app": job.app,
-            "service": job.service,
-            "status": job.status,
-            "rank": _RANK[job.status],
-            "correlation_id": job.correlation_id,
-            "source": _encoder.encode(job.source).decode(),
-            "issued_at": job.issued_at,
-            "accepted_at": job.accepted_at,
-            "started_at": job.started_at,
-            "finished_at": job.finished_at,
-            "duration_ms": job.duration_ms,
-            "attempt": job.attempt,
-            "error": job.error,
-            "result": _encoder.encode(job.result).decode() if job.result else None,
-            "updated_at": utcnow(),
-        }
-        await self._execute(_UPSERT, [values[c] for c in _COLUMNS])
+        await self._execute(_UPSERT, _row(job))
+
+    async def record_many(self, jobs: Sequence[JobRecord]) -> None:
+        """`record` for many jobs in one transaction (the gateway's `accepted` batches)."""
+        if jobs:
+            await self._execute_many(_UPSERT, [_row(job) for job in jobs])
 
     async def get(self, job_id: str) -> JobRecord | None:
         """One job, or None when unknown (or pruned)."""
@@ -316,10 +325,6 @@ class SqlJobStore(SqlBackend):
         """Jobs per status."""
         rows = await self._fetch("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
         return {str(row["status"]): int(row["n"]) for row in rows}
-
-    async def forget_accepted(self, job_id: str) -> None:
-        """Delete a job still only `accepted` (its command was never published after all)."""
-        await self._execute("DELETE FROM jobs WHERE job_id = ? AND status = 'accepted'", [job_id])
 
     async def prune(self, older_than: datetime) -> int:
         """Forget jobs issued before `older_than`; return how many."""

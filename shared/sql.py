@@ -247,10 +247,20 @@ class SqliteDriver:
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run a statement once per row, in one transaction."""
         values = [[_sqlite_value(p) for p in row] for row in rows]
+        if self._writes is not None:
+            await self._writes.run(lambda c: c.executemany(sql, values).rowcount)
+            return
 
         def insert(conn: sqlite3.Connection) -> None:
-            with conn:  # one transaction for the batch
+            # The connection autocommits (isolation_level=None): without an explicit
+            # transaction every row would be a commit of its own.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
                 conn.executemany(sql, values)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
         await self._run(insert)
 

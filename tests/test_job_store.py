@@ -94,16 +94,23 @@ async def test_list_filters_orders_and_limits(history: SqlJobStore) -> None:
     assert await history.list(app="blog") == []
 
 
-async def test_forget_accepted_and_prune(history: SqlJobStore) -> None:
-    """forget_accepted deletes a job only while it is accepted; prune counts what it drops."""
+async def test_record_many_merges_like_record_and_prune(history: SqlJobStore) -> None:
+    """A batch of `accepted` records never moves a job back; prune counts what it drops."""
     done = result_event("a" * 32, ago=7200)
     pending = result_event("b" * 32)
     await history.record(JobRecord.from_event(done))
-    await history.record(_before_result(pending, "accepted"))
-    await history.forget_accepted(done.job_id)
-    await history.forget_accepted(pending.job_id)
-    assert await history.get(pending.job_id) is None
-    assert await history.get(done.job_id) is not None
+    # The gateway's batch arrives after the recorder wrote `done`'s result.
+    await history.record_many(
+        [_before_result(done, "accepted"), _before_result(pending, "accepted")]
+    )
+    await history.record_many([])
+    kept = await history.get(done.job_id)
+    assert kept is not None
+    assert kept.status == "succeeded"
+    assert kept.result is not None
+    waiting = await history.get(pending.job_id)
+    assert waiting is not None
+    assert waiting.status == "accepted"
     assert await history.prune(utcnow() - timedelta(hours=1)) == 1
     assert await history.get(done.job_id) is None
     assert await history.prune(utcnow() - timedelta(hours=1)) == 0

@@ -127,7 +127,7 @@ async def test_job_status_goes_accepted_running_succeeded(
     assert response.headers["Location"] == status_url
     local_url = status_url.replace(gateway.settings.public_url, gateway.url)
 
-    # The gateway wrote `accepted` before answering: read-your-writes, no race with the worker.
+    # Read-your-writes: the gateway that answered knows the job at once, written or not.
     code, first = await _get(gateway.http, local_url)
     assert code == 200
     assert first["status"] in ("accepted", "running")
