@@ -28,6 +28,7 @@ from gateway.keys import (
     STORE,
     TRIGGER_CACHE,
     TRIGGER_LOOKUPS,
+    WAITER,
 )
 from gateway.policy import Admission, admit
 from gateway.sources import EventCall, inspect_call, presented_secret
@@ -302,6 +303,7 @@ async def handle_trigger(request: web.Request) -> web.Response:
             origin=event.origin if event else None,
         ),
         correlation_id=_correlation_id(request, job_id),
+        reply_to=request.app[WAITER].reply_to if wait_s > 0 else None,
     )
     request[LOG_FIELDS]["job_id"] = job_id
 

@@ -1,15 +1,20 @@
 """Waiting for a job's result without a queue per request.
 
-One results consumer per gateway process (an exclusive, auto-deleted queue bound to
-`triggers.results`) hands each event to the request waiting for that job id, if any.
-A request registers its future *before* the command is published, so a result that
-comes back faster than the publish confirm is not missed.
+One results consumer per gateway process: an exclusive, auto-deleted queue bound to
+`triggers.results` with this process's own key, `reply.<random>`, which no result's
+routing key (`<status>.<action>.<cluster>.<app>`) matches. A command published with
+`wait=N` carries that key as `reply_to`, and the worker adds it to its result's CC
+header: the broker routes a copy to this queue only, so gateways do not receive (and
+decode) the results of jobs nobody waits on. The queue hands each event to the request
+waiting for that job id. A request registers its future *before* the command is
+published, so a result that comes back faster than the publish confirm is not missed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Iterator
 
 import structlog
@@ -29,6 +34,7 @@ class ResultWaiter:
         self._pending: dict[str, asyncio.Future[ResultEvent]] = {}
         self._bus: Bus | None = None
         self._subscriber: asyncio.Task[None] | None = None
+        self.reply_to = f"reply.{uuid.uuid4().hex}"
 
     @property
     def ready(self) -> bool:
@@ -41,8 +47,8 @@ class ResultWaiter:
         return len(self._pending)
 
     async def start(self, bus: Bus) -> None:
-        """Subscribe to every result, once for the process."""
-        await bus.subscribe_results(self._on_result)
+        """Subscribe to the results sent to `reply_to`, once for the process."""
+        await bus.subscribe_results(self._on_result, binding=self.reply_to)
         self._bus = bus
         log.info("gateway.results_subscribed", bus=bus.name)
 

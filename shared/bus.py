@@ -15,9 +15,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -27,6 +28,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aiormq import spec
 
 from shared.errors import BrokerUnavailable
 from shared.messages import (
@@ -123,8 +125,8 @@ class Bus(Protocol):
         """Publish and wait for the broker's confirm; raise `BrokerUnavailable` otherwise."""
         ...
 
-    async def publish_result(self, event: ResultEvent) -> None:
-        """Publish a result event and wait for the confirm."""
+    async def publish_result(self, event: ResultEvent, *, cc: str | None = None) -> None:
+        """Publish a result event (also to the routing key `cc`) and wait for the confirm."""
         ...
 
     async def publish_notice(self, notice: JobNotice) -> None:
@@ -178,6 +180,7 @@ class _Consumer:
     tag: str
 
 
+_PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 ATTEMPT_HEADER = "x-triggers-attempt"
 ERROR_HEADER = "x-triggers-error"
 
@@ -266,6 +269,8 @@ class AmqpBus:
         self._role = role
         self._connection: AbstractRobustConnection | None = None
         self._topology: Topology | None = None
+        # The confirm channel every exchange of the topology was declared on.
+        self._publisher: AbstractChannel | None = None
         self._consumers: list[_Consumer] = []
         self._consume_with: tuple[DeliveryHandler, int] | None = None
         self._channels: list[AbstractChannel] = []
@@ -313,6 +318,7 @@ class AmqpBus:
             raise BrokerUnavailable(msg) from exc
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self._topology = await declare(channel, self._retry_delays)
+        self._publisher = channel
         self._connection = connection
         self._restored = True
         connection.close_callbacks.add(self._on_lost)
@@ -351,12 +357,34 @@ class AmqpBus:
         return self._topology
 
     async def _publish(
-        self, exchange: Any, message: aio_pika.Message, key: str, *, mandatory: bool, kind: str
+        self,
+        exchange: AbstractExchange,
+        body: bytes,
+        properties: spec.Basic.Properties,
+        key: str,
+        *,
+        mandatory: bool,
+        kind: str,
     ) -> None:
+        # Straight to the channel underneath aio-pika's exchange (what `Exchange.publish`
+        # calls), with the properties built once and without waiting for the socket write:
+        # the confirm that is awaited comes after it anyway. Returns, nacks and channel
+        # errors raise exactly as through `Exchange.publish`.
+        if self._publisher is None:
+            msg = "not connected to RabbitMQ"
+            raise BrokerUnavailable(msg)
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._publish_timeout):
-                await exchange.publish(message, routing_key=key, mandatory=mandatory)
+            channel = cast("aiormq.Channel", await self._publisher.get_underlay_channel())
+            await channel.basic_publish(
+                body,
+                exchange=exchange.name,
+                routing_key=key,
+                properties=properties,
+                mandatory=mandatory,
+                timeout=self._publish_timeout,
+                wait=False,
+            )
             PUBLISH_SECONDS.labels(kind).observe(time.perf_counter() - started)
         except TimeoutError as exc:
             msg = f"RabbitMQ did not confirm within {self._publish_timeout:g}s"
@@ -368,24 +396,32 @@ class AmqpBus:
     async def publish_command(self, envelope: CommandEnvelope) -> None:
         """Publish persistently to the action's queue; returns once the broker confirmed."""
         topology = self._require_topology()
-        message = aio_pika.Message(
-            body=encode(envelope),
+        properties = spec.Basic.Properties(
             content_type="application/json",
-            type=COMMAND_CONTENT_TYPE,
+            message_type=COMMAND_CONTENT_TYPE,
             message_id=envelope.job_id,
             correlation_id=envelope.correlation_id or None,
             timestamp=envelope.issued_at,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={"trigger-id": envelope.trigger_id},
+            delivery_mode=_PERSISTENT,
         )
         await self._publish(
-            topology.commands, message, envelope.action, mandatory=True, kind="command"
+            topology.commands,
+            encode(envelope),
+            properties,
+            envelope.action,
+            mandatory=True,
+            kind="command",
         )
 
-    async def publish_result(self, event: ResultEvent) -> None:
-        """Publish a result event; not mandatory, since nobody may be listening."""
+    async def publish_result(self, event: ResultEvent, *, cc: str | None = None) -> None:
+        """Publish a result event; not mandatory, since nobody may be listening.
+
+        `cc`: one more routing key (RabbitMQ's CC header), the waiting gateway's own.
+        """
         topology = self._require_topology()
-        await self._publish_event(topology.results, event, RESULT_CONTENT_TYPE, event.finished_at)
+        await self._publish_event(
+            topology.results, event, RESULT_CONTENT_TYPE, event.finished_at, cc=cc
+        )
 
     async def publish_notice(self, notice: JobNotice) -> None:
         """Publish a progress notice on `triggers.progress`; not mandatory either."""
@@ -398,19 +434,20 @@ class AmqpBus:
         event: ResultEvent | JobNotice,
         content_type: str,
         timestamp: datetime,
+        cc: str | None = None,
     ) -> None:
-        message = aio_pika.Message(
-            body=encode(event),
+        properties = spec.Basic.Properties(
             content_type="application/json",
-            type=content_type,
+            message_type=content_type,
             message_id=event.job_id,
             correlation_id=event.correlation_id or None,
             timestamp=timestamp,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=_PERSISTENT,
+            headers={"CC": [cc]} if cc else None,
         )
         key = result_routing_key(event.status, event.action, event.cluster, event.app)
         kind = "result" if isinstance(event, ResultEvent) else "notice"
-        await self._publish(exchange, message, key, mandatory=False, kind=kind)
+        await self._publish(exchange, encode(event), properties, key, mandatory=False, kind=kind)
 
     async def republish(
         self,
@@ -427,8 +464,9 @@ class AmqpBus:
             COMMANDS_EXCHANGE: topology.commands,
         }[exchange]
         kind = {RETRY_EXCHANGE: "retry", DEAD_EXCHANGE: "dead_letter"}.get(exchange, "command")
+        copy = copy_message(message, headers)
         await self._publish(
-            target, copy_message(message, headers), routing_key, mandatory=True, kind=kind
+            target, copy.body, copy.properties, routing_key, mandatory=True, kind=kind
         )
 
     async def consume_commands(self, handler: DeliveryHandler, *, prefetch: int) -> None:
@@ -684,11 +722,13 @@ class MemoryBus:
         """Queue the command; 'confirmed' once it is in the queue."""
         self.enqueue(envelope.action, encode(envelope))
 
-    async def publish_result(self, event: ResultEvent) -> None:
-        """Hand the event to every matching subscriber."""
-        key = result_routing_key(event.status, event.action, event.cluster, event.app)
+    async def publish_result(self, event: ResultEvent, *, cc: str | None = None) -> None:
+        """Hand the event to every subscriber matching its key (or `cc`), once each."""
+        keys = [result_routing_key(event.status, event.action, event.cluster, event.app)]
+        if cc:
+            keys.append(cc)
         for binding, handler in list(self._subscribers):
-            if _topic_matches(binding, key):
+            if any(_topic_matches(binding, key) for key in keys):
                 await handler(event)
         await self._record(encode(event))
 

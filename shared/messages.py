@@ -135,6 +135,9 @@ class CommandEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     source: Source = Source()
     issued_at: datetime = msgspec.field(default_factory=utcnow)
     correlation_id: str = ""
+    # The routing key of a gateway waiting for this job's result (`wait=N`): the worker
+    # adds it to the result's CC header, so only that gateway gets a copy.
+    reply_to: str | None = None
 
     @property
     def action(self) -> Action:

@@ -186,7 +186,9 @@ class Worker:
         settle: Settle = "ack" if error is None else "dead_letter"
         try:
             # Shielded: a shutdown must not cancel between the confirm and the ack.
-            await asyncio.shield(self._report_and_settle(delivery, event, settle))
+            await asyncio.shield(
+                self._report_and_settle(delivery, event, settle, envelope.reply_to)
+            )
         except BrokerUnavailable as exc:
             log.warning("worker.result_unpublished", error=str(exc))
             await self._give_back(delivery)
@@ -247,9 +249,9 @@ class Worker:
             log.warning("worker.notice_unpublished", error=str(exc))
 
     async def _report_and_settle(
-        self, delivery: Delivery, event: ResultEvent, settle: Settle
+        self, delivery: Delivery, event: ResultEvent, settle: Settle, reply_to: str | None
     ) -> None:
-        await self._bus.publish_result(event)
+        await self._bus.publish_result(event, cc=reply_to)
         if settle == "ack":
             await delivery.ack()
         else:

@@ -1,0 +1,42 @@
+"""Who receives a result event, through the real broker: the waiting gateway's key is CC'd."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared.bus import AmqpBus
+from shared.messages import ResultEvent
+from shared.settings import Settings
+from tests.conftest import result_event
+
+
+async def test_a_reply_key_receives_only_results_cc_d_to_it(settings: Settings) -> None:
+    """A queue bound to `reply.<key>` gets the results CC'd to it, once; a "#" tail gets all."""
+    publisher = AmqpBus(settings.amqp_url, role="test-worker")
+    listener = AmqpBus(settings.amqp_url, role="test-gateway")
+    await publisher.start()
+    await listener.start()
+    replies: list[ResultEvent] = []
+    tail: list[ResultEvent] = []
+
+    async def on_reply(event: ResultEvent) -> None:
+        replies.append(event)
+
+    async def on_tail(event: ResultEvent) -> None:
+        tail.append(event)
+
+    try:
+        await listener.subscribe_results(on_reply, binding="reply.k1")
+        await listener.subscribe_results(on_tail, binding="#")
+        await publisher.publish_result(result_event("a" * 32))
+        await publisher.publish_result(result_event("b" * 32), cc="reply.k1")
+        await publisher.publish_result(result_event("c" * 32), cc="reply.other")
+        async with asyncio.timeout(10):
+            while len(tail) < 3:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # time for a wrongly routed copy to arrive too
+    finally:
+        await listener.close()
+        await publisher.close()
+    assert [e.job_id for e in replies] == ["b" * 32]
+    assert sorted(e.job_id for e in tail) == ["a" * 32, "b" * 32, "c" * 32]
