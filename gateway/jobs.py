@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from gateway.admin import require_admin
-from gateway.errors import ApiError
+from gateway.errors import ApiError, json_response
 from gateway.keys import ACCEPTED, JOBS, LOG_FIELDS, SETTINGS, WAITER
 from shared.jobs import JOB_STATUSES, JobRecord, job_json, parse_since
 from shared.messages import CommandEnvelope, ResultEvent
@@ -120,7 +120,7 @@ async def run_job(
     if wait <= 0:
         await _publish(request, envelope, publish)
         fields["outcome"] = "accepted"
-        return web.json_response(body, status=202, headers=headers)
+        return json_response(body, status=202, headers=headers)
     if not waiter.ready:
         raise ApiError(
             503,
@@ -162,7 +162,7 @@ async def _timed_out(
     body["detail"] = (
         f"no result within {wait:g} s; the job goes on: poll status_url or watch `triggers tail`"
     )
-    return web.json_response(body, status=202, headers=headers)
+    return json_response(body, status=202, headers=headers)
 
 
 def _result_answer(
@@ -187,8 +187,8 @@ def _result_answer(
             "detail": event.error or "the job failed",
             **job,
         }
-        return web.json_response(job, status=422, headers=headers)
-    return web.json_response(job, status=200, headers=headers)
+        return json_response(job, status=422, headers=headers)
+    return json_response(job, status=200, headers=headers)
 
 
 async def handle_job(request: web.Request) -> web.Response:
@@ -217,7 +217,7 @@ async def handle_job(request: web.Request) -> web.Response:
             "job_not_found",
             f"no job {job_id}: unknown, or older than the history keeps ({days:g} days)",
         )
-    return web.json_response(_public(job, settings))
+    return json_response(_public(job, settings))
 
 
 async def handle_jobs(request: web.Request) -> web.Response:
@@ -251,4 +251,4 @@ async def handle_jobs(request: web.Request) -> web.Response:
         limit=int(limit_text),
     )
     settings = request.app[SETTINGS]
-    return web.json_response({"jobs": [_public(job, settings) for job in jobs], "count": len(jobs)})
+    return json_response({"jobs": [_public(job, settings) for job in jobs], "count": len(jobs)})
