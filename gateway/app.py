@@ -93,7 +93,7 @@ def _start_writers(app: web.Application, settings: Settings) -> None:
     )
     app[AUDIT].start()
     app[ACCEPTED] = WriteBehind(
-        app[JOBS].record_many, name="jobs.accepted", interval=ACCEPTED_FLUSH_INTERVAL
+        app[JOBS].record_accepted, name="jobs.accepted", interval=ACCEPTED_FLUSH_INTERVAL
     )
     app[ACCEPTED].start()
 

@@ -194,7 +194,7 @@ def _result_answer(
 async def handle_job(request: web.Request) -> web.Response:
     """``GET /v1/jobs/{job_id}``: the job's state and, once finished, its result.
 
-    The job id is a 122-bit random capability handed to the caller who held the trigger's
+    The job id is a 128-bit random capability handed to the caller who held the trigger's
     secret, so knowing it is what grants access (like the trigger URL itself).
     """
     job_id = request.match_info["job_id"]

@@ -93,6 +93,15 @@ ON CONFLICT (job_id) DO UPDATE SET
 """  # noqa: S608 - built from the constant column names above
 
 
+# The gateway's `accepted` records: fewer columns, and only `accepted_at` to merge.
+_ACCEPT = f"""
+INSERT INTO jobs (job_id, trigger_id, action, cluster, app, service, status, rank,
+                  correlation_id, source, issued_at, accepted_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, 'accepted', {_RANK["accepted"]}, ?, ?, ?, ?, ?)
+ON CONFLICT (job_id) DO UPDATE SET accepted_at = COALESCE(jobs.accepted_at, excluded.accepted_at)
+"""  # noqa: S608 - a constant
+
+
 class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One job as the history store and `GET /v1/jobs/{job_id}` show it."""
 
@@ -201,8 +210,8 @@ class JobStore(Protocol):
         """Merge what is known about a job; never moves it backwards."""
         ...
 
-    async def record_many(self, jobs: Sequence[JobRecord]) -> None:
-        """`record` for many jobs in one transaction."""
+    async def record_accepted(self, jobs: Sequence[JobRecord]) -> None:
+        """Jobs the gateway just had confirmed (status `accepted`), in one transaction."""
         ...
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -277,10 +286,33 @@ class SqlJobStore(SqlBackend):
         """Merge what is known about a job; never moves it backwards."""
         await self._execute(_UPSERT, _row(job))
 
-    async def record_many(self, jobs: Sequence[JobRecord]) -> None:
-        """`record` for many jobs in one transaction (the gateway's `accepted` batches)."""
+    async def record_accepted(self, jobs: Sequence[JobRecord]) -> None:
+        """Jobs the gateway just had confirmed, in one transaction.
+
+        Only what is known at that point is written; a job some event recorded first
+        keeps everything and gains its `accepted_at`.
+        """
         if jobs:
-            await self._execute_many(_UPSERT, [_row(job) for job in jobs])
+            now = utcnow()
+            await self._execute_many(
+                _ACCEPT,
+                [
+                    (
+                        job.job_id,
+                        job.trigger_id,
+                        job.action,
+                        job.cluster,
+                        job.app,
+                        job.service,
+                        job.correlation_id,
+                        _encoder.encode(job.source).decode(),
+                        job.issued_at,
+                        job.accepted_at,
+                        now,
+                    )
+                    for job in jobs
+                ],
+            )
 
     async def get(self, job_id: str) -> JobRecord | None:
         """One job, or None when unknown (or pruned)."""

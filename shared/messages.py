@@ -7,7 +7,7 @@ tell them apart during a rolling upgrade.
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -57,8 +57,9 @@ def utcnow() -> datetime:
 
 
 def new_job_id() -> str:
-    """A random job id (122 bits); the key that makes applying a command idempotent."""
-    return uuid.uuid4().hex
+    """A random job id (128 bits, 32 hex digits); the key that makes applying a command
+    idempotent."""
+    return secrets.token_hex(16)
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):

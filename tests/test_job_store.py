@@ -94,16 +94,16 @@ async def test_list_filters_orders_and_limits(history: SqlJobStore) -> None:
     assert await history.list(app="blog") == []
 
 
-async def test_record_many_merges_like_record_and_prune(history: SqlJobStore) -> None:
+async def test_record_accepted_never_moves_a_job_back_and_prune(history: SqlJobStore) -> None:
     """A batch of `accepted` records never moves a job back; prune counts what it drops."""
     done = result_event("a" * 32, ago=7200)
     pending = result_event("b" * 32)
     await history.record(JobRecord.from_event(done))
     # The gateway's batch arrives after the recorder wrote `done`'s result.
-    await history.record_many(
+    await history.record_accepted(
         [_before_result(done, "accepted"), _before_result(pending, "accepted")]
     )
-    await history.record_many([])
+    await history.record_accepted([])
     kept = await history.get(done.job_id)
     assert kept is not None
     assert kept.status == "succeeded"
