@@ -14,7 +14,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestServer
 
+from gateway.app import create_app
 from shared.bus import AmqpBus
 from shared.messages import Target
 from shared.settings import Settings
@@ -351,3 +353,27 @@ async def test_gateway_worker_and_recorder_processes_share_the_database(
     assert stored is not None
     assert stored["status"] == "succeeded"
     assert None not in (stored["accepted_at"], stored["started_at"], stored["finished_at"])
+
+
+async def test_another_gateway_finds_a_job_accepted_a_moment_ago(
+    gateway: Gateway, store: TriggerStore, settings: Settings, bus: AmqpBus
+) -> None:
+    """Accepted records are written behind, in batches: a second gateway on the same
+    database, asked right after the 202, waits for the record instead of answering 404."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    other = TestServer(create_app(settings, store=store, bus=bus), host="127.0.0.1")
+    await other.start_server()
+    try:
+        async with gateway.http.post(gateway.call_url(trigger, secret)) as response:
+            accepted = await response.json()
+            assert response.status == 202, accepted
+        base = str(other.make_url("")).rstrip("/")
+        code, job = await _get(gateway.http, f"{base}/v1/jobs/{accepted['job_id']}")
+        assert code == 200, job
+        assert job["status"] == "accepted"
+        assert job["accepted_at"] is not None
+        unknown = f"{base}/v1/jobs/{'0' * 32}"
+        code, missing = await _get(gateway.http, unknown)
+        assert (code, missing["error"]) == (404, "job_not_found")
+    finally:
+        await other.close()
