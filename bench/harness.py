@@ -54,6 +54,7 @@ class BenchConfig:
     calls: int = 5000
     in_flight: int = 64
     gateway_processes: int = 2
+    e2e_processes: int = 1
     peers: bool = True
     setup: bool = True
     use_wrk: bool = True
@@ -457,13 +458,21 @@ class _Bench:
 
     async def ours(self) -> None:
         env, url_template, _ = await self.seed()
-        processes = self.config.gateway_processes
-        if processes > 1:
-            single, url = await self.gateway(env, url_template, 1)
-            await self.measure_gateway(single, url, 1)
-            single.stop()
-        gateway, url = await self.gateway(env, url_template, processes)
-        await self.measure_gateway(gateway, url, processes)
+        # The gateway alone with 1 and with `gateway_processes` processes; end to end with
+        # `e2e_processes` (one by default: on 2 cores the worker and the broker need the
+        # other one more than a second gateway process does).
+        counts = sorted({1, self.config.gateway_processes})
+        gateway: Service | None = None
+        url = ""
+        for processes in counts:
+            started, started_url = await self.gateway(env, url_template, processes)
+            await self.measure_gateway(started, started_url, processes)
+            if processes == self.config.e2e_processes:
+                gateway, url = started, started_url
+            else:
+                started.stop()
+        if gateway is None:
+            gateway, url = await self.gateway(env, url_template, self.config.e2e_processes)
 
         worker = self.start("worker", [_cli("triggers"), "worker"], env)
         await _wait_consumer(self.amqp_url, COMMAND_QUEUES["scale"], 30)
@@ -474,8 +483,13 @@ class _Bench:
                 "broker": broker_process,
             }
         )
+        plural = "process" if self.config.e2e_processes == 1 else "processes"
         await self.measure_end_to_end(
-            "our end to end", url, meter, f"{self.config.in_flight} in flight", "ours"
+            "our end to end",
+            url,
+            meter,
+            f"{self.config.in_flight} in flight, {self.config.e2e_processes} gateway {plural}",
+            "ours",
         )
         self.report.peak_rss_mb["gateway (largest process)"] = round(
             usage(gateway.processes()).peak_rss_mb, 1

@@ -690,6 +690,12 @@ def tail(
 @click.option("--calls", default=5000, show_default=True, help="End-to-end calls.")
 @click.option("--in-flight", default=64, show_default=True, help="End-to-end calls in flight.")
 @click.option("--processes", default=2, show_default=True, help="Gateway processes.")
+@click.option(
+    "--e2e-processes",
+    default=1,
+    show_default=True,
+    help="Gateway processes end to end (the worker and the broker share the cores).",
+)
 @click.option("--peers/--no-peers", default=True, help="Measure adnanh/webhook and Celery.")
 @click.option("--setup/--no-setup", default=True, help="apt-get install missing peer tools.")
 @click.option("--wrk/--python-load", "use_wrk", default=True, help="Load generator.")
@@ -702,6 +708,7 @@ def bench(
     calls: int,
     in_flight: int,
     processes: int,
+    e2e_processes: int,
     peers: bool,
     setup: bool,
     use_wrk: bool,
@@ -721,6 +728,7 @@ def bench(
         calls=calls,
         in_flight=in_flight,
         gateway_processes=processes,
+        e2e_processes=e2e_processes,
         peers=peers,
         setup=setup,
         use_wrk=use_wrk,
