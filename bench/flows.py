@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 
 import aio_pika
-import aiohttp
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
+from bench.client import HttpError, KeepAliveClient
 from bench.load import percentile
 from shared.topology import COMMAND_QUEUE_ARGUMENTS, RESULTS_EXCHANGE
 
@@ -122,26 +122,25 @@ async def end_to_end(  # noqa: PLR0915 - one closed-loop driver reads best whole
     last = 0.0
     started_cpu = time.process_time()
     try:
-        connector = aiohttp.TCPConnector(limit=in_flight)
-        async with aiohttp.ClientSession(connector=connector) as http:
-            began = time.perf_counter()
-            deadline = began + within
+        began = time.perf_counter()
+        deadline = began + within
 
-            async def caller() -> None:
-                nonlocal errors, issued, last
+        async def caller() -> None:
+            nonlocal errors, issued, last
+            client = KeepAliveClient(url)
+            try:
                 while issued < calls and time.perf_counter() < deadline:
                     issued += 1
                     sent = time.perf_counter()
                     try:
-                        async with http.get(url) as response:
-                            if response.status != 202:
-                                errors += 1
-                                continue
-                            body = await response.json(content_type=None)
-                    except (aiohttp.ClientError, ValueError):
+                        status, body = await client.get()
+                        if status != 202:
+                            errors += 1
+                            continue
+                        job_id = _job_id.decode(body).job_id
+                    except (HttpError, msgspec.DecodeError):
                         errors += 1
                         continue
-                    job_id = str(body["job_id"])
                     arrived = early.pop(job_id, None)
                     if arrived is None:
                         future = loop.create_future()
@@ -154,8 +153,10 @@ async def end_to_end(  # noqa: PLR0915 - one closed-loop driver reads best whole
                             continue
                     latencies.append((arrived - sent) * 1000)
                     last = max(last, arrived)
+            finally:
+                client.close()
 
-            await asyncio.gather(*(caller() for _ in range(in_flight)))
+        await asyncio.gather(*(caller() for _ in range(in_flight)))
     finally:
         await connection.close()
     return EndToEnd(

@@ -1,0 +1,63 @@
+"""The stack's own ceiling: the straightforward aiohttp + aio-pika gateway.
+
+``python -m bench.straight PORT AMQP_URL`` serves ``GET /``: each call publishes one
+persistent message of a command's size to a quorum queue like ours through
+`Exchange.publish` on a confirm channel, awaits the confirm, and answers 202. No
+authentication, no parsing, no history, no audit, no log line: what any gateway on
+aiohttp and aio-pika that answers after the confirm costs at the least, so the distance
+from it to our gateway is what our features cost.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+
+import aio_pika
+from aiohttp import web
+
+from shared.loop import new_event_loop
+from shared.topology import COMMAND_QUEUE_ARGUMENTS
+
+__all__ = ["QUEUE", "main"]
+
+QUEUE = "bench.straight"
+_BODY = b"x" * 420  # about the size of an encoded scale command
+_CHANNEL = web.AppKey("channel", aio_pika.abc.AbstractChannel)
+
+
+async def _publish(request: web.Request) -> web.Response:
+    channel = request.app[_CHANNEL]
+    message = aio_pika.Message(_BODY, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+    await channel.default_exchange.publish(message, routing_key=QUEUE)
+    return web.Response(body=b'{"status":"accepted"}', status=202, content_type="application/json")
+
+
+def main() -> None:
+    """Serve until SIGTERM."""
+    port, amqp_url = int(sys.argv[1]), sys.argv[2]
+
+    async def broker(app: web.Application) -> AsyncIterator[None]:
+        connection = await aio_pika.connect_robust(amqp_url)
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.declare_queue(QUEUE, durable=True, arguments=COMMAND_QUEUE_ARGUMENTS)
+        app[_CHANNEL] = channel
+        yield
+        await connection.close()
+
+    app = web.Application()
+    app.cleanup_ctx.append(broker)
+    app.router.add_get("/", _publish)
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=port,
+        reuse_port=True,
+        access_log=None,
+        print=None,
+        loop=new_event_loop(),
+    )
+
+
+if __name__ == "__main__":
+    main()
