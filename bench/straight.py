@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import aio_pika
 from aiohttp import web
 
-from shared.loop import new_event_loop
+from bench.noop import serve
 from shared.topology import COMMAND_QUEUE_ARGUMENTS
 
 __all__ = ["QUEUE", "main"]
@@ -48,15 +48,7 @@ def main() -> None:
     app = web.Application()
     app.cleanup_ctx.append(broker)
     app.router.add_get("/", _publish)
-    web.run_app(
-        app,
-        host="127.0.0.1",
-        port=port,
-        reuse_port=True,
-        access_log=None,
-        print=None,
-        loop=new_event_loop(),
-    )
+    serve(app, port)
 
 
 if __name__ == "__main__":
