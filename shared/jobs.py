@@ -157,9 +157,17 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
         }
         if isinstance(event, JobNotice):
             return cls(**common, issued_at=event.issued_at or event.at, started_at=event.at)
+        # A job that finished within TRIGGERS_RUNNING_NOTICE_AFTER had no `running` notice:
+        # it started when its worker took it, `duration_ms` before it finished.
+        started = (
+            event.finished_at - timedelta(milliseconds=event.duration_ms)
+            if event.duration_ms is not None
+            else None
+        )
         return cls(
             **common,
             issued_at=event.issued_at or event.finished_at,
+            started_at=started,
             finished_at=event.finished_at,
             duration_ms=event.duration_ms,
             error=event.error,

@@ -66,6 +66,9 @@ class Settings:
     # a queue (triggers.retry.<action>.<ms>ms), so changing them declares new queues.
     retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
     shutdown_timeout: float = 20.0
+    # Seconds a command may take before the worker publishes its `running` notice: fast
+    # jobs go from accepted straight to their result, without a notice (0: always, first).
+    running_notice_after: float = 0.5
     consumer_check_interval: float = 5.0
     # Testing only: names of faults the worker injects into itself (see workers/_faults.py).
     faults: frozenset[str] = frozenset()
@@ -104,6 +107,7 @@ class Settings:
             "TRIGGERS_PREFETCH": ("prefetch", int),
             "TRIGGERS_MAX_ATTEMPTS": ("max_attempts", int),
             "TRIGGERS_SHUTDOWN_TIMEOUT": ("shutdown_timeout", float),
+            "TRIGGERS_RUNNING_NOTICE_AFTER": ("running_notice_after", float),
             "TRIGGERS_CONSUMER_CHECK_INTERVAL": ("consumer_check_interval", float),
             "TRIGGERS_ORCHESTRATOR_TIMEOUT": ("orchestrator_timeout", float),
             "TRIGGERS_AUDIT_FLUSH_INTERVAL": ("audit_flush_interval", float),
@@ -154,6 +158,12 @@ class Settings:
             raise ValueError(msg)
         if not self.retry_delays or any(d <= 0 for d in self.retry_delays):
             msg = "TRIGGERS_RETRY_DELAYS needs at least one delay, each above 0 seconds"
+            raise ValueError(msg)
+        if self.running_notice_after < 0:
+            msg = (
+                "TRIGGERS_RUNNING_NOTICE_AFTER must be 0 or more seconds, "
+                f"got {self.running_notice_after:g}"
+            )
             raise ValueError(msg)
         if not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
             msg = (

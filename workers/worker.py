@@ -17,8 +17,10 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Literal
+from functools import partial
+from typing import Any, ClassVar, Literal
 
 import msgspec
 import structlog
@@ -142,7 +144,7 @@ class Worker:
         attempt = delivery.attempt
         change: Change | None = None
         error: str | None = None
-        await self._announce(envelope, attempt)
+        notice = await self._announce_if_slow(envelope, attempt)
         try:
             change = await self._apply(envelope)
         except PermanentError as exc:
@@ -163,6 +165,12 @@ class Worker:
             change = await self._recorded(envelope)
             if change is None:
                 error = f"gave up after {attempt} attempts: {reason}"
+        finally:
+            if notice is not None:
+                notice.cancel()
+        if notice is not None:
+            # A notice being published goes first, so `running` never follows the result.
+            await notice.sent()
 
         if change is not None and "crash-after-apply" in self._settings.faults:
             crash_now()
@@ -228,6 +236,21 @@ class Worker:
                 time.perf_counter() - started
             )
 
+    async def _announce_if_slow(
+        self, envelope: CommandEnvelope, attempt: int
+    ) -> _LateNotice | None:
+        """Announce the job as running once it outlasts `running_notice_after`.
+
+        Most commands finish well within it: they go from accepted straight to their
+        result, which saves a confirmed publish (and, with a recorder, a quorum-queue
+        write) per command. With 0 the notice is published first, before applying.
+        """
+        after = self._settings.running_notice_after
+        if after <= 0:
+            await self._announce(envelope, attempt)
+            return None
+        return _LateNotice(after, partial(self._announce, envelope, attempt))
+
     async def _announce(self, envelope: CommandEnvelope, attempt: int) -> None:
         """Tell the recorder the job is running; advisory, so a failure only logs."""
         notice = JobNotice(
@@ -273,6 +296,42 @@ class Worker:
         """Return the message unsettled; if the channel is gone, the broker does it for us."""
         with contextlib.suppress(Exception):
             await delivery.requeue()
+
+
+class _LateNotice:
+    """A job's `running` notice, published only if it is still due after `after` seconds.
+
+    The timer's callback runs in the context it was scheduled from, so the notice task
+    logs with the job's bound context.
+    """
+
+    __slots__ = ("_publish", "_task", "_timer")
+
+    def __init__(self, after: float, publish: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._publish = publish
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(after, self._fire)
+
+    # Strong references to the notices being published: the loop keeps only weak ones.
+    _publishing: ClassVar[set[asyncio.Task[None]]] = set()
+
+    def _fire(self) -> None:
+        self._task = task = asyncio.get_running_loop().create_task(self._publish())
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    def cancel(self) -> None:
+        """Not due any more (the job is done or handed back); one in flight goes on."""
+        self._timer.cancel()
+
+    async def sent(self) -> None:
+        """Wait for a notice being published (bounded by the publish timeout)."""
+        if self._task is None:
+            return
+        try:
+            await self._task
+        except Exception as exc:  # advisory: never in the way of the result
+            log.warning("worker.notice_unpublished", error=repr(exc))
 
 
 def result_event(
