@@ -185,10 +185,107 @@ ATTEMPT_HEADER = "x-triggers-attempt"
 ERROR_HEADER = "x-triggers-error"
 
 
+_IN_HAND, _ACK, _SETTLED = 0, 1, 2
+
+
+class _Acks:
+    """The acks of one consumer channel, sent together: one frame for many deliveries.
+
+    Commands that finish together (a group commit, their result confirms arriving in one
+    read) are acked with one ``basic.ack(multiple=True)`` instead of one frame each: a
+    socket write in the worker and a frame for the broker saved per command.
+
+    Safe by construction: `multiple` covers every unsettled delivery up to its tag, so it
+    is sent only for a run of consecutive tags from the lowest unsettled one, each
+    registered when delivered (a channel numbers its deliveries 1, 2, 3, ...) and each
+    either waiting for this ack or already settled otherwise (a nack or reject written
+    to the channel before; the broker reads a channel's frames in order). A delivery
+    still in hand ends the run; acks beyond it are sent one by one, never held back.
+    One task sends them all, in order. Deliveries of an earlier channel (before a
+    reconnect) keep their own `_Acks`, whose acks fail as they would alone.
+    """
+
+    __slots__ = ("_sender", "_state", "_through", "_waiting", "channel")
+
+    def __init__(self, channel: object) -> None:
+        self.channel = channel
+        self._through = 0  # every delivery tag up to this one is settled
+        self._state: dict[int, int] = {}
+        self._waiting: dict[int, tuple[AbstractIncomingMessage, asyncio.Future[None]]] = {}
+        self._sender: asyncio.Task[None] | None = None
+
+    def delivered(self, tag: int) -> None:
+        """A delivery reached the consumer (called before anything is awaited)."""
+        self._state[tag] = _IN_HAND
+
+    def settled(self, tag: int) -> None:
+        """The delivery was nacked or rejected, and that frame is written."""
+        if tag in self._state:
+            self._state[tag] = _SETTLED
+
+    def ack(self, message: AbstractIncomingMessage, tag: int) -> asyncio.Future[None]:
+        """Ack `message` (delivery `tag`) with the next batch; done once its frame is written."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._state[tag] = _ACK
+        self._waiting[tag] = (message, future)
+        if self._sender is None:
+            # Started after what is already scheduled: acks of this turn go together.
+            self._sender = loop.create_task(self._send_all())
+        return future
+
+    def _run(self) -> int | None:
+        """Settle the run of consecutive tags not in hand; the highest to ack in it."""
+        state, tag, last = self._state, self._through + 1, None
+        while (mark := state.get(tag)) is not None and mark != _IN_HAND:
+            del state[tag]
+            if mark == _ACK:
+                last = tag
+            tag += 1
+        self._through = tag - 1
+        return last
+
+    async def _send_all(self) -> None:
+        try:
+            while waiting := self._waiting:
+                batch: list[tuple[AbstractIncomingMessage, list[asyncio.Future[None]]]] = []
+                last = self._run()
+                if last is not None:
+                    covered = [tag for tag in waiting if tag <= last]
+                    batch.append((waiting[last][0], [waiting.pop(tag)[1] for tag in covered]))
+                # Past a delivery still in hand: one by one, none waits for a slow one.
+                for tag in list(waiting):
+                    message, future = waiting.pop(tag)
+                    self._state[tag] = _SETTLED
+                    batch.append((message, [future]))
+                for message, futures in batch:
+                    await self._send(message, futures, multiple=len(futures) > 1)
+        finally:
+            self._sender = None
+
+    @staticmethod
+    async def _send(
+        message: AbstractIncomingMessage, futures: list[asyncio.Future[None]], *, multiple: bool
+    ) -> None:
+        try:
+            await message.ack(multiple=multiple)
+        except Exception as exc:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future in futures:
+            if not future.done():
+                future.set_result(None)
+
+
 class _AmqpDelivery:
-    def __init__(self, message: AbstractIncomingMessage, bus: AmqpBus) -> None:
+    def __init__(
+        self, message: AbstractIncomingMessage, bus: AmqpBus, acks: _Acks | None = None
+    ) -> None:
         self._message = message
         self._bus = bus
+        self._acks = acks
 
     @property
     def body(self) -> bytes:
@@ -206,10 +303,22 @@ class _AmqpDelivery:
         )
 
     async def ack(self) -> None:
-        await self._message.ack()
+        tag = self._message.delivery_tag
+        if self._acks is None or tag is None:
+            await self._message.ack()
+        else:
+            await self._acks.ack(self._message, tag)
+
+    async def _reject(self, *, requeue: bool) -> None:
+        if requeue:
+            await self._message.nack(requeue=True)
+        else:
+            await self._message.reject(requeue=False)
+        if self._acks is not None and self._message.delivery_tag is not None:
+            self._acks.settled(self._message.delivery_tag)
 
     async def requeue(self) -> None:
-        await self._message.nack(requeue=True)
+        await self._reject(requeue=True)
 
     async def retry(self, delay: float, error: str) -> None:
         # Publish the next attempt (confirmed) before acking this one: a crash between
@@ -223,7 +332,7 @@ class _AmqpDelivery:
             retry_routing_key(self._message.routing_key or "", delay),
             headers,
         )
-        await self._message.ack()
+        await self.ack()
 
     async def dead_letter(self, reason: str) -> None:
         # Republished rather than rejected, so the reason travels with the message; if the
@@ -238,9 +347,9 @@ class _AmqpDelivery:
                 self._message, DEAD_EXCHANGE, self._message.routing_key or "", headers
             )
         except BrokerUnavailable:
-            await self._message.reject(requeue=False)
+            await self._reject(requeue=False)
             return
-        await self._message.ack()
+        await self.ack()
 
 
 class AmqpBus:
@@ -486,12 +595,24 @@ class AmqpBus:
         await channel.set_qos(prefetch_count=prefetch)
         # Declared on this channel so the robust channel re-declares it on reconnect.
         queue = await channel.declare_queue(name, durable=True, arguments=COMMAND_QUEUE_ARGUMENTS)
+        tag = await queue.consume(self._deliveries_to(handler))
+        self._consumers.append(_Consumer(name, channel, queue, tag))
+
+    def _deliveries_to(
+        self, handler: DeliveryHandler
+    ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        """A consumer callback handing each message to `handler`, acks batched per channel."""
+        acks = _Acks(None)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await handler(_AmqpDelivery(message, self))
+            nonlocal acks
+            if acks.channel is not message.channel:  # a new channel after a reconnect
+                acks = _Acks(message.channel)
+            if message.delivery_tag is not None:
+                acks.delivered(message.delivery_tag)
+            await handler(_AmqpDelivery(message, self, acks))
 
-        tag = await queue.consume(on_message)
-        self._consumers.append(_Consumer(name, channel, queue, tag))
+        return on_message
 
     async def check_consumers(self) -> list[str]:
         """Verify every command queue still has our consumer; re-create those that do not.
@@ -532,11 +653,7 @@ class AmqpBus:
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await declare_recorder_queue(channel)
-
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            await handler(_AmqpDelivery(message, self))
-
-        tag = await queue.consume(on_message)
+        tag = await queue.consume(self._deliveries_to(handler))
         # Kept apart from the command consumers, which check_consumers re-creates as such.
         self._event_consumers.append(_Consumer(queue.name, channel, queue, tag))
 

@@ -556,6 +556,9 @@ class WrappedOrchestrator:
         """The inner orchestrator's ledger."""
         return await self.inner.recorded(job_id, target)
 
+    async def before_change(self, job_id: str) -> None:
+        """Called first by `redeploy` and `scale`: a test holds or fails a job here."""
+
     async def redeploy(
         self,
         job_id: str,
@@ -565,6 +568,7 @@ class WrappedOrchestrator:
         issued_at: datetime | None = None,
     ) -> Change:
         """Redeploy through the inner orchestrator."""
+        await self.before_change(job_id)
         return await self.inner.redeploy(job_id, target, image=image, issued_at=issued_at)
 
     async def scale(
@@ -577,6 +581,7 @@ class WrappedOrchestrator:
         max_replicas: int | None = None,
     ) -> Change:
         """Scale through the inner orchestrator."""
+        await self.before_change(job_id)
         return await self.inner.scale(
             job_id, target, delta=delta, min_replicas=min_replicas, max_replicas=max_replicas
         )

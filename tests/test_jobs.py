@@ -8,7 +8,6 @@ import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -18,7 +17,6 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from shared.bus import AmqpBus
-from shared.messages import Target
 from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.topology import COMMAND_QUEUES
@@ -33,7 +31,6 @@ from tests.conftest import (
     run_cli,
     service_process,
 )
-from workers.orchestrators.base import Change
 from workers.orchestrators.local import LocalOrchestrator
 from workers.recorder import Recorder
 from workers.worker import Worker
@@ -50,34 +47,10 @@ class GatedOrchestrator(WrappedOrchestrator):
         self.entered = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def redeploy(
-        self,
-        job_id: str,
-        target: Target,
-        *,
-        image: str | None = None,
-        issued_at: datetime | None = None,
-    ) -> Change:
-        """Redeploy once the gate opens."""
+    async def before_change(self, job_id: str) -> None:
+        """Wait for the gate to open."""
         self.entered.set()
         await self.gate.wait()
-        return await super().redeploy(job_id, target, image=image, issued_at=issued_at)
-
-    async def scale(
-        self,
-        job_id: str,
-        target: Target,
-        *,
-        delta: int,
-        min_replicas: int | None = None,
-        max_replicas: int | None = None,
-    ) -> Change:
-        """Scale once the gate opens."""
-        self.entered.set()
-        await self.gate.wait()
-        return await super().scale(
-            job_id, target, delta=delta, min_replicas=min_replicas, max_replicas=max_replicas
-        )
 
 
 @pytest.fixture

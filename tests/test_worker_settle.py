@@ -1,0 +1,243 @@
+"""How the worker settles commands with the broker: batched acks, and the lazy `running`
+notice. Observed on the real RabbitMQ: its queue counters, and the events it carries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+
+from shared.bus import AmqpBus
+from shared.errors import RetryableError
+from shared.messages import CommandEnvelope, Redeploy, Target, decode_job_event, new_job_id
+from shared.settings import Settings
+from shared.topology import COMMAND_QUEUES, DEAD_QUEUE, PROGRESS_EXCHANGE, RESULTS_EXCHANGE
+from tests.conftest import (
+    Results,
+    WrappedOrchestrator,
+    broker_list,
+    eventually,
+    queue_depth,
+    scale_command,
+)
+from workers.orchestrators.local import LocalOrchestrator
+from workers.worker import Worker
+
+SCALE_QUEUE = COMMAND_QUEUES["scale"]
+
+
+class SelectiveOrchestrator(WrappedOrchestrator):
+    """The local cluster, where chosen jobs wait at a gate of their own or fail once."""
+
+    def __init__(self, inner: LocalOrchestrator) -> None:
+        super().__init__(inner)
+        self.gates: dict[str, asyncio.Event] = {}
+        self.inside: set[str] = set()
+        self.flaky: set[str] = set()
+
+    def hold(self, *job_ids: str) -> asyncio.Event:
+        """A gate the jobs wait at inside the adapter until it is set."""
+        gate = asyncio.Event()
+        self.gates.update(dict.fromkeys(job_ids, gate))
+        return gate
+
+    async def holding(self, count: int) -> None:
+        """Wait until `count` jobs wait at their gates."""
+
+        async def probe() -> bool | None:
+            return True if len(self.inside) >= count else None
+
+        await eventually(probe, what=f"{count} jobs inside the adapter")
+
+    async def before_change(self, job_id: str) -> None:
+        """Wait at the job's gate, if it has one; fail once if it is flaky."""
+        if (gate := self.gates.get(job_id)) is not None:
+            self.inside.add(job_id)
+            await gate.wait()
+        if job_id in self.flaky:
+            self.flaky.discard(job_id)
+            msg = "the platform said: try again"
+            raise RetryableError(msg)
+
+
+@contextlib.asynccontextmanager
+async def _selective_worker(
+    settings: Settings, cluster: LocalOrchestrator
+) -> AsyncIterator[tuple[Worker, SelectiveOrchestrator]]:
+    orchestrator = SelectiveOrchestrator(cluster)
+    amqp = AmqpBus.from_settings(settings, "test-settle-worker")
+    await amqp.start()
+    worker = Worker(settings, amqp, orchestrator)
+    await worker.start()
+    try:
+        yield worker, orchestrator
+    finally:
+        for gate in orchestrator.gates.values():
+            gate.set()
+        await worker.stop()
+        await amqp.close()
+
+
+def _unacked(amqp_url: str, queue: str) -> int:
+    rows = broker_list(amqp_url, "queues", "name", "messages_unacknowledged")
+    return next(int(r["messages_unacknowledged"]) for r in rows if r["name"] == queue)
+
+
+async def _settled(amqp_url: str, queue: str, unacked: int) -> int:
+    async def probe() -> int | None:
+        count = await asyncio.to_thread(_unacked, amqp_url, queue)
+        return count if count == unacked else None
+
+    return await eventually(probe, what=f"{queue} holding {unacked} unacked")
+
+
+async def test_a_command_held_in_the_adapter_holds_back_no_ack_of_later_ones(
+    settings: Settings, bus: AmqpBus, cluster: LocalOrchestrator, results: Results
+) -> None:
+    """The first of 30 commands stays in the adapter while the 29 after it finish together:
+    they are acked (the queue holds exactly one unacked message, so no ack covered the held
+    one); then it finishes, is acked too, and the worker goes on taking commands."""
+    async with _selective_worker(settings, cluster) as (worker, orchestrator):
+        held, *rest = [scale_command() for _ in range(30)]
+        first = orchestrator.hold(held.job_id)
+        others = orchestrator.hold(*(e.job_id for e in rest))
+        for envelope in (held, *rest):
+            await bus.publish_command(envelope)
+        await orchestrator.holding(30)
+        others.set()
+        await asyncio.gather(*(results.wait_for(e.job_id) for e in rest))
+        assert await _settled(settings.amqp_url, SCALE_QUEUE, unacked=1) == 1
+        assert results.for_job(held.job_id) == []
+
+        first.set()
+        (event,) = await results.wait_for(held.job_id)
+        assert event.status == "succeeded"
+        assert await _settled(settings.amqp_url, SCALE_QUEUE, unacked=0) == 0
+        # The consumer's channel survived (an ack of an unknown tag would have closed it).
+        after = scale_command()
+        await bus.publish_command(after)
+        (later,) = await results.wait_for(after.job_id)
+        assert later.after["web"].replicas == 2 + 31
+        assert later.worker == worker.name
+    assert await queue_depth(settings.amqp_url, SCALE_QUEUE) == 0
+
+
+async def test_a_burst_of_successes_failures_and_retries_settles_each_command_once(
+    settings: Settings, bus: AmqpBus, cluster: LocalOrchestrator, results: Results
+) -> None:
+    """Sixty commands at once, every third for a missing app (failed, dead-lettered) and
+    every fifth failing once before it applies (retried through the broker): each job has
+    one result, the queue ends empty with nothing unacked, the failures are dead letters."""
+    async with _selective_worker(settings, cluster) as (_, orchestrator):
+        envelopes = []
+        for i in range(60):
+            if i % 3 == 0:
+                envelope = CommandEnvelope(
+                    job_id=new_job_id(),
+                    trigger_id="t" * 26,
+                    target=Target(cluster="demo", app="gone"),
+                    command=Redeploy(),
+                )
+            else:
+                envelope = scale_command()
+                if i % 5 == 0:
+                    orchestrator.flaky.add(envelope.job_id)
+            envelopes.append(envelope)
+        for envelope in envelopes:
+            await bus.publish_command(envelope)
+        events = [
+            (await results.wait_for(e.job_id, within=20))[0]
+            for e in envelopes  # in order, each awaited: a result per job
+        ]
+        await _settled(settings.amqp_url, COMMAND_QUEUES["redeploy"], unacked=0)
+        await _settled(settings.amqp_url, SCALE_QUEUE, unacked=0)
+        await asyncio.sleep(0.3)  # any second result would have arrived by now
+    assert [len(results.for_job(e.job_id)) for e in envelopes] == [1] * 60
+    assert [e.status for e in events].count("failed") == 20
+    retried = [e for i, e in enumerate(events) if i % 5 == 0 and i % 3 != 0]
+    assert [e.attempt for e in retried] == [2] * len(retried)
+    assert (await cluster.state(Target(cluster="demo", app="shop", service="web")))[
+        "web"
+    ].replicas == 2 + 40
+    assert await queue_depth(settings.amqp_url, DEAD_QUEUE) == 20
+    assert await queue_depth(settings.amqp_url, SCALE_QUEUE) == 0
+
+
+@contextlib.asynccontextmanager
+async def _job_events(amqp_url: str) -> AsyncIterator[list[tuple[str, str]]]:
+    """(job id, status) of every notice and result, in the order the broker routed them."""
+    seen: list[tuple[str, str]] = []
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(PROGRESS_EXCHANGE, routing_key="#")
+        await queue.bind(RESULTS_EXCHANGE, routing_key="#")
+
+        async def on_event(message: AbstractIncomingMessage) -> None:
+            event = decode_job_event(message.body)
+            seen.append((event.job_id, event.status))
+
+        await queue.consume(on_event, no_ack=True)
+        yield seen
+
+
+async def _arrived(seen: list[tuple[str, str]], count: int) -> None:
+    async def probe() -> bool | None:
+        return True if len(seen) >= count else None
+
+    await eventually(probe, what=f"{count} job events")
+
+
+async def test_running_notice_only_for_a_command_that_outlasts_the_setting(
+    settings: Settings, bus: AmqpBus, cluster: LocalOrchestrator, results: Results
+) -> None:
+    """With TRIGGERS_RUNNING_NOTICE_AFTER=0.2, a fast job goes straight to its result; one
+    held 0.6 s in the adapter is announced `running` first, then its result follows."""
+    configured = settings.with_(running_notice_after=0.2)
+    async with (
+        _job_events(settings.amqp_url) as seen,
+        _selective_worker(configured, cluster) as (_, orchestrator),
+    ):
+        fast, slow = scale_command(), scale_command()
+        gate = orchestrator.hold(slow.job_id)
+        await bus.publish_command(fast)
+        await results.wait_for(fast.job_id)
+        await bus.publish_command(slow)
+        await orchestrator.holding(1)
+        await asyncio.sleep(0.6)
+        gate.set()
+        await results.wait_for(slow.job_id)
+        await _arrived(seen, 3)
+    assert seen == [
+        (fast.job_id, "succeeded"),
+        (slow.job_id, "running"),
+        (slow.job_id, "succeeded"),
+    ]
+
+
+async def test_running_notice_after_zero_announces_every_command_before_applying(
+    settings: Settings, bus: AmqpBus, cluster: LocalOrchestrator, results: Results
+) -> None:
+    """TRIGGERS_RUNNING_NOTICE_AFTER=0 keeps a `running` notice for every job, first."""
+    configured = Settings.from_env({"TRIGGERS_RUNNING_NOTICE_AFTER": "0"}).running_notice_after
+    assert configured == 0
+    async with (
+        _job_events(settings.amqp_url) as seen,
+        _selective_worker(settings.with_(running_notice_after=configured), cluster),
+    ):
+        envelope = scale_command()
+        await bus.publish_command(envelope)
+        await results.wait_for(envelope.job_id)
+        await _arrived(seen, 2)
+    assert seen == [(envelope.job_id, "running"), (envelope.job_id, "succeeded")]
+
+
+def test_a_negative_running_notice_delay_is_refused() -> None:
+    """A negative TRIGGERS_RUNNING_NOTICE_AFTER fails at start-up, naming the variable."""
+    with pytest.raises(ValueError, match="TRIGGERS_RUNNING_NOTICE_AFTER must be 0 or more"):
+        Settings.from_env({"TRIGGERS_RUNNING_NOTICE_AFTER": "-1"})
