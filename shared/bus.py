@@ -186,6 +186,8 @@ ERROR_HEADER = "x-triggers-error"
 
 
 _IN_HAND, _ACK, _SETTLED = 0, 1, 2
+# Delivery tags one consumer channel keeps track of at most (a few prefetch windows).
+_TRACK_AT_MOST = 10_000
 
 
 class _Acks:
@@ -202,10 +204,12 @@ class _Acks:
     to the channel before; the broker reads a channel's frames in order). A delivery
     still in hand ends the run; acks beyond it are sent one by one, never held back.
     One task sends them all, in order. Deliveries of an earlier channel (before a
-    reconnect) keep their own `_Acks`, whose acks fail as they would alone.
+    reconnect) keep their own `_Acks`, whose acks fail as they would alone. Should a
+    delivery stay unsettled for good (a handler that failed before settling), the tags
+    kept past it are bounded: beyond `_TRACK_AT_MOST` this channel acks one by one.
     """
 
-    __slots__ = ("_sender", "_state", "_through", "_waiting", "channel")
+    __slots__ = ("_sender", "_state", "_through", "_tracking", "_waiting", "channel")
 
     def __init__(self, channel: object) -> None:
         self.channel = channel
@@ -213,10 +217,12 @@ class _Acks:
         self._state: dict[int, int] = {}
         self._waiting: dict[int, tuple[AbstractIncomingMessage, asyncio.Future[None]]] = {}
         self._sender: asyncio.Task[None] | None = None
+        self._tracking = True
 
     def delivered(self, tag: int) -> None:
         """A delivery reached the consumer (called before anything is awaited)."""
-        self._state[tag] = _IN_HAND
+        if self._tracking:
+            self._state[tag] = _IN_HAND
 
     def settled(self, tag: int) -> None:
         """The delivery was nacked or rejected, and that frame is written."""
@@ -227,7 +233,8 @@ class _Acks:
         """Ack `message` (delivery `tag`) with the next batch; done once its frame is written."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._state[tag] = _ACK
+        if self._tracking:
+            self._state[tag] = _ACK
         self._waiting[tag] = (message, future)
         if self._sender is None:
             # Started after what is already scheduled: acks of this turn go together.
@@ -249,15 +256,19 @@ class _Acks:
         try:
             while waiting := self._waiting:
                 batch: list[tuple[AbstractIncomingMessage, list[asyncio.Future[None]]]] = []
-                last = self._run()
+                last = self._run() if self._tracking else None
                 if last is not None:
                     covered = [tag for tag in waiting if tag <= last]
                     batch.append((waiting[last][0], [waiting.pop(tag)[1] for tag in covered]))
                 # Past a delivery still in hand: one by one, none waits for a slow one.
                 for tag in list(waiting):
                     message, future = waiting.pop(tag)
-                    self._state[tag] = _SETTLED
+                    if self._tracking:
+                        self._state[tag] = _SETTLED
                     batch.append((message, [future]))
+                if len(self._state) > _TRACK_AT_MOST:
+                    self._tracking = False
+                    self._state.clear()
                 for message, futures in batch:
                     await self._send(message, futures, multiple=len(futures) > 1)
         finally:
