@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import aio_pika
 import pytest
@@ -13,7 +14,15 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from shared.bus import AmqpBus
 from shared.errors import RetryableError
-from shared.messages import CommandEnvelope, Redeploy, Target, decode_job_event, new_job_id
+from shared.messages import (
+    CommandEnvelope,
+    JobNotice,
+    Redeploy,
+    ResultEvent,
+    Target,
+    decode_job_event,
+    new_job_id,
+)
 from shared.settings import Settings
 from shared.topology import COMMAND_QUEUES, DEAD_QUEUE, PROGRESS_EXCHANGE, RESULTS_EXCHANGE
 from tests.conftest import (
@@ -168,9 +177,9 @@ async def test_a_burst_of_successes_failures_and_retries_settles_each_command_on
 
 
 @contextlib.asynccontextmanager
-async def _job_events(amqp_url: str) -> AsyncIterator[list[tuple[str, str]]]:
-    """(job id, status) of every notice and result, in the order the broker routed them."""
-    seen: list[tuple[str, str]] = []
+async def _job_events(amqp_url: str) -> AsyncIterator[list[ResultEvent | JobNotice]]:
+    """Every notice and result, in the order the broker routed them."""
+    seen: list[ResultEvent | JobNotice] = []
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
@@ -179,14 +188,13 @@ async def _job_events(amqp_url: str) -> AsyncIterator[list[tuple[str, str]]]:
         await queue.bind(RESULTS_EXCHANGE, routing_key="#")
 
         async def on_event(message: AbstractIncomingMessage) -> None:
-            event = decode_job_event(message.body)
-            seen.append((event.job_id, event.status))
+            seen.append(decode_job_event(message.body))
 
         await queue.consume(on_event, no_ack=True)
         yield seen
 
 
-async def _arrived(seen: list[tuple[str, str]], count: int) -> None:
+async def _arrived(seen: list[ResultEvent | JobNotice], count: int) -> None:
     async def probe() -> bool | None:
         return True if len(seen) >= count else None
 
@@ -197,7 +205,8 @@ async def test_running_notice_only_for_a_command_that_outlasts_the_setting(
     settings: Settings, bus: AmqpBus, cluster: LocalOrchestrator, results: Results
 ) -> None:
     """With TRIGGERS_RUNNING_NOTICE_AFTER=0.2, a fast job goes straight to its result; one
-    held 0.6 s in the adapter is announced `running` first, then its result follows."""
+    held 0.6 s in the adapter is announced `running` first, dated when the worker took it
+    (not 0.2 s later, when the notice went out), then its result follows."""
     configured = settings.with_(running_notice_after=0.2)
     async with (
         _job_events(settings.amqp_url) as seen,
@@ -213,11 +222,18 @@ async def test_running_notice_only_for_a_command_that_outlasts_the_setting(
         gate.set()
         await results.wait_for(slow.job_id)
         await _arrived(seen, 3)
-    assert seen == [
+    assert [(e.job_id, e.status) for e in seen] == [
         (fast.job_id, "succeeded"),
         (slow.job_id, "running"),
         (slow.job_id, "succeeded"),
     ]
+    notice, result = seen[1], seen[2]
+    assert isinstance(notice, JobNotice)
+    assert isinstance(result, ResultEvent)
+    assert result.duration_ms is not None
+    assert result.duration_ms >= 600
+    took = result.finished_at - timedelta(milliseconds=result.duration_ms)
+    assert abs((notice.at - took).total_seconds()) < 0.1
 
 
 async def test_running_notice_after_zero_announces_every_command_before_applying(
@@ -234,7 +250,10 @@ async def test_running_notice_after_zero_announces_every_command_before_applying
         await bus.publish_command(envelope)
         await results.wait_for(envelope.job_id)
         await _arrived(seen, 2)
-    assert seen == [(envelope.job_id, "running"), (envelope.job_id, "succeeded")]
+    assert [(e.job_id, e.status) for e in seen] == [
+        (envelope.job_id, "running"),
+        (envelope.job_id, "succeeded"),
+    ]
 
 
 def test_a_negative_running_notice_delay_is_refused() -> None:

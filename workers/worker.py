@@ -18,7 +18,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, ClassVar, Literal
 
@@ -37,6 +37,7 @@ from shared.messages import (
     Status,
     Target,
     decode_command,
+    utcnow,
 )
 from shared.metrics import APPLY_SECONDS, DEAD_LETTERS, RESULTS, RETRIES
 from shared.settings import Settings
@@ -144,7 +145,7 @@ class Worker:
         attempt = delivery.attempt
         change: Change | None = None
         error: str | None = None
-        notice = await self._announce_if_slow(envelope, attempt)
+        notice = await self._announce_if_slow(envelope, attempt, started)
         try:
             change = await self._apply(envelope)
         except PermanentError as exc:
@@ -237,7 +238,7 @@ class Worker:
             )
 
     async def _announce_if_slow(
-        self, envelope: CommandEnvelope, attempt: int
+        self, envelope: CommandEnvelope, attempt: int, started: float
     ) -> _LateNotice | None:
         """Announce the job as running once it outlasts `running_notice_after`.
 
@@ -247,13 +248,18 @@ class Worker:
         """
         after = self._settings.running_notice_after
         if after <= 0:
-            await self._announce(envelope, attempt)
+            await self._announce(envelope, attempt, started)
             return None
-        return _LateNotice(after, partial(self._announce, envelope, attempt))
+        return _LateNotice(after, partial(self._announce, envelope, attempt, started))
 
-    async def _announce(self, envelope: CommandEnvelope, attempt: int) -> None:
-        """Tell the recorder the job is running; advisory, so a failure only logs."""
+    async def _announce(self, envelope: CommandEnvelope, attempt: int, started: float) -> None:
+        """Tell the recorder the job is running; advisory, so a failure only logs.
+
+        `at` is when the worker took the job (`started`, on the monotonic clock), not when
+        the notice goes out, so a late notice still dates the start right.
+        """
         notice = JobNotice(
+            at=utcnow() - timedelta(seconds=time.monotonic() - started),
             job_id=envelope.job_id,
             trigger_id=envelope.trigger_id,
             action=envelope.action,
