@@ -12,7 +12,7 @@ from shared.errors import RetryableError
 from shared.messages import CommandEnvelope, Redeploy, Target, encode, new_job_id
 from shared.settings import Settings
 from shared.topology import COMMANDS_EXCHANGE, DEAD_QUEUE
-from tests.conftest import Results, queue_depth, scale_command, triggers_cli
+from tests.conftest import Results, eventually, queue_depth, scale_command, triggers_cli
 from workers.orchestrators.base import Change
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
@@ -26,6 +26,15 @@ async def _publish_raw(settings: Settings, body: bytes, routing_key: str) -> Non
         await exchange.publish(
             aio_pika.Message(body=body, message_id="poison-1"), routing_key=routing_key
         )
+
+
+async def _dead_letters(settings: Settings, count: int) -> None:
+    """Wait until the dead-letter queue holds `count` messages."""
+
+    async def there() -> bool | None:
+        return True if await queue_depth(settings.amqp_url, DEAD_QUEUE) == count else None
+
+    await eventually(there, what=f"{count} message(s) in the dead-letter queue")
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
@@ -49,6 +58,7 @@ async def test_poison_message_is_dead_lettered_with_its_reason_and_blocks_nothin
     (event,) = await results.wait_for(good.job_id)
     assert event.status == "succeeded"
 
+    await _dead_letters(settings, 1)  # handled concurrently: maybe after the good one
     dead = [json.loads(line) for line in _cli(env, "dlq", "list", "--json").splitlines()]
     assert [d["id"] for d in dead] == ["poison-1"]
     assert "undecodable command" in dead[0]["reason"]
@@ -81,6 +91,8 @@ async def test_permanent_failure_is_reported_dead_lettered_and_replayable(
     assert failed.status == "failed"
     assert failed.attempt == 1  # permanent: never retried
 
+    # The worker dead-letters the command once its failed result is confirmed: after it.
+    await _dead_letters(settings, 1)
     (dead,) = [json.loads(line) for line in _cli(env, "dlq", "list", "--json").splitlines()]
     assert dead["id"] == envelope.job_id
     assert "'blog' not found" in dead["reason"]
