@@ -162,6 +162,30 @@ def _use_wal(conn: sqlite3.Connection, within: float = 30.0) -> None:
             return
 
 
+_VALUES = re.compile(r"\bVALUES\s*(\((?:[^()']|'[^']*')*\))", re.IGNORECASE)
+# SQLite (3.32+) binds up to 32,766 parameters per statement; stay well below.
+_MAX_PARAMETERS = 30_000
+
+
+def _multi_row(sql: str, rows: list[list[Any]]) -> list[tuple[str, list[Any]]]:
+    """``INSERT ... VALUES (row)`` as statements of many rows each, with their parameters."""
+    if not rows:
+        return []
+    found = _VALUES.search(sql)
+    if found is None:
+        msg = f"execute_many needs one VALUES (...) group to repeat: {sql[:60]!r}"
+        raise ValueError(msg)
+    group = found.group(1)
+    per_chunk = max(1, _MAX_PARAMETERS // max(1, len(rows[0])))
+    statements = []
+    for start in range(0, len(rows), per_chunk):
+        chunk = rows[start : start + per_chunk]
+        groups = ", ".join([group] * len(chunk))
+        query = f"{sql[: found.start(1)]}{groups}{sql[found.end(1) :]}"
+        statements.append((query, [value for row in chunk for value in row]))
+    return statements
+
+
 class SqliteDriver:
     """A short-lived connection per call in a worker thread: the loop never waits on a lock.
 
@@ -245,18 +269,25 @@ class SqliteDriver:
         return await self._run(lambda c: c.execute(sql, values).rowcount)
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run a statement once per row, in one transaction."""
-        values = [[_sqlite_value(p) for p in row] for row in rows]
+        """Run an ``INSERT ... VALUES (...)`` for many rows, in one transaction.
+
+        As multi-row ``VALUES`` statements, not `executemany`: that steps once per row,
+        and the writer thread gives up and takes back the GIL at each step; with the
+        event loop busy under load each take waits for the loop's switch interval, and a
+        batch of a few hundred rows took seconds. One statement per chunk steps once.
+        """
+        statements = _multi_row(sql, [[_sqlite_value(p) for p in row] for row in rows])
         if self._writes is not None:
-            await self._writes.run(lambda c: c.executemany(sql, values).rowcount)
+            await self._writes.run(lambda c: sum(c.execute(q, v).rowcount for q, v in statements))
             return
 
         def insert(conn: sqlite3.Connection) -> None:
             # The connection autocommits (isolation_level=None): without an explicit
-            # transaction every row would be a commit of its own.
+            # transaction every statement would be a commit of its own.
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(sql, values)
+                for query, values in statements:
+                    conn.execute(query, values)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
