@@ -34,7 +34,9 @@ async def test_sigkill_storm_applies_every_accepted_step_exactly_once(
     steps = [rng.randint(1, 3) for _ in range(CALLS)]
     try:
         load = asyncio.create_task(
-            fire(gateway.http, gateway.call_url(trigger, secret), steps, concurrency=8, pause=0.01)
+            # Paced (at least 500 / 8 x 0.1 s = 6 s whatever the gateway's speed), so the
+            # storm kills workers several times while calls still arrive.
+            fire(gateway.http, gateway.call_url(trigger, secret), steps, concurrency=8, pause=0.1)
         )
         kills_during_load = 0
         while not load.done():
