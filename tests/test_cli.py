@@ -247,6 +247,12 @@ async def _try_banner(banner: str, cwd: str, env: dict[str, str]) -> None:
             if web["replicas"] == 4 and web["revision"] == 2:
                 break
             await asyncio.sleep(0.2)
+    # And a caller can wait for the result (the result reaches this gateway by its key).
+    async with aiohttp.ClientSession() as http, http.get(urls[0] + "&wait=20") as response:
+        job = await response.json()
+        assert response.status == 200, job
+    assert job["status"] == "succeeded"
+    assert job["result"]["after"]["web"]["revision"] == 3
 
 
 @pytest.mark.slow
