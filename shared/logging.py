@@ -38,7 +38,8 @@ class LoopFlushedLogger:
     def __init__(self, file: TextIO) -> None:
         self._file = file
         self._lines: list[str] = []
-        self._scheduled = False
+        # The loop whose end of turn will write the queued lines, if one will.
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         atexit.register(self.flush)
 
@@ -50,12 +51,14 @@ class LoopFlushedLogger:
             self._write([message])
             return
         self._lines.append(message)
-        if not self._scheduled:
-            self._scheduled = True
+        # Per loop: a loop closed before its callback ran must not keep lines of the next
+        # loop (a later `asyncio.run` in the same process) waiting until exit.
+        if self._scheduled_on is not loop:
+            self._scheduled_on = loop
             loop.call_soon(self._end_of_turn)
 
     def _end_of_turn(self) -> None:
-        self._scheduled = False
+        self._scheduled_on = None
         self.flush()
 
     def flush(self) -> None:

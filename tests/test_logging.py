@@ -59,3 +59,26 @@ def test_the_last_lines_of_a_loop_are_written_at_exit() -> None:
     )
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     assert [line["n"] for line in lines if line["event"] == "last"] == [0, 1, 2, 3, 4]
+
+
+def test_a_loop_stopped_before_its_turn_ended_does_not_hold_back_the_next_loop() -> None:
+    """Lines queued on a loop that stopped and closed go out with the next loop's turn."""
+    out = _CountingFile()
+    logger = LoopFlushedLogger(out)
+    loop = asyncio.new_event_loop()
+
+    def log_and_stop() -> None:
+        logger.msg("first")
+        loop.stop()  # this turn is the loop's last: its end-of-turn callback never runs
+
+    loop.call_soon(log_and_stop)
+    loop.run_forever()
+    loop.close()
+    assert out.getvalue() == ""
+
+    async def log_again() -> None:
+        logger.msg("second")
+        await asyncio.sleep(0)
+        assert out.getvalue() == "first\nsecond\n"
+
+    asyncio.run(log_again())
