@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -216,6 +216,11 @@ async def _purge(amqp_url: str, *queues: str) -> None:
                 continue
 
 
+def _processes(count: int, kind: str = "") -> str:
+    """ "1 process", "2 gateway processes"."""
+    return f"{count} {kind}{'process' if count == 1 else 'processes'}"
+
+
 class _Meter:
     """CPU seconds per command of named process sets over one phase.
 
@@ -342,18 +347,15 @@ class _Bench:
             "straight", [sys.executable, "-m", "bench.straight", str(port), self.amqp_url]
         )
         wait_port(port, 15)
-        meter = _Meter({"straight gateway": service.processes, "broker": broker_process})
-        result = await self.load(f"http://127.0.0.1:{port}/")
-        self.report.add_load(
+        await self.measure_publishing(
             "plain aiohttp + aio-pika gateway",
-            result,
             "1 process, 202 after each confirm, nothing else",
-        )
-        self.report.cpu_per_command_us["plain gateway phase"] = meter.per_command_us(
-            result.requests - result.errors, {"load generator": result.generator_cpu}
+            "plain gateway phase",
+            measured={"straight gateway": service.processes},
+            url=f"http://127.0.0.1:{port}/",
+            queues=[STRAIGHT_QUEUE],
         )
         service.stop()
-        await _purge(self.amqp_url, STRAIGHT_QUEUE)
 
     async def webhook(self) -> None:
         if shutil.which("webhook") is None:
@@ -435,20 +437,34 @@ class _Bench:
 
     async def measure_gateway(self, gateway: Service, url: str, processes: int) -> None:
         """Load one gateway (no worker runs: the gateway alone is measured), then purge."""
-        meter = _Meter({"gateway": gateway.processes, "broker": broker_process})
-        result = await self.load(url)
-        plural = "process" if processes == 1 else "processes"
-        self.report.add_load(
-            f"our gateway, {processes} {plural}",
-            result,
+        counted = _processes(processes)
+        await self.measure_publishing(
+            f"our gateway, {counted}",
             "scale trigger, 202 after each confirm",
+            f"gateway phase ({counted})",
+            measured={"gateway": gateway.processes},
+            url=url,
+            queues=COMMAND_QUEUES.values(),
         )
-        self.report.cpu_per_command_us[f"gateway phase ({processes} {plural})"] = (
-            meter.per_command_us(
-                result.requests - result.errors, {"load generator": result.generator_cpu}
-            )
+
+    async def measure_publishing(
+        self,
+        name: str,
+        note: str,
+        phase: str,
+        *,
+        measured: dict[str, Callable[[], list[psutil.Process]]],
+        url: str,
+        queues: Iterable[str],
+    ) -> None:
+        """Load a gateway that publishes, with the CPU of it and the broker; then purge."""
+        meter = _Meter({**measured, "broker": broker_process})
+        result = await self.load(url)
+        self.report.add_load(name, result, note)
+        self.report.cpu_per_command_us[phase] = meter.per_command_us(
+            result.requests - result.errors, {"load generator": result.generator_cpu}
         )
-        await _purge(self.amqp_url, *COMMAND_QUEUES.values())
+        await _purge(self.amqp_url, *queues)
 
     async def measure_end_to_end(
         self, name: str, url: str, meter: _Meter, note: str, who: str
@@ -505,12 +521,12 @@ class _Bench:
                 "broker": broker_process,
             }
         )
-        plural = "process" if self.config.e2e_processes == 1 else "processes"
+        gateways = _processes(self.config.e2e_processes, "gateway ")
         await self.measure_end_to_end(
             "our end to end",
             url,
             meter,
-            f"{self.config.in_flight} in flight, {self.config.e2e_processes} gateway {plural}",
+            f"{self.config.in_flight} in flight, {gateways}",
             "ours",
         )
         self.report.peak_rss_mb["gateway (largest process)"] = round(

@@ -181,6 +181,27 @@ class _Consumer:
 
 
 _PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+
+
+def _properties(
+    message_type: str,
+    message_id: str,
+    correlation_id: str,
+    timestamp: datetime,
+    headers: dict[str, Any] | None = None,
+) -> spec.Basic.Properties:
+    """The properties of every message we publish: persistent JSON, typed and identified."""
+    return spec.Basic.Properties(
+        content_type="application/json",
+        message_type=message_type,
+        message_id=message_id,
+        correlation_id=correlation_id or None,
+        timestamp=timestamp,
+        delivery_mode=_PERSISTENT,
+        headers=headers,
+    )
+
+
 ATTEMPT_HEADER = "x-triggers-attempt"
 ERROR_HEADER = "x-triggers-error"
 
@@ -291,9 +312,7 @@ class _Acks:
 
 
 class _AmqpDelivery:
-    def __init__(
-        self, message: AbstractIncomingMessage, bus: AmqpBus, acks: _Acks | None = None
-    ) -> None:
+    def __init__(self, message: AbstractIncomingMessage, bus: AmqpBus, acks: _Acks) -> None:
         self._message = message
         self._bus = bus
         self._acks = acks
@@ -315,7 +334,7 @@ class _AmqpDelivery:
 
     async def ack(self) -> None:
         tag = self._message.delivery_tag
-        if self._acks is None or tag is None:
+        if tag is None:
             await self._message.ack()
         else:
             await self._acks.ack(self._message, tag)
@@ -325,7 +344,7 @@ class _AmqpDelivery:
             await self._message.nack(requeue=True)
         else:
             await self._message.reject(requeue=False)
-        if self._acks is not None and self._message.delivery_tag is not None:
+        if self._message.delivery_tag is not None:
             self._acks.settled(self._message.delivery_tag)
 
     async def requeue(self) -> None:
@@ -516,13 +535,8 @@ class AmqpBus:
     async def publish_command(self, envelope: CommandEnvelope) -> None:
         """Publish persistently to the action's queue; returns once the broker confirmed."""
         topology = self._require_topology()
-        properties = spec.Basic.Properties(
-            content_type="application/json",
-            message_type=COMMAND_CONTENT_TYPE,
-            message_id=envelope.job_id,
-            correlation_id=envelope.correlation_id or None,
-            timestamp=envelope.issued_at,
-            delivery_mode=_PERSISTENT,
+        properties = _properties(
+            COMMAND_CONTENT_TYPE, envelope.job_id, envelope.correlation_id, envelope.issued_at
         )
         await self._publish(
             topology.commands,
@@ -556,13 +570,11 @@ class AmqpBus:
         timestamp: datetime,
         cc: str | None = None,
     ) -> None:
-        properties = spec.Basic.Properties(
-            content_type="application/json",
-            message_type=content_type,
-            message_id=event.job_id,
-            correlation_id=event.correlation_id or None,
-            timestamp=timestamp,
-            delivery_mode=_PERSISTENT,
+        properties = _properties(
+            content_type,
+            event.job_id,
+            event.correlation_id,
+            timestamp,
             headers={"CC": [cc]} if cc else None,
         )
         key = result_routing_key(event.status, event.action, event.cluster, event.app)

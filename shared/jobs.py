@@ -262,37 +262,33 @@ class JobStore(Protocol):
         ...
 
 
-def _row(job: JobRecord) -> list[Any]:
-    values = {
-        "job_id": job.job_id,
-        "trigger_id": job.trigger_id,
-        "action": job.action,
-        "cluster": job.cluster,
-        "app": job.app,
-        "service": job.service,
-        "status": job.status,
-        "rank": _RANK[job.status],
-        "correlation_id": job.correlation_id,
-        "source": _encoder.encode(job.source).decode(),
-        "issued_at": job.issued_at,
-        "accepted_at": job.accepted_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "duration_ms": job.duration_ms,
-        "attempt": job.attempt,
-        "error": job.error,
-        "result": _encoder.encode(job.result).decode() if job.result else None,
-        "updated_at": utcnow(),
-    }
-    return [values[c] for c in _COLUMNS]
-
-
 class SqlJobStore(SqlBackend):
     """The `JobStore` over a driver; the SQL is shared by both databases."""
 
     async def record(self, job: JobRecord) -> None:
         """Merge what is known about a job; never moves it backwards."""
-        await self._execute(_UPSERT, _row(job))
+        values = {
+            "job_id": job.job_id,
+            "trigger_id": job.trigger_id,
+            "action": job.action,
+            "cluster": job.cluster,
+            "app": job.app,
+            "service": job.service,
+            "status": job.status,
+            "rank": _RANK[job.status],
+            "correlation_id": job.correlation_id,
+            "source": _encoder.encode(job.source).decode(),
+            "issued_at": job.issued_at,
+            "accepted_at": job.accepted_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "duration_ms": job.duration_ms,
+            "attempt": job.attempt,
+            "error": job.error,
+            "result": _encoder.encode(job.result).decode() if job.result else None,
+            "updated_at": utcnow(),
+        }
+        await self._execute(_UPSERT, [values[c] for c in _COLUMNS])
 
     async def record_accepted(self, jobs: Sequence[JobRecord]) -> None:
         """Jobs the gateway just had confirmed, in one transaction.
