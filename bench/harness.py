@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from shared.topology import COMMAND_QUEUES, declare
 from shared.triggers import hash_secret, new_secret, trigger_call_url
 from workers.orchestrators.local import LocalCluster
 
-__all__ = ["BenchConfig", "Report", "run_bench"]
+__all__ = ["BenchConfig", "Report", "Target", "run_bench"]
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672"
 CLUSTER, APP, SERVICE = "bench", "shop", "web"
@@ -79,6 +80,25 @@ class Row:
 
 
 @dataclass
+class Target:
+    """One of the performance targets, against this run's figures."""
+
+    name: str
+    measured: str
+    met: bool | None
+
+
+# The targets the benchmark is judged by (issue 7): ratio name, at least this much.
+RATIO_TARGETS = {
+    "gateway / broker ceiling": 0.8,
+    "gateway / webhook answer-first": 1.0,
+    "end to end / celery end to end": 2.5,
+}
+P99_TARGET_MS = 50.0
+RSS_TARGET_MB = 100.0
+
+
+@dataclass
 class Report:
     """Everything measured, in the order it was measured."""
 
@@ -88,6 +108,11 @@ class Report:
     cpu_per_command_us: dict[str, dict[str, float | None]] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
+    # The issue's targets, each with what was measured against it and whether it was met
+    # (None: not measured in this run, e.g. a peer skipped).
+    targets: list[Target] = field(default_factory=list)
+    # What the figures were measured on: they move with the machine (see README).
+    machine: dict[str, str] = field(default_factory=dict)
     # Phases run again because the shared broker went away under them, and why.
     repeated: dict[str, str] = field(default_factory=dict)
 
@@ -638,6 +663,62 @@ class _Bench:
             if a is not None and b is not None:
                 self.report.ratios[name] = round(a / b, 2)
 
+    def targets(self) -> None:
+        """Each target against this run's figures (ratios() first)."""
+        report = self.report
+        for name, least in RATIO_TARGETS.items():
+            value = report.ratios.get(name)
+            report.targets.append(
+                Target(
+                    f"{name} >= {least:g}x",
+                    "not measured" if value is None else f"{value:.2f}x",
+                    None if value is None else value >= least,
+                )
+            )
+        e2e = report.row("our end to end")
+        p99 = e2e.p99_ms if e2e is not None else None
+        report.targets.append(
+            Target(
+                f"end to end p99 <= {P99_TARGET_MS:g} ms at {self.config.in_flight} in flight",
+                "not measured" if p99 is None else f"{p99:.1f} ms",
+                None if p99 is None else p99 <= P99_TARGET_MS,
+            )
+        )
+        rss = [report.peak_rss_mb.get(n) for n in ("gateway (largest process)", "worker")]
+        largest = None if None in rss else max(r for r in rss if r is not None)
+        report.targets.append(
+            Target(
+                f"gateway and worker resident memory <= {RSS_TARGET_MB:g} MB each",
+                "not measured" if largest is None else f"{largest:.1f} MB (the larger)",
+                None if largest is None else largest <= RSS_TARGET_MB,
+            )
+        )
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _machine(server: dict[str, Any]) -> dict[str, str]:
+    """Cores, CPU, Python and broker: what the figures depend on besides our code."""
+
+    def text(value: object) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    return {
+        "cores": str(os.cpu_count() or 0),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "broker": f"{text(server.get('product', '?'))} {text(server.get('version', '?'))}"
+        f" ({text(server.get('platform', '?'))})",
+    }
+
 
 async def run_bench(config: BenchConfig, say: Callable[[str], None] = print) -> Report:
     """Run every phase in one private vhost; stop everything started, whatever happens."""
@@ -651,6 +732,9 @@ async def run_bench(config: BenchConfig, say: Callable[[str], None] = print) -> 
             connection = await aio_pika.connect(amqp_url)
             async with connection:
                 await declare(await connection.channel())
+                underlay = connection.transport
+                server = underlay.connection.server_properties if underlay is not None else {}
+                bench.report.machine = _machine(dict(server))
             phases: list[tuple[str, Callable[[], Awaitable[None]]]] = [("ceilings", bench.ceilings)]
             if config.peers:
                 phases.append(("adnanh/webhook", bench.webhook))
@@ -663,6 +747,7 @@ async def run_bench(config: BenchConfig, say: Callable[[str], None] = print) -> 
             for name, phase in phases:
                 await bench.run_phase(name, phase)
             bench.ratios()
+            bench.targets()
     finally:
         bench.stop_all()
         if config.keep is None:

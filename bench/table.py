@@ -13,7 +13,10 @@ def _ms(value: float | None) -> str:
 
 def render(report: Report) -> str:
     """A plain-text (Markdown-compatible) rendering of a report."""
-    lines = [
+    lines = []
+    if report.machine:
+        lines += [", ".join(f"{name}: {value}" for name, value in report.machine.items()), ""]
+    lines += [
         "| measured | rate | p50 ms | p99 ms | errors | note |",
         "|---|---:|---:|---:|---:|---|",
     ]
@@ -30,6 +33,10 @@ def render(report: Report) -> str:
     if report.ratios:
         lines += ["", "| ratio | value |", "|---|---:|"]
         lines += [f"| {name} | {value:.2f}x |" for name, value in report.ratios.items()]
+    if report.targets:
+        verdict = {True: "met", False: "not met", None: "-"}
+        lines += ["", "| target | this run | |", "|---|---:|---|"]
+        lines += [f"| {t.name} | {t.measured} | {verdict[t.met]} |" for t in report.targets]
     if report.cpu_per_command_us:
         lines += ["", "| CPU per command (µs) | process | µs |", "|---|---|---:|"]
         for phase, figures in report.cpu_per_command_us.items():

@@ -16,7 +16,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -117,10 +117,16 @@ class SqlBackend:
 # --- SQLite -------------------------------------------------------------------------
 
 
+_UTC_OFFSET = timedelta(0)
+
+
 def _sqlite_value(value: Any) -> Any:
     if isinstance(value, datetime):
-        # A fixed width, so text order is time order.
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+        # A fixed width in UTC, so text order is time order ("...T12:00:00.000000+00:00");
+        # `isoformat` is twice as fast as the equivalent `strftime`.
+        if value.utcoffset() != _UTC_OFFSET:
+            value = value.astimezone(UTC)
+        return value.isoformat(timespec="microseconds")
     if isinstance(value, bool):
         return int(value)
     return value

@@ -62,6 +62,26 @@ def test_bench_smoke_run_measures_our_gateway_and_end_to_end(tmp_path: Path) -> 
     assert "webhook answer-first" in rows or "webhook" in report["skipped"]
     assert "celery peer end to end" in rows or "celery" in report["skipped"]
     assert "| our end to end |" in done.stdout
+    # What it ran on, and each target judged against this run's own figures.
+    assert int(report["machine"]["cores"]) >= 1
+    assert report["machine"]["broker"].startswith("RabbitMQ ")
+    targets = {t["name"]: t for t in report["targets"]}
+    memory = targets["gateway and worker resident memory <= 100 MB each"]
+    largest = max(
+        report["peak_rss_mb"]["gateway (largest process)"], report["peak_rss_mb"]["worker"]
+    )
+    assert memory["met"] == (largest <= 100)
+    assert memory["measured"] == f"{largest:.1f} MB (the larger)"
+    p99 = targets["end to end p99 <= 50 ms at 8 in flight"]
+    assert p99["met"] == (e2e["p99_ms"] <= 50)
+    ceiling = targets["gateway / broker ceiling >= 0.8x"]
+    assert ceiling["met"] == (report["ratios"]["gateway / broker ceiling"] >= 0.8)
+    celery = targets["end to end / celery end to end >= 2.5x"]
+    if "celery" in report["skipped"]:
+        assert celery == {**celery, "measured": "not measured", "met": None}
+    else:
+        assert celery["met"] == (report["ratios"]["end to end / celery end to end"] >= 2.5)
+    assert "| target | this run | |" in done.stdout
     # Its private vhost is gone.
     vhosts = subprocess.run(
         ["rabbitmqctl", "list_vhosts", "-q"], capture_output=True, text=True, check=True
