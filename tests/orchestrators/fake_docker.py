@@ -3,15 +3,19 @@
 It serves ``/version`` and the versioned ``/v1.NN/services`` paths with the Engine's JSON
 shapes, filters by label, and enforces ``?version=`` on ``POST /services/ID/update`` the
 way a Swarm manager does: a stale version answers 500 "update out of sequence". It can be
-told to answer an error or hang for the next requests.
+told to answer an error or hang for the next requests. It records the ``X-Registry-Auth``
+of each update, decoded, and like the Engine answers 400 when it is not base64url JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import copy
 import itertools
 import json
+import re
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +41,23 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"message": message}, status=status)
 
 
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+
+
+def _registry_auth(header: str) -> dict[str, Any] | None:
+    """The decoded AuthConfig, as the Engine's DecodeAuthConfig reads it (padded base64url,
+    the empty string meaning no credentials); None if invalid."""
+    if not header:
+        return {}
+    if not _BASE64URL.fullmatch(header) or len(header) % 4:
+        return None
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(header))
+    except (binascii.Error, ValueError):
+        return None
+    return decoded if isinstance(decoded, dict) else None
+
+
 @dataclass
 class FakeDocker:
     """The services, the request log and the fault plan of one fake engine."""
@@ -45,6 +66,8 @@ class FakeDocker:
     requests: list[tuple[str, str]] = field(default_factory=list)
     faults: FaultPlan = field(default_factory=FaultPlan)
     out_of_sequence: int = 0
+    # Per accepted update: (service name, decoded X-Registry-Auth or None without one).
+    registry_auths: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
     latency: float = 0.0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -167,9 +190,14 @@ class FakeDocker:
         if int(version) != service["Version"]["Index"]:
             self.out_of_sequence += 1
             return _error(500, "rpc error: code = Unknown desc = update out of sequence")
+        header = request.headers.get("X-Registry-Auth")
+        auth = None if header is None else _registry_auth(header)
+        if header is not None and auth is None:
+            return _error(400, "invalid X-Registry-Auth header: not base64url-encoded JSON")
         spec = json.loads(await request.read())
         if spec.get("Name") != service["Spec"]["Name"]:
             return _error(400, "renaming services is not supported")
+        self.registry_auths.append((spec["Name"], auth))
         updated = copy.deepcopy(service)
         updated["Spec"] = spec
         updated["PreviousSpec"] = service["Spec"]

@@ -11,24 +11,13 @@ import pytest
 from shared.errors import ConflictError, NotFoundError, PermanentError, RetryableError
 from shared.messages import Target
 from shared.settings import Settings
-from tests.orchestrators.fake_docker import FakeDocker, running_fake_docker
+from tests.orchestrators.fake_docker import FakeDocker
 from workers.orchestrators import open_orchestrator
 from workers.orchestrators.ledger import read_ledger
 from workers.orchestrators.swarm import SwarmOrchestrator, parse_docker_hosts
 
 SHOP = Target(cluster="prod", app="shop")
 WEB = Target(cluster="prod", app="shop", service="web")
-
-
-@pytest.fixture
-async def fake_docker() -> AsyncIterator[tuple[FakeDocker, str]]:
-    """A fake engine with stack shop (web x2, api x1, a global agent) and stack blog."""
-    async with running_fake_docker() as (fake, url):
-        fake.add("shop", "web", replicas=2, image="nginx:1.27")
-        fake.add("shop", "api", replicas=1, image="ghcr.io/acme/shop-api:1.4")
-        fake.add("shop", "agent", replicas=None, image="datadog/agent:7")
-        fake.add("blog", "web", replicas=1, image="nginx:1.27")
-        yield fake, url
 
 
 @pytest.fixture
