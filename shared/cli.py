@@ -86,9 +86,14 @@ _metrics_host = click.option(
 @click.pass_context
 def worker(ctx: click.Context, metrics_port: int | None, metrics_host: str) -> None:
     """Consume commands, apply them to the orchestrator, publish results."""
+    from shared.errors import ConfigError  # noqa: PLC0415
     from workers.run import run_worker  # noqa: PLC0415
 
-    _run(run_worker(_settings(ctx), metrics_host=metrics_host, metrics_port=metrics_port))
+    try:
+        _run(run_worker(_settings(ctx), metrics_host=metrics_host, metrics_port=metrics_port))
+    except ConfigError as exc:
+        # Raised while the worker starts (a file a setting names): say what to fix, no trace.
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

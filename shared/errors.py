@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerUnavailable",
+    "ConfigError",
     "ConflictError",
     "NotFoundError",
     "PermanentError",
@@ -25,6 +26,10 @@ class RetryableError(TriggersError):
 
 class PermanentError(TriggersError):
     """Retrying cannot help: the target does not exist, access is forbidden, the input is invalid."""
+
+
+class ConfigError(PermanentError):
+    """A setting, or a file it names, is unusable: found at start-up, with what to fix."""
 
 
 class NotFoundError(PermanentError):

@@ -15,8 +15,10 @@ __all__ = [
     "ImageRef",
     "familiar_repository",
     "image_reference",
+    "image_registry",
     "normalize_repository",
     "parse_image",
+    "registry_host",
     "same_repository",
 ]
 
@@ -63,6 +65,22 @@ def normalize_repository(repository: str) -> str:
         if "/" not in path:
             path = f"library/{path}"
     return f"{host}/{path}"
+
+
+def image_registry(reference: str) -> str:
+    """The registry host[:port] an image is pulled from; ``docker.io`` for Docker Hub."""
+    return normalize_repository(reference).partition("/")[0]
+
+
+def registry_host(address: str) -> str:
+    """The host[:port] of a registry address as credential stores write it.
+
+    ``https://index.docker.io/v1/``, ``docker.io`` and ``index.docker.io`` all give
+    ``docker.io``; ``https://registry.example.com/v2/`` gives ``registry.example.com``.
+    """
+    host = address.strip().lower().removeprefix("https://").removeprefix("http://")
+    host = host.partition("/")[0]
+    return _DOCKER_HUB if host in _DOCKER_HUB_ALIASES else host
 
 
 def familiar_repository(repository: str) -> str:

@@ -30,6 +30,9 @@ class Settings:
     kubeconfig: str | None = None
     # Swarm: Docker endpoint, or "cluster=url,..." per trigger cluster; None: local socket.
     docker_host: str | None = None
+    # Swarm: a Docker client config file (config.json) whose registry credentials go with
+    # every service update (X-Registry-Auth); None: updates carry no credentials.
+    docker_config: str | None = None
     # Seconds one orchestrator API call may take before it counts as a retryable failure.
     orchestrator_timeout: float = 10.0
     public_url: str = "http://127.0.0.1:8080"
@@ -85,6 +88,7 @@ class Settings:
             "TRIGGERS_LOCAL_STATE": "local_state",
             "KUBECONFIG": "kubeconfig",
             "TRIGGERS_DOCKER_HOST": "docker_host",
+            "TRIGGERS_DOCKER_CONFIG": "docker_config",
             "TRIGGERS_PUBLIC_URL": "public_url",
             "TRIGGERS_ADMIN_TOKEN": "admin_token",
             "TRIGGERS_LOG_FORMAT": "log_format",

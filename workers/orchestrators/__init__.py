@@ -20,7 +20,9 @@ def _adapter(settings: Settings) -> Orchestrator:
         from workers.orchestrators.swarm import SwarmOrchestrator  # noqa: PLC0415 - load only the chosen client library
 
         return SwarmOrchestrator(
-            docker_host=settings.docker_host, timeout=settings.orchestrator_timeout
+            docker_host=settings.docker_host,
+            docker_config=settings.docker_config,
+            timeout=settings.orchestrator_timeout,
         )
     from workers.orchestrators.local import LocalOrchestrator  # noqa: PLC0415 - load only the chosen adapter
 

@@ -11,6 +11,10 @@ does. Every update carries ``?version=`` from the inspect it was computed from; 
 concurrent writer makes it fail with "update out of sequence" and the adapter inspects
 again (a bounded number of times). The job is recorded in a service label in that same
 write, so a redelivered job finds itself there and changes nothing.
+
+With `TRIGGERS_DOCKER_CONFIG`, each update carries ``X-Registry-Auth`` for the registry
+of the image it deploys, as ``docker service update --with-registry-auth`` does, so the
+nodes can pull private images (see `registry_auth`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from workers.orchestrators.ledger import (
     read_ledger,
     record_change,
 )
+from workers.orchestrators.registry_auth import AUTH_HEADER, RegistryAuth
 
 __all__ = ["STACK_LABEL", "SwarmOrchestrator", "parse_docker_hosts"]
 
@@ -104,9 +109,17 @@ class SwarmOrchestrator:
     name = "swarm"
 
     def __init__(
-        self, *, docker_host: str | None = None, timeout: float = 10.0, conflict_retries: int = 5
+        self,
+        *,
+        docker_host: str | None = None,
+        docker_config: str | None = None,
+        timeout: float = 10.0,
+        conflict_retries: int = 5,
     ) -> None:
+        """`docker_config` is a Docker client config file with registry credentials; a
+        problem with it raises `ConfigError` here, at start."""
         self._hosts = parse_docker_hosts(docker_host)
+        self._auth = RegistryAuth(docker_config) if docker_config else None
         self._timeout = timeout
         self._retries = conflict_retries
         self._clients: dict[str | None, aiodocker.Docker] = {}
@@ -300,6 +313,7 @@ class SwarmOrchestrator:
                     method="POST",
                     params={"version": str(service.version)},
                     data=json.dumps(spec),
+                    headers=self._auth_headers(spec),
                 )
             except aiodocker.DockerError as exc:
                 if _OUT_OF_SEQUENCE in str(exc.message):
@@ -311,6 +325,15 @@ class SwarmOrchestrator:
             "to update it (update out of sequence); will retry"
         )
         raise ConflictError(msg)
+
+    def _auth_headers(self, spec: Mapping[str, Any]) -> dict[str, str]:
+        """``X-Registry-Auth`` for the image the spec deploys (the new one, or the current).
+
+        Without it the manager keeps the credentials the service already has.
+        """
+        image = spec["TaskTemplate"].get("ContainerSpec", {}).get("Image", "")
+        header = self._auth.header(image) if self._auth is not None and image else None
+        return {AUTH_HEADER: header} if header else {}
 
     # -- configuration and errors ----------------------------------------------------------
 
