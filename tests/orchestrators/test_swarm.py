@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.errors import ConflictError, NotFoundError, PermanentError, RetryableError
+from shared.errors import (
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    PermanentError,
+    RetryableError,
+)
 from shared.messages import Target
 from shared.settings import Settings
 from tests.orchestrators.fake_docker import FakeDocker
@@ -203,5 +209,5 @@ async def test_docker_host_per_cluster(fake_docker: tuple[FakeDocker, str]) -> N
             await orchestrator.state(Target(cluster="qa", app="shop"))
     finally:
         await orchestrator.close()
-    with pytest.raises(ValueError, match="TRIGGERS_DOCKER_HOST"):
+    with pytest.raises(ConfigError, match="TRIGGERS_DOCKER_HOST"):
         parse_docker_hosts("prod=")

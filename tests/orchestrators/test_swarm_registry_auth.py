@@ -370,3 +370,19 @@ def test_malformed_or_missing_docker_config_stops_worker_start(
     assert done.stderr.startswith(f"Error: TRIGGERS_DOCKER_CONFIG: {config}")
     assert words in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_malformed_docker_host_stops_worker_start(env: dict[str, str]) -> None:
+    """A TRIGGERS_DOCKER_HOST part without a URL exits 1 with what to fix, not a traceback."""
+    done = subprocess.run(
+        [*triggers_cli(), "worker"],
+        env=env | {"TRIGGERS_ORCHESTRATOR": "swarm", "TRIGGERS_DOCKER_HOST": "prod="},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("Error: TRIGGERS_DOCKER_HOST must be a URL or cluster=url")
+    assert "'prod='" in done.stderr
+    assert "Traceback" not in done.stderr

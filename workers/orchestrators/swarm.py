@@ -30,6 +30,7 @@ import aiodocker
 import aiohttp
 
 from shared.errors import (
+    ConfigError,
     ConflictError,
     NotFoundError,
     PermanentError,
@@ -65,7 +66,7 @@ def parse_docker_hosts(value: str | None) -> dict[str, str | None]:
         name, sep, url = part.strip().partition("=")
         if not sep or not name or not url:
             msg = f"TRIGGERS_DOCKER_HOST must be a URL or cluster=url,...; got a part {part!r}"
-            raise ValueError(msg)
+            raise ConfigError(msg)
         hosts[name.strip()] = url.strip()
     return hosts
 
