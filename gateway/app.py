@@ -37,6 +37,7 @@ from gateway.keys import (
 from gateway.limits import CallLimits, open_limits
 from gateway.metrics import handle_metrics, metrics_middleware
 from gateway.recent import RecentEvents
+from gateway.shared_state import open_redis
 from gateway.waiter import ResultWaiter
 from shared.audit import AuditLog
 from shared.batch import WriteBehind
@@ -138,11 +139,13 @@ def create_app(
         if jobs is None:
             await app[JOBS].close()
 
-    async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[LIMITS] = limits or open_limits(settings.redis_url, settings.redis_prefix)
+    async def shared_state_ctx(app: web.Application) -> AsyncIterator[None]:
+        # One Redis client per process, for all the state the gateways share.
+        redis = open_redis(settings.redis_url) if settings.redis_url else None
+        app[LIMITS] = limits or open_limits(redis, settings.redis_prefix)
         yield
-        if limits is None:
-            await app[LIMITS].close()
+        if redis is not None:
+            await redis.aclose()
 
     async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
         if bus is not None:
@@ -160,7 +163,7 @@ def create_app(
 
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(bus_ctx)
-    app.cleanup_ctx.append(limits_ctx)
+    app.cleanup_ctx.append(shared_state_ctx)
     app.router.add_route("GET", "/hook/trigger", handle_trigger)
     app.router.add_route("POST", "/hook/trigger", handle_trigger)
     app.router.add_get("/healthz", _healthz)

@@ -16,11 +16,9 @@ import math
 import time
 from typing import Any, Protocol
 
-import structlog
+from gateway.shared_state import RedisOutage
 
 __all__ = ["CallLimits", "MemoryCallLimits", "RedisCallLimits", "open_limits"]
-
-log = structlog.get_logger("triggers.gateway")
 
 _WINDOW = 60.0  # seconds: the rate limit is per minute
 
@@ -57,10 +55,6 @@ class CallLimits(Protocol):
 
     async def release_cooldown(self, trigger_id: str) -> None:
         """End a cooldown early (the call it was claimed for was not accepted)."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections."""
         ...
 
 
@@ -105,9 +99,6 @@ class MemoryCallLimits:
         """Forget the cooldown."""
         self._cooldown_until.pop(trigger_id, None)
 
-    async def close(self) -> None:
-        """Nothing to release."""
-
 
 class RedisCallLimits:
     """State in Redis, shared by every gateway using the same URL and prefix.
@@ -119,20 +110,12 @@ class RedisCallLimits:
 
     name = "redis"
 
-    def __init__(
-        self, url: str, *, prefix: str = "container-triggers:", timeout: float = 0.5
-    ) -> None:
-        import redis.asyncio as redis  # noqa: PLC0415 - only shared-limit deployments need it
-
-        self._redis: Any = redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        self._gcra: Any = self._redis.register_script(_GCRA)
+    def __init__(self, redis: Any, *, prefix: str = "container-triggers:") -> None:
+        self._redis = redis
+        self._gcra: Any = redis.register_script(_GCRA)
         self._prefix = prefix
         self._fallback = MemoryCallLimits()
-
-    def _failed(self, operation: str, exc: Exception) -> None:
-        log.warning("gateway.limits_unavailable", operation=operation, error=repr(exc)[:200])
+        self._outage = RedisOutage("gateway.limits_unavailable")
 
     async def take_rate(self, trigger_id: str, per_minute: int) -> float | None:
         """GCRA in one Lua call."""
@@ -144,7 +127,7 @@ class RedisCallLimits:
                 )
             )
         except Exception as exc:  # any Redis failure degrades to local limits
-            self._failed("take_rate", exc)
+            self._outage.failed("take_rate", exc)
             return await self._fallback.take_rate(trigger_id, per_minute)
         return None if wait_ms < 0 else wait_ms / 1000
 
@@ -156,25 +139,19 @@ class RedisCallLimits:
                 return None
             remaining_ms = int(await self._redis.pttl(key))
         except Exception as exc:  # any Redis failure degrades to local limits
-            self._failed("claim_cooldown", exc)
+            self._outage.failed("claim_cooldown", exc)
             return await self._fallback.claim_cooldown(trigger_id, seconds)
         return max(remaining_ms, 0) / 1000
 
     async def release_cooldown(self, trigger_id: str) -> None:
         """Delete the cooldown key."""
-        try:
-            await self._redis.delete(f"{self._prefix}cooldown:{trigger_id}")
-        except Exception as exc:  # the key expires by itself anyway
-            self._failed("release_cooldown", exc)
+        key = f"{self._prefix}cooldown:{trigger_id}"
+        await self._outage.attempt("release_cooldown", self._redis.delete(key))
         await self._fallback.release_cooldown(trigger_id)
 
-    async def close(self) -> None:
-        """Close the connection pool."""
-        await self._redis.aclose()
 
-
-def open_limits(redis_url: str | None, prefix: str) -> CallLimits:
-    """Redis-backed limits when a URL is set, else in-process ones."""
-    if redis_url:
-        return RedisCallLimits(redis_url, prefix=prefix)
+def open_limits(redis: Any | None, prefix: str) -> CallLimits:
+    """Limits in Redis when a client is given (`gateway.shared_state.open_redis`), else here."""
+    if redis is not None:
+        return RedisCallLimits(redis, prefix=prefix)
     return MemoryCallLimits()

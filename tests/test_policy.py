@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -11,6 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from gateway.limits import CallLimits, MemoryCallLimits, RedisCallLimits
+from gateway.shared_state import open_redis
 from shared.bus import AmqpBus
 from shared.messages import ServiceState, utcnow
 from shared.policy import PolicyChanges
@@ -264,11 +266,14 @@ def test_plan_scale_clamps_to_the_bounds(
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def limits(request: pytest.FixtureRequest, redis_prefix: str) -> CallLimits:
+async def limits(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[CallLimits]:
     """Each limits backend."""
-    if request.param == "redis":
-        return RedisCallLimits(REDIS, prefix=redis_prefix)
-    return MemoryCallLimits()
+    if request.param == "memory":
+        yield MemoryCallLimits()
+        return
+    client = open_redis(REDIS)
+    yield RedisCallLimits(client, prefix=redis_prefix)
+    await client.aclose()
 
 
 async def test_limits_backends_agree(limits: CallLimits) -> None:
@@ -283,4 +288,3 @@ async def test_limits_backends_agree(limits: CallLimits) -> None:
     wait = await limits.take_rate("t2", 2)
     assert wait is not None
     assert 29 < wait <= 30
-    await limits.close()
