@@ -209,12 +209,17 @@ def settings(tmp_path: Path, amqp_url: str, database_url: str) -> Settings:
 
 @pytest.fixture
 async def redis_prefix() -> AsyncIterator[str]:
-    """A key prefix of its own on the shared Redis; its keys are deleted afterwards."""
-    import redis.asyncio as redis  # noqa: PLC0415 - only the limits tests need it
+    """A key prefix of its own on the shared Redis; its keys are deleted afterwards.
+
+    Redis is pinged first: the gateway falls back to its memory when Redis is missing, so
+    without the ping a test of the shared state could pass without it.
+    """
+    import redis.asyncio as redis  # noqa: PLC0415 - only the shared-state tests need it
 
     prefix = f"triggers-test-{uuid.uuid4().hex[:8]}:"
-    yield prefix
     client = redis.from_url(REDIS)
+    await client.ping()
+    yield prefix
     async for key in client.scan_iter(match=f"{prefix}*"):
         await client.delete(key)
     await client.aclose()
@@ -330,14 +335,43 @@ class Gateway:
             return response.status, await response.json()
 
 
+@contextlib.asynccontextmanager
+async def running_gateways(
+    settings: Settings, store: TriggerStore, bus: AmqpBus, count: int
+) -> AsyncIterator[list[Gateway]]:
+    """`count` gateways on ephemeral ports, sharing the store, the bus and a client session."""
+    servers = [
+        TestServer(create_app(settings, store=store, bus=bus), host="127.0.0.1")
+        for _ in range(count)
+    ]
+    try:
+        for server in servers:
+            await server.start_server()
+        async with aiohttp.ClientSession() as http:
+            yield [
+                Gateway(url=str(s.make_url("")).rstrip("/"), http=http, settings=settings)
+                for s in servers
+            ]
+    finally:
+        for server in servers:
+            await server.close()
+
+
 @pytest.fixture
 async def gateway(settings: Settings, store: TriggerStore, bus: AmqpBus) -> AsyncIterator[Gateway]:
     """The gateway on an ephemeral port."""
-    server = TestServer(create_app(settings, store=store, bus=bus), host="127.0.0.1")
-    await server.start_server()
-    async with aiohttp.ClientSession() as http:
-        yield Gateway(url=str(server.make_url("")).rstrip("/"), http=http, settings=settings)
-    await server.close()
+    async with running_gateways(settings, store, bus, 1) as (one,):
+        yield one
+
+
+@pytest.fixture
+async def shared_gateways(
+    settings: Settings, store: TriggerStore, bus: AmqpBus, redis_prefix: str
+) -> AsyncIterator[list[Gateway]]:
+    """Two gateways sharing the test's Redis prefix, as several behind a load balancer."""
+    shared = settings.with_(redis_url=REDIS, redis_prefix=redis_prefix)
+    async with running_gateways(shared, store, bus, 2) as gateways:
+        yield gateways
 
 
 @dataclass

@@ -8,17 +8,14 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app
 from gateway.limits import CallLimits, MemoryCallLimits, RedisCallLimits
 from gateway.shared_state import open_redis
-from shared.bus import AmqpBus
 from shared.messages import ServiceState, utcnow
 from shared.policy import PolicyChanges
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
-from shared.triggers import Trigger, trigger_call_url
+from shared.triggers import Trigger
 from tests.conftest import ADMIN_TOKEN, REDIS, Gateway, Results
 from workers.orchestrators.base import scale_change
 from workers.orchestrators.local import LocalOrchestrator
@@ -83,33 +80,19 @@ async def test_alert_storm_scales_once_within_the_cooldown_and_never_beyond_max(
 
 
 async def test_storm_across_two_gateways_sharing_redis_scales_once(
-    settings: Settings,
+    shared_gateways: list[Gateway],
     store: SqliteTriggerStore,
-    bus: AmqpBus,
     cluster: LocalOrchestrator,
     worker: Worker,
     results: Results,
-    redis_prefix: str,
 ) -> None:
     """Two gateways with limits in Redis agree: 50 calls split between them publish once."""
-    shared = settings.with_(redis_url=REDIS, redis_prefix=redis_prefix)
-    servers = [
-        TestServer(create_app(shared, store=store, bus=bus), host="127.0.0.1") for _ in range(2)
+    trigger, secret = await _scale_trigger(store, max_replicas=10, cooldown=60)
+    urls = [
+        shared_gateways[i % 2].call_url(trigger, secret) + "&type=scale_out&step=1"
+        for i in range(50)
     ]
-    for server in servers:
-        await server.start_server()
-    try:
-        trigger, secret = await _scale_trigger(store, max_replicas=10, cooldown=60)
-        urls = [
-            trigger_call_url(str(servers[i % 2].make_url("")), trigger, secret)
-            + "&type=scale_out&step=1"
-            for i in range(50)
-        ]
-        async with aiohttp.ClientSession() as http:
-            answers = await _storm(http, urls)
-    finally:
-        for server in servers:
-            await server.close()
+    answers = await _storm(shared_gateways[0].http, urls)
     assert Counter(status for status, _ in answers) == {202: 1, 200: 49}
     (accepted,) = [body for status, body in answers if status == 202]
     (event,) = await results.wait_for(str(accepted["job_id"]))
