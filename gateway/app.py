@@ -36,7 +36,7 @@ from gateway.keys import (
 )
 from gateway.limits import CallLimits, open_limits
 from gateway.metrics import handle_metrics, metrics_middleware
-from gateway.recent import RecentEvents
+from gateway.recent import open_recent
 from gateway.shared_state import open_redis
 from gateway.waiter import ResultWaiter
 from shared.audit import AuditLog
@@ -123,7 +123,6 @@ def create_app(
     app[WAITER] = ResultWaiter()
     app[TRIGGER_CACHE] = TTLCache(maxsize=10_000, ttl=settings.trigger_cache_ttl)
     app[AUTH_LIMITER] = FailedAuthLimiter(settings.auth_failures_per_minute)
-    app[RECENT_EVENTS] = RecentEvents()
     app[TRIGGER_LOOKUPS] = {}
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -143,6 +142,7 @@ def create_app(
         # One Redis client per process, for all the state the gateways share.
         redis = open_redis(settings.redis_url) if settings.redis_url else None
         app[LIMITS] = limits or open_limits(redis, settings.redis_prefix)
+        app[RECENT_EVENTS] = open_recent(redis, settings.redis_prefix)
         yield
         if redis is not None:
             await redis.aclose()

@@ -7,6 +7,11 @@ signatures and a registry or alert body (`gateway.sources`: 401, 409, 422, or 20
 "ignored"), then the parameters the trigger's action needs (400), then the trigger's
 policy (`gateway.policy`: 403/405/429, or 200 "ignored" within a cooldown). Only then is
 a command published, and 202 is answered only after the broker confirmed it.
+
+A body's de-duplication keys (`gateway.recent`: shared by the gateways through Redis when
+``TRIGGERS_REDIS_URL`` is set) are claimed while it is read, before the policy; they are
+confirmed with the job id after the broker's confirm, and released when the policy holds
+the call back or publishing fails, so that a retry acts.
 """
 
 from __future__ import annotations
@@ -234,10 +239,10 @@ async def _admit(request: web.Request, trigger: Trigger, event: EventCall | None
         admission = await admit(request, trigger, utcnow())
     except ApiError:
         if event:
-            event.failed()
+            await event.failed()
         raise
     if admission.ignored is not None and event:
-        event.failed()
+        await event.failed()
     return admission
 
 
@@ -268,7 +273,7 @@ async def handle_trigger(request: web.Request) -> web.Response:
 
     wait_s = parse_wait(_single(query, "wait"), request.app[SETTINGS])
     direction, step = _call_parameters(trigger, query)
-    event = inspect_call(
+    event = await inspect_call(
         request,
         trigger,
         body,
@@ -312,12 +317,12 @@ async def handle_trigger(request: web.Request) -> web.Response:
             await request.app[BUS].publish_command(envelope)
         except BaseException as exc:
             if event:
-                event.failed()
+                await event.failed()
             if isinstance(exc, BrokerUnavailable):
                 await admission.release()
             raise
         if event:
-            event.published(job_id)
+            await event.published(job_id)
 
     answer: dict[str, object] = {
         "job_id": job_id,

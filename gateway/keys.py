@@ -43,7 +43,7 @@ AUTH_LIMITER = web.AppKey("auth_limiter", FailedAuthLimiter)
 JOBS = web.AppKey("jobs", JobStore)
 WAITER = web.AppKey("waiter", ResultWaiter)
 TRIGGER_CACHE = web.AppKey("trigger_cache", TTLCache[str, Trigger | None])
-# Pushed digests, alert groups, deliveries and signatures this gateway acted on recently.
+# Pushed digests, alert groups, deliveries and signatures acted on recently (gateway.recent).
 RECENT_EVENTS = web.AppKey("recent_events", RecentEvents)
 LIMITS = web.AppKey("limits", CallLimits)
 AUDIT = web.AppKey("audit", AuditLog)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.recent import RecentEvents
+from gateway.recent import MemoryRecentEvents
 from gateway.sources import (
     SOURCES,
     Alert,
@@ -405,18 +405,18 @@ def test_trigger_options_are_checked_against_the_action() -> None:
     TriggerOptions(image="nginx", semver=">=1.2,<2").check("redeploy", image_update=True)
 
 
-def test_recent_events_remember_for_their_ttl_only() -> None:
+async def test_recent_events_remember_for_their_ttl_only() -> None:
     """A claimed key answers its job id until its time to live passes, then is free again."""
     now = [1000.0]
-    recent = RecentEvents(clock=lambda: now[0])
-    assert recent.claim("k", 60) is None
-    assert recent.claim("k", 60) == "pending"
-    recent.confirm("k", "job-1", 60)
-    assert recent.claim("k", 60) == "job-1"
+    recent = MemoryRecentEvents(clock=lambda: now[0])
+    assert await recent.claim("k", 60) is None
+    assert await recent.claim("k", 60) == "pending"
+    await recent.confirm("k", "job-1", 60)
+    assert await recent.claim("k", 60) == "job-1"
     now[0] += 61
-    assert recent.claim("k", 60) is None
-    recent.release("k")
-    assert recent.seen("k") is None
+    assert await recent.claim("k", 60) is None
+    await recent.release("k")
+    assert await recent.seen("k") is None
 
 
 def test_fixtures_are_unchanged_copies() -> None:

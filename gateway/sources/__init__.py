@@ -65,17 +65,17 @@ class EventCall:
     _claims: tuple[tuple[str, float], ...]
     _forget: tuple[str, ...]
 
-    def published(self, job_id: str) -> None:
+    async def published(self, job_id: str) -> None:
         """The broker confirmed the command: remember its job id under every claim."""
         for key, ttl in self._claims:
-            self._recent.confirm(key, job_id, ttl)
+            await self._recent.confirm(key, job_id, ttl)
         for key in self._forget:
-            self._recent.release(key)
+            await self._recent.forget(key)
 
-    def failed(self) -> None:
+    async def failed(self) -> None:
         """Nothing was published: a retry of the same event must act."""
         for key, _ in self._claims:
-            self._recent.release(key)
+            await self._recent.release(key)
 
 
 def _ignored(reason: str, job_id: str | None = None) -> web.Response:
@@ -85,7 +85,7 @@ def _ignored(reason: str, job_id: str | None = None) -> web.Response:
     return web.json_response(body, status=200)
 
 
-def inspect_call(
+async def inspect_call(
     request: web.Request,
     trigger: Trigger,
     body: bytes,
@@ -111,7 +111,7 @@ def inspect_call(
             "this trigger takes its secret only in the X-Trigger-Secret or "
             "Authorization: Bearer header; the secret has been in a URL, so rotate it",
         )
-    verify_signature(
+    await verify_signature(
         options,
         trigger.id,
         request.headers,
@@ -132,7 +132,7 @@ def inspect_call(
     if log_fields is not None:
         log_fields["event_source"] = parsed.source
     delivery_key = f"delivery:{trigger.id}:{parsed.source}:{parsed.event_id}"
-    if parsed.event_id is not None and (earlier := recent.seen(delivery_key)) is not None:
+    if parsed.event_id is not None and (earlier := await recent.seen(delivery_key)) is not None:
         return _ignored(
             f"{label} delivery {parsed.event_id} was already received",
             None if earlier == PENDING else earlier,
@@ -151,21 +151,21 @@ def inspect_call(
         raise ApiError(422, "unusable_body", str(exc)) from None
     if isinstance(plan, Ignored):
         for key in plan.forget:
-            recent.release(key)
+            await recent.forget(key)
         return _ignored(plan.reason, plan.job_id)
-    return _claim(recent, plan, delivery_key if parsed.event_id is not None else None)
+    return await _claim(recent, plan, delivery_key if parsed.event_id is not None else None)
 
 
-def _claim(
+async def _claim(
     recent: RecentEvents, plan: Planned, delivery_key: str | None
 ) -> EventCall | web.Response:
     claims = plan.claims + (((delivery_key, _DELIVERY_TTL),) if delivery_key else ())
     taken: list[str] = []
     for key, ttl in claims:
-        earlier = recent.claim(key, ttl)
+        earlier = await recent.claim(key, ttl)
         if earlier is not None:
             for done in taken:
-                recent.release(done)
+                await recent.release(done)
             what = "alert" if key.startswith("alert:") else "image"
             if earlier == PENDING:
                 return _ignored(f"the same {what} is being acted on by a call still in progress")

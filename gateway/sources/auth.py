@@ -72,7 +72,7 @@ def _check_hex(header: str, value: str, key: str, body: bytes) -> None:
         )
 
 
-def verify_signature(
+async def verify_signature(
     options: TriggerOptions,
     trigger_id: str,
     headers: Headers,
@@ -119,7 +119,9 @@ def verify_signature(
             "sign each request when sending it and keep clocks in sync",
         )
     # Kept twice the tolerance: long enough that a captured request can never be replayed.
-    if recent.claim(f"signature:{trigger_id}:{given}", 2 * tolerance) is not None:
+    # Remembered by its SHA-256, so the shared store (Redis) holds no signature itself.
+    seen_key = f"signature:{trigger_id}:{hashlib.sha256(given.encode()).hexdigest()}"
+    if await recent.claim(seen_key, 2 * tolerance) is not None:
         raise ApiError(
             409, "replayed_request", "this signed request was already received; sign each call anew"
         )
