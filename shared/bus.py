@@ -30,6 +30,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from aiormq import spec
 
+from shared.amqp_transport import CoalescingConnection
 from shared.errors import BrokerUnavailable
 from shared.messages import (
     COMMAND_CONTENT_TYPE,
@@ -448,6 +449,7 @@ class AmqpBus:
                 self._url,
                 timeout=self._connect_timeout,
                 reconnect_interval=2.0,
+                connection_class=CoalescingConnection,
                 client_properties={
                     "connection_name": f"{self._role}@{socket.gethostname()}:{os.getpid()}"
                 },

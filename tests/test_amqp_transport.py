@@ -1,0 +1,102 @@
+"""The AMQP connection's writer: frames of one loop turn leave in one write, in order.
+
+Driven over a real loopback socket; the broker-facing behaviour (publish, confirm,
+consume, reconnect) runs through it in every other broker test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+from yarl import URL
+
+from shared.amqp_transport import CoalescingConnection, CoalescingTransportFactory
+from tests.conftest import BROKER
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[tuple[int, asyncio.Queue[bytes]]]:
+    """A TCP server on 127.0.0.1 that queues what it reads (b"" at EOF)."""
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while chunk := await reader.read(65536):
+            received.put_nowait(chunk)
+        received.put_nowait(b"")
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield port, received
+
+
+async def _read_all(received: asyncio.Queue[bytes]) -> bytes:
+    data = b""
+    while chunk := await asyncio.wait_for(received.get(), 5):
+        data += chunk
+    return data
+
+
+async def test_writes_of_one_turn_reach_the_transport_as_one_write(
+    sink: tuple[int, asyncio.Queue[bytes]],
+) -> None:
+    port, received = sink
+    _, writer = await CoalescingTransportFactory().create(URL(f"amqp://127.0.0.1:{port}/"))
+    sent: list[bytes] = []
+    transport_write = writer.transport.write
+
+    def spy(
+        data: bytes | bytearray | memoryview,
+    ) -> None:  # the one boundary we observe: what the socket is given
+        sent.append(bytes(data))
+        transport_write(data)
+
+    writer.transport.write = spy  # type: ignore[method-assign]  # the test's spy
+    writer.write(b"frame-1;")
+    writer.write(b"frame-2;")
+    writer.writelines([b"frame-3;", b"frame-4;"])
+    assert sent == []  # held until the end of this turn
+    await asyncio.sleep(0)
+    assert sent == [b"frame-1;frame-2;frame-3;frame-4;"]
+    writer.write(b"frame-5;")
+    await writer.drain()  # drain sends what is pending at once
+    assert sent[1:] == [b"frame-5;"]
+    writer.write(b"last")
+    writer.close()  # close sends what is pending before closing
+    await writer.wait_closed()
+    assert await _read_all(received) == b"frame-1;frame-2;frame-3;frame-4;frame-5;last"
+
+
+async def test_a_refused_connection_raises_the_client_error() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(aio_pika.exceptions.AMQPConnectionError):
+        await CoalescingTransportFactory().create(URL(f"amqp://127.0.0.1:{port}/"))
+
+
+async def test_a_robust_connection_through_it_publishes_and_consumes() -> None:
+    connection = await aio_pika.connect_robust(BROKER, connection_class=CoalescingConnection)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(exclusive=True)
+        # Many confirmed publishes from one turn: joined on the way out, each confirmed.
+        await asyncio.gather(
+            *(
+                channel.default_exchange.publish(aio_pika.Message(str(i).encode()), queue.name)
+                for i in range(50)
+            )
+        )
+        bodies = []
+        async with queue.iterator() as messages:
+            async for message in messages:
+                await message.ack()
+                bodies.append(int(message.body))
+                if len(bodies) == 50:
+                    break
+    assert bodies == list(range(50))
