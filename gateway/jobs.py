@@ -42,6 +42,8 @@ _WAIT = re.compile(r"^[0-9]{1,4}(?:\.[0-9]{1,3})?$")
 # Before a 404, the store is read again after these pauses (accepted records are written
 # every ACCEPTED_FLUSH_INTERVAL, 50 ms, by the gateway that accepted the job).
 _UNSEEN_RETRIES = (0.1, 0.2, 0.4)
+# How long a call with wait=N waits at most for the results subscription to come back.
+_READY_GRACE = 5.0
 _LIST_FILTERS = ("cluster", "app", "service", "action", "status", "since", "limit")
 
 
@@ -121,7 +123,11 @@ async def run_job(
         await _publish(request, envelope, publish)
         fields["outcome"] = "accepted"
         return json_response(body, status=202, headers=headers)
-    if not waiter.ready:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    # Just after a broker blip the results subscription may still be coming back: a
+    # caller who said it would wait gets a little of that time for it before a 503.
+    if not await waiter.until_ready(min(wait, _READY_GRACE)):
         raise ApiError(
             503,
             "wait_unavailable",
@@ -133,7 +139,7 @@ async def run_job(
         accepted = await _publish(request, envelope, publish)
         WAITING.inc()
         try:
-            async with asyncio.timeout(wait):
+            async with asyncio.timeout_at(deadline):
                 event = await future
         except TimeoutError:
             fields["outcome"] = "timed_out"

@@ -41,6 +41,18 @@ class ResultWaiter:
         """Subscribed, on a connected bus: a result published now would reach us."""
         return self._bus is not None and self._bus.ready
 
+    async def until_ready(self, within: float) -> bool:
+        """Whether it is ready, waiting up to `within` seconds for a reconnect under way.
+
+        Checked every 50 ms: it only runs while the broker connection is being restored.
+        """
+        deadline = asyncio.get_running_loop().time() + within
+        while not self.ready:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
     @property
     def waiting(self) -> int:
         """Requests waiting right now."""
