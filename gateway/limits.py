@@ -119,6 +119,8 @@ class RedisCallLimits:
 
     async def take_rate(self, trigger_id: str, per_minute: int) -> float | None:
         """GCRA in one Lua call."""
+        if not self._outage.available:
+            return await self._fallback.take_rate(trigger_id, per_minute)
         try:
             wait_ms = int(
                 await self._gcra(
@@ -134,6 +136,8 @@ class RedisCallLimits:
     async def claim_cooldown(self, trigger_id: str, seconds: int) -> float | None:
         """``SET NX PX``: exactly one caller wins the cooldown."""
         key = f"{self._prefix}cooldown:{trigger_id}"
+        if not self._outage.available:
+            return await self._fallback.claim_cooldown(trigger_id, seconds)
         try:
             if await self._redis.set(key, "1", nx=True, px=seconds * 1000):
                 return None
@@ -146,7 +150,7 @@ class RedisCallLimits:
     async def release_cooldown(self, trigger_id: str) -> None:
         """Delete the cooldown key."""
         key = f"{self._prefix}cooldown:{trigger_id}"
-        await self._outage.attempt("release_cooldown", self._redis.delete(key))
+        await self._outage.attempt("release_cooldown", lambda: self._redis.delete(key))
         await self._fallback.release_cooldown(trigger_id)
 
 

@@ -163,6 +163,8 @@ class RedisRecentEvents:
 
     async def seen(self, key: str) -> str | None:
         """``GET``."""
+        if not self._outage.available:
+            return await self._memory.seen(key)
         try:
             value = await self._redis.get(self._name(key))
         except Exception as exc:  # any Redis failure degrades to this process's memory
@@ -174,6 +176,8 @@ class RedisRecentEvents:
         """``GET``, then ``SET PX`` when absent, in one Lua call: one caller wins."""
         if ttl <= 0:
             return await self.seen(key)
+        if not self._outage.available:
+            return await self._memory.claim(key, ttl)
         try:
             earlier = await self._claim(keys=[self._name(key)], args=[self._marker, _ms(ttl)])
         except Exception as exc:  # any Redis failure degrades to this process's memory
@@ -185,18 +189,22 @@ class RedisRecentEvents:
         """``SET PX`` with the job id, over the marker."""
         if ttl > 0:
             name = self._name(key)
-            await self._outage.attempt("confirm", self._redis.set(name, job_id, px=_ms(ttl)))
+            await self._outage.attempt(
+                "confirm", lambda: self._redis.set(name, job_id, px=_ms(ttl))
+            )
         await self._memory.confirm(key, job_id, ttl)
 
     async def release(self, key: str) -> None:
         """Delete the key while it holds this gateway's marker (compare and delete)."""
-        release = self._release(keys=[self._name(key)], args=[self._marker])
-        await self._outage.attempt("release", release)
+        name = self._name(key)
+        await self._outage.attempt(
+            "release", lambda: self._release(keys=[name], args=[self._marker])
+        )
         await self._memory.release(key)
 
     async def forget(self, key: str) -> None:
         """``DEL``."""
-        await self._outage.attempt("forget", self._redis.delete(self._name(key)))
+        await self._outage.attempt("forget", lambda: self._redis.delete(self._name(key)))
         await self._memory.forget(key)
 
 

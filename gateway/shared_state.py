@@ -39,25 +39,42 @@ def open_redis(url: str, *, timeout: float = 0.5) -> Any:
 
 
 class RedisOutage:
-    """Logs failed Redis calls as `event`: the first at once, then one line per `interval`.
+    """Redis failures of one component: a short break from Redis, and a log line per interval.
 
-    Each line counts the failures since the previous one. Only the exception's repr is
-    logged (Redis errors name the host and port, never the URL's password).
+    After a failed call Redis is left alone for `pause` seconds (`available` is False):
+    the component uses its in-process state straight away instead of waiting for a
+    timeout on every call while Redis hangs or is unreachable, then tries Redis again.
+    Failures are logged as `event`, the first at once, then one line per `interval`
+    counting the failures since the previous one. Only the exception's repr is logged
+    (Redis errors name the host and port, never the URL's password).
     """
 
     def __init__(
-        self, event: str, *, interval: float = 30.0, clock: Callable[[], float] = time.monotonic
+        self,
+        event: str,
+        *,
+        interval: float = 30.0,
+        pause: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._event = event
         self._interval = interval
+        self._pause = pause
         self._clock = clock
         self._next_line = float("-inf")
         self._unlogged = 0
+        self._paused_until = float("-inf")
+
+    @property
+    def available(self) -> bool:
+        """Whether to call Redis now: no call failed within the last `pause` seconds."""
+        return self._clock() >= self._paused_until
 
     def failed(self, operation: str, exc: Exception) -> None:
-        """Count one failed call; log it unless a line was written within the interval."""
+        """Count one failed call and pause; log it unless a line was written within the interval."""
         self._unlogged += 1
         now = self._clock()
+        self._paused_until = now + self._pause
         if now < self._next_line:
             return
         log.warning(
@@ -66,13 +83,16 @@ class RedisOutage:
             error=repr(exc)[:200],
             failures=self._unlogged,
             next_report_in=self._interval,
+            redis_paused_for=self._pause,
         )
         self._unlogged = 0
         self._next_line = now + self._interval
 
-    async def attempt(self, operation: str, call: Awaitable[object]) -> None:
-        """Await a Redis write that may fail (logged): its key expires by itself anyway."""
+    async def attempt(self, operation: str, call: Callable[[], Awaitable[object]]) -> None:
+        """Make a Redis write that may fail (logged), unless paused: its key expires anyway."""
+        if not self.available:
+            return
         try:
-            await call
+            await call()
         except Exception as exc:  # any Redis failure; the caller keeps its memory up to date
             self.failed(operation, exc)

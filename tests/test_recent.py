@@ -287,3 +287,67 @@ async def test_redis_down_trigger_calls_still_succeed_deduplicated_per_gateway(
     assert len(await published(settings.amqp_url)) == 3
     for event in ("gateway.recent_unavailable", "gateway.limits_unavailable"):
         assert len([e for e in logs if e["event"] == event]) == 1, event
+
+
+def test_a_failed_redis_call_pauses_redis_for_a_while() -> None:
+    """After a failure Redis is left alone for `pause` seconds, then tried again."""
+    now = [100.0]
+    outage = RedisOutage("gateway.test_unavailable", pause=5, clock=lambda: now[0])
+    assert outage.available
+    outage.failed("claim", ConnectionError("refused"))
+    assert not outage.available
+    now[0] += 4.9
+    assert not outage.available
+    now[0] += 0.2
+    assert outage.available
+
+
+@pytest.fixture
+async def hung_redis() -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP server that accepts and reads but never answers: a Redis that hangs.
+
+    Yields its URL and the list of connections it accepted (their numbers).
+    """
+    accepted: list[int] = []
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(len(accepted) + 1)
+        held.append(writer)
+        while await reader.read(4096):
+            pass
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"redis://127.0.0.1:{port}/0", accepted
+        for writer in held:
+            writer.close()
+
+
+async def test_a_hung_redis_costs_one_timeout_not_one_per_call(
+    settings: Settings,
+    store: SqliteTriggerStore,
+    bus: AmqpBus,
+    redis_prefix: str,
+    hung_redis: tuple[str, list[int]],
+) -> None:
+    """Redis accepts connections and never answers: the first call waits for its timeout,
+    the calls after it use the gateway's memory at once (no new connection to Redis), and
+    the policy still holds (one redeploy, then the cooldown)."""
+    url, accepted = hung_redis
+    hung = settings.with_(redis_url=url, redis_prefix=redis_prefix)
+    cooled, secret = await store.create(
+        cluster="demo", app="shop", action="redeploy", policy=PolicyChanges(cooldown=60)
+    )
+    async with running_gateways(hung, store, bus, 1) as (gateway,):
+        statuses = []
+        for _ in range(10):
+            async with gateway.http.post(gateway.call_url(cooled, secret)) as response:
+                statuses.append(response.status)
+        tried = len(accepted)
+    assert statuses == [202] + [200] * 9
+    # The first call's Redis attempts (a connection each: one try and one retry), and no
+    # connection at all for the nine calls made while Redis was paused.
+    assert 1 <= tried <= 2, accepted
+    assert len(await published(settings.amqp_url)) == 1
