@@ -4,8 +4,10 @@ Phases, each bounded in time and on loopback only:
 1. ceilings: an aiohttp no-op handler; the broker's own confirmed-publish rate;
 2. adnanh/webhook with two hooks (answer first / answer after the command);
 3. our gateway on a scaling trigger URL (no worker running, so it is measured alone);
-4. end to end: gateway + broker + worker + local cluster, N calls with a bound in flight;
-5. the Celery peer (Flask + gunicorn + Celery), measured the same two ways.
+4. the Celery peer's gateway (Flask + gunicorn), alone too;
+5. end to end, ours (gateway + broker + worker + local cluster) and the Celery pipeline
+   both up and measured alternately, `rounds` times, N calls with a bound in flight
+   each; each row is the median of its rounds.
 Everything runs in a private RabbitMQ vhost that is deleted afterwards.
 """
 
@@ -16,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +34,7 @@ import aio_pika
 import aiohttp
 import psutil
 
-from bench.flows import broker_ceiling, end_to_end
+from bench.flows import EndToEnd, broker_ceiling, end_to_end
 from bench.load import LoadResult, http_load
 from bench.procs import Service, broker_process, free_port, usage, wait_port
 from bench.straight import QUEUE as STRAIGHT_QUEUE
@@ -61,6 +64,8 @@ class BenchConfig:
     setup: bool = True
     use_wrk: bool = True
     within: float = 120.0
+    # End-to-end rounds: ours and Celery measured alternately, each row the median.
+    rounds: int = 3
     broker: str = BROKER
     keep: Path | None = None
 
@@ -77,6 +82,8 @@ class Row:
     errors: int = 0
     note: str = ""
     requests: int = 0
+    # The rate of each round, when the row is the median of several.
+    rounds: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -283,6 +290,19 @@ def _cpu_by_pid(processes: list[psutil.Process]) -> dict[int, float]:
     return cpu
 
 
+@dataclass
+class _Pipeline:
+    """A running pipeline for the end-to-end rounds: where to call it, what to meter."""
+
+    name: str
+    who: str
+    url: str
+    note: str
+    measured: dict[str, Callable[[], list[psutil.Process]]]
+    memory: dict[str, Callable[[], list[psutil.Process]]]
+    services: list[Service]
+
+
 class _Bench:
     def __init__(self, config: BenchConfig, say: Callable[[str], None]) -> None:
         self.config = config
@@ -297,8 +317,11 @@ class _Bench:
         self.services.append(service.start())
         return service
 
-    async def run_phase(self, name: str, phase: Callable[[], Awaitable[None]]) -> None:
-        """Run one phase, bounded in time; run it again if the shared broker restarted.
+    async def run_phase(
+        self, name: str, phase: Callable[[], Awaitable[None]], *, runs: int = 1
+    ) -> None:
+        """Run one phase, bounded in time (`runs` end-to-end runs at most, each bounded by
+        `within`, twice over); run it again if the shared broker restarted.
 
         Others' fault tests stop and start the shared RabbitMQ node: a phase that loses
         its broker is thrown away (its rows too) and repeated, at most twice, and the
@@ -308,7 +331,7 @@ class _Bench:
             self.say(f"bench: {name}" + (f" (attempt {attempt})" if attempt > 1 else ""))
             rows = len(self.report.rows)
             try:
-                async with asyncio.timeout(self.config.within * 2):
+                async with asyncio.timeout(self.config.within * 2 * runs):
                     await phase()
             except Exception as exc:
                 self.stop_all()
@@ -491,83 +514,106 @@ class _Bench:
         )
         await _purge(self.amqp_url, *queues)
 
-    async def measure_end_to_end(
-        self, name: str, url: str, meter: _Meter, note: str, who: str
+    async def end_to_end(self) -> None:
+        """Both pipelines up, measured alternately `rounds` times; each row the median.
+
+        A shared VM's speed drifts within a run: alternating rounds expose ours and the
+        Celery peer to the same drift, and the median discards an outlying round. The
+        pipeline not being measured sits idle (its processes use no CPU to speak of).
+        """
+        pipelines = [await self.our_pipeline()]
+        celery = await self.celery_pipeline()
+        if celery is not None:
+            pipelines.append(celery)
+        rounds: dict[str, list[tuple[EndToEnd, dict[str, float | None]]]] = {
+            p.name: [] for p in pipelines
+        }
+        for _ in range(self.config.rounds):
+            for pipeline in pipelines:
+                meter = _Meter({**pipeline.measured, "broker": broker_process})
+                e2e = await end_to_end(
+                    pipeline.url,
+                    self.amqp_url,
+                    calls=self.config.calls,
+                    in_flight=self.config.in_flight,
+                    within=self.config.within,
+                )
+                cpu = meter.per_command_us(
+                    e2e.results, {"load generator + result subscriber": e2e.driver_cpu}
+                )
+                rounds[pipeline.name].append((e2e, cpu))
+        for pipeline in pipelines:
+            self._end_to_end_row(pipeline, rounds[pipeline.name])
+            for name, processes in pipeline.memory.items():
+                self.report.peak_rss_mb[name] = round(usage(processes()).peak_rss_mb, 1)
+            for service in pipeline.services:
+                service.stop()
+
+    def _end_to_end_row(
+        self, pipeline: _Pipeline, rounds: list[tuple[EndToEnd, dict[str, float | None]]]
     ) -> None:
-        """N calls through a pipeline, timed until each call's result event arrived."""
-        e2e = await end_to_end(
-            url,
-            self.amqp_url,
-            calls=self.config.calls,
-            in_flight=self.config.in_flight,
-            within=self.config.within,
-        )
-        missing = e2e.calls - e2e.results - e2e.errors
+        calls = self.config.calls
+        runs = [e2e for e2e, _ in rounds]
+        rates = [e2e.rate for e2e in runs]
+        complete = all(e2e.results == calls for e2e in runs)
+        results = f"{calls} of {calls}" if complete else "/".join(str(e.results) for e in runs)
+        shown = " / ".join(f"{rate:,.0f}" for rate in rates)
         self.report.rows.append(
             Row(
-                name,
-                e2e.rate,
+                pipeline.name,
+                statistics.median(rates),
                 "results/s",
-                e2e.p50_ms,
-                e2e.p99_ms,
-                e2e.errors + missing,
-                f"{e2e.results} of {self.config.calls} results, {note}",
-                requests=e2e.calls,
+                statistics.median(e2e.p50_ms for e2e in runs),
+                statistics.median(e2e.p99_ms for e2e in runs),
+                sum(e2e.calls - e2e.results for e2e in runs),  # failed calls and missing results
+                (
+                    f"{results} results in each of {len(runs)} rounds (median of {shown}),"
+                    if len(runs) > 1
+                    else f"{results} results,"
+                )
+                + f" {pipeline.note}",
+                requests=sum(e2e.calls for e2e in runs),
+                rounds=[round(rate, 1) for rate in rates],
             )
         )
-        self.report.cpu_per_command_us[f"end to end ({who})"] = meter.per_command_us(
-            e2e.results, {"load generator + result subscriber": e2e.driver_cpu}
-        )
+        per_round = [cpu for _, cpu in rounds]
+        medians: dict[str, float | None] = {}
+        for name in per_round[0]:
+            known = [us for cpu in per_round if (us := cpu.get(name)) is not None]
+            medians[name] = round(statistics.median(known), 1) if known else None
+        self.report.cpu_per_command_us[f"end to end ({pipeline.who})"] = medians
 
     async def ours(self) -> None:
+        """Our gateway alone, with 1 and with `gateway_processes` processes."""
         env, url_template, _ = await self.seed()
-        # The gateway alone with 1 and with `gateway_processes` processes; end to end with
-        # `e2e_processes` (one by default: on 2 cores the worker and the broker need the
-        # other one more than a second gateway process does).
-        counts = sorted({1, self.config.gateway_processes})
-        gateway: Service | None = None
-        url = ""
-        for processes in counts:
+        for processes in sorted({1, self.config.gateway_processes}):
             started, started_url = await self.gateway(env, url_template, processes)
             await self.measure_gateway(started, started_url, processes)
-            if processes == self.config.e2e_processes:
-                gateway, url = started, started_url
-            else:
-                started.stop()
-        if gateway is None:
-            gateway, url = await self.gateway(env, url_template, self.config.e2e_processes)
+            started.stop()
 
+    async def our_pipeline(self) -> _Pipeline:
+        """Gateway (`e2e_processes`, one by default: on 2 cores the worker and the broker
+        need the other core more than a second gateway process does) and one worker."""
+        env, url_template, _ = await self.seed()
+        gateway, url = await self.gateway(env, url_template, self.config.e2e_processes)
         worker = self.start("worker", [_cli("triggers"), "worker"], env)
         await _wait_consumer(self.amqp_url, COMMAND_QUEUES["scale"], 30)
-        meter = _Meter(
-            {
-                "gateway": gateway.processes,
-                "worker": worker.processes,
-                "broker": broker_process,
-            }
-        )
         gateways = _processes(self.config.e2e_processes, "gateway ")
-        await self.measure_end_to_end(
+        return _Pipeline(
             "our end to end",
-            url,
-            meter,
-            f"{self.config.in_flight} in flight, {gateways}",
             "ours",
+            url,
+            f"{self.config.in_flight} in flight, {gateways}",
+            measured={"gateway": gateway.processes, "worker": worker.processes},
+            memory={"gateway (largest process)": gateway.processes, "worker": worker.processes},
+            services=[worker, gateway],
         )
-        self.report.peak_rss_mb["gateway (largest process)"] = round(
-            usage(gateway.processes()).peak_rss_mb, 1
-        )
-        self.report.peak_rss_mb["worker"] = round(usage(worker.processes()).peak_rss_mb, 1)
-        worker.stop()
-        gateway.stop()
 
-    async def celery(self) -> None:
-        missing = [t for t in ("celery", "gunicorn") if shutil.which(_cli(t)) is None]
-        if missing:
-            self.report.skipped["celery"] = (
-                f"{', '.join(missing)} not installed (pip install -e '.[bench]')"
-            )
-            return
+    def _celery_missing(self) -> list[str]:
+        return [t for t in ("celery", "gunicorn") if shutil.which(_cli(t)) is None]
+
+    async def _celery_web(self) -> tuple[Service, str, dict[str, str]]:
+        """Flask under gunicorn (2 sync workers) on a fresh port; its env for the worker."""
         env, url_template, secret_hash = await self.seed()
         state = self.work / "celery-cluster.db"
         LocalCluster(state).set_service(CLUSTER, APP, SERVICE, replicas=1, image="nginx:1.27")
@@ -579,7 +625,6 @@ class _Bench:
             "BENCH_SERVICE": SERVICE,
         }
         port = free_port()
-        url = url_template.replace("{port}", str(port))
         web = self.start(
             "gunicorn",
             [
@@ -590,11 +635,29 @@ class _Bench:
                 f"127.0.0.1:{port}",
                 "--log-level",
                 "warning",
+                # The app is imported before the workers fork, so they answer at once and
+                # no import is counted in the CPU per call.
+                "--preload",
                 "bench.celery_peer:flask_app",
             ],
             env,
         )
         wait_port(port, 30)
+        # The master binds the port before it forks its workers: wait for both, so the
+        # CPU meter starts with the processes it will end with.
+        deadline = time.monotonic() + 30
+        while len(web.processes()) < 3 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        return web, url_template.replace("{port}", str(port)), env
+
+    async def celery(self) -> None:
+        """The Celery peer's gateway alone (no Celery worker: tasks pile up, then purged)."""
+        if missing := self._celery_missing():
+            self.report.skipped["celery"] = (
+                f"{', '.join(missing)} not installed (pip install -e '.[bench]')"
+            )
+            return
+        web, url, _ = await self._celery_web()
         meter = _Meter({"gunicorn": web.processes, "broker": broker_process})
         result = await self.load(url)
         self.report.add_load(
@@ -603,7 +666,14 @@ class _Bench:
         self.report.cpu_per_command_us["celery gateway phase"] = meter.per_command_us(
             result.requests - result.errors, {"load generator": result.generator_cpu}
         )
+        web.stop()
         await _purge(self.amqp_url, CELERY_QUEUE)
+
+    async def celery_pipeline(self) -> _Pipeline | None:
+        """gunicorn and a Celery worker (prefork 2, late acks); None when not measured."""
+        if not self.config.peers or self._celery_missing():
+            return None
+        web, url, env = await self._celery_web()
         worker = self.start(
             "celery",
             [
@@ -624,17 +694,15 @@ class _Bench:
             env,
         )
         await _wait_consumer(self.amqp_url, CELERY_QUEUE, 60)
-        meter = _Meter(
-            {"gunicorn": web.processes, "celery worker": worker.processes, "broker": broker_process}
+        return _Pipeline(
+            "celery peer end to end",
+            "celery",
+            url,
+            "prefork 2, late acks",
+            measured={"gunicorn": web.processes, "celery worker": worker.processes},
+            memory={"celery worker (largest process)": worker.processes},
+            services=[worker, web],
         )
-        await self.measure_end_to_end(
-            "celery peer end to end", url, meter, "prefork 2, late acks", "celery"
-        )
-        self.report.peak_rss_mb["celery worker (largest process)"] = round(
-            usage(worker.processes()).peak_rss_mb, 1
-        )
-        worker.stop()
-        web.stop()
 
     def ratios(self) -> None:
         def rate(name: str) -> float | None:
@@ -735,17 +803,20 @@ async def run_bench(config: BenchConfig, say: Callable[[str], None] = print) -> 
                 underlay = connection.transport
                 server = underlay.connection.server_properties if underlay is not None else {}
                 bench.report.machine = _machine(dict(server))
-            phases: list[tuple[str, Callable[[], Awaitable[None]]]] = [("ceilings", bench.ceilings)]
+            phases: list[tuple[str, Callable[[], Awaitable[None]], int]] = [
+                ("ceilings", bench.ceilings, 1)
+            ]
             if config.peers:
-                phases.append(("adnanh/webhook", bench.webhook))
-            phases.append(("our gateway and end to end", bench.ours))
+                phases.append(("adnanh/webhook", bench.webhook, 1))
+            phases.append(("our gateway", bench.ours, 1))
             if config.peers:
-                phases.append(("celery peer", bench.celery))
-            else:
+                phases.append(("celery peer gateway", bench.celery, 1))
+            phases.append(("end to end", bench.end_to_end, 2 * config.rounds))
+            if not config.peers:
                 bench.report.skipped["webhook"] = "peers off (--no-peers)"
                 bench.report.skipped["celery"] = "peers off (--no-peers)"
-            for name, phase in phases:
-                await bench.run_phase(name, phase)
+            for name, phase, runs in phases:
+                await bench.run_phase(name, phase, runs=runs)
             bench.ratios()
             bench.targets()
     finally:

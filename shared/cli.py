@@ -694,6 +694,13 @@ def tail(
 @click.option("--connections", default=64, show_default=True, help="Load generator connections.")
 @click.option("--calls", default=5000, show_default=True, help="End-to-end calls.")
 @click.option("--in-flight", default=64, show_default=True, help="End-to-end calls in flight.")
+@click.option(
+    "--rounds",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="End-to-end rounds, ours and Celery alternately; each row is the median.",
+)
 @click.option("--processes", default=2, show_default=True, help="Gateway processes.")
 @click.option(
     "--e2e-processes",
@@ -712,6 +719,7 @@ def bench(
     connections: int,
     calls: int,
     in_flight: int,
+    rounds: int,
     processes: int,
     e2e_processes: int,
     peers: bool,
@@ -732,6 +740,7 @@ def bench(
         connections=connections,
         calls=calls,
         in_flight=in_flight,
+        rounds=rounds,
         gateway_processes=processes,
         e2e_processes=e2e_processes,
         peers=peers,

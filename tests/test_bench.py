@@ -10,6 +10,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import triggers_cli
 
 CALLS = 120
@@ -30,6 +32,8 @@ def test_bench_smoke_run_measures_our_gateway_and_end_to_end(tmp_path: Path) -> 
             str(CALLS),
             "--in-flight",
             "8",
+            "--rounds",
+            "2",
             "--processes",
             "2",
             "--no-setup",
@@ -53,7 +57,10 @@ def test_bench_smoke_run_measures_our_gateway_and_end_to_end(tmp_path: Path) -> 
     e2e = rows["our end to end"]
     assert e2e["rate"] > 0
     assert e2e["errors"] == 0
-    assert e2e["note"].startswith(f"{CALLS} of {CALLS} results")
+    assert e2e["note"].startswith(f"{CALLS} of {CALLS} results in each of 2 rounds")
+    # Two rounds, the row their median (of two: the mean).
+    assert len(e2e["rounds"]) == 2
+    assert e2e["rate"] == pytest.approx(sum(e2e["rounds"]) / 2, rel=1e-3)
     assert 0 < e2e["p50_ms"] <= e2e["p99_ms"]
     assert report["ratios"]["gateway / broker ceiling"] > 0
     assert report["cpu_per_command_us"]["end to end (ours)"]["worker"] > 0
