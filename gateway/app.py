@@ -44,7 +44,7 @@ from shared.batch import WriteBehind
 from shared.bus import AmqpBus, Bus
 from shared.jobs import JobStore, open_job_store
 from shared.logging import configure_logging
-from shared.loop import new_event_loop
+from shared.loop import new_event_loop, tune_gc
 from shared.settings import Settings
 from shared.store import TriggerStore, open_store
 
@@ -178,8 +178,10 @@ def create_app(
 def _serve(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
     """One gateway process: serve until SIGTERM/SIGINT, finishing in-flight requests."""
     configure_logging(settings.log_format, settings.log_level)
+    app = create_app(settings)
+    tune_gc()
     web.run_app(
-        create_app(settings),
+        app,
         host=host,
         port=port,
         reuse_port=reuse_port or None,

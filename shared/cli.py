@@ -13,7 +13,7 @@ import click
 import msgspec
 
 from shared.logging import configure_logging
-from shared.loop import run
+from shared.loop import run, tune_gc
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ def worker(ctx: click.Context, metrics_port: int | None, metrics_host: str) -> N
     from workers.run import run_worker  # noqa: PLC0415
 
     try:
+        tune_gc()
         _run(run_worker(_settings(ctx), metrics_host=metrics_host, metrics_port=metrics_port))
     except ConfigError as exc:
         # Raised while the worker starts (a file a setting names): say what to fix, no trace.
@@ -104,6 +105,7 @@ def recorder(ctx: click.Context, metrics_port: int | None, metrics_host: str) ->
     """Record every job's progress and result in the store (for history, status and --since)."""
     from workers.run import run_recorder  # noqa: PLC0415
 
+    tune_gc()
     _run(run_recorder(_settings(ctx), metrics_host=metrics_host, metrics_port=metrics_port))
 
 
@@ -176,6 +178,7 @@ def dev(ctx: click.Context, host: str, port: int) -> None:
     """Everything in one process on a seeded local cluster, for a first try."""
     from shared.dev import run_dev  # noqa: PLC0415
 
+    tune_gc()
     _run(run_dev(_settings(ctx), host, port))
 
 

@@ -258,6 +258,16 @@ async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
+async def created_scale_trigger(env: dict[str, str]) -> str:
+    """`triggers create` a scaling trigger for demo/shop/web; the query of its call URL."""
+    code, out, err = await run_cli(
+        env, "create", "--cluster", "demo", "--app", "shop", "--action", "scale",
+        "--service", "web", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    return str(json.loads(out)["url"].split("?", 1)[1])
+
+
 @pytest.fixture
 async def store(settings: Settings) -> AsyncIterator[TriggerStore]:
     """The test's trigger store."""

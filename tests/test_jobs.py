@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -25,10 +24,10 @@ from tests.conftest import (
     Results,
     WrappedOrchestrator,
     broker_queues,
+    created_scale_trigger,
     eventually,
     on_both_databases,
     queue_depth,
-    run_cli,
     service_process,
 )
 from workers.orchestrators.local import LocalOrchestrator
@@ -299,12 +298,7 @@ async def test_gateway_worker_and_recorder_processes_share_the_database(
 ) -> None:
     """`triggers gateway`, `worker` and `recorder` start on TRIGGERS_DATABASE (PostgreSQL too),
     serve a wait=5 call with its result, and GET /v1/jobs/{id} shows the recorded job."""
-    code, out, err = await run_cli(
-        env, "create", "--cluster", "demo", "--app", "shop", "--action", "scale",
-        "--service", "web", "--json",
-    )  # fmt: skip
-    assert code == 0, err
-    query = json.loads(out)["url"].split("?", 1)[1]
+    query = await created_scale_trigger(env)
     async with (
         service_process(env, "recorder"),
         service_process(env, "worker"),
