@@ -119,33 +119,32 @@ class RedisCallLimits:
 
     async def take_rate(self, trigger_id: str, per_minute: int) -> float | None:
         """GCRA in one Lua call."""
-        if not self._outage.available:
-            return await self._fallback.take_rate(trigger_id, per_minute)
-        try:
+
+        async def in_redis() -> float | None:
             wait_ms = int(
                 await self._gcra(
                     keys=[f"{self._prefix}rate:{trigger_id}"],
                     args=[math.ceil(_WINDOW * 1000 / per_minute), int(_WINDOW * 1000)],
                 )
             )
-        except Exception as exc:  # any Redis failure degrades to local limits
-            self._outage.failed("take_rate", exc)
-            return await self._fallback.take_rate(trigger_id, per_minute)
-        return None if wait_ms < 0 else wait_ms / 1000
+            return None if wait_ms < 0 else wait_ms / 1000
+
+        return await self._outage.read(
+            "take_rate", in_redis, lambda: self._fallback.take_rate(trigger_id, per_minute)
+        )
 
     async def claim_cooldown(self, trigger_id: str, seconds: int) -> float | None:
         """``SET NX PX``: exactly one caller wins the cooldown."""
         key = f"{self._prefix}cooldown:{trigger_id}"
-        if not self._outage.available:
-            return await self._fallback.claim_cooldown(trigger_id, seconds)
-        try:
+
+        async def in_redis() -> float | None:
             if await self._redis.set(key, "1", nx=True, px=seconds * 1000):
                 return None
-            remaining_ms = int(await self._redis.pttl(key))
-        except Exception as exc:  # any Redis failure degrades to local limits
-            self._outage.failed("claim_cooldown", exc)
-            return await self._fallback.claim_cooldown(trigger_id, seconds)
-        return max(remaining_ms, 0) / 1000
+            return max(int(await self._redis.pttl(key)), 0) / 1000
+
+        return await self._outage.read(
+            "claim_cooldown", in_redis, lambda: self._fallback.claim_cooldown(trigger_id, seconds)
+        )
 
     async def release_cooldown(self, trigger_id: str) -> None:
         """Delete the cooldown key."""

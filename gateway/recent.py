@@ -163,27 +163,22 @@ class RedisRecentEvents:
 
     async def seen(self, key: str) -> str | None:
         """``GET``."""
-        if not self._outage.available:
-            return await self._memory.seen(key)
-        try:
-            value = await self._redis.get(self._name(key))
-        except Exception as exc:  # any Redis failure degrades to this process's memory
-            self._outage.failed("seen", exc)
-            return await self._memory.seen(key)
-        return self._job_id(value)
+
+        async def in_redis() -> str | None:
+            return self._job_id(await self._redis.get(self._name(key)))
+
+        return await self._outage.read("seen", in_redis, lambda: self._memory.seen(key))
 
     async def claim(self, key: str, ttl: float) -> str | None:
         """``GET``, then ``SET PX`` when absent, in one Lua call: one caller wins."""
         if ttl <= 0:
             return await self.seen(key)
-        if not self._outage.available:
-            return await self._memory.claim(key, ttl)
-        try:
-            earlier = await self._claim(keys=[self._name(key)], args=[self._marker, _ms(ttl)])
-        except Exception as exc:  # any Redis failure degrades to this process's memory
-            self._outage.failed("claim", exc)
-            return await self._memory.claim(key, ttl)
-        return self._job_id(earlier)
+
+        async def in_redis() -> str | None:
+            args = [self._marker, _ms(ttl)]
+            return self._job_id(await self._claim(keys=[self._name(key)], args=args))
+
+        return await self._outage.read("claim", in_redis, lambda: self._memory.claim(key, ttl))
 
     async def confirm(self, key: str, job_id: str, ttl: float) -> None:
         """``SET PX`` with the job id, over the marker."""

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 __all__ = ["RedisOutage", "open_redis"]
 
 log = structlog.get_logger("triggers.gateway")
+
+T = TypeVar("T")
 
 
 def open_redis(url: str, *, timeout: float = 0.5) -> Any:
@@ -87,6 +89,20 @@ class RedisOutage:
         )
         self._unlogged = 0
         self._next_line = now + self._interval
+
+    async def read(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[T]],
+        fallback: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Redis's answer, or the in-process `fallback`'s while paused or when it fails."""
+        if self.available:
+            try:
+                return await call()
+            except Exception as exc:  # any Redis failure degrades to the in-process state
+                self.failed(operation, exc)
+        return await fallback()
 
     async def attempt(self, operation: str, call: Callable[[], Awaitable[object]]) -> None:
         """Make a Redis write that may fail (logged), unless paused: its key expires anyway."""
