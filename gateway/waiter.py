@@ -46,9 +46,10 @@ class ResultWaiter:
 
         Checked every 50 ms: it only runs while the broker connection is being restored.
         """
-        deadline = asyncio.get_running_loop().time() + within
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
         while not self.ready:
-            if asyncio.get_running_loop().time() >= deadline:
+            if loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.05)
         return True
