@@ -118,7 +118,7 @@ class Report:
     # The targets, each with what was measured against it and whether it was met
     # (None: not measured in this run, e.g. a peer skipped).
     targets: list[Target] = field(default_factory=list)
-    # What the figures were measured on: they move with the machine (see README).
+    # What the figures were measured on: they move with the machine (see docs/performance.md).
     machine: dict[str, str] = field(default_factory=dict)
     # Phases run again because the shared broker went away under them, and why.
     repeated: dict[str, str] = field(default_factory=dict)
