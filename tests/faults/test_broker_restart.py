@@ -1,16 +1,14 @@
 """RabbitMQ stopped and started under load: 202 means applied exactly once, workers resume.
 
-This test stops the whole RabbitMQ node (`rabbitmqctl stop_app`), as the issue asks; it
-restarts it whatever happens.
+The node stopped (`rabbitmqctl stop_app`) and started again is the test's own (see
+tests/rabbitmq_nodes.py), never the shared one on 5672; it is stopped by PID at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aio_pika
@@ -19,18 +17,13 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
-from shared.bus import AmqpBus
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.topology import COMMAND_QUEUES
 from shared.triggers import trigger_call_url
 from tests.faults.harness import WorkerPool, applied_jobs, fire
+from tests.rabbitmq_nodes import RabbitNode, rabbit_node
 from workers.orchestrators.local import LocalOrchestrator
-
-
-def _ctl(*args: str) -> None:
-    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    subprocess.run([ctl, *args], check=True, capture_output=True, timeout=120)
 
 
 async def _consumers(amqp_url: str) -> dict[str, int]:
@@ -45,11 +38,10 @@ async def _consumers(amqp_url: str) -> dict[str, int]:
 
 
 @pytest.fixture
-async def broker_restarts() -> AsyncIterator[None]:
-    """Make sure the node is running again after the test, whatever happened."""
-    yield
-    await asyncio.to_thread(_ctl, "start_app")
-    await asyncio.to_thread(_ctl, "await_startup")
+def own_broker() -> Iterator[RabbitNode]:
+    """A RabbitMQ node of the test's own, stopped by PID afterwards whatever happened."""
+    with rabbit_node() as node:
+        yield node
 
 
 @pytest.mark.slow
@@ -59,14 +51,11 @@ async def test_broker_restart_under_load(
     cluster: LocalOrchestrator,
     env: dict[str, str],
     tmp_path: Path,
-    bus: AmqpBus,
-    broker_restarts: None,
+    own_broker: RabbitNode,
 ) -> None:
-    """Every 202 is applied exactly once; every other answer is a 5xx; workers consume again.
-
-    `bus` empties the command queues first: commands other tests left behind must not
-    reach this test's workers.
-    """
+    """Every 202 is applied exactly once; every other answer is a 5xx; workers consume again."""
+    settings = settings.with_(amqp_url=own_broker.url)
+    env = {**env, "TRIGGERS_AMQP_URL": own_broker.url}
     trigger, secret = await store.create(cluster="demo", app="shop", action="scale", service="web")
     gateway_settings = settings.with_(publish_timeout=2.0)
     server = TestServer(create_app(gateway_settings, store=store), host="127.0.0.1")
@@ -83,10 +72,9 @@ async def test_broker_restart_under_load(
                     await asyncio.sleep(0.2)
             load = asyncio.create_task(fire(http, url, steps, concurrency=4, pause=0.02))
             await asyncio.sleep(1.0)
-            await asyncio.to_thread(_ctl, "stop_app")
+            await asyncio.to_thread(own_broker.ctl, "stop_app")
             await asyncio.sleep(2.0)
-            await asyncio.to_thread(_ctl, "start_app")
-            await asyncio.to_thread(_ctl, "await_startup")
+            await asyncio.to_thread(own_broker.ctl, "start_app")
             calls = await asyncio.wait_for(load, 120)
     finally:
         await server.close()
