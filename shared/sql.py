@@ -231,7 +231,11 @@ class SqliteDriver:
         return await asyncio.to_thread(call)
 
     async def migrate(self) -> None:
-        """Apply pending migrations under SQLite's write lock."""
+        """Apply pending migrations under SQLite's write lock.
+
+        Pending means not recorded, not above the highest recorded: versions are handed
+        out in blocks and may land out of order, so 7 can arrive after 23 was applied.
+        """
 
         def apply(conn: sqlite3.Connection) -> None:
             _use_wal(conn)
@@ -242,11 +246,9 @@ class SqliteDriver:
                     "CREATE TABLE IF NOT EXISTS schema_version"
                     " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
                 )
-                (done,) = conn.execute(
-                    "SELECT COALESCE(MAX(version), 0) FROM schema_version"
-                ).fetchone()
+                done = {row[0] for row in conn.execute("SELECT version FROM schema_version")}
                 for migration in MIGRATIONS:
-                    if migration.version <= done:
+                    if migration.version in done:
                         continue
                     for statement in render(migration, "sqlite"):
                         if not _column_exists(conn, statement):
@@ -351,9 +353,9 @@ class PostgresDriver:
                 "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
                 " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
             )
-            done = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            done = {row[0] for row in await conn.fetch("SELECT version FROM schema_version")}
             for migration in MIGRATIONS:
-                if migration.version <= done:
+                if migration.version in done:
                     continue
                 for statement in render(migration, "postgresql"):
                     await conn.execute(statement)

@@ -13,7 +13,7 @@ import pytest
 from shared.audit import AuditEntry
 from shared.jobs import JobRecord, open_job_store
 from shared.messages import utcnow
-from shared.migrations import MIGRATIONS
+from shared.migrations import MIGRATIONS, Migration
 from shared.policy import PolicyChanges, PolicyError
 from shared.store import (
     PostgresTriggerStore,
@@ -233,6 +233,30 @@ async def test_migrations_are_safe_from_several_processes_at_once(database_url: 
         for job_store in jobs:
             await job_store.close()
     assert await schema_versions(database_url) == [m.version for m in MIGRATIONS]
+
+
+async def test_a_migration_numbered_below_the_latest_applied_still_runs(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Versions land out of order (they are handed out in blocks): a database already at the
+    latest version gets a lower-numbered migration that shipped after it, once."""
+    latest = MIGRATIONS[-1].version
+    early = Migration(latest + 10, "landed first", ("CREATE TABLE landed_first (id INTEGER)",))
+    late = Migration(latest + 5, "landed later", ("CREATE TABLE landed_later (id INTEGER)",))
+    monkeypatch.setattr("shared.sql.MIGRATIONS", (*MIGRATIONS, early))
+    first = open_store(database_url)
+    await first.start()
+    await first.close()
+    monkeypatch.setattr("shared.sql.MIGRATIONS", (*MIGRATIONS, late, early))
+    for _ in range(2):
+        second = open_store(database_url)
+        await second.start()
+        await second.close()
+    assert await schema_versions(database_url) == [
+        *(m.version for m in MIGRATIONS),
+        late.version,
+        early.version,
+    ]
 
 
 _OLD_SCHEMA = """
