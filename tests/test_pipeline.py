@@ -8,11 +8,19 @@ import socket
 
 import aiohttp
 
+from shared.jobs import JobStore
+from shared.messages import CommandEnvelope, Redeploy, ResultEvent, Source, Target, new_job_id
 from shared.store import SqliteTriggerStore
 from shared.triggers import trigger_call_url
 from tests.conftest import Gateway, Results, triggers_cli
+from workers.handlers import apply_command
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
+
+
+def event_target(event: ResultEvent) -> Target:
+    """The target a result event names."""
+    return Target(cluster=event.cluster, app=event.app, service=event.service)
 
 
 async def test_get_on_redeploy_trigger_restarts_every_service(
@@ -42,6 +50,81 @@ async def test_get_on_redeploy_trigger_restarts_every_service(
     state = cluster.cluster.snapshot()["clusters"]["demo"]["apps"]["shop"]["services"]
     assert state["web"] == {"replicas": 2, "image": "nginx:1.27", "revision": 2}
     assert state["api"]["revision"] == 2
+
+
+async def test_redeploy_trigger_bound_to_a_service_restarts_only_it(
+    gateway: Gateway,
+    store: SqliteTriggerStore,
+    cluster: LocalOrchestrator,
+    worker: Worker,
+    results: Results,
+    jobs: JobStore,
+) -> None:
+    """`--service` on a redeploy trigger: only that service's revision moves, with an image
+    push only it is re-imaged, and the answer, the result and the history name it."""
+    cluster.cluster.set_service(
+        "demo", "shop", "jobs", replicas=1, image="ghcr.io/acme/shop-api:1.4.2"
+    )
+    trigger, secret = await store.create(
+        cluster="demo", app="shop", action="redeploy", service="api"
+    )
+    async with gateway.http.get(gateway.call_url(trigger, secret)) as response:
+        body = await response.json()
+        assert response.status == 202, body
+    assert body["service"] == "api"
+    (event,) = await results.wait_for(body["job_id"])
+    assert (event.status, event.service) == ("succeeded", "api")
+    assert {n: s.revision for n, s in event.after.items()} == {"api": 2}
+    services = cluster.cluster.snapshot()["clusters"]["demo"]["apps"]["shop"]["services"]
+    assert {n: s["revision"] for n, s in services.items()} == {"api": 2, "jobs": 1, "web": 1}
+
+    # An image update of that service leaves the other service running the repository alone.
+    image = "ghcr.io/acme/shop-api:1.5.0"
+    change = await cluster.redeploy("job-push", event_target(event), image=image)
+    assert list(change.after) == ["api"]
+    services = cluster.cluster.snapshot()["clusters"]["demo"]["apps"]["shop"]["services"]
+    assert (services["api"]["image"], services["api"]["revision"]) == (image, 3)
+    assert (services["jobs"]["image"], services["jobs"]["revision"]) == (
+        "ghcr.io/acme/shop-api:1.4.2",
+        1,
+    )
+    for _ in range(100):
+        job = await jobs.get(body["job_id"])
+        if job is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert job is not None
+    assert job.service == "api"
+
+
+async def test_image_update_bound_to_a_service_skips_a_push_of_another_repository(
+    cluster: LocalOrchestrator,
+) -> None:
+    """An image-update trigger bound to `web` skips a push of the api's repository (which
+    the app runs, but not that service), and rolls a push of its own onto `web` only."""
+    web = Target(cluster="demo", app="shop", service="web")
+
+    def push(image: str) -> CommandEnvelope:
+        return CommandEnvelope(
+            job_id=new_job_id(),
+            trigger_id="t",
+            target=web,
+            command=Redeploy(image=image, only_matching=True),
+            source=Source(kind="http"),
+        )
+
+    skipped = await apply_command(push("ghcr.io/acme/shop-api:1.5.0"), cluster)
+    assert (skipped.status, list(skipped.after)) == ("skipped", ["web"])
+    assert skipped.detail is not None
+    assert skipped.detail.startswith("web of shop does not run ghcr.io/acme/shop-api")
+    rolled = await apply_command(push("nginx:1.28"), cluster)
+    assert (rolled.status, list(rolled.after)) == ("succeeded", ["web"])
+    services = cluster.cluster.snapshot()["clusters"]["demo"]["apps"]["shop"]["services"]
+    assert (services["web"]["image"], services["web"]["revision"]) == ("nginx:1.28", 2)
+    assert (services["api"]["image"], services["api"]["revision"]) == (
+        "ghcr.io/acme/shop-api:1.4.2",
+        1,
+    )
 
 
 async def test_post_scale_out_by_five(

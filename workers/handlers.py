@@ -6,8 +6,6 @@ outcomes into ack, retry or dead-letter.
 
 from __future__ import annotations
 
-import msgspec
-
 from shared.images import normalize_repository, same_repository
 from shared.messages import CommandEnvelope, Redeploy, Scale, Target
 from workers.orchestrators.base import Change, Orchestrator
@@ -41,17 +39,21 @@ async def _skip_unless_running(
     target: Target, image: str, orchestrator: Orchestrator
 ) -> Change | None:
     # An image-update trigger not bound to a repository learns here whether the pushed
-    # image is the application's: nothing changes, so no job needs recording.
-    # The whole application (a redeploy names no service), in the target's namespace.
-    services = await orchestrator.state(msgspec.structs.replace(target, service=None))
+    # image is the application's (or, bound to a service, that service's): nothing
+    # changes, so no job needs recording.
+    services = await orchestrator.state(target)
     if not services or any(same_repository(s.image, image) for s in services.values()):
         return None  # a missing application fails in the adapter, with its own message
+    repository = normalize_repository(image)
     return Change(
         status="skipped",
         before=services,
         after=services,
         detail=(
-            f"no service of {target.app} runs {normalize_repository(image)}; "
+            f"{target.service} of {target.app} does not run {repository}; "
+            "the pushed image is not this service's, nothing changed"
+            if target.service
+            else f"no service of {target.app} runs {repository}; "
             "the pushed image is not this application's, nothing changed"
         ),
         image=image,

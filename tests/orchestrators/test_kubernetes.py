@@ -106,6 +106,38 @@ async def test_redeploy_with_image_sets_only_that_container(
     assert fake.get("web")["metadata"]["generation"] == 1
 
 
+async def test_redeploy_bound_to_a_service_restarts_and_re_images_only_it(
+    fake_kube: tuple[FakeKube, Path], k8s: KubernetesOrchestrator
+) -> None:
+    """A service-bound redeploy stamps (and with an image, re-images) that workload only,
+    even when another workload of the app runs the same repository."""
+    fake, _ = fake_kube
+    fake.add("worker", labels=PART_OF, replicas=1, images=["ghcr.io/acme/shop-api:1.4"])
+    api = Target(cluster="prod", app="shop", service="api")
+    change = await k8s.redeploy("job-s", api, issued_at=ISSUED)
+    assert (list(change.before), list(change.after)) == (["api"], ["api"])
+    pushed = await k8s.redeploy("job-si", api, image="ghcr.io/acme/shop-api:1.5")
+    assert list(pushed.after) == ["api"]
+    assert pushed.after["api"].image == "ghcr.io/acme/shop-api:1.5"
+    assert fake.get("api")["metadata"]["generation"] == 3
+    for untouched in ("web", "worker"):
+        assert fake.get(untouched)["metadata"]["generation"] == 1
+    worker = fake.get("worker")["spec"]["template"]["spec"]["containers"][0]
+    assert worker["image"] == "ghcr.io/acme/shop-api:1.4"
+    recorded = await k8s.recorded("job-si", api)
+    assert recorded is not None
+    assert list(recorded.after) == ["api"]
+    other = await k8s.redeploy("job-so", WEB, image="ghcr.io/acme/shop-api:1.6")
+    assert list(other.after) == ["web"]
+    assert other.after["web"].image == "nginx:1.27"
+    assert (
+        other.detail
+        == "web of shop does not run ghcr.io/acme/shop-api; restarted it, image unchanged"
+    )
+    with pytest.raises(NotFoundError, match="'gone'"):
+        await k8s.redeploy("job-sg", Target(cluster="prod", app="shop", service="gone"))
+
+
 async def test_paused_deployment_is_refused_without_any_write(
     fake_kube: tuple[FakeKube, Path], k8s: KubernetesOrchestrator
 ) -> None:

@@ -52,6 +52,37 @@ async def test_redeploy_forces_an_update_of_every_service_of_the_stack(
     assert fake.spec("shop_web")["Mode"]["Replicated"]["Replicas"] == 2
 
 
+async def test_redeploy_bound_to_a_service_updates_and_re_images_only_it(
+    fake_docker: tuple[FakeDocker, str], swarm: SwarmOrchestrator
+) -> None:
+    """A service-bound redeploy forces an update of (and with an image, re-images) that
+    service only, even when another service of the stack runs the same repository."""
+    fake, _ = fake_docker
+    fake.add("shop", "worker", replicas=1, image="ghcr.io/acme/shop-api:1.4")
+    api = Target(cluster="prod", app="shop", service="api")
+    change = await swarm.redeploy("job-s", api)
+    assert (list(change.before), list(change.after)) == (["api"], ["api"])
+    pushed = await swarm.redeploy("job-si", api, image="ghcr.io/acme/shop-api:1.5")
+    assert list(pushed.after) == ["api"]
+    assert fake.spec("shop_api")["TaskTemplate"]["ForceUpdate"] == 2
+    assert fake.spec("shop_api")["TaskTemplate"]["ContainerSpec"]["Image"] == (
+        "ghcr.io/acme/shop-api:1.5"
+    )
+    for untouched in ("shop_web", "shop_agent", "shop_worker"):
+        assert fake.spec(untouched)["TaskTemplate"]["ForceUpdate"] == 0
+    assert fake.spec("shop_worker")["TaskTemplate"]["ContainerSpec"]["Image"] == (
+        "ghcr.io/acme/shop-api:1.4"
+    )
+    other = await swarm.redeploy("job-so", WEB, image="ghcr.io/acme/shop-api:1.6")
+    assert list(other.after) == ["web"]
+    assert (
+        other.detail
+        == "web of shop does not run ghcr.io/acme/shop-api; restarted it, image unchanged"
+    )
+    with pytest.raises(NotFoundError, match="'gone'"):
+        await swarm.redeploy("job-sg", Target(cluster="prod", app="shop", service="gone"))
+
+
 async def test_redelivered_redeploy_changes_nothing(
     fake_docker: tuple[FakeDocker, str], swarm: SwarmOrchestrator
 ) -> None:

@@ -58,7 +58,8 @@ class Orchestrator(Protocol):
         image: str | None = None,
         issued_at: datetime | None = None,
     ) -> Change:
-        """Restart every service of the application; with `image`, roll that image out.
+        """Restart every service of the application (only the target's service when it
+        names one); with `image`, roll that image out where it matches.
 
         `issued_at` is the command's timestamp: adapters that stamp a restart (Kubernetes'
         ``restartedAt``) use it, so a redelivered command writes the same value again.
@@ -97,22 +98,35 @@ def image_repository(image: str) -> str:
 
 
 def redeploy_plan(
-    images: Mapping[str, Sequence[str]], app: str, image: str | None
+    images: Mapping[str, Sequence[str]], target: Target, image: str | None
 ) -> tuple[list[str], bool, str | None]:
     """Which services a redeploy restarts, whether it rolls `image` onto them, and why.
 
-    `images` maps each service of the app to the images its containers run. With an image,
-    only the services running that image's repository are touched, so a push of one image
-    never changes another service's image.
+    `images` maps each service the adapter read for the target to the images its
+    containers run: every service of the app, or the one service a service-bound trigger
+    names (read with `Orchestrator.state`'s rule), and only that one is ever touched. With
+    an image, only the services running that image's repository are touched, so a push of
+    one image never changes another service's image.
     """
-    names = sorted(images)
+    names = [target.service] if target.service else sorted(images)
     if image is None:
         return names, False, None
     repository = image_repository(image)
     matching = [n for n in names if any(image_repository(i) == repository for i in images[n])]
     if matching:
         return matching, True, None
-    return names, False, f"no service of {app} runs {repository}; restarted all, image unchanged"
+    if target.service:
+        return (
+            names,
+            False,
+            f"{target.service} of {target.app} does not run {repository}; restarted it, "
+            "image unchanged",
+        )
+    return (
+        names,
+        False,
+        f"no service of {target.app} runs {repository}; restarted all, image unchanged",
+    )
 
 
 def scale_change(

@@ -158,10 +158,7 @@ class KubernetesOrchestrator:
         cluster = self._cluster(target.cluster)
         namespace = target.namespace or cluster.namespace
         with _api_errors(target, namespace, cluster.where):
-            if target.service:
-                workload = await self._service(cluster, namespace, target)
-                return {workload.name: workload.state}
-            workloads = await self._application(cluster, namespace, target)
+            workloads = await self._workloads(cluster, namespace, target)
             return {name: w.state for name, w in workloads.items()}
 
     async def recorded(self, job_id: str, target: Target) -> Change | None:
@@ -174,11 +171,7 @@ class KubernetesOrchestrator:
             cluster = self._cluster(target.cluster)
             namespace = target.namespace or cluster.namespace
             with _api_errors(target, namespace, cluster.where):
-                if target.service:
-                    found = await self._service(cluster, namespace, target)
-                    workloads = {found.name: found}
-                else:
-                    workloads = await self._application(cluster, namespace, target)
+                workloads = await self._workloads(cluster, namespace, target)
         except TriggersError:
             return None
         records: dict[str, Record] = {}
@@ -197,14 +190,15 @@ class KubernetesOrchestrator:
         image: str | None = None,
         issued_at: datetime | None = None,
     ) -> Change:
-        """What ``kubectl rollout restart`` does, stamped with the command's time."""
+        """What ``kubectl rollout restart`` does, stamped with the command's time, on the
+        application's workloads (or the one a service-bound trigger names)."""
         cluster = self._cluster(target.cluster)
         namespace = target.namespace or cluster.namespace
         stamp = issued_at.isoformat() if issued_at is not None else job_id
         with _api_errors(target, namespace, cluster.where):
-            workloads = await self._application(cluster, namespace, target)
+            workloads = await self._workloads(cluster, namespace, target)
             chosen, roll, detail = redeploy_plan(
-                {n: w.images for n, w in workloads.items()}, target.app, image
+                {n: w.images for n, w in workloads.items()}, target, image
             )
             paused = [
                 n for n in chosen if workloads[n].paused and job_id not in workloads[n].ledger
@@ -300,6 +294,15 @@ class KubernetesOrchestrator:
             await cluster.client.close()
 
     # -- reading ---------------------------------------------------------------------------
+
+    async def _workloads(
+        self, cluster: _Cluster, namespace: str, target: Target
+    ) -> dict[str, _Workload]:
+        """The target's service when it names one, else every workload of the application."""
+        if target.service:
+            workload = await self._service(cluster, namespace, target)
+            return {workload.name: workload}
+        return await self._application(cluster, namespace, target)
 
     async def _application(
         self, cluster: _Cluster, namespace: str, target: Target

@@ -142,7 +142,8 @@ class LocalCluster:
             conn.close()
 
     def redeploy(self, job_id: str, target: Target, image: str | None) -> Change:
-        """Raise the revision of every service of the app by one (once per job)."""
+        """Raise the revision of every service of the app (or of the target's service) by
+        one (once per job)."""
         return self._transaction(_redeploy_job(job_id, target, image))
 
     def scale(
@@ -163,12 +164,15 @@ def _redeploy_job(job_id: str, target: Target, image: str | None) -> Write[Chang
     def apply(conn: sqlite3.Connection) -> Change:
         if (done := _recorded(conn, job_id)) is not None:
             return done
-        app_target = Target(cluster=target.cluster, app=target.app)
-        before = _read(conn, app_target)
+        # A service-bound trigger redeploys that service only.
+        touched = Target(cluster=target.cluster, app=target.app, service=target.service)
+        before = _read(conn, touched)
         if not before:
+            if target.service and _read(conn, Target(cluster=target.cluster, app=target.app)):
+                raise NotFoundError(_missing_service(target))
             raise NotFoundError(_missing_app(target))
         chosen, roll, detail = redeploy_plan(
-            {n: [s.image] for n, s in before.items()}, target.app, image
+            {n: [s.image] for n, s in before.items()}, target, image
         )
         now = utcnow().isoformat()
         for name in chosen:
@@ -177,7 +181,7 @@ def _redeploy_job(job_id: str, target: Target, image: str | None) -> Write[Chang
                 " WHERE cluster=? AND app=? AND service=?",
                 (image if roll else before[name].image, now, target.cluster, target.app, name),
             )
-        after = _read(conn, app_target)
+        after = _read(conn, touched)
         change = Change(
             status="succeeded",
             before={n: before[n] for n in chosen},

@@ -162,14 +162,19 @@ class SwarmOrchestrator:
         image: str | None = None,
         issued_at: datetime | None = None,
     ) -> Change:
-        """Bump ``ForceUpdate`` of every service of the stack (and set the image where it matches).
+        """Bump ``ForceUpdate`` of every service of the stack, or of the target's service
+        (and set the image where it matches).
 
         ``ForceUpdate`` is a counter, so `issued_at` is not needed to make it idempotent.
         """
         async with self._docker(target) as docker:
-            services = await self._stack(docker, target)
+            if target.service:  # a service-bound trigger redeploys that service only
+                one = await self._service(docker, target)
+                services = {one.name: one}
+            else:
+                services = await self._stack(docker, target)
             chosen, roll, detail = redeploy_plan(
-                {n: [s.image] for n, s in services.items()}, target.app, image
+                {n: [s.image] for n, s in services.items()}, target, image
             )
             records: dict[str, Record] = {}
             wrote = False
