@@ -18,7 +18,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, json_response
 from gateway.keys import AUDIT, SETTINGS, STORE, TRIGGER_CACHE
 from gateway.openapi import openapi_document
 from shared.admin import AdminError, ListFilter, StoreAdmin
@@ -32,15 +32,12 @@ log = structlog.get_logger("triggers.admin")
 
 T = TypeVar("T")
 _TRIGGER_ID = re.compile(r"^[a-z0-9]{8,64}$")
-_encoder = msgspec.json.Encoder()
 
 
 def _json(
     data: msgspec.Struct, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.Response(
-        body=_encoder.encode(data), status=status, content_type="application/json", headers=headers
-    )
+    return json_response(data, status=status, headers=headers)
 
 
 def require_admin(request: web.Request) -> None:
@@ -255,7 +252,7 @@ async def list_audit(request: web.Request, admin: StoreAdmin) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     """GET /v1/openapi.json: the API's description (no token needed)."""
-    return web.json_response(openapi_document(request.app[SETTINGS].public_url))
+    return json_response(openapi_document(request.app[SETTINGS].public_url))
 
 
 def add_admin_routes(app: web.Application) -> None:

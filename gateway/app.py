@@ -42,6 +42,7 @@ from gateway.waiter import ResultWaiter
 from shared.audit import AuditLog
 from shared.batch import WriteBehind
 from shared.bus import AmqpBus, Bus
+from shared.http import name_server
 from shared.jobs import JobStore, open_job_store
 from shared.logging import configure_logging
 from shared.loop import new_event_loop, tune_gc
@@ -119,6 +120,7 @@ def create_app(
         client_max_size=settings.max_body_bytes,
         middlewares=[audit_middleware, metrics_middleware, error_middleware],
     )
+    name_server(app)
     app[SETTINGS] = settings
     app[WAITER] = ResultWaiter()
     app[TRIGGER_CACHE] = TTLCache(maxsize=10_000, ttl=settings.trigger_cache_ttl)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
+from gateway.client import client_address
 from gateway.keys import AUDIT, ERROR, LOG_FIELDS
 from shared.audit import AuditEntry, Outcome
 from shared.messages import utcnow
@@ -76,7 +77,7 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
             reason=code or fields.get("reason"),
             detail=_masked(detail or fields.get("detail")),
             method=request.method,
-            remote=request.remote,
+            remote=client_address(request),
             user_agent=request.headers.get("User-Agent", "")[:200] or None,
             job_id=fields.get("job_id"),
             request_id=response.headers.get("X-Request-ID") or None,

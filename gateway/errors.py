@@ -9,6 +9,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from gateway.client import client_address
 from gateway.keys import ERROR, LOG_FIELDS
 from shared.errors import BrokerUnavailable
 
@@ -54,9 +55,12 @@ _json = msgspec.json.Encoder()
 def json_response(
     data: object, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    """A JSON response, encoded with msgspec."""
+    """A JSON response, encoded with msgspec, ending with a newline (as a terminal wants)."""
     return web.Response(
-        body=_json.encode(data), status=status, headers=headers, content_type="application/json"
+        body=_json.encode(data) + b"\n",
+        status=status,
+        headers=headers,
+        content_type="application/json",
     )
 
 
@@ -104,7 +108,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         path=request.path,
         status=response.status,
         duration_ms=round((time.monotonic() - started) * 1000, 2),
-        remote=request.remote,
+        remote=client_address(request),
         error=request.get(ERROR, (None,))[0],
         **request.get(LOG_FIELDS, {}),
     )

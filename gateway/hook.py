@@ -23,6 +23,7 @@ from typing import Literal
 import msgspec
 from aiohttp import web
 
+from gateway.client import client_address
 from gateway.errors import ApiError
 from gateway.jobs import parse_wait, run_job
 from gateway.keys import (
@@ -175,7 +176,7 @@ async def _verified(request: web.Request, ref: TriggerRef, secret: str) -> Trigg
 
 async def _authenticate(request: web.Request, ref: TriggerRef, secret: str) -> Trigger:
     limiter = request.app[AUTH_LIMITER]
-    address = request.remote or "unknown"
+    address = client_address(request)
     if wait := limiter.blocked_for(address):
         raise ApiError(
             429,
@@ -302,7 +303,7 @@ async def handle_trigger(request: web.Request) -> web.Response:
         command=command,
         source=Source(
             kind="http",
-            remote=request.remote,
+            remote=client_address(request),
             user_agent=request.headers.get("User-Agent", "")[:200] or None,
             method=request.method,
             origin=event.origin if event else None,

@@ -24,6 +24,7 @@ __all__ = [
     "AUDIT",
     "AUTH_LIMITER",
     "BUS",
+    "CLIENT_ADDRESS",
     "ERROR",
     "JOBS",
     "LIMITS",
@@ -54,5 +55,7 @@ TRIGGER_LOOKUPS = web.AppKey("trigger_lookups", dict[str, "asyncio.Future[Trigge
 
 # Fields the request's summary log line carries besides method, path and status.
 LOG_FIELDS = web.RequestKey("log_fields", dict[str, str])
+# The caller's address, as gateway/client.py worked it out (behind trusted proxies or not).
+CLIENT_ADDRESS = web.RequestKey("client_address", str)
 # The error code and detail of a non-2xx answer, set by the error middleware for the audit.
 ERROR = web.RequestKey("error", tuple[str, str])

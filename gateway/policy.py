@@ -19,7 +19,7 @@ from datetime import datetime
 from aiohttp import web
 
 from gateway.abuse import FailedAuthLimiter
-from gateway.errors import ApiError
+from gateway.errors import ApiError, json_response
 from gateway.keys import LIMITS, LOG_FIELDS
 from shared.triggers import Trigger
 
@@ -97,5 +97,5 @@ async def admit(request: web.Request, trigger: Trigger, now: datetime) -> Admiss
                 "trigger_id": trigger.id,
                 "cooldown_remaining": math.ceil(remaining),
             }
-            return Admission(request, trigger, ignored=web.json_response(body, status=200))
+            return Admission(request, trigger, ignored=json_response(body, status=200))
     return Admission(request, trigger)

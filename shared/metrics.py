@@ -17,6 +17,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from shared.http import name_server
+
 __all__ = [
     "APPLY_SECONDS",
     "DEAD_LETTERS",
@@ -98,6 +100,7 @@ async def _metrics(request: web.Request) -> web.Response:
 async def serve_metrics(host: str, port: int) -> web.AppRunner:
     """Serve ``/metrics`` on its own port (workers and the recorder have no HTTP API)."""
     app = web.Application()
+    name_server(app)
     app.router.add_get("/metrics", _metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

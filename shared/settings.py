@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-__all__ = ["Settings"]
+__all__ = ["Network", "Settings", "parse_networks"]
 
 LogFormat = Literal["console", "json"]
 OrchestratorName = Literal["local", "kubernetes", "swarm"]
+ProxyHeader = Literal["x-forwarded-for", "forwarded"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str, variable: str = "TRIGGERS_TRUSTED_PROXIES") -> tuple[Network, ...]:
+    """Comma-separated addresses or CIDRs (``127.0.0.1, 10.0.0.0/8``); a bad one names itself."""
+    networks: list[Network] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            msg = f"{variable}: {part[:64]!r} is not an address or a CIDR (e.g. 10.0.0.0/8)"
+            raise ValueError(msg) from None
+    return tuple(networks)
 
 
 def _default_log_format() -> LogFormat:
@@ -44,6 +61,11 @@ class Settings:
     publish_timeout: float = 5.0
     max_body_bytes: int = 64 * 1024
     trigger_cache_ttl: float = 2.0
+    # Peers whose Forwarded / X-Forwarded-For are believed (gateway/client.py); none: the
+    # headers are ignored and the TCP peer is the client.
+    trusted_proxies: tuple[Network, ...] = ()
+    # The header those proxies write (a client can send the other one through them).
+    proxy_header: ProxyHeader = "x-forwarded-for"
     # Failed authentications per client address and minute before it gets 429 (0: no limit).
     auth_failures_per_minute: int = 30
     # Registry pushes and alerts (gateway/sources): one digest deploys once per window,
@@ -142,6 +164,10 @@ class Settings:
             except ValueError as exc:
                 msg = f"TRIGGERS_JOB_RETENTION: {exc}"
                 raise ValueError(msg) from None
+        if env.get("TRIGGERS_TRUSTED_PROXIES"):
+            values["trusted_proxies"] = parse_networks(env["TRIGGERS_TRUSTED_PROXIES"])
+        if env.get("TRIGGERS_PROXY_HEADER"):
+            values["proxy_header"] = env["TRIGGERS_PROXY_HEADER"].strip().lower()
         if env.get("TRIGGERS_FAULTS"):
             values["faults"] = frozenset(f.strip() for f in env["TRIGGERS_FAULTS"].split(","))
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -159,6 +185,12 @@ class Settings:
             raise ValueError(msg)
         if self.log_format not in ("console", "json"):
             msg = f"TRIGGERS_LOG_FORMAT must be console or json, got {self.log_format!r}"
+            raise ValueError(msg)
+        if self.proxy_header not in ("x-forwarded-for", "forwarded"):
+            msg = (
+                "TRIGGERS_PROXY_HEADER must be x-forwarded-for or forwarded, "
+                f"got {self.proxy_header[:32]!r}"
+            )
             raise ValueError(msg)
         if not self.retry_delays or any(d <= 0 for d in self.retry_delays):
             msg = "TRIGGERS_RETRY_DELAYS needs at least one delay, each above 0 seconds"

@@ -12,7 +12,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, json_response
 from gateway.keys import LOG_FIELDS, RECENT_EVENTS, SETTINGS
 from gateway.recent import PENDING, RecentEvents
 from gateway.sources._event import (
@@ -82,7 +82,7 @@ def _ignored(reason: str, job_id: str | None = None) -> web.Response:
     body: dict[str, object] = {"status": "ignored", "reason": reason}
     if job_id is not None:
         body["job_id"] = job_id
-    return web.json_response(body, status=200)
+    return json_response(body, status=200)
 
 
 async def inspect_call(
