@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.client import client_address
 from gateway.keys import AUDIT, ERROR, LOG_FIELDS
-from shared.audit import AuditEntry, Outcome
+from shared.audit import WAIT_OUTCOMES, AuditEntry, Outcome, WaitOutcome
 from shared.messages import utcnow
 
 __all__ = ["audit_middleware"]
@@ -31,12 +31,23 @@ def _masked(detail: str | None) -> str | None:
     return _HEX_RUN.sub("[hex value masked]", detail) if detail else detail
 
 
-def _outcome(status: int, fields: dict[str, str]) -> Outcome:
-    # A trigger call answers 202 when a command was published; any other 2xx means it was
-    # authenticated but held back (a cooldown, an event the trigger does not act on).
-    if fields.get("outcome") == "ignored" or (200 <= status < 300 and status != 202):
-        return "ignored"
-    return "accepted" if status < 300 else "rejected"
+def _outcome(status: int, fields: dict[str, str]) -> tuple[Outcome, WaitOutcome | None]:
+    """The call's outcome, and for a call with wait=N what it waited for.
+
+    A call whose command was published is `accepted`, whatever its job's result (a call
+    with wait=N answers 200 for a success and 422 for a failure). Any other 2xx means it
+    was authenticated but held back (a cooldown, an event the trigger does not act on).
+    """
+    called = fields.get("outcome")
+    if "job_id" in fields:
+        if called == "accepted":
+            return "accepted", None
+        for waited in WAIT_OUTCOMES:
+            if called == waited:
+                return "accepted", waited
+    if called == "ignored" or (200 <= status < 300 and status != 202):
+        return "ignored", None
+    return ("accepted" if status < 300 else "rejected"), None
 
 
 def _ignored_reason(response: web.StreamResponse) -> tuple[str | None, str | None]:
@@ -65,7 +76,7 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     fields = request.get(LOG_FIELDS, {})
     code, detail = request.get(ERROR, (None, None))
-    outcome = _outcome(response.status, fields)
+    outcome, waited = _outcome(response.status, fields)
     if outcome == "ignored" and "reason" not in fields:
         code, detail = _ignored_reason(response)
     request.app[AUDIT].record(
@@ -81,6 +92,7 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
             user_agent=request.headers.get("User-Agent", "")[:200] or None,
             job_id=fields.get("job_id"),
             request_id=response.headers.get("X-Request-ID") or None,
+            wait_outcome=waited,
         )
     )
     return response

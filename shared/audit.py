@@ -16,11 +16,16 @@ import msgspec
 
 from shared.batch import WriteBehind
 
-__all__ = ["AuditEntry", "AuditLog", "AuditSink", "Outcome"]
+__all__ = ["WAIT_OUTCOMES", "AuditEntry", "AuditLog", "AuditSink", "Outcome", "WaitOutcome"]
 
-# accepted: published (202); ignored: authenticated but held back by the cooldown (200);
-# rejected: any 4xx/5xx answer, with the error code as the reason.
+# accepted: the command was published (202, or with wait=N whatever the job's result was:
+# that goes in `wait_outcome`); ignored: authenticated but held back (a cooldown, an event
+# the trigger does not act on: 200); rejected: any other 4xx/5xx answer, with the error
+# code as the reason.
 Outcome = Literal["accepted", "ignored", "rejected"]
+# What an accepted call with wait=N saw before answering.
+WaitOutcome = Literal["succeeded", "failed", "skipped", "timed_out"]
+WAIT_OUTCOMES: tuple[WaitOutcome, ...] = ("succeeded", "failed", "skipped", "timed_out")
 
 
 class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,6 +42,7 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
     user_agent: str | None = None
     job_id: str | None = None
     request_id: str | None = None
+    wait_outcome: WaitOutcome | None = None
     id: int | None = None
 
 

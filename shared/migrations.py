@@ -150,6 +150,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS jobs_by_app ON jobs (cluster, app, issued_at)",
         ),
     ),
+    # What a call with wait=N waited for (succeeded, failed, skipped, timed_out); the
+    # call itself is `accepted` once its command was published.
+    Migration(21, "audit wait outcome", ("ALTER TABLE audit ADD COLUMN wait_outcome TEXT",)),
+    # Jobs by status (the gateway's /metrics gauge) from an index, not a scan of the table.
+    Migration(
+        22,
+        "jobs by status",
+        ("CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status)",),
+    ),
 )
 
 

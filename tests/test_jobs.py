@@ -213,6 +213,46 @@ async def test_wait_answers_202_when_time_runs_out(
     assert await queue_depth(gateway.settings.amqp_url, COMMAND_QUEUES["redeploy"]) == 1
 
 
+async def _audited(store: TriggerStore, trigger_id: str) -> tuple[str, int, str | None]:
+    """The one audit entry of a trigger, once written: outcome, status, wait outcome."""
+    for _ in range(100):
+        entries = await store.list_audit(trigger_id=trigger_id)
+        if entries:
+            (entry,) = entries
+            return entry.outcome, entry.status, entry.wait_outcome
+        await asyncio.sleep(0.05)
+    raise AssertionError("no audit entry was written")
+
+
+async def test_waiting_calls_are_audited_accepted_with_what_they_waited_for(
+    gateway: Gateway, store: TriggerStore, worker: Worker
+) -> None:
+    """A wait=N call that published is `accepted` in the audit trail whether its job
+    succeeded (200) or failed (422); the job's result is in `wait_outcome`."""
+    shop, shop_secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    gone, gone_secret = await store.create(cluster="demo", app="gone", action="redeploy")
+    plain, plain_secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    async with gateway.http.get(gateway.call_url(shop, shop_secret) + "&wait=20") as response:
+        assert response.status == 200
+    async with gateway.http.get(gateway.call_url(gone, gone_secret) + "&wait=20") as response:
+        assert response.status == 422
+    async with gateway.http.get(gateway.call_url(plain, plain_secret)) as response:
+        assert response.status == 202
+    assert await _audited(store, shop.id) == ("accepted", 200, "succeeded")
+    assert await _audited(store, gone.id) == ("accepted", 422, "failed")
+    assert await _audited(store, plain.id) == ("accepted", 202, None)
+
+
+async def test_a_wait_that_runs_out_is_audited_accepted_and_timed_out(
+    gateway: Gateway, store: TriggerStore, bus: AmqpBus
+) -> None:
+    """With no worker, the wait=0.2 call is `accepted` with `wait_outcome` timed_out."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    async with gateway.http.get(gateway.call_url(trigger, secret) + "&wait=0.2") as response:
+        assert response.status == 202
+    assert await _audited(store, trigger.id) == ("accepted", 202, "timed_out")
+
+
 @pytest.mark.parametrize("wait", ["61", "-1", "abc", "", "1e3"])
 async def test_bad_wait_is_400_and_nothing_is_published(
     gateway: Gateway, store: TriggerStore, wait: str
