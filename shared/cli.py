@@ -382,7 +382,7 @@ def _echo_url(view: TriggerView) -> None:
 )
 @click.option(
     "--signature",
-    type=click.Choice(["github", "hmac", "timestamped"]),
+    type=click.Choice(["github", "hmac", "timestamped", "jfrog", "nexus"]),
     help="Require an HMAC-SHA256 signature of the body in this form.",
 )
 @click.option(

@@ -63,7 +63,7 @@ class TriggerUrlError(ValueError):
     """`triggerUrl` is not base64 of ``cluster|app|action|id|``; the message says how."""
 
 
-SignatureScheme = Literal["github", "hmac", "timestamped"]
+SignatureScheme = Literal["github", "hmac", "timestamped", "jfrog", "nexus"]
 
 
 class TriggerOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -111,7 +111,7 @@ class TriggerOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
             msg = "--cooldown must be from 0 to 86400 seconds"
             raise ValueError(msg)
         if self.signing_secret is not None and self.signature is None:
-            msg = "--signing-secret needs --signature github|hmac|timestamped"
+            msg = "--signing-secret needs --signature github|hmac|timestamped|jfrog|nexus"
             raise ValueError(msg)
         if self.signature is not None and not self.signing_secret:
             msg = "a signature scheme needs a signing secret"

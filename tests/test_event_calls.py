@@ -89,36 +89,6 @@ PUSHES: list[tuple[str, dict[str, str], str, str]] = [
         f"hub.harbor.com/test-webhook/debian:latest@{HARBOR_DIGEST}",
     ),
     (
-        "harbor_push_cloudevents.json",
-        {"Content-Type": "application/cloudevents+json"},
-        "localhost/harbor/alpine",
-        "localhost/harbor/alpine@sha256:954b378c375d852eb3c63ab88978f640b4348b01c1b3456a024a81536dafbbf4",
-    ),
-    (
-        "github_registry_package_published.json",
-        {**JSON, "X-GitHub-Event": "registry_package", "X-GitHub-Delivery": "72d3162e-1"},
-        "ghcr.io/codertocat/hello-world",
-        "ghcr.io/codertocat/hello-world@sha256:6c62fb45fe66bfb1ea9a66abc38f6a0cc974292b",
-    ),
-    (
-        "github_package_published.json",
-        {**JSON, "X-GitHub-Event": "package", "X-GitHub-Delivery": "72d3162e-2"},
-        "ghcr.io/Codertocat/hello-world",
-        "ghcr.io/codertocat/hello-world@sha256:6c62fb45fe66bfb1ea9a66abc38f6a0cc974292b",
-    ),
-    (
-        "distribution_push.json",
-        {"Content-Type": "application/vnd.docker.distribution.events.v2+json"},
-        "registrycluster.local/library/test",
-        "registrycluster.local/library/test@sha256:fea8895f450959fa676bcc1df0611ea93823a735a01205fd8622846041d0c7cf",
-    ),
-    (
-        "distribution_push.json",
-        {"Content-Type": "application/vnd.docker.distribution.events.v1+json"},
-        "registrycluster.local/library/test",
-        "registrycluster.local/library/test@sha256:fea8895f450959fa676bcc1df0611ea93823a735a01205fd8622846041d0c7cf",
-    ),
-    (
         "alibaba_push.json",
         JSON,
         "registry.cn-hangzhou.aliyuncs.com/namespace/repotest",
@@ -126,13 +96,51 @@ PUSHES: list[tuple[str, dict[str, str], str, str]] = [
     ),
     ("quay_push.json", JSON, "quay.io/dgangaia/test", "quay.io/dgangaia/test:latest"),
     ("quay_push_legacy.json", JSON, "quay.io/devtable/ubuntu", "quay.io/devtable/ubuntu:latest"),
+    (
+        "acr_push.json",
+        JSON,
+        "myregistry.azurecr.io/hello-world",
+        "myregistry.azurecr.io/hello-world:v1@sha256:80f0d5c8786bb9e621a45ece0db56d11cdc624ad20da9fe62e9d25490f331d7d",
+    ),
+    (
+        "jfrog_docker_pushed.json",
+        JSON,
+        "example.jfrog.io/docker-remote-cache/library/ubuntu",
+        "example.jfrog.io/docker-remote-cache/library/ubuntu:latest@sha256:35c4a2c15539c6c1e4e5fa4e554dac323ad0107d8eb5c582d6ff386b383b7dce",
+    ),
+    (
+        # The subdomain access method names the same repository.
+        "jfrog_docker_pushed.json",
+        JSON,
+        "docker-remote-cache.example.jfrog.io/library/ubuntu",
+        "docker-remote-cache.example.jfrog.io/library/ubuntu:latest@sha256:35c4a2c15539c6c1e4e5fa4e554dac323ad0107d8eb5c582d6ff386b383b7dce",
+    ),
+    (
+        "harbor1_push.json",
+        JSON,
+        "demo.goharbor.io/test123/alpine",
+        "demo.goharbor.io/test123/alpine:3.10@sha256:e4355b66995c96b4b468159fc5c7e3540fcef961189ca13fee877798649f531a",
+    ),
+    ("gar_pubsub_push.json", JSON, "us.gcr.io/am/am.kebab.api", "us.gcr.io/am/am.kebab.api:test"),
+    (
+        "nexus_component_created.json",
+        {**JSON, "X-Nexus-Webhook-Id": "rm:repository:component"},
+        "127.0.0.1:8082/app1/alpine",
+        "127.0.0.1:8082/app1/alpine:3.4",
+    ),
+    (
+        "cdevents_harbor_structured.json",
+        {"Content-Type": "application/cloudevents+json"},
+        "harbor.dev/library/busybox",
+        "harbor.dev/library/busybox:v1.0@sha256:dde8e930c7b6a490f728e66292bc9bce42efc9bbb5278bae40e4f30f6e00fe8c",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("name", "headers", "bound", "image"),
     PUSHES,
-    ids=[f"{p[0]}:{p[1]['Content-Type'].rsplit('.', 1)[-1]}" for p in PUSHES],
+    ids=[f"{p[0]}:{p[2]}:{p[1]['Content-Type'].rsplit('.', 1)[-1]}" for p in PUSHES],
 )
 async def test_sample_push_publishes_a_redeploy_with_the_pushed_image(
     gateway: Gateway,
@@ -220,7 +228,7 @@ async def test_resolve_scales_in_only_when_asked_and_rearms_the_alert(
     resolved = mutated("alertmanager_firing.json", ("status",), "resolved")
     status, body = await post(gateway, plain, plain_secret, resolved)
     assert (status, body["status"]) == (200, "ignored")
-    assert "--scale-in-on-resolve" in body["reason"]
+    assert "--scale-in-on-resolve" in body["detail"]
 
     trigger, secret = await store.create(
         cluster="demo",
@@ -321,7 +329,7 @@ async def test_valid_event_not_for_this_trigger_is_ignored_with_a_reason(
     status, answer = await post(gateway, trigger, secret, body, headers)
     assert status == 200, answer
     assert answer["status"] == "ignored"
-    assert reason in answer["reason"]
+    assert reason in answer["detail"]
     assert await published(gateway.settings.amqp_url) == []
 
 
@@ -331,8 +339,8 @@ async def test_push_to_a_scaling_trigger_is_ignored(
     """An image push to a scale trigger is valid but not for it: 200 ignored."""
     trigger, secret = await store.create(cluster="demo", app="shop", action="scale", service="web")
     status, answer = await post(gateway, trigger, secret, raw("harbor_push_default.json"))
-    assert (status, answer["status"]) == (200, "ignored")
-    assert "--image-update" in answer["reason"]
+    assert (status, answer["status"], answer["reason"]) == (200, "ignored", "not_for_this_action")
+    assert "--image-update" in answer["detail"]
 
 
 # (body, query, error code, words of the detail)
@@ -529,7 +537,11 @@ async def test_github_signature_known_vector_wrong_and_missing(
     status, answer = await post(gateway, trigger, secret, b"Hello, World!")
     assert (status, answer["error"]) == (401, "missing_signature")
 
-    body = raw("github_registry_package_published.json")
+    body = mutated(
+        "github_registry_package_published.json",
+        ("registry_package", "package_version", "container_metadata", "tag", "name"),
+        "v1.2.0",
+    )
     signature = "sha256=" + hmac.new(GITHUB_KEY.encode(), body, hashlib.sha256).hexdigest()
     headers = {
         **JSON,
@@ -542,7 +554,7 @@ async def test_github_signature_known_vector_wrong_and_missing(
     # GitHub's "Redeliver" sends the same delivery id: acted on once.
     status, again = await post(gateway, trigger, secret, body, headers)
     assert (status, again["status"]) == (200, "ignored")
-    assert "delivery d7a0a1f0-0001 was already received" in again["reason"]
+    assert "delivery d7a0a1f0-0001 was already received" in again["detail"]
     assert again["job_id"] == answer["job_id"]
     assert len(await published(gateway.settings.amqp_url)) == 1
 

@@ -211,7 +211,11 @@ async def test_github_delivery_replayed_to_the_other_gateway_is_ignored(
     trigger, secret = await image_trigger(
         store, "ghcr.io/codertocat/hello-world", signature="github", signing_secret=GITHUB_KEY
     )
-    body = raw("github_registry_package_published.json")
+    body = mutated(
+        "github_registry_package_published.json",
+        ("registry_package", "package_version", "container_metadata", "tag", "name"),
+        "v1.2.0",
+    )
     headers = {
         **JSON,
         "X-GitHub-Event": "registry_package",
@@ -223,7 +227,7 @@ async def test_github_delivery_replayed_to_the_other_gateway_is_ignored(
     assert status == 202, answer
     status, again = await post(other, trigger, secret, body, headers)
     assert (status, again["status"], again["job_id"]) == (200, "ignored", answer["job_id"])
-    assert "delivery d7a0a1f0-0002 was already received" in again["reason"]
+    assert "delivery d7a0a1f0-0002 was already received" in again["detail"]
     assert len(await published(one.settings.amqp_url)) == 1
 
 

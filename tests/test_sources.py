@@ -19,7 +19,7 @@ from gateway.sources import (
     github_signature,
     parse_event,
 )
-from gateway.sources.plan import tag_allowed
+from gateway.sources.plan import is_artifact_tag, tag_allowed
 from shared.images import familiar_repository, image_reference, normalize_repository
 from shared.triggers import TriggerOptions
 
@@ -143,6 +143,101 @@ RECOGNISED: list[tuple[str, dict[str, str], str, str, ImagePush | Alert]] = [
         ImagePush(action="push", repository="quay.io/devtable/ubuntu", tag="latest"),
     ),
     (
+        "acr_push.json",
+        {},
+        JSON,
+        "acr",
+        ImagePush(
+            action="push",
+            repository="myregistry.azurecr.io/hello-world",
+            tag="v1",
+            digest="sha256:80f0d5c8786bb9e621a45ece0db56d11cdc624ad20da9fe62e9d25490f331d7d",
+            pushed_at="2017-11-17T16:52:01.343145347Z",
+            kind="push",
+        ),
+    ),
+    (
+        "acr_delete.json",
+        {},
+        JSON,
+        "acr",
+        ImagePush(
+            action="delete",
+            repository="myregistry.azurecr.io/hello-world",
+            digest="sha256:80f0d5c8786bb9e621a45ece0db56d11cdc624ad20da9fe62e9d25490f331d7d",
+            pushed_at="2017-11-17T16:54:53.657764628Z",
+            kind="delete",
+        ),
+    ),
+    (
+        "jfrog_docker_pushed.json",
+        {},
+        JSON,
+        "jfrog",
+        ImagePush(
+            action="push",
+            repository="example.jfrog.io/docker-remote-cache/library/ubuntu",
+            aliases=("docker-remote-cache.example.jfrog.io/library/ubuntu",),
+            tag="latest",
+            digest="sha256:35c4a2c15539c6c1e4e5fa4e554dac323ad0107d8eb5c582d6ff386b383b7dce",
+            kind="docker pushed",
+        ),
+    ),
+    (
+        "harbor1_push.json",
+        {},
+        JSON,
+        "harbor",
+        ImagePush(
+            action="push",
+            repository="demo.goharbor.io/test123/alpine",
+            tag="3.10",
+            digest="sha256:e4355b66995c96b4b468159fc5c7e3540fcef961189ca13fee877798649f531a",
+            pushed_at="1585846234",
+            kind="pushImage",
+        ),
+    ),
+    (
+        "gar_pubsub_push.json",
+        {},
+        JSON,
+        "gar",
+        ImagePush(
+            action="push",
+            repository="us.gcr.io/am/am.kebab.api",
+            tag="test",
+            pushed_at="2020-01-30T04:18:04.805Z",
+            kind="INSERT",
+        ),
+    ),
+    (
+        "nexus_component_created.json",
+        {"X-Nexus-Webhook-Id": "rm:repository:component"},
+        JSON,
+        "nexus",
+        ImagePush(
+            action="push",
+            repository="app1/alpine",
+            tag="3.4",
+            pushed_at="2020-04-05T21:49:44.219+0000",
+            kind="component created",
+            host_known=False,
+        ),
+    ),
+    (
+        "cdevents_harbor_structured.json",
+        {},
+        "application/cloudevents+json",
+        "cdevents",
+        ImagePush(
+            action="push",
+            repository="harbor.dev/library/busybox",
+            tag="v1.0",
+            digest="sha256:dde8e930c7b6a490f728e66292bc9bce42efc9bbb5278bae40e4f30f6e00fe8c",
+            kind="artifact published",
+        ),
+    ),
+    (
         "alertmanager_firing.json",
         {},
         JSON,
@@ -214,12 +309,18 @@ def test_unknown_source_name_lists_the_known_ones() -> None:
     assert set(SOURCES) == {
         "github",
         "distribution",
+        "cdevents",
+        "nexus",
         "harbor",
+        "acr",
+        "jfrog",
+        "gar",
         "alibaba",
         "dockerhub",
         "quay",
         "alertmanager",
         "grafana",
+        "generic",
     }
 
 
@@ -266,6 +367,145 @@ def test_github_npm_package_is_not_an_image() -> None:
     assert parsed.note == "not a container image package"
 
 
+DELETE = object()
+GITHUB_PACKAGE = {"X-GitHub-Event": "package"}
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "repository", "tag", "digest"),
+    [
+        # ghcr.io: the tag in container_metadata.tag.name, the digest beside it.
+        (
+            ("package", "package_version", "container_metadata", "tag", "name"),
+            "v1.2.0",
+            "ghcr.io/codertocat/hello-world",
+            "v1.2.0",
+            "sha256:6c62fb45fe66bfb1ea9a66abc38f6a0cc974292b",
+        ),
+        # No owner object: the owner comes from the namespace.
+        (
+            ("package", "owner"),
+            DELETE,
+            "ghcr.io/codertocat/hello-world",
+            None,
+            "sha256:6c62fb45fe66bfb1ea9a66abc38f6a0cc974292b",
+        ),
+        # No container_metadata (the Docker registry of GitHub Packages): the version is the tag.
+        (
+            ("package", "package_version", "container_metadata"),
+            DELETE,
+            "ghcr.io/codertocat/hello-world",
+            None,
+            "sha256:3da1996a8115d7616457760d9920b815241d0a03b34cf5f04e9a0e9d8de37498",
+        ),
+    ],
+    ids=["tag-name", "no-owner", "no-container-metadata"],
+)
+def test_github_package_shapes(
+    path: tuple[str | int, ...], value: Any, repository: str, tag: str | None, digest: str
+) -> None:
+    """Every shape GitHub has sent gives the repository, the tag and the digest it can."""
+    (push,) = parse_event(
+        GITHUB_PACKAGE, JSON, mutated("github_package_published.json", path, value)
+    ).pushes
+    assert (push.repository, push.tag, push.digest) == (repository, tag, digest)
+
+
+def test_github_version_as_tag_without_owner_or_namespace() -> None:
+    """An old package event: no owner, no namespace, no metadata; tag from version, owner from
+    the organization."""
+    body = fixture("github_package_published.json")
+    package = body["package"]
+    del package["owner"], package["namespace"], package["package_version"]["container_metadata"]
+    package["package_version"]["version"] = "1.4.0"
+    package["package_version"]["name"] = "1.4.0"
+    package["package_version"].pop("package_url", None)
+    body["organization"] = {"login": "Acme"}
+    (push,) = parse_event(GITHUB_PACKAGE, JSON, json.dumps(body).encode()).pushes
+    assert (push.repository, push.tag, push.digest) == (
+        "ghcr.io/acme/hello-world-npm",
+        "1.4.0",
+        None,
+    )
+    del body["organization"], body["repository"]
+    with pytest.raises(UnusableBody, match="no owner"):
+        parse_event(GITHUB_PACKAGE, JSON, json.dumps(body).encode())
+
+
+def test_cdevents_binary_mode_and_non_image_artifacts() -> None:
+    """Binary mode: the CDEvent is the body and ce-* headers name it; a non-OCI artifact
+    (the spec's own pkg:golang example) is a note."""
+    body = json.dumps(fixture("cdevents_harbor_structured.json")["data"]).encode()
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-type": "dev.cdevents.artifact.packaged.0.2.0",
+        "ce-id": "binary-1",
+    }
+    parsed = parse_event(headers, JSON, body)
+    assert parsed.source == "cdevents"
+    assert parsed.event_id == "binary-1"
+    assert parsed.pushes[0].repository == "harbor.dev/library/busybox"
+    golang = parse_event({}, JSON, raw("cdevents_artifact_published.json"))
+    assert golang.pushes == ()
+    assert golang.note is not None
+    assert "not an OCI image" in golang.note
+
+
+def test_nexus_asset_manifest_and_other_formats() -> None:
+    """A Docker manifest asset names the image; blobs and Maven components are notes."""
+    headers = {"X-Nexus-Webhook-Id": "rm:repository:asset", "X-Nexus-Webhook-Delivery": "d-9"}
+    asset: dict[str, Any] = {
+        "timestamp": "2020-04-05T21:49:44.219+0000",
+        "nodeId": "n",
+        "initiator": "admin",
+        "repositoryName": "docker-hosted",
+        "action": "CREATED",
+        "asset": {
+            "id": "a",
+            "assetId": "b",
+            "format": "docker",
+            "name": "v2/app1/alpine/manifests/3.5",
+        },
+    }
+    parsed = parse_event(headers, JSON, json.dumps(asset).encode())
+    assert (parsed.pushes[0].repository, parsed.pushes[0].tag, parsed.event_id) == (
+        "app1/alpine",
+        "3.5",
+        "d-9",
+    )
+    asset["asset"]["name"] = "v2/app1/alpine/blobs/sha256:" + "a" * 64
+    assert parse_event(headers, JSON, json.dumps(asset).encode()).pushes == ()
+    maven = mutated("nexus_component_created.json", ("component", "format"), "maven2")
+    assert parse_event({}, JSON, maven).pushes == ()
+
+
+def test_generic_body_and_what_it_refuses() -> None:
+    """The documented generic body parses (also a full reference); extra fields are not it."""
+    parsed = parse_event(
+        {}, JSON, b'{"image": "registry.example.com/team/api:1.4.2", "id": "ci-77"}'
+    )
+    assert parsed.source == "generic"
+    assert (parsed.pushes[0].tag, parsed.event_id) == ("1.4.2", "ci-77")
+    with pytest.raises(UnrecognisedBody):
+        parse_event({}, JSON, b'{"image": "x", "tag": "1", "pipeline": "p"}')
+
+
+@pytest.mark.parametrize(
+    ("tag", "artifact"),
+    [
+        ("sha256-" + "ab" * 32 + ".sig", True),
+        ("sha256-" + "ab" * 32 + ".att", True),
+        ("sha256-" + "ab" * 32, True),
+        ("v1.2.0", False),
+        ("sha256-short.sig", False),
+        (None, False),
+    ],
+)
+def test_artifact_tags(tag: str | None, artifact: bool) -> None:
+    """Cosign signature/attestation tags and referrer tags are artifacts, not releases."""
+    assert is_artifact_tag(tag) is artifact
+
+
 def mutated(name: str, path: tuple[str | int, ...], value: Any) -> bytes:
     body = fixture(name)
     target: Any = body
@@ -277,8 +517,6 @@ def mutated(name: str, path: tuple[str | int, ...], value: Any) -> bytes:
         target[path[-1]] = value
     return json.dumps(body).encode()
 
-
-DELETE = object()
 
 # Recognised formats whose body lacks what a command needs: (fixture, change, headers, message).
 UNUSABLE: list[tuple[str, tuple[str | int, ...], Any, dict[str, str], str]] = [
@@ -422,7 +660,10 @@ async def test_recent_events_remember_for_their_ttl_only() -> None:
 def test_fixtures_are_unchanged_copies() -> None:
     """The sample files stay valid JSON, and every one of them is exercised above."""
     names = {p.name for p in FIXTURES.glob("*.json")}
-    used = {r[0] for r in RECOGNISED} | {"distribution_pull.json"}
+    used = {r[0] for r in RECOGNISED} | {
+        "distribution_pull.json",
+        "cdevents_artifact_published.json",
+    }
     assert names == used
     for name in names:
         assert isinstance(copy.deepcopy(fixture(name)), dict)

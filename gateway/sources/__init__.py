@@ -29,7 +29,7 @@ from gateway.sources.auth import (
     verify_signature,
 )
 from gateway.sources.detect import SOURCES, parse_event
-from gateway.sources.plan import Ignored, Planned, plan_event
+from gateway.sources.plan import EPISODE_TTL, Ignored, Planned, plan_event
 from shared.messages import Command, Origin
 from shared.triggers import Trigger
 
@@ -78,10 +78,17 @@ class EventCall:
             await self._recent.release(key)
 
 
-def _ignored(reason: str, job_id: str | None = None) -> web.Response:
-    body: dict[str, object] = {"status": "ignored", "reason": reason}
+def _ignored(
+    request: web.Request, reason: str, detail: str, job_id: str | None = None
+) -> web.Response:
+    """200 ``{"status": "ignored", "reason": code, "detail": text}``, and the same on the
+    request's log line and audit entry."""
+    body: dict[str, object] = {"status": "ignored", "reason": reason, "detail": detail}
     if job_id is not None:
         body["job_id"] = job_id
+    log_fields = request.get(LOG_FIELDS)
+    if log_fields is not None:
+        log_fields.update(outcome="ignored", reason=reason, detail=detail)
     return json_response(body, status=200)
 
 
@@ -134,6 +141,8 @@ async def inspect_call(
     delivery_key = f"delivery:{trigger.id}:{parsed.source}:{parsed.event_id}"
     if parsed.event_id is not None and (earlier := await recent.seen(delivery_key)) is not None:
         return _ignored(
+            request,
+            "duplicate_delivery",
             f"{label} delivery {parsed.event_id} was already received",
             None if earlier == PENDING else earlier,
         )
@@ -152,13 +161,24 @@ async def inspect_call(
     if isinstance(plan, Ignored):
         for key in plan.forget:
             await recent.forget(key)
-        return _ignored(plan.reason, plan.job_id)
-    return await _claim(recent, plan, delivery_key if parsed.event_id is not None else None)
+        return _ignored(request, plan.reason, plan.detail, plan.job_id)
+    return await _claim(
+        request, recent, plan, delivery_key if parsed.event_id is not None else None
+    )
 
 
 async def _claim(
-    recent: RecentEvents, plan: Planned, delivery_key: str | None
+    request: web.Request, recent: RecentEvents, plan: Planned, delivery_key: str | None
 ) -> EventCall | web.Response:
+    for key in plan.requires:
+        if await recent.seen(key) in (None, PENDING):
+            return _ignored(
+                request,
+                "no_open_episode",
+                "the alert resolved, but no scale-out of this firing episode is on record "
+                "(it was held back, is still in progress, or is older than the episode memory); "
+                "nothing to undo",
+            )
     claims = plan.claims + (((delivery_key, _DELIVERY_TTL),) if delivery_key else ())
     taken: list[str] = []
     for key, ttl in claims:
@@ -166,10 +186,35 @@ async def _claim(
         if earlier is not None:
             for done in taken:
                 await recent.release(done)
-            what = "alert" if key.startswith("alert:") else "image"
+            alert = key.startswith("alert:")
             if earlier == PENDING:
-                return _ignored(f"the same {what} is being acted on by a call still in progress")
-            return _ignored(f"the same {what} already acted within the last {ttl:.0f} s", earlier)
+                what = "alert" if alert else "image"
+                return _ignored(
+                    request,
+                    "in_progress",
+                    f"the same {what} is being acted on by a call still in progress",
+                )
+            if alert and ":firing:" in key and ttl >= EPISODE_TTL:
+                return _ignored(
+                    request,
+                    "alert_repeat",
+                    "this alert group already scaled out in its current firing episode; "
+                    "it acts again after it resolves",
+                    earlier,
+                )
+            if alert:
+                return _ignored(
+                    request,
+                    "alert_repeat",
+                    f"the same alert already acted within the last {ttl:.0f} s",
+                    earlier,
+                )
+            return _ignored(
+                request,
+                "duplicate_image",
+                f"the same image already deployed within the last {ttl:.0f} s",
+                earlier,
+            )
         taken.append(key)
     return EventCall(
         command=plan.command,

@@ -47,6 +47,12 @@ class ImagePush(msgspec.Struct, frozen=True, kw_only=True):
     # What tells two pushes of one tag apart when the sender gives no digest.
     pushed_at: str | None = None
     kind: str | None = None  # the sender's own name for the event, for messages
+    # Other spellings of the same repository a trigger's --image may use (JFrog's
+    # subdomain access method beside its repository path).
+    aliases: tuple[str, ...] = ()
+    # False when the sender names the repository path but not the registry host (Nexus):
+    # --image must then say the host, and matches on the path alone.
+    host_known: bool = True
 
 
 class Alert(msgspec.Struct, frozen=True, kw_only=True):

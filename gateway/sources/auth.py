@@ -19,7 +19,11 @@ from shared.triggers import TriggerOptions, looks_like_secret
 __all__ = ["github_signature", "header_secret", "presented_secret", "verify_signature"]
 
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
-_HEX_SIGNATURE = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
+# Senders that send the bare hex HMAC of the body, and the hash: Nexus still uses SHA-1.
+_BARE_HEX: dict[str, tuple[str, str]] = {
+    "jfrog": ("X-JFrog-Event-Auth", "sha256"),
+    "nexus": ("X-Nexus-Webhook-Signature", "sha1"),
+}
 _TIMESTAMPED = re.compile(r"^t=(\d{1,12}),v1=([0-9a-fA-F]{64})$")
 
 
@@ -57,14 +61,23 @@ def _unauthorised(code: str, detail: str) -> ApiError:
     return ApiError(401, code, detail)
 
 
-def _check_hex(header: str, value: str, key: str, body: bytes) -> None:
-    match = _HEX_SIGNATURE.match(value.strip())
+def _check_hex(
+    header: str, value: str, key: str, body: bytes, *, digest: str = "sha256", prefixed: bool = True
+) -> None:
+    size = hashlib.new(digest).digest_size * 2
+    pattern = rf"^sha256=([0-9a-fA-F]{{{size}}})$" if prefixed else rf"^([0-9a-fA-F]{{{size}}})$"
+    match = re.match(pattern, value.strip())
     if match is None:
+        form = (
+            "sha256=<hex HMAC-SHA256 of the body>"
+            if prefixed
+            else f"<hex HMAC-{digest.upper()} of the body>"
+        )
         raise _unauthorised(
             "missing_signature" if not value else "malformed_signature",
-            f"this trigger needs {header}: sha256=<hex HMAC-SHA256 of the body>",
+            f"this trigger needs {header}: {form}",
         )
-    expected = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+    expected = hmac.new(key.encode(), body, digest).hexdigest()
     if not hmac.compare_digest(expected, match.group(1).lower()):
         raise _unauthorised(
             "bad_signature",
@@ -93,6 +106,10 @@ async def verify_signature(
         return
     if options.signature == "github":
         _check_hex("X-Hub-Signature-256", headers.get("X-Hub-Signature-256", ""), key, body)
+        return
+    if options.signature in _BARE_HEX:
+        header, digest = _BARE_HEX[options.signature]
+        _check_hex(header, headers.get(header, ""), key, body, digest=digest, prefixed=False)
         return
     value = headers.get("X-Signature", "")
     if options.signature == "hmac":

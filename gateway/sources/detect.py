@@ -7,21 +7,43 @@ from typing import Any
 import msgspec
 
 from gateway.sources._event import Headers, Parsed, SourceFormat, UnrecognisedBody
+from gateway.sources.acr import ACR
 from gateway.sources.alerts import ALERTMANAGER, GRAFANA
 from gateway.sources.alibaba import ALIBABA
+from gateway.sources.cdevents import CDEVENTS
 from gateway.sources.distribution import DISTRIBUTION
 from gateway.sources.dockerhub import DOCKER_HUB
+from gateway.sources.generic import GENERIC
 from gateway.sources.github import GITHUB
 from gateway.sources.harbor import HARBOR
+from gateway.sources.jfrog import JFROG
+from gateway.sources.nexus import NEXUS
+from gateway.sources.pubsub import PUBSUB
 from gateway.sources.quay import QUAY
 
 __all__ = ["SOURCES", "parse_event"]
 
-# Order matters where shapes overlap: GitHub and distribution are named by headers or
-# content type; Alibaba's body is Docker Hub's plus a region, so it is tried first.
+# Order matters where shapes overlap: GitHub, distribution, CDEvents (binary mode) and
+# Nexus are named by headers or content type first; Alibaba's body is Docker Hub's plus a
+# region, so it is tried first; the generic body is the last resort.
 SOURCES: dict[str, SourceFormat] = {
     s.name: s
-    for s in (GITHUB, DISTRIBUTION, HARBOR, ALIBABA, DOCKER_HUB, QUAY, ALERTMANAGER, GRAFANA)
+    for s in (
+        GITHUB,
+        DISTRIBUTION,
+        CDEVENTS,
+        NEXUS,
+        HARBOR,
+        ACR,
+        JFROG,
+        PUBSUB,
+        ALIBABA,
+        DOCKER_HUB,
+        QUAY,
+        ALERTMANAGER,
+        GRAFANA,
+        GENERIC,
+    )
 }
 
 

@@ -1,4 +1,5 @@
-"""Harbor project webhooks, Default and CloudEvents payload formats.
+"""Harbor project webhooks: 2.x Default and CloudEvents payload formats, and Harbor 1.x
+(``pushImage``, ``pullImage``, ``deleteImage``: the Default shape with other type names).
 
 https://goharbor.io/docs/latest/working-with-projects/project-configuration/configure-webhooks/
 Harbor cannot sign; it sends the policy's "Auth Header" verbatim as ``Authorization``,
@@ -31,6 +32,10 @@ _ACTIONS: dict[str, PushAction] = {
     "harbor.artifact.pulled": "pull",
     "DELETE_ARTIFACT": "delete",
     "harbor.artifact.deleted": "delete",
+    # Harbor 1.x (1.9, 1.10)
+    "pushImage": "push",
+    "pullImage": "pull",
+    "deleteImage": "delete",
 }
 
 

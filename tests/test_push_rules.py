@@ -1,0 +1,284 @@
+"""What real pushes do: digest-only pushes, signatures and attestations, multi-platform
+indexes, alert episodes, signed senders, and the log line of an ignored call.
+
+Through HTTP and the real broker, on the senders' sample payloads changed one field at a
+time (each test says which).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from shared.messages import Redeploy, Scale
+from shared.policy import PolicyChanges
+from shared.store import SqliteTriggerStore
+from shared.triggers import TriggerOptions
+from tests.conftest import Gateway
+from tests.test_event_calls import JSON, image_trigger, post, published
+from tests.test_sources import fixture, mutated, raw
+
+REGISTRY = {"Content-Type": "application/vnd.docker.distribution.events.v2+json"}
+INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def _event(n: int, media_type: str, digest: str, tag: str | None) -> dict[str, Any]:
+    target: dict[str, Any] = {"mediaType": media_type, "digest": digest, "repository": "team/api"}
+    if tag:
+        target["tag"] = tag
+    return {
+        "id": f"evt-{n}",
+        "timestamp": f"2026-12-07T00:00:0{n}Z",
+        "action": "push",
+        "target": target,
+        "request": {"host": "127.0.0.1:5000"},
+    }
+
+
+def _digest(c: str) -> str:
+    return "sha256:" + c * 64
+
+
+@pytest.mark.parametrize(
+    ("name", "headers"),
+    [
+        ("harbor_push_cloudevents.json", {"Content-Type": "application/cloudevents+json"}),
+        ("github_registry_package_published.json", {**JSON, "X-GitHub-Event": "registry_package"}),
+        ("github_package_published.json", {**JSON, "X-GitHub-Event": "package"}),
+        ("acr_push.json", JSON),
+        # The distribution docs' envelope predates tags in events: its push is by digest.
+        ("distribution_push.json", REGISTRY),
+    ],
+)
+async def test_push_by_digest_only_never_deploys(
+    gateway: Gateway, store: SqliteTriggerStore, name: str, headers: dict[str, str]
+) -> None:
+    """A push with no tag (Harbor's, GitHub's and distribution's own samples; ACR's with the
+    tag removed) is answered 200 digest_only and publishes nothing."""
+    trigger, secret = await image_trigger(store, None)
+    body = mutated(name, ("target", "tag"), None) if name == "acr_push.json" else raw(name)
+    status, answer = await post(gateway, trigger, secret, body, headers)
+    assert (status, answer["reason"]) == (200, "digest_only"), answer
+    assert await published(gateway.settings.amqp_url) == []
+
+
+@pytest.mark.parametrize("suffix", [".sig", ".att", ""])
+async def test_signature_and_attestation_tags_are_artifacts(
+    gateway: Gateway, store: SqliteTriggerStore, suffix: str
+) -> None:
+    """ACR's sample retagged sha256-<hex>.sig/.att (cosign) or sha256-<hex> (referrers):
+    200 artifact_tag, nothing published, even on a trigger without --image-update."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    tag = "sha256-" + "ab" * 32 + suffix
+    status, answer = await post(
+        gateway, trigger, secret, mutated("acr_push.json", ("target", "tag"), tag)
+    )
+    assert (status, answer["reason"]) == (200, "artifact_tag"), answer
+    assert await published(gateway.settings.amqp_url) == []
+
+
+async def test_multi_platform_push_deploys_once_to_the_index(
+    gateway: Gateway, store: SqliteTriggerStore
+) -> None:
+    """Two platform manifests by digest, then the index by tag (as the registry notifies a
+    multi-platform push, in one envelope or one by one): one redeploy, to tag@index digest."""
+    trigger, secret = await image_trigger(store, "127.0.0.1:5000/team/api")
+    events = [
+        _event(1, MANIFEST, _digest("1"), None),
+        _event(2, MANIFEST, _digest("2"), None),
+        _event(3, INDEX, _digest("9"), "1.4.2"),
+    ]
+    answers = []
+    for event in events:
+        body = json.dumps({"events": [event]}).encode()
+        answers.append(await post(gateway, trigger, secret, body, REGISTRY))
+    assert [(s, a.get("reason")) for s, a in answers] == [
+        (200, "digest_only"),
+        (200, "digest_only"),
+        (202, None),
+    ]
+    (command,) = await published(gateway.settings.amqp_url)
+    assert command.command == Redeploy(
+        image=f"127.0.0.1:5000/team/api:1.4.2@{_digest('9')}", only_matching=True
+    )
+    # The same three in one envelope, under a new digest: again one redeploy.
+    events = [
+        _event(4, MANIFEST, _digest("3"), None),
+        _event(5, MANIFEST, _digest("4"), None),
+        _event(6, INDEX, _digest("8"), "1.4.3"),
+    ]
+    status, answer = await post(
+        gateway, trigger, secret, json.dumps({"events": events}).encode(), REGISTRY
+    )
+    assert status == 202, answer
+    (command,) = await published(gateway.settings.amqp_url)
+    assert command.command == Redeploy(
+        image=f"127.0.0.1:5000/team/api:1.4.3@{_digest('8')}", only_matching=True
+    )
+
+
+async def test_ignored_call_logs_its_outcome_and_reason(
+    gateway: Gateway, store: SqliteTriggerStore
+) -> None:
+    """The gateway.request line of an ignored call says outcome=ignored and the reason code."""
+    trigger, secret = await image_trigger(store, "acme/other")
+    with capture_logs() as logs:
+        status, answer = await post(gateway, trigger, secret, raw("dockerhub_push.json"))
+    assert (status, answer["reason"]) == (200, "other_repository")
+    (line,) = [e for e in logs if e["event"] == "gateway.request"]
+    assert (line["outcome"], line["reason"]) == ("ignored", "other_repository")
+    assert "acme/other" in line["detail"]
+
+
+async def test_nexus_needs_the_host_in_image_and_checks_its_signature(
+    gateway: Gateway, store: SqliteTriggerStore
+) -> None:
+    """Nexus names no host: a trigger without --image refuses it (422); --signature nexus
+    checks X-Nexus-Webhook-Signature (hex HMAC-SHA1), as flux-recv's fixture key signs it."""
+    body = raw("nexus_component_created.json")
+    headers = {**JSON, "X-Nexus-Webhook-Id": "rm:repository:component"}
+    unbound, unbound_secret = await image_trigger(store, None)
+    status, answer = await post(gateway, unbound, unbound_secret, body, headers)
+    assert (status, answer["error"]) == (422, "unusable_body")
+    assert "--image HOST/PATH" in answer["detail"]
+    key = "gk0qp4u98xy0vntojv81i8zcjr4zw7xd6c4ugzad"
+    trigger, secret = await image_trigger(
+        store, "127.0.0.1:8082/app1/alpine", signature="nexus", signing_secret=key
+    )
+    wrong = {**headers, "X-Nexus-Webhook-Signature": "0" * 40}
+    status, answer = await post(gateway, trigger, secret, body, wrong)
+    assert (status, answer["error"]) == (401, "bad_signature")
+    good = hmac.new(key.encode(), body, hashlib.sha1).hexdigest()
+    status, answer = await post(
+        gateway, trigger, secret, body, {**headers, "X-Nexus-Webhook-Signature": good}
+    )
+    assert status == 202, answer
+    (command,) = await published(gateway.settings.amqp_url)
+    assert command.command == Redeploy(image="127.0.0.1:8082/app1/alpine:3.4", only_matching=True)
+
+
+async def test_jfrog_signature(gateway: Gateway, store: SqliteTriggerStore) -> None:
+    """--signature jfrog: X-JFrog-Event-Auth is the hex HMAC-SHA256 of the body."""
+    trigger, secret = await image_trigger(
+        store,
+        "example.jfrog.io/docker-remote-cache/library/ubuntu",
+        signature="jfrog",
+        signing_secret="j-key",
+    )
+    body = raw("jfrog_docker_pushed.json")
+    status, answer = await post(gateway, trigger, secret, body)
+    assert (status, answer["error"]) == (401, "missing_signature")
+    good = hmac.new(b"j-key", body, hashlib.sha256).hexdigest()
+    status, answer = await post(
+        gateway, trigger, secret, body, {**JSON, "X-JFrog-Event-Auth": good}
+    )
+    assert status == 202, answer
+
+
+async def test_cdevents_and_generic_bodies_deploy(
+    gateway: Gateway, store: SqliteTriggerStore
+) -> None:
+    """A CDEvent in binary mode (ce-* headers, Harbor's CDEvent as the body) and the generic
+    body both redeploy with tag@digest."""
+    trigger, secret = await image_trigger(store, None)
+    cdevent = json.dumps(fixture("cdevents_harbor_structured.json")["data"]).encode()
+    binary = {
+        **JSON,
+        "ce-specversion": "1.0",
+        "ce-type": "dev.cdevents.artifact.published.0.1.1",
+        "ce-id": "b-1",
+        "ce-source": "/projects/1/webhook/policies/3",
+    }
+    status, answer = await post(gateway, trigger, secret, cdevent, binary)
+    assert status == 202, answer
+    generic = json.dumps(
+        {"image": "127.0.0.1:5000/team/api", "tag": "2.0.0", "digest": _digest("c"), "id": "ci-1"}
+    ).encode()
+    status, answer = await post(gateway, trigger, secret, generic)
+    assert status == 202, answer
+    status, again = await post(gateway, trigger, secret, generic)
+    assert (status, again["reason"]) == (200, "duplicate_delivery")
+    images = [c.command for c in await published(gateway.settings.amqp_url)]
+    assert images == [
+        Redeploy(
+            image="harbor.dev/library/busybox:v1.0@sha256:dde8e930c7b6a490f728e66292bc9bce42efc9bbb5278bae40e4f30f6e00fe8c",
+            only_matching=True,
+        ),
+        Redeploy(image=f"127.0.0.1:5000/team/api:2.0.0@{_digest('c')}", only_matching=True),
+    ]
+
+
+async def test_flapping_alert_always_returns_to_where_the_episode_started(
+    gateway: Gateway, store: SqliteTriggerStore
+) -> None:
+    """--scale-in-on-resolve over fire/repeat/grow/resolve/fire/repeat/resolve/resolve: one
+    scale-out per episode, one scale-in per resolve, with no cooldown at all."""
+    trigger, secret = await store.create(
+        cluster="demo",
+        app="shop",
+        action="scale",
+        service="web",
+        options=TriggerOptions(step=2, scale_in_on_resolve=True, cooldown=0),
+    )
+    firing = raw("alertmanager_firing.json")
+    grown = fixture("alertmanager_firing.json")
+    grown["alerts"].append({**grown["alerts"][0], "fingerprint": "ffff000011112222"})
+    resolved = mutated("alertmanager_firing.json", ("status",), "resolved")
+    sequence = [
+        firing,
+        firing,
+        json.dumps(grown).encode(),
+        resolved,
+        firing,
+        firing,
+        resolved,
+        resolved,
+    ]
+    answers = [await post(gateway, trigger, secret, body) for body in sequence]
+    assert [(s, a.get("reason")) for s, a in answers] == [
+        (202, None),
+        (200, "alert_repeat"),
+        (200, "alert_repeat"),
+        (202, None),
+        (202, None),
+        (200, "alert_repeat"),
+        (202, None),
+        (200, "no_open_episode"),
+    ]
+    commands = [c.command for c in await published(gateway.settings.amqp_url)]
+    assert commands == [
+        Scale(direction="scale_out", step=2),
+        Scale(direction="scale_in", step=2),
+        Scale(direction="scale_out", step=2),
+        Scale(direction="scale_in", step=2),
+    ]
+
+
+async def test_resolve_of_a_firing_the_policy_held_back_does_nothing(
+    gateway: Gateway, store: SqliteTriggerStore
+) -> None:
+    """A firing held back by the trigger's cooldown opens no episode, so its resolve scales
+    nothing in: the service never goes below where it was."""
+    trigger, secret = await store.create(
+        cluster="demo",
+        app="shop",
+        action="scale",
+        service="web",
+        options=TriggerOptions(scale_in_on_resolve=True),
+        policy=PolicyChanges(cooldown=3600),
+    )
+    status, _ = await post(gateway, trigger, secret, b"", query="&type=scale_out&step=1")
+    assert status == 202
+    status, answer = await post(gateway, trigger, secret, raw("alertmanager_firing.json"))
+    assert (status, answer["reason"]) == (200, "cooldown")
+    resolved = mutated("alertmanager_firing.json", ("status",), "resolved")
+    status, answer = await post(gateway, trigger, secret, resolved)
+    assert (status, answer["reason"]) == (200, "no_open_episode")
+    commands = [c.command for c in await published(gateway.settings.amqp_url)]
+    assert commands == [Scale(direction="scale_out", step=1)]
