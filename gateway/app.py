@@ -6,8 +6,10 @@ import asyncio
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 
 import structlog
@@ -27,6 +29,7 @@ from gateway.keys import (
     BUS,
     JOBS,
     LIMITS,
+    METRICS_GAUGES,
     RECENT_EVENTS,
     SETTINGS,
     STORE,
@@ -35,7 +38,7 @@ from gateway.keys import (
     WAITER,
 )
 from gateway.limits import CallLimits, open_limits
-from gateway.metrics import handle_metrics, metrics_middleware
+from gateway.metrics import metrics_handler, metrics_listener, metrics_middleware, open_gauges
 from gateway.recent import open_recent
 from gateway.shared_state import open_redis
 from gateway.waiter import ResultWaiter
@@ -107,8 +110,14 @@ def create_app(
     bus: Bus | None = None,
     jobs: JobStore | None = None,
     limits: CallLimits | None = None,
+    metrics_of: str | None = "gateway",
+    metrics_reuse_port: bool = False,
 ) -> web.Application:
     """The gateway application. Resources not passed in are opened from the settings.
+
+    ``/metrics`` shows `metrics_of`'s families (None: all of this process's, when it runs
+    every service as `triggers dev` does); with ``settings.metrics_port`` on a listener of
+    its own (bound with SO_REUSEPORT when `metrics_reuse_port`) instead of the app's port.
 
     A bus passed in is used as it is (its owner starts and closes it); one opened here
     connects in the background, so the gateway starts and answers 503 while RabbitMQ is
@@ -126,6 +135,7 @@ def create_app(
     app[TRIGGER_CACHE] = TTLCache(maxsize=10_000, ttl=settings.trigger_cache_ttl)
     app[AUTH_LIMITER] = FailedAuthLimiter(settings.auth_failures_per_minute)
     app[TRIGGER_LOOKUPS] = {}
+    app[METRICS_GAUGES] = open_gauges(app)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store if store is not None else open_store(settings.database)
@@ -166,21 +176,29 @@ def create_app(
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(bus_ctx)
     app.cleanup_ctx.append(shared_state_ctx)
+    _add_routes(app)
+    if settings.metrics_port is None:
+        app.router.add_get("/metrics", metrics_handler(metrics_of))
+    else:
+        # Last: it reads the store and the broker the contexts above open.
+        app.cleanup_ctx.append(metrics_listener(reuse_port=metrics_reuse_port, service=metrics_of))
+    return app
+
+
+def _add_routes(app: web.Application) -> None:
     app.router.add_route("GET", "/hook/trigger", handle_trigger)
     app.router.add_route("POST", "/hook/trigger", handle_trigger)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/v1/jobs", handle_jobs)
     app.router.add_get("/v1/jobs/{job_id}", handle_job)
     add_admin_routes(app)
-    return app
 
 
 def _serve(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
     """One gateway process: serve until SIGTERM/SIGINT, finishing in-flight requests."""
     configure_logging(settings.log_format, settings.log_level)
-    app = create_app(settings)
+    app = create_app(settings, metrics_reuse_port=reuse_port)
     tune_gc()
     web.run_app(
         app,
@@ -200,7 +218,9 @@ def run_gateway(settings: Settings, host: str, port: int, processes: int = 1) ->
     With ``processes > 1`` this process only supervises: N gateway processes bind the same
     port with SO_REUSEPORT and the kernel spreads connections over them (one event loop
     per core). If one dies, the others are stopped too and the exit status says so, so the
-    service manager restarts the whole set rather than running silently short.
+    service manager restarts the whole set rather than running silently short. They keep
+    their metrics in a directory of their own (prometheus-client's multiprocess mode), so
+    that a scrape answered by any of them shows the whole gateway; it is removed at exit.
     """
     log.info(
         "gateway.starting",
@@ -214,6 +234,16 @@ def run_gateway(settings: Settings, host: str, port: int, processes: int = 1) ->
     if processes <= 1:
         _serve(settings, host, port, reuse_port=False)
         return
+    # Read by prometheus-client when each process imports it (they start after this).
+    metrics_dir = tempfile.mkdtemp(prefix="triggers-gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _supervise(settings, host, port, processes)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(settings: Settings, host: str, port: int, processes: int) -> None:
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(target=_serve, args=(settings, host, port, True), name=f"gateway-{i}")

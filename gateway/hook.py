@@ -271,6 +271,8 @@ async def handle_trigger(request: web.Request) -> web.Response:
     request[LOG_FIELDS] = {"trigger_id": ref.trigger_id}
 
     trigger = await _authenticate(request, ref, secret)
+    # From here on every answer (ignored, refused, accepted) is counted under its action.
+    request[LOG_FIELDS]["action"] = trigger.action
 
     wait_s = parse_wait(_single(query, "wait"), request.app[SETTINGS])
     direction, step = _call_parameters(trigger, query)

@@ -8,6 +8,7 @@ from aiohttp import web
 from cachetools import TTLCache
 
 from gateway.abuse import FailedAuthLimiter
+from gateway.gauges import SharedGauges
 from gateway.limits import CallLimits
 from gateway.recent import RecentEvents
 from gateway.waiter import ResultWaiter
@@ -29,6 +30,7 @@ __all__ = [
     "JOBS",
     "LIMITS",
     "LOG_FIELDS",
+    "METRICS_GAUGES",
     "RECENT_EVENTS",
     "SETTINGS",
     "STORE",
@@ -48,6 +50,8 @@ TRIGGER_CACHE = web.AppKey("trigger_cache", TTLCache[str, Trigger | None])
 RECENT_EVENTS = web.AppKey("recent_events", RecentEvents)
 LIMITS = web.AppKey("limits", CallLimits)
 AUDIT = web.AppKey("audit", AuditLog)
+# Queue depths and job counts for /metrics, read at most every few seconds (gateway/metrics.py).
+METRICS_GAUGES = web.AppKey("metrics_gauges", SharedGauges)
 # Jobs this process accepted, written to the history in batches (gateway/jobs.py).
 ACCEPTED = web.AppKey("accepted", WriteBehind[JobRecord])
 # Store lookups in flight, by trigger id, so a cache miss under load costs one query.

@@ -1,40 +1,55 @@
 """The gateway's metrics: trigger calls by action and outcome, and ``GET /metrics``.
 
-Gauges that describe shared state (queue depths, jobs by status) are read when scraped,
-with a short bound, so a slow broker or store never hangs a scrape.
+``/metrics`` is served on the gateway's port, or with ``TRIGGERS_METRICS_PORT`` on a
+listener of its own (address ``TRIGGERS_METRICS_ADDR``) and then not on the public port.
+A scrape is cheap whatever the rate: the gauges that describe shared state (queue depths,
+jobs by status) are read at most once per ``TRIGGERS_METRICS_CACHE_TTL`` seconds by one
+scrape at a time, with a short bound, so a flood of scrapes costs neither the broker nor
+the store anything, and a slow broker or store never hangs a scrape.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
-from gateway.keys import BUS, JOBS, LOG_FIELDS
+from gateway.gauges import SharedGauges
+from gateway.keys import BUS, JOBS, LOG_FIELDS, METRICS_GAUGES, SETTINGS
 from shared.bus import AmqpBus
+from shared.http import name_server
 from shared.jobs import JOB_STATUSES
 from shared.metrics import GATEWAY_CALLS, JOBS_BY_STATUS, QUEUE_MESSAGES, metrics_response
 
-__all__ = ["handle_metrics", "metrics_middleware"]
+__all__ = [
+    "OUTCOME_BY_STATUS",
+    "metrics_handler",
+    "metrics_listener",
+    "metrics_middleware",
+    "open_gauges",
+]
 
 log = structlog.get_logger("triggers.gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _TRIGGER_PATH = "/hook/trigger"
-_SCRAPE_BOUND = 2.0
-# Outcomes of answers that are not a job's (those set "outcome" themselves).
-_OUTCOME_BY_STATUS = {
+_READ_BOUND = 2.0
+# Outcomes of answers that are not a job's (those set "outcome" themselves: accepted,
+# succeeded, failed, skipped, timed_out, ignored). docs/operating.md lists them all.
+OUTCOME_BY_STATUS = {
     200: "ignored",  # a valid event this trigger does not act on
+    202: "accepted",
     400: "bad_request",
     401: "unauthorized",
-    409: "replay",
-    422: "bad_event",
     403: "forbidden",
-    405: "bad_request",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    409: "replay",
     413: "too_large",
+    422: "bad_event",
     429: "rate_limited",
     503: "unavailable",
 }
@@ -42,27 +57,32 @@ _OUTCOME_BY_STATUS = {
 
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every trigger call once, by action (when known) and outcome."""
+    """Count every trigger call once, by action (once the trigger is known) and outcome."""
     response = await handler(request)
     if request.path == _TRIGGER_PATH:
         fields = request.get(LOG_FIELDS, {})
-        outcome = fields.get("outcome") or _OUTCOME_BY_STATUS.get(response.status, "error")
+        outcome = fields.get("outcome") or OUTCOME_BY_STATUS.get(response.status, "error")
         GATEWAY_CALLS.labels(fields.get("action", "unknown"), outcome).inc()
     return response
 
 
-async def _refresh(request: web.Request) -> None:
-    bus = request.app[BUS]
+def open_gauges(app: web.Application) -> SharedGauges:
+    """The app's queue-depth and job-count gauges, read at most once per the settings' TTL."""
+    return SharedGauges(lambda: _read(app), app[SETTINGS].metrics_cache_ttl)
+
+
+async def _read(app: web.Application) -> None:
+    bus = app[BUS]
     if isinstance(bus, AmqpBus) and bus.ready:
         try:
-            async with asyncio.timeout(_SCRAPE_BOUND):
+            async with asyncio.timeout(_READ_BOUND):
                 for queue, depth in (await bus.queue_depths()).items():
                     QUEUE_MESSAGES.labels(queue).set(depth)
         except Exception as exc:  # a scrape must answer even when the broker does not
             log.warning("gateway.metrics_queue_depths_failed", error=repr(exc))
     try:
-        async with asyncio.timeout(_SCRAPE_BOUND):
-            counts = await request.app[JOBS].counts()
+        async with asyncio.timeout(_READ_BOUND):
+            counts = await app[JOBS].counts()
     except Exception as exc:  # idem for the store
         log.warning("gateway.metrics_job_counts_failed", error=repr(exc))
         return
@@ -70,7 +90,55 @@ async def _refresh(request: web.Request) -> None:
         JOBS_BY_STATUS.labels(status).set(counts.get(status, 0))
 
 
-async def handle_metrics(request: web.Request) -> web.Response:
-    """``GET /metrics`` in the Prometheus text format."""
-    await _refresh(request)
-    return metrics_response()
+async def _answer(app: web.Application, service: str | None) -> web.Response:
+    await app[METRICS_GAUGES].refresh()
+    return metrics_response(service)
+
+
+def metrics_handler(service: str | None = "gateway") -> Handler:
+    """``GET /metrics`` in the Prometheus text format, on the gateway's own port."""
+
+    async def handle_metrics(request: web.Request) -> web.Response:
+        return await _answer(request.app, service)
+
+    return handle_metrics
+
+
+def metrics_listener(
+    *, reuse_port: bool, service: str | None = "gateway"
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context serving the gateway's ``/metrics`` on the metrics address.
+
+    With several gateway processes each binds the port too (SO_REUSEPORT); whichever one
+    answers reports them all (`shared.metrics`).
+    """
+
+    async def listener(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        assert settings.metrics_port is not None  # noqa: S101 - create_app checks
+
+        async def metrics(request: web.Request) -> web.Response:
+            return await _answer(app, service)
+
+        metrics_app = web.Application()
+        name_server(metrics_app)
+        metrics_app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(metrics_app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, settings.metrics_host, settings.metrics_port, reuse_port=reuse_port or None
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            msg = (
+                f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port} "
+                f"({exc.strerror or exc}); set TRIGGERS_METRICS_PORT / --metrics-port to a free port"
+            )
+            raise OSError(exc.errno, msg) from None
+        log.info("metrics.serving", host=settings.metrics_host, port=settings.metrics_port)
+        yield
+        await runner.cleanup()
+
+    return listener

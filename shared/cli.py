@@ -64,12 +64,33 @@ def main(ctx: click.Context, database: str | None, amqp_url: str | None) -> None
     type=click.IntRange(min=1, max=64),
     help="Gateway processes sharing the port (SO_REUSEPORT); about one per core.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve /metrics on this port only, not on --port [env TRIGGERS_METRICS_PORT].",
+)
+@click.option(
+    "--metrics-host",
+    help="Address of the /metrics port [env TRIGGERS_METRICS_ADDR; default 127.0.0.1].",
+)
 @click.pass_context
-def gateway(ctx: click.Context, host: str, port: int, processes: int) -> None:
+def gateway(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    processes: int,
+    metrics_port: int | None,
+    metrics_host: str | None,
+) -> None:
     """Serve /hook/trigger: authenticate calls and publish commands."""
     from gateway.app import run_gateway  # noqa: PLC0415 - each service imports only its own code
 
-    run_gateway(_settings(ctx), host, port, processes)
+    settings = _settings(ctx)
+    if metrics_port is not None:
+        settings = settings.with_(metrics_port=metrics_port)
+    if metrics_host is not None:
+        settings = settings.with_(metrics_host=metrics_host)
+    run_gateway(settings, host, port, processes)
 
 
 _metrics_port = click.option(

@@ -74,7 +74,9 @@ async def run_dev(settings: Settings, host: str, port: int) -> None:
     await bus.subscribe_results(show)
     await recorder.start()
     await worker.start()
-    runner = web.AppRunner(create_app(settings, store=store, bus=bus, jobs=jobs), access_log=None)
+    runner = web.AppRunner(
+        create_app(settings, store=store, bus=bus, jobs=jobs, metrics_of=None), access_log=None
+    )
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
 

@@ -1,21 +1,35 @@
 """Prometheus metrics, defined once per process in the default registry.
 
-Every process (gateway, worker, recorder) exposes the same registry; each fills the
-series it owns. Label values come from small closed sets (actions, statuses, outcomes,
-orchestrator names), never from caller input, so cardinality stays bounded.
+Each service exports only its own families (`metrics_response`): a worker's ``/metrics``
+has no gateway series and the other way round, by the family's name (``triggers_gateway_``,
+``triggers_worker_``, ``triggers_recorder_``, plus the few a service shares). Label values
+come from small closed sets (actions, statuses, outcomes, orchestrator names), never from
+caller input, so cardinality stays bounded.
+
+`triggers gateway --processes N` runs N processes that one scrape must show as one
+gateway: they run in prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``,
+set by the supervisor before the processes start), and a scrape answered by any of them
+adds up every process's counters and histograms. A gauge says how it is combined
+(``multiprocess_mode``): what describes one process is labelled with its ``pid``.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
+from prometheus_client.metrics_core import Metric
 
 from shared.http import name_server
 
@@ -31,8 +45,19 @@ __all__ = [
     "RETRIES",
     "WAITING",
     "metrics_response",
+    "multiprocess_dir",
     "serve_metrics",
 ]
+
+# The families each service exports, by name prefix; process_* and python_* describe the
+# process itself and go with every service. A service not listed exports everything
+# (`triggers dev` runs every service in one process).
+_OWN: dict[str, tuple[str, ...]] = {
+    "gateway": ("triggers_gateway_", "triggers_publish_", "triggers_queue_", "triggers_jobs"),
+    "worker": ("triggers_worker_", "triggers_publish_"),
+    "recorder": ("triggers_recorder_",),
+}
+_PROCESS = ("process_", "python_")
 
 # Publishing to RabbitMQ on loopback takes around a millisecond; a broker under pressure
 # can take seconds before the publish timeout.
@@ -41,9 +66,8 @@ _APPLY_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
 
 GATEWAY_CALLS = Counter(
     "triggers_gateway_calls",
-    "Trigger calls by action and outcome (accepted, succeeded, failed, skipped, timed_out, "
-    "ignored, bad_request, unauthorized, forbidden, replay, bad_event, too_large, "
-    "rate_limited, unavailable, error).",
+    "Trigger calls by action (unknown until the trigger is authenticated) and outcome; "
+    "docs/operating.md lists the outcomes.",
     ["action", "outcome"],
 )
 PUBLISH_SECONDS = Histogram(
@@ -53,13 +77,23 @@ PUBLISH_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 WAITING = Gauge(
-    "triggers_gateway_waiting_requests", "Trigger calls waiting for their job's result (wait=N)."
+    "triggers_gateway_waiting_requests",
+    "Trigger calls waiting for their job's result (wait=N), by gateway process (pid) "
+    "when the gateway runs several.",
+    multiprocess_mode="liveall",
 )
+# Shared state, read by whichever process was scraped: the latest reading wins.
 QUEUE_MESSAGES = Gauge(
-    "triggers_queue_messages", "Messages ready in a queue, read at scrape time.", ["queue"]
+    "triggers_queue_messages",
+    "Messages ready in a queue, read at most every few seconds when scraped.",
+    ["queue"],
+    multiprocess_mode="mostrecent",
 )
 JOBS_BY_STATUS = Gauge(
-    "triggers_jobs", "Jobs in the history store by status, read at scrape time.", ["status"]
+    "triggers_jobs",
+    "Jobs in the history store by status, read at most every few seconds when scraped.",
+    ["status"],
+    multiprocess_mode="mostrecent",
 )
 RESULTS = Counter(
     "triggers_worker_results",
@@ -85,23 +119,52 @@ JOBS_RECORDED = Counter(
 )
 
 
-def metrics_response() -> web.Response:
-    """The registry in the Prometheus text format."""
-    response = web.Response(body=generate_latest(REGISTRY))
+def multiprocess_dir() -> str | None:
+    """The directory the processes of one gateway share their values in, if they do."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class _Only:
+    """The families of `source` that belong to `service` (a collector for one scrape)."""
+
+    def __init__(self, source: CollectorRegistry, service: str | None) -> None:
+        self._source = source
+        self._prefixes = (*_OWN[service], *_PROCESS) if service in _OWN else ("",)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._source.collect():
+            if family.name.startswith(self._prefixes):
+                yield family
+
+
+def _registry() -> CollectorRegistry:
+    path = multiprocess_dir()
+    if path is None:
+        return REGISTRY
+    # Every process's files, added up; built per scrape, as prometheus-client prescribes.
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]  # the module has no annotations
+    return registry
+
+
+def metrics_response(service: str | None = None) -> web.Response:
+    """`service`'s metrics (all of this process's without one) in the Prometheus text format."""
+    response = web.Response(body=generate_latest(_Only(_registry(), service)))
     # aiohttp refuses a charset inside content_type; set the header whole.
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    return metrics_response()
+async def serve_metrics(host: str, port: int, service: str | None = None) -> web.AppRunner:
+    """Serve `service`'s ``/metrics`` on its own port (workers and the recorder have no
+    HTTP API)."""
 
+    async def metrics(request: web.Request) -> web.Response:
+        return metrics_response(service)
 
-async def serve_metrics(host: str, port: int) -> web.AppRunner:
-    """Serve ``/metrics`` on its own port (workers and the recorder have no HTTP API)."""
     app = web.Application()
     name_server(app)
-    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -66,6 +66,11 @@ class Settings:
     trusted_proxies: tuple[Network, ...] = ()
     # The header those proxies write (a client can send the other one through them).
     proxy_header: ProxyHeader = "x-forwarded-for"
+    # /metrics on a listener of its own (then not on the gateway's port); None: on the port.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    # Seconds a scrape reuses the last reading of queue depths and job counts.
+    metrics_cache_ttl: float = 5.0
     # Failed authentications per client address and minute before it gets 429 (0: no limit).
     auth_failures_per_minute: int = 30
     # Registry pushes and alerts (gateway/sources): one digest deploys once per window,
@@ -117,6 +122,7 @@ class Settings:
             "TRIGGERS_LOG_LEVEL": "log_level",
             "TRIGGERS_REDIS_URL": "redis_url",
             "TRIGGERS_REDIS_PREFIX": "redis_prefix",
+            "TRIGGERS_METRICS_ADDR": "metrics_host",
         }
         for var, name in simple.items():
             if env.get(var):
@@ -138,6 +144,8 @@ class Settings:
             "TRIGGERS_ORCHESTRATOR_TIMEOUT": ("orchestrator_timeout", float),
             "TRIGGERS_AUDIT_FLUSH_INTERVAL": ("audit_flush_interval", float),
             "TRIGGERS_AUDIT_MAX_PENDING": ("audit_max_pending", int),
+            "TRIGGERS_METRICS_PORT": ("metrics_port", int),
+            "TRIGGERS_METRICS_CACHE_TTL": ("metrics_cache_ttl", float),
         }
         for var, (name, kind) in numbers.items():
             if env.get(var):
@@ -185,6 +193,9 @@ class Settings:
             raise ValueError(msg)
         if self.log_format not in ("console", "json"):
             msg = f"TRIGGERS_LOG_FORMAT must be console or json, got {self.log_format!r}"
+            raise ValueError(msg)
+        if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
+            msg = f"TRIGGERS_METRICS_PORT must be a port from 1 to 65535, got {self.metrics_port}"
             raise ValueError(msg)
         if self.proxy_header not in ("x-forwarded-for", "forwarded"):
             msg = (

@@ -20,6 +20,7 @@ from shared.bus import AmqpBus
 from shared.errors import ConflictError
 from shared.jobs import JobRecord, JobStore, SqliteJobStore, open_job_store
 from shared.messages import Target, utcnow
+from shared.metrics import serve_metrics
 from shared.render import event_line
 from shared.settings import Settings
 from shared.store import TriggerStore
@@ -60,11 +61,24 @@ def _value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-async def _scrape(http: aiohttp.ClientSession, url: str) -> Samples:
-    async with http.get(url) as response:
-        assert response.status == 200
-        assert response.content_type == "text/plain"
-        return _samples(await response.text())
+async def _scrape(http: aiohttp.ClientSession, *urls: str) -> Samples:
+    """The samples of every url, together (the gateway's and a worker's /metrics)."""
+    samples: Samples = {}
+    for url in urls:
+        async with http.get(url) as response:
+            assert response.status == 200
+            assert response.content_type == "text/plain"
+            samples.update(_samples(await response.text()))
+    return samples
+
+
+@pytest.fixture
+async def worker_metrics() -> AsyncIterator[str]:
+    """The in-process worker's /metrics, on a listener as `triggers worker --metrics-port`."""
+    runner = await serve_metrics("127.0.0.1", 0, "worker")
+    host, port = runner.addresses[0][:2]
+    yield f"http://{host}:{port}/metrics"
+    await runner.cleanup()
 
 
 @on_both_databases
@@ -74,10 +88,11 @@ async def test_metrics_count_calls_publishes_results_and_queues(
     recorder: Recorder,
     worker: Worker,
     results: Results,
+    worker_metrics: str,
 ) -> None:
     """/metrics after traffic: calls by action and outcome, publishes, results, apply, queues."""
-    metrics_url = f"{gateway.url}/metrics"
-    before = await _scrape(gateway.http, metrics_url)
+    metrics_urls = (f"{gateway.url}/metrics", worker_metrics)
+    before = await _scrape(gateway.http, *metrics_urls)
     redeploy, redeploy_secret = await store.create(cluster="demo", app="shop", action="redeploy")
     gone, gone_secret = await store.create(cluster="demo", app="gone", action="redeploy")
     scale, scale_secret = await store.create(
@@ -106,7 +121,7 @@ async def test_metrics_count_calls_publishes_results_and_queues(
 
     results_total = "triggers_worker_results_total"
     for _ in range(100):
-        after = await _scrape(gateway.http, metrics_url)
+        after = await _scrape(gateway.http, *metrics_urls)
         counted = sum(
             delta(results_total, action=action, status=status, orchestrator="local")
             for action in ("redeploy", "scale")
@@ -169,6 +184,7 @@ async def test_retries_are_counted_and_the_job_shows_its_attempt(
     cluster: LocalOrchestrator,
     recorder: Recorder,
     jobs: JobStore,
+    worker_metrics: str,
 ) -> None:
     """A retried job succeeds on attempt 2; the retry counter and the job's attempt say so."""
     amqp = AmqpBus(settings.amqp_url, role="test-flaky-worker")
@@ -176,12 +192,12 @@ async def test_retries_are_counted_and_the_job_shows_its_attempt(
     flaky = Worker(settings, amqp, ConflictOnce(cluster))
     await flaky.start()
     try:
-        before = await _scrape(gateway.http, f"{gateway.url}/metrics")
+        before = await _scrape(gateway.http, worker_metrics)
         trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
         async with gateway.http.get(gateway.call_url(trigger, secret) + "&wait=20") as response:
             body = await response.json()
             assert response.status == 200, body
-        after = await _scrape(gateway.http, f"{gateway.url}/metrics")
+        after = await _scrape(gateway.http, worker_metrics)
     finally:
         await flaky.stop()
         await amqp.close()

@@ -18,10 +18,10 @@ __all__ = ["run_recorder", "run_worker"]
 log = structlog.get_logger("triggers.worker")
 
 
-async def _metrics(host: str, port: int | None) -> web.AppRunner | None:
+async def _metrics(service: str, host: str, port: int | None) -> web.AppRunner | None:
     if port is None:
         return None
-    runner = await serve_metrics(host, port)
+    runner = await serve_metrics(host, port, service)
     log.info("metrics.serving", host=host, port=port)
     return runner
 
@@ -37,7 +37,7 @@ async def run_worker(
     orchestrator = open_orchestrator(settings)
     bus = AmqpBus.from_settings(settings, "worker")
     await bus.start()
-    metrics = await _metrics(metrics_host, metrics_port)
+    metrics = await _metrics("worker", metrics_host, metrics_port)
     try:
         await Worker(settings, bus, orchestrator).run()
     finally:
@@ -60,7 +60,7 @@ async def run_recorder(
         await jobs.start()
         bus = AmqpBus(settings.amqp_url, publish_timeout=settings.publish_timeout, role="recorder")
         await bus.start()
-        metrics = await _metrics(metrics_host, metrics_port)
+        metrics = await _metrics("recorder", metrics_host, metrics_port)
         try:
             await Recorder(settings, bus, jobs).run()
         finally:
