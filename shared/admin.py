@@ -24,7 +24,7 @@ from shared.api import (
 )
 from shared.audit import Outcome
 from shared.messages import Action, utcnow
-from shared.policy import PolicyChanges, PolicyError
+from shared.policy import PolicyChanges, PolicyError, merge_options
 from shared.store import TriggerRevokedError, TriggerStore
 from shared.triggers import Trigger, TriggerOptions, TriggerState, new_secret, trigger_call_url
 
@@ -129,6 +129,11 @@ class StoreAdmin:
         image_update = request.image_update or options.image is not None
         if image_update and request.action != "redeploy":
             raise AdminError(422, "invalid_body", "image_update applies to redeploy triggers only")
+        try:
+            # step, alert_cooldown and scale_in_on_resolve may come beside the policy too.
+            options = merge_options(request.action, image_update, request, options)
+        except PolicyError as exc:
+            raise AdminError(422, "invalid_body", str(exc)) from None
         if options.signature and not options.signing_secret:
             # Generated here, shown once in the answer, like the secret.
             options = msgspec.structs.replace(options, signing_secret=new_secret())

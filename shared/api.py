@@ -73,7 +73,9 @@ class TriggerView(msgspec.Struct, kw_only=True):
     service: str | None
     image_update: bool
     namespace: str | None
-    # The registry and alert options that differ from the defaults; never the signing key.
+    # The registry and alert options that differ from the defaults (image, tags, semver,
+    # step, alert_cooldown, scale_in_on_resolve, signature, header_secret_only); never the
+    # signing key.
     options: dict[str, Any]
     trigger_url: str
     status: TriggerState
@@ -132,7 +134,8 @@ def trigger_view(
         image_update=trigger.image_update,
         namespace=trigger.namespace,
         options={
-            k: v
+            # The alert cooldown is not the policy's cooldown: named as its flag is.
+            ("alert_cooldown" if k == "cooldown" else k): v
             for k, v in msgspec.structs.asdict(trigger.options).items()
             if k != "signing_secret" and v not in (None, False)
         },

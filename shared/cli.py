@@ -561,6 +561,28 @@ def show(
 @click.argument("trigger_id")
 @_policy_options
 @click.option(
+    "--step",
+    type=_Limit(1, 100),
+    callback=_collect,
+    expose_value=False,
+    help="Scale step of an alert when the call gives none ('none': 1).",
+)
+@click.option(
+    "--alert-cooldown",
+    type=_Limit(0, 86_400),
+    callback=_collect,
+    expose_value=False,
+    help="SECONDS one alert group acts once ('none': TRIGGERS_ALERT_COOLDOWN).",
+)
+@click.option(
+    "--scale-in-on-resolve/--no-scale-in-on-resolve",
+    "scale_in_on_resolve",
+    default=None,
+    callback=_collect,
+    expose_value=False,
+    help="Scale back in when the alert resolves, or not.",
+)
+@click.option(
     "--enable/--disable",
     "enabled",
     default=None,
@@ -578,7 +600,7 @@ def update(
     token: str | None,
     as_json: bool,
 ) -> None:
-    """Change a trigger's policy; give "none" to remove a limit (e.g. --max-replicas none)."""
+    """Change a trigger's policy and alert options; "none" removes a limit (--max-replicas none)."""
     from shared.policy import PolicyChanges  # noqa: PLC0415
 
     changes_given = _given_policy(ctx)

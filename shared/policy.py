@@ -14,13 +14,15 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from shared.messages import Action
-from shared.triggers import HTTP_METHODS, Trigger
+from shared.triggers import HTTP_METHODS, Trigger, TriggerOptions
 
 __all__ = [
+    "ALERT_OPTIONS",
     "POLICY_FIELDS",
     "MaxSeconds",
     "PolicyChanges",
     "PolicyError",
+    "merge_options",
     "merge_policy",
 ]
 
@@ -30,6 +32,8 @@ Replicas = Annotated[int, Meta(ge=0, le=10_000)]
 CallsPerMinute = Annotated[int, Meta(ge=1, le=60_000)]
 ExpiresIn = Annotated[int, Meta(ge=1, le=10 * 365 * 24 * 3600)]
 Method = Literal["GET", "POST"]
+Step = Annotated[int, Meta(ge=1, le=100)]
+AlertCooldown = Annotated[float, Meta(ge=0, le=86_400)]
 
 # The Trigger fields a policy change may set, in one place for the store and the API.
 POLICY_FIELDS = (
@@ -41,6 +45,12 @@ POLICY_FIELDS = (
     "rate_limit",
     "allowed_methods",
 )
+# The alert options a change may set: its field here -> the `TriggerOptions` field.
+ALERT_OPTIONS = {
+    "step": "step",
+    "alert_cooldown": "cooldown",
+    "scale_in_on_resolve": "scale_in_on_resolve",
+}
 
 
 class PolicyError(ValueError):
@@ -58,6 +68,11 @@ class PolicyChanges(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cooldown: MaxSeconds | UnsetType | None = UNSET
     rate_limit: CallsPerMinute | UnsetType | None = UNSET
     allowed_methods: Annotated[list[Method], Meta(min_length=1, max_length=2)] | UnsetType = UNSET
+    # Alert options (stored with the trigger's options): the scale step of an alert, how
+    # long one alert group acts once (null: TRIGGERS_ALERT_COOLDOWN), scale in on resolve.
+    step: Step | UnsetType | None = UNSET
+    alert_cooldown: AlertCooldown | UnsetType | None = UNSET
+    scale_in_on_resolve: bool | UnsetType = UNSET
 
 
 def _expiry(changes: PolicyChanges, current: datetime | None, now: datetime) -> datetime | None:
@@ -107,3 +122,22 @@ def merge_policy(
         msg = f"min_replicas ({low}) is above max_replicas ({high})"
         raise PolicyError(msg)
     return merged
+
+
+def merge_options(
+    action: Action, image_update: bool, changes: PolicyChanges, current: TriggerOptions
+) -> TriggerOptions:
+    """The trigger's options after the alert options in `changes`; raises `PolicyError`."""
+    given = {
+        option: getattr(changes, name)
+        for name, option in ALERT_OPTIONS.items()
+        if getattr(changes, name) is not UNSET
+    }
+    if not given:
+        return current
+    options = msgspec.structs.replace(current, **given)
+    try:
+        options.check(action, image_update)
+    except ValueError as exc:
+        raise PolicyError(str(exc)) from None
+    return options

@@ -93,12 +93,39 @@ def trigger_table(views: list[TriggerView]) -> str:
     return _table(header, rows)
 
 
+def _option_lines(view: TriggerView) -> dict[str, object]:
+    """The registry and alert options, each on a line of its own, defaults spelled out."""
+    options = view.options
+    lines: dict[str, object] = {}
+    if view.image_update or view.action == "redeploy":
+        lines["image"] = options.get("image") or (
+            "any pushed repository" if view.image_update else None
+        )
+        lines["tags"] = options.get("tags") or options.get("semver")
+    if view.action == "scale":
+        lines["alert step"] = options.get("step") or "1 (default)"
+        lines["scale in on resolve"] = "yes" if options.get("scale_in_on_resolve") else "no"
+    cooldown = options.get("alert_cooldown")
+    lines["alert cooldown"] = (
+        f"{cooldown:g} s" if cooldown is not None else "TRIGGERS_ALERT_COOLDOWN (default)"
+    )
+    lines["signature"] = options.get("signature")
+    lines["header secret only"] = "yes" if options.get("header_secret_only") else "no"
+    return lines
+
+
 def trigger_lines(view: TriggerView) -> str:
-    """One ``field: value`` line per field, for `show` and the other single-trigger commands."""
-    data = msgspec.to_builtins(view)
+    """One ``field: value`` line per field, for `show` and the other single-trigger commands;
+    the options one per line (an alert cooldown is not the policy's cooldown)."""
+    rows: dict[str, object] = {}
+    for key, value in msgspec.to_builtins(view).items():
+        if key == "options":
+            rows.update(_option_lines(view))
+        else:
+            rows[key] = value
     return "\n".join(
         f"{key + ':':27} {', '.join(value) if isinstance(value, list) else value if value is not None else '-'}"
-        for key, value in data.items()
+        for key, value in rows.items()
     )
 
 

@@ -19,7 +19,7 @@ import msgspec
 from shared.audit import AuditEntry, Outcome
 from shared.errors import PermanentError
 from shared.messages import Action, utcnow
-from shared.policy import POLICY_FIELDS, PolicyChanges, merge_policy
+from shared.policy import POLICY_FIELDS, PolicyChanges, merge_options, merge_policy
 from shared.sql import PostgresDriver, Row, SqlBackend, SqliteDriver, parse_database
 from shared.triggers import (
     Trigger,
@@ -287,10 +287,11 @@ class SqlTriggerStore(SqlBackend):
             raise TriggerRevokedError(msg)
         now = utcnow()
         merged = merge_policy(current.action, changes, now, current)
+        options = merge_options(current.action, current.image_update, changes, current.options)
         # The whole policy is written at once, so two concurrent updates never leave a
         # mix (say min from one and max from the other) that neither checked.
-        updated = msgspec.structs.replace(current, **merged, updated_at=now)
-        await self._write(updated, [*POLICY_FIELDS, "updated_at"])
+        updated = msgspec.structs.replace(current, **merged, options=options, updated_at=now)
+        await self._write(updated, [*POLICY_FIELDS, "options", "updated_at"])
         return updated
 
     async def rotate(self, trigger_id: str, *, grace: float) -> tuple[Trigger, str] | None:

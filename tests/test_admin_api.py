@@ -296,3 +296,34 @@ async def test_gateway_on_postgresql_end_to_end(
         ("rejected", "invalid_step"),
         ("accepted", None),
     ]
+
+
+async def test_patch_changes_alert_options_and_the_next_alert_uses_them(
+    gateway: Gateway, store: SqliteTriggerStore
+) -> None:
+    """PATCH step, alert_cooldown, scale_in_on_resolve: stored, shown as options, applied to
+    the next alert; an option that does not fit the trigger is 422."""
+    _, created = await gateway.admin("POST", "/v1/triggers", {**SCALE, "step": 2})
+    assert created["options"] == {"step": 2}
+    path = f"/v1/triggers/{created['id']}"
+    status, patched = await gateway.admin(
+        "PATCH", path, {"step": 4, "alert_cooldown": 30, "scale_in_on_resolve": True}
+    )
+    assert status == 200, patched
+    assert patched["options"] == {"step": 4, "alert_cooldown": 30, "scale_in_on_resolve": True}
+    assert patched["cooldown"] is None  # the policy's own cooldown is another thing
+    status, cleared = await gateway.admin("PATCH", path, {"alert_cooldown": None})
+    assert (status, cleared["options"]) == (200, {"step": 4, "scale_in_on_resolve": True})
+    trigger = await store.get(created["id"])
+    assert trigger is not None
+    assert (trigger.options.step, trigger.options.cooldown) == (4, None)
+    _, redeploy = await gateway.admin(
+        "POST", "/v1/triggers", {"cluster": "demo", "app": "shop", "action": "redeploy"}
+    )
+    status, body = await gateway.admin(
+        "PATCH", f"/v1/triggers/{redeploy['id']}", {"scale_in_on_resolve": True}
+    )
+    assert (status, body["error"]) == (422, "invalid_body")
+    assert "scale triggers only" in body["detail"]
+    status, body = await gateway.admin("PATCH", path, {"step": 0})
+    assert status == 422

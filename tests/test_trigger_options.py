@@ -109,3 +109,35 @@ def test_header_secret_only_trigger_prints_a_curl_with_the_secret_in_a_header(
     (curl,) = [line.strip() for line in created.stdout.splitlines() if "curl" in line]
     assert curl.startswith("curl -X POST -H 'X-Trigger-Secret: ")
     assert "secret=" not in curl
+
+
+def test_update_changes_alert_options_and_show_names_them(env: dict[str, str]) -> None:
+    """`triggers update --step --alert-cooldown --scale-in-on-resolve` changes them; `show`
+    prints each on its own line, apart from the policy's cooldown; 'none' clears."""
+    created = _cli(
+        env,
+        "create",
+        "--cluster=demo",
+        "--app=shop",
+        "--action=scale",
+        "--service=web",
+        "--cooldown=10",
+        "--json",
+    )
+    assert created.returncode == 0, created.stderr
+    trigger_id = json.loads(created.stdout)["id"]
+    updated = _cli(
+        env, "update", trigger_id, "--step=3", "--alert-cooldown=45", "--scale-in-on-resolve"
+    )
+    assert updated.returncode == 0, updated.stderr
+    assert "alert step:                 3" in updated.stdout
+    assert "alert cooldown:             45 s" in updated.stdout
+    assert "scale in on resolve:        yes" in updated.stdout
+    assert "cooldown:                   10" in updated.stdout
+    cleared = _cli(env, "update", trigger_id, "--alert-cooldown=none", "--no-scale-in-on-resolve")
+    assert cleared.returncode == 0, cleared.stderr
+    shown = json.loads(_cli(env, "show", trigger_id, "--json").stdout)
+    assert shown["options"] == {"step": 3}
+    refused = _cli(env, "update", trigger_id, "--step=101")
+    assert refused.returncode == 2
+    assert "--step" in refused.stderr
