@@ -19,6 +19,7 @@ from cachetools import TTLCache
 from gateway.abuse import FailedAuthLimiter
 from gateway.admin import add_admin_routes
 from gateway.audit import audit_middleware
+from gateway.console import add_console
 from gateway.errors import error_middleware, json_response
 from gateway.hook import handle_trigger
 from gateway.jobs import handle_job, handle_jobs
@@ -193,6 +194,7 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/jobs", handle_jobs)
     app.router.add_get("/v1/jobs/{job_id}", handle_job)
     add_admin_routes(app)
+    add_console(app)
 
 
 def _serve(settings: Settings, host: str, port: int, reuse_port: bool) -> None:

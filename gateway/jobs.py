@@ -28,6 +28,7 @@ from shared.metrics import WAITING
 from shared.settings import Settings
 
 __all__ = [
+    "find_job",
     "handle_job",
     "handle_jobs",
     "parse_wait",
@@ -90,8 +91,20 @@ async def _publish(
     return job
 
 
+async def find_job(request: web.Request, job_id: str) -> JobRecord | None:
+    """The job from the history, completed by this process's unwritten `accepted` record;
+    None when it is still unknown after a few short retries."""
+    job = await _find(request, job_id)
+    # Accepted by another gateway a moment ago, its record may still be on its way.
+    for delay in _UNSEEN_RETRIES:
+        if job is not None:
+            break
+        await asyncio.sleep(delay)
+        job = await _find(request, job_id)
+    return job
+
+
 async def _find(request: web.Request, job_id: str) -> JobRecord | None:
-    """The job from the history, completed by this process's unwritten `accepted` record."""
     job = await request.app[JOBS].get(job_id)
     for accepted in request.app[ACCEPTED].unwritten():
         if accepted.job_id == job_id:
@@ -208,13 +221,7 @@ async def handle_job(request: web.Request) -> web.Response:
         raise ApiError(
             400, "invalid_job_id", "a job id is 32 lowercase hex characters, as a 202 answer gives"
         )
-    job = await _find(request, job_id)
-    # Accepted by another gateway a moment ago, its record may still be on its way.
-    for delay in _UNSEEN_RETRIES:
-        if job is not None:
-            break
-        await asyncio.sleep(delay)
-        job = await _find(request, job_id)
+    job = await find_job(request, job_id)
     settings = request.app[SETTINGS]
     if job is None:
         days = settings.job_retention / 86400

@@ -358,19 +358,13 @@ def _echo_view(view: TriggerView, as_json: bool, headline: str) -> None:
 
 
 def _echo_url(view: TriggerView) -> None:
-    if not isinstance(view.url, str):
-        return
-    click.echo("")
-    curl = f"curl -X POST '{view.url}"
-    if view.options.get("header_secret_only"):
-        # This trigger refuses the secret in the URL: show it in a header instead.
-        bare, _, _ = view.url.partition("&secret=")
-        curl = f"curl -X POST -H 'X-Trigger-Secret: {view.secret}' '{bare}"
-    if view.action == "scale":
-        click.echo(f"  {curl}&type=scale_out&step=1'")
-        click.echo(f"  {curl}&type=scale_in&step=1'")
-    else:
-        click.echo(f"  {curl}'")
+    from shared.render import curl_lines  # noqa: PLC0415
+
+    lines = curl_lines(view)
+    if lines:
+        click.echo("")
+    for line in lines:
+        click.echo(f"  {line}")
 
 
 @main.command()

@@ -159,6 +159,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         "jobs by status",
         ("CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status)",),
     ),
+    # The web console's sign-in sessions (shared/sessions.py): the SHA-256 of each session
+    # token, never the token, so a read of the database signs nobody in.
+    Migration(
+        23,
+        "console sessions",
+        (
+            """CREATE TABLE console_sessions (
+                token_hash TEXT PRIMARY KEY,
+                admin_tag  TEXT NOT NULL,
+                created_at {ts} NOT NULL,
+                expires_at {ts} NOT NULL,
+                remote     TEXT,
+                user_agent TEXT
+            )""",
+            "CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at)",
+        ),
+    ),
 )
 
 

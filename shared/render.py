@@ -18,10 +18,12 @@ from shared.messages import ResultEvent, ServiceState, Source
 __all__ = [
     "audit_table",
     "console",
+    "curl_lines",
     "event_line",
     "event_text",
     "job_table",
     "job_text",
+    "origin_text",
     "policy_summary",
     "trigger_lines",
     "trigger_table",
@@ -129,6 +131,20 @@ def trigger_lines(view: TriggerView) -> str:
     )
 
 
+def curl_lines(view: TriggerView) -> list[str]:
+    """The ready curl commands of a trigger just created or rotated (its URL is in the view)."""
+    if not isinstance(view.url, str):
+        return []
+    curl = f"curl -X POST '{view.url}"
+    if view.options.get("header_secret_only"):
+        # This trigger refuses the secret in the URL: show it in a header instead.
+        bare, _, _ = view.url.partition("&secret=")
+        curl = f"curl -X POST -H 'X-Trigger-Secret: {view.secret}' '{bare}"
+    if view.action == "scale":
+        return [f"{curl}&type=scale_out&step=1'", f"{curl}&type=scale_in&step=1'"]
+    return [f"{curl}'"]
+
+
 def audit_table(entries: list[AuditEntry]) -> str:
     """Aligned columns, one call a row, newest first."""
     header = ("TIME", "OUTCOME", "STATUS", "TRIGGER", "REASON", "METHOD", "REMOTE", "USER AGENT")
@@ -187,7 +203,7 @@ def _source(source: Source) -> str:
     return " ".join(parts)
 
 
-def _origin(source: Source) -> str:
+def origin_text(source: Source) -> str:
     """``via dockerhub acme/api:1.2`` or ``via alertmanager HighLoad firing``."""
     origin = source.origin
     if origin is None:
@@ -231,7 +247,7 @@ def event_text(event: ResultEvent) -> Text:
         line.append(f"  {event.duration_ms:.0f} ms", style="cyan")
     if event.attempt > 1:
         line.append(f"  attempt {event.attempt}", style="yellow")
-    origin = _origin(event.source)
+    origin = origin_text(event.source)
     if origin:
         line.append(f"  {origin}", style="magenta")
     source = _source(event.source)

@@ -88,6 +88,8 @@ class Settings:
     # Audit entries wait in a bounded queue and are written in batches off the hot path.
     audit_flush_interval: float = 0.5
     audit_max_pending: int = 10_000
+    # Seconds a web console sign-in lasts (its session cookie's expiry).
+    console_session_ttl: float = 12 * 3600.0
     # Worker tuning.
     # Enough in hand for the local cluster to commit many commands in one transaction.
     prefetch: int = 64
@@ -146,6 +148,7 @@ class Settings:
             "TRIGGERS_AUDIT_MAX_PENDING": ("audit_max_pending", int),
             "TRIGGERS_METRICS_PORT": ("metrics_port", int),
             "TRIGGERS_METRICS_CACHE_TTL": ("metrics_cache_ttl", float),
+            "TRIGGERS_CONSOLE_SESSION_TTL": ("console_session_ttl", float),
         }
         for var, (name, kind) in numbers.items():
             if env.get(var):
@@ -211,6 +214,9 @@ class Settings:
                 "TRIGGERS_RUNNING_NOTICE_AFTER must be 0 or more seconds, "
                 f"got {self.running_notice_after:g}"
             )
+            raise ValueError(msg)
+        if self.console_session_ttl <= 0:
+            msg = "TRIGGERS_CONSOLE_SESSION_TTL must be above 0 seconds"
             raise ValueError(msg)
         if not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
             msg = (

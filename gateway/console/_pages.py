@@ -1,0 +1,613 @@
+"""The console's pages: live results, jobs, triggers, dead letters, charts, approvals.
+
+Every page is server-rendered HTML from `templates/`; the few scripts in
+`static/console.js` only add to it (the live stream, pausing, copy buttons). Data comes
+through the same functions as the admin API and the CLI (`shared.admin.StoreAdmin`, the
+job store, `shared.dlq`), so the console cannot disagree with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+from multidict import MultiDictProxy, MultiMapping
+
+from gateway.console import _charts
+from gateway.console._auth import render
+from gateway.console._keys import LIVE
+from gateway.console._live import LiveEvent, parse_event_id
+from gateway.jobs import find_job
+from gateway.keys import AUDIT, BUS, JOBS, SETTINGS, STORE, TRIGGER_CACHE
+from shared.admin import AdminError, ListFilter, StoreAdmin
+from shared.api import DEFAULT_GRACE, TriggerCreate, TriggerView
+from shared.bus import AmqpBus
+from shared.dlq import list_dead, replay_dead
+from shared.jobs import JOB_STATUSES, JobRecord, parse_since
+from shared.messages import ResultEvent, utcnow
+from shared.policy import PolicyChanges
+from shared.render import curl_lines, policy_summary
+from shared.triggers import NAME_PATTERN
+
+__all__ = [
+    "approvals",
+    "charts",
+    "create_trigger",
+    "dead_letters",
+    "events",
+    "job",
+    "jobs",
+    "live",
+    "new_trigger",
+    "replay",
+    "revoke_trigger",
+    "rotate_trigger",
+    "trigger",
+    "triggers",
+    "update_policy",
+]
+
+log = structlog.get_logger("triggers.console")
+
+RESULT_STATUSES = ("succeeded", "failed", "skipped")
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_TRIGGER_ID = re.compile(r"^[a-z0-9]{8,64}$")
+# Rows the live view starts with, and keeps (older rows drop off the bottom).
+LIVE_ROWS = 50
+# A tab hears at least this often, so a dead connection is noticed and proxies keep it.
+KEEPALIVE = 15.0
+# How far back a reconnect that this process's ring cannot serve reads the history.
+_REPLAY_WINDOW = timedelta(hours=1)
+_CHART_ITEMS = 5000
+
+
+class _BadFilter(Exception):
+    """A filter value the page cannot take; shown above the form (400)."""
+
+
+def _name(query: MultiMapping[str], key: str) -> str | None:
+    value = query.get(key, "").strip()
+    if not value:
+        return None
+    if not NAME_PATTERN.match(value):
+        msg = f"{key} must be a cluster, app or service name, got {value[:32]!r}"
+        raise _BadFilter(msg)
+    return value
+
+
+def _choice(query: MultiMapping[str], key: str, choices: tuple[str, ...]) -> str | None:
+    value = query.get(key, "").strip()
+    if not value:
+        return None
+    if value not in choices:
+        msg = f"{key} must be one of {', '.join(choices)}, got {value[:32]!r}"
+        raise _BadFilter(msg)
+    return value
+
+
+def _admin(request: web.Request) -> StoreAdmin:
+    return StoreAdmin(request.app[STORE], request.app[SETTINGS].public_url)
+
+
+# --- live results ---------------------------------------------------------------------
+
+
+def _live_filters(query: MultiMapping[str]) -> dict[str, str | None]:
+    return {
+        "cluster": _name(query, "cluster"),
+        "app": _name(query, "app"),
+        "status": _choice(query, "status", RESULT_STATUSES),
+    }
+
+
+def _matches(filters: dict[str, str | None], event: ResultEvent) -> bool:
+    return all(value is None or getattr(event, key) == value for key, value in filters.items())
+
+
+async def live(request: web.Request) -> web.StreamResponse:
+    """GET /ui: the newest results, then live ones as they come (Server-Sent Events)."""
+    try:
+        filters = _live_filters(request.query)
+    except _BadFilter as exc:
+        return render(request, "live.html", status=400, error=str(exc), filters={}, rows=[])
+    hub = request.app[LIVE]
+    # Subscribed before the history is read, and the stream resumes from this position:
+    # a result that comes in between is in both, and the page shows it once.
+    connected = await hub.ensure_subscribed(request.app[BUS])
+    resume = hub.current_id()
+    recent = await request.app[JOBS].list(
+        cluster=filters["cluster"], app=filters["app"], status=filters["status"], limit=LIVE_ROWS
+    )
+    rows = [job.result for job in recent if job.result is not None]
+    return render(
+        request,
+        "live.html",
+        filters=filters,
+        rows=rows,
+        resume=resume,
+        connected=connected,
+        statuses=RESULT_STATUSES,
+    )
+
+
+def _sse(live: LiveEvent | None, event: ResultEvent, event_id: str) -> bytes:
+    data = msgspec.json.encode(
+        {"job": event.job_id, "status": event.status, "row": live.row if live else None}
+    )
+    return f"id: {event_id}\nevent: result\ndata: {data.decode()}\n\n".encode()
+
+
+async def _replay(
+    request: web.Request, response: web.StreamResponse, resume: str, at_seq: int, filters: Any
+) -> None:
+    """What a reconnecting tab missed: from this process's ring, else from the history."""
+    hub = request.app[LIVE]
+    parsed = parse_event_id(resume)
+    if parsed is None:
+        return
+    boot, seq, finished = parsed
+    missed = hub.after(seq) if boot == hub.boot else None
+    if missed is not None:
+        for item in missed:
+            if item.seq <= at_seq and _matches(filters, item.event):
+                await response.write(_sse(item, item.event, item.id))
+        return
+    history = await request.app[JOBS].list(
+        cluster=filters["cluster"],
+        app=filters["app"],
+        status=filters["status"],
+        since=finished - _REPLAY_WINDOW,
+        limit=1000,
+        oldest_first=True,
+    )
+    render_row = hub.render
+    for job in history:
+        event = job.result
+        # A second of slack: the finish times of two machines' clocks.
+        if event is None or event.finished_at < finished - timedelta(seconds=1):
+            continue
+        millis = int(event.finished_at.timestamp() * 1000)
+        row = LiveEvent("", 0, event, render_row(event))
+        await response.write(_sse(row, event, f"{hub.boot}.{at_seq}.{millis}"))
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """GET /ui/events: results as Server-Sent Events, resumed from ``Last-Event-ID``."""
+    filters = _live_filters(request.query)
+    hub = request.app[LIVE]
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            # A proxy must pass each event on at once, not buffer the stream.
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    try:
+        # The browser reconnects 3 s after the stream ends (shutdown, a broker outage).
+        await response.write(b"retry: 3000\n\n")
+        if not await hub.ensure_subscribed(request.app[BUS]):
+            await response.write(b"event: unavailable\ndata: {}\n\n")
+            return response
+        with hub.listen() as listener:
+            # Listening first, replaying second: nothing falls between the two.
+            at_seq = hub.seq
+            await response.write(b"event: ready\ndata: {}\n\n")
+            resume = request.headers.get("Last-Event-ID") or request.query.get("after")
+            if resume:
+                await _replay(request, response, resume, at_seq, filters)
+            while True:
+                try:
+                    item = await asyncio.wait_for(listener.queue.get(), KEEPALIVE)
+                except TimeoutError:
+                    await response.write(b": keepalive\n\n")
+                    continue
+                if item is None:
+                    break
+                if item.seq > at_seq and _matches(filters, item.event):
+                    await response.write(_sse(item, item.event, item.id))
+    except (ConnectionResetError, asyncio.CancelledError):
+        # The tab went away (or the gateway stops): nothing more to send.
+        pass
+    return response
+
+
+# --- jobs -------------------------------------------------------------------------
+
+
+def _limit(query: MultiMapping[str]) -> int:
+    text = query.get("limit", "").strip() or "100"
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        msg = "limit must be a whole number from 1 to 1000"
+        raise _BadFilter(msg)
+    return int(text)
+
+
+async def jobs(request: web.Request) -> web.StreamResponse:
+    """GET /ui/jobs: the history, with the filters of `triggers history`."""
+    query = request.query
+    values = {
+        key: query.get(key, "")
+        for key in ("cluster", "app", "service", "action", "status", "since", "limit")
+    }
+    try:
+        since_text = query.get("since", "").strip()
+        since = parse_since(since_text) if since_text else None
+        limit = _limit(query)
+        found = await request.app[JOBS].list(
+            cluster=_name(query, "cluster"),
+            app=_name(query, "app"),
+            service=_name(query, "service"),
+            action=_choice(query, "action", ("redeploy", "scale")),
+            status=_choice(query, "status", JOB_STATUSES),
+            since=since,
+            limit=limit,
+        )
+    except (_BadFilter, ValueError) as exc:
+        return render(
+            request,
+            "jobs.html",
+            status=400,
+            error=str(exc),
+            jobs=[],
+            values=values,
+            statuses=JOB_STATUSES,
+        )
+    return render(request, "jobs.html", jobs=found, values=values, statuses=JOB_STATUSES)
+
+
+def _timeline(job: JobRecord) -> list[tuple[str, datetime, float | None]]:
+    """The job's steps with their times and seconds since it was issued."""
+    steps = [
+        ("issued", job.issued_at),
+        ("accepted", job.accepted_at),
+        ("running", job.started_at),
+        (job.status if job.result else "finished", job.finished_at),
+    ]
+    return [
+        (name, moment, (moment - job.issued_at).total_seconds())
+        for name, moment in steps
+        if moment is not None
+    ]
+
+
+def _diff(result: ResultEvent | None) -> list[dict[str, Any]]:
+    """Per service touched: each field before and after, and whether it changed."""
+    if result is None:
+        return []
+    rows = []
+    for service in sorted(set(result.before) | set(result.after)):
+        old, new = result.before.get(service), result.after.get(service)
+        for field in ("replicas", "image", "revision"):
+            was = getattr(old, field) if old else None
+            now = getattr(new, field) if new else None
+            rows.append(
+                {
+                    "service": service,
+                    "field": field,
+                    "before": was,
+                    "after": now,
+                    "changed": was != now,
+                }
+            )
+    return rows
+
+
+async def job(request: web.Request) -> web.StreamResponse:
+    """GET /ui/jobs/{job_id}: timeline, before/after, source event, correlation id."""
+    job_id = request.match_info["job_id"]
+    found = await find_job(request, job_id) if _JOB_ID.match(job_id) else None
+    if found is None:
+        return render(request, "missing.html", status=404, what=f"job {job_id[:40]}")
+    return render(
+        request, "job.html", job=found, timeline=_timeline(found), diff=_diff(found.result)
+    )
+
+
+# --- triggers ------------------------------------------------------------------------
+
+
+async def triggers(request: web.Request) -> web.StreamResponse:
+    """GET /ui/triggers: every trigger with its status and policy."""
+    show = request.query.get("status", "")
+    selection = ListFilter(
+        status=show if show in ("active", "disabled", "expired") else None,  # type: ignore[arg-type]  # checked against the literal's values
+        include_revoked=show in ("all", "revoked"),
+        limit=1000,
+    )
+    found = (await _admin(request).list(selection)).triggers
+    if show == "revoked":
+        found = [view for view in found if view.status == "revoked"]
+    return render(
+        request,
+        "triggers.html",
+        triggers=[(view, policy_summary(view)) for view in found],
+        show=show,
+    )
+
+
+async def new_trigger(request: web.Request) -> web.StreamResponse:
+    """GET /ui/triggers/new: the form to create a trigger."""
+    return render(request, "trigger_new.html", values={}, error=None)
+
+
+def _number(form: MultiDictProxy[str], key: str) -> int | str | None:
+    value = form.get(key, "").strip()
+    if not value:
+        return None
+    return int(value) if re.fullmatch(r"[0-9]{1,9}", value) else value
+
+
+def _policy(form: MultiDictProxy[str]) -> dict[str, Any]:
+    """The policy fields of a form; an empty box means no limit."""
+    methods = [m for m in ("GET", "POST") if m in form.getall("allowed_methods", [])]
+    policy: dict[str, Any] = {
+        key: _number(form, key)
+        for key in ("min_replicas", "max_replicas", "cooldown", "rate_limit")
+    }
+    policy["allowed_methods"] = methods or ["GET", "POST"]
+    return policy
+
+
+def _secret_page(
+    request: web.Request, view: TriggerView, headline: str, status: int = 200
+) -> web.Response:
+    """The URL and secret of a trigger, shown this once, with its curl lines."""
+    return render(
+        request, "secret.html", status=status, view=view, headline=headline, curl=curl_lines(view)
+    )
+
+
+async def create_trigger(request: web.Request, form: MultiDictProxy[str]) -> web.StreamResponse:
+    """POST /ui/triggers: create; the page shows the URL and secret once."""
+    data: dict[str, Any] = {
+        "cluster": form.get("cluster", "").strip(),
+        "app": form.get("app", "").strip(),
+        "action": form.get("action", ""),
+        "service": form.get("service", "").strip() or None,
+        "image_update": form.get("image_update") == "on",
+        **{k: v for k, v in _policy(form).items() if v is not None},
+    }
+    expires_in = _number(form, "expires_in")
+    if expires_in is not None:
+        data["expires_in"] = expires_in
+    try:
+        created = await _admin(request).create(msgspec.convert(data, TriggerCreate))
+    except msgspec.ValidationError as exc:
+        error = str(exc)
+    except AdminError as exc:
+        error = exc.detail
+    else:
+        log.info("console.trigger_created", trigger_id=created.id, action=created.action)
+        return _secret_page(request, created, "Trigger created", status=201)
+    return render(request, "trigger_new.html", status=422, values=dict(form), error=error)
+
+
+async def _trigger_page(
+    request: web.Request, trigger_id: str, *, status: int = 200, **context: Any
+) -> web.Response:
+    admin = _admin(request)
+    try:
+        view = await admin.get(trigger_id)
+    except AdminError:
+        return render(request, "missing.html", status=404, what=f"trigger {trigger_id[:64]}")
+    await request.app[AUDIT].flush()
+    calls = (await admin.audit(trigger_id=trigger_id, limit=20)).entries
+    context.setdefault("error", None)
+    return render(
+        request,
+        "trigger.html",
+        status=status,
+        view=view,
+        policy=policy_summary(view),
+        calls=calls,
+        grace=DEFAULT_GRACE,
+        **context,
+    )
+
+
+def _trigger_id(request: web.Request) -> str:
+    trigger_id = request.match_info["trigger_id"]
+    return trigger_id if _TRIGGER_ID.match(trigger_id) else "-"
+
+
+async def trigger(request: web.Request) -> web.StreamResponse:
+    """GET /ui/triggers/{id}: details, recent calls, policy, rotate and revoke."""
+    done = request.query.get("done")
+    return await _trigger_page(
+        request, _trigger_id(request), done=done if done in ("updated", "revoked") else None
+    )
+
+
+def _changed(request: web.Request, trigger_id: str, what: str) -> None:
+    # This gateway forgets its cached copy at once; the others within their cache TTL.
+    request.app[TRIGGER_CACHE].pop(trigger_id, None)
+    log.info("console.trigger_changed", trigger_id=trigger_id, change=what)
+
+
+def _see(path: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": path})
+
+
+async def update_policy(request: web.Request, form: MultiDictProxy[str]) -> web.StreamResponse:
+    """POST /ui/triggers/{id}/policy: the policy as a whole; empty boxes clear limits."""
+    trigger_id = _trigger_id(request)
+    data = _policy(form)
+    data["enabled"] = form.get("enabled") == "on"
+    expires = form.get("expires_at", "").strip()
+    data["expires_at"] = expires or None
+    try:
+        changes = msgspec.convert(data, PolicyChanges, strict=False)
+        await _admin(request).update(trigger_id, changes)
+    except msgspec.ValidationError as exc:
+        return await _trigger_page(request, trigger_id, status=422, error=str(exc))
+    except AdminError as exc:
+        if exc.status == 404:
+            return render(request, "missing.html", status=404, what=f"trigger {trigger_id}")
+        return await _trigger_page(request, trigger_id, status=exc.status, error=exc.detail)
+    _changed(request, trigger_id, "policy")
+    return _see(f"/ui/triggers/{trigger_id}?done=updated")
+
+
+async def rotate_trigger(request: web.Request, form: MultiDictProxy[str]) -> web.StreamResponse:
+    """POST /ui/triggers/{id}/rotate: a new secret now, the old one for the grace."""
+    trigger_id = _trigger_id(request)
+    grace = _number(form, "grace")
+    if not isinstance(grace, int) or grace > 7 * 24 * 3600:
+        return await _trigger_page(
+            request, trigger_id, status=422, error="grace must be 0 to 604800 seconds"
+        )
+    try:
+        view = await _admin(request).rotate(trigger_id, grace)
+    except AdminError as exc:
+        if exc.status == 404:
+            return render(request, "missing.html", status=404, what=f"trigger {trigger_id}")
+        return await _trigger_page(request, trigger_id, status=exc.status, error=exc.detail)
+    _changed(request, trigger_id, "rotate")
+    return _secret_page(request, view, "Secret rotated")
+
+
+async def revoke_trigger(request: web.Request, form: MultiDictProxy[str]) -> web.StreamResponse:
+    """POST /ui/triggers/{id}/revoke: asks first; revokes once confirmed."""
+    trigger_id = _trigger_id(request)
+    admin = _admin(request)
+    try:
+        if form.get("confirm") != "yes":
+            return render(request, "revoke.html", view=await admin.get(trigger_id))
+        await admin.revoke(trigger_id)
+    except AdminError:
+        return render(request, "missing.html", status=404, what=f"trigger {trigger_id}")
+    _changed(request, trigger_id, "revoke")
+    return _see(f"/ui/triggers/{trigger_id}?done=revoked")
+
+
+# --- dead letters ----------------------------------------------------------------------
+
+
+async def dead_letters(request: web.Request) -> web.StreamResponse:
+    """GET /ui/dead-letters: dead commands and why each died (they stay in the queue)."""
+    if not isinstance(request.app[BUS], AmqpBus):
+        return render(
+            request,
+            "dead_letters.html",
+            dead=[],
+            error="No broker: nothing is dead-lettered by the in-process bus.",
+            outcome=None,
+        )
+    try:
+        async with asyncio.timeout(10):
+            dead = await list_dead(request.app[SETTINGS], limit=200)
+    except Exception as exc:  # the broker is down: say so on the page
+        log.warning("console.dead_letters_failed", error=repr(exc))
+        return render(
+            request,
+            "dead_letters.html",
+            status=503,
+            dead=[],
+            error=f"The broker cannot be reached: {exc}",
+            outcome=None,
+        )
+    outcome = {k: request.query.get(k) for k in ("replayed", "kept", "missing")}
+    return render(
+        request,
+        "dead_letters.html",
+        dead=dead,
+        error=None,
+        outcome=outcome if any(outcome.values()) else None,
+    )
+
+
+async def replay(request: web.Request, form: MultiDictProxy[str]) -> web.StreamResponse:
+    """POST /ui/dead-letters/replay: send the chosen (or all) dead commands back."""
+    ids = set(form.getall("id", []))
+    if form.get("all") != "yes" and not ids:
+        return _see("/ui/dead-letters")
+    outcome = await replay_dead(request.app[SETTINGS], None if form.get("all") == "yes" else ids)
+    log.info("console.dead_letters_replayed", replayed=len(outcome["replayed"]))
+    counts = "&".join(
+        f"{k}={len(outcome[v])}"
+        for k, v in (("replayed", "replayed"), ("kept", "kept"), ("missing", "not_found"))
+    )
+    return _see(f"/ui/dead-letters?{counts}")
+
+
+# --- charts ----------------------------------------------------------------------------
+
+
+async def charts(request: web.Request) -> web.StreamResponse:
+    """GET /ui/charts: calls and results per minute; replicas of a service over time."""
+    now = utcnow()
+    await request.app[AUDIT].flush()
+    calls = await request.app[STORE].list_audit(limit=_CHART_ITEMS)
+    call_buckets = _charts.per_minute(
+        ((c.at, c.outcome) for c in calls), ("accepted", "ignored", "rejected"), now
+    )
+    recent = await request.app[JOBS].list(since=now - timedelta(hours=1), limit=_CHART_ITEMS)
+    result_buckets = _charts.per_minute(
+        ((j.result.finished_at, j.status) for j in recent if j.result is not None),
+        RESULT_STATUSES,
+        now,
+    )
+    query = request.query
+    try:
+        cluster, app, service = (
+            _name(query, "cluster"),
+            _name(query, "app"),
+            _name(query, "service"),
+        )
+    except _BadFilter as exc:
+        cluster = app = service = None
+        error: str | None = str(exc)
+    else:
+        error = None
+    if not (cluster and app and service):
+        # The service most recently changed, so the page shows something at once.
+        latest = next((j.result for j in recent if j.result is not None and j.result.after), None)
+        if latest is not None and not (cluster or app or service):
+            cluster, app, service = latest.cluster, latest.app, sorted(latest.after)[0]
+    replicas = None
+    points: list[tuple[datetime, int]] = []
+    if cluster and app and service:
+        start = now - timedelta(hours=24)
+        history = await request.app[JOBS].list(
+            cluster=cluster, app=app, since=start, limit=_CHART_ITEMS, oldest_first=True
+        )
+        for record in history:
+            result = record.result
+            if result is None or service not in result.after:
+                continue
+            if not points and service in result.before:
+                points.append((record.issued_at, result.before[service].replicas))
+            points.append((result.finished_at, result.after[service].replicas))
+        replicas = _charts.step_line(
+            f"Replicas of {cluster}/{app}/{service}",
+            points,
+            min([start, *(p[0] for p in points[:1])]),
+            now,
+        )
+    return render(
+        request,
+        "charts.html",
+        calls=_charts.stacked_bars("Calls per minute by outcome", call_buckets),
+        call_buckets=call_buckets,
+        results=_charts.stacked_bars("Results per minute by status", result_buckets),
+        result_buckets=result_buckets,
+        replicas=replicas,
+        points=points,
+        target={"cluster": cluster or "", "app": app or "", "service": service or ""},
+        error=error,
+    )
+
+
+# --- approvals --------------------------------------------------------------------------
+
+
+async def approvals(request: web.Request) -> web.StreamResponse:
+    """GET /ui/approvals: pending approvals (a hook until the approvals store lands)."""
+    return render(request, "approvals.html", pending=None)
