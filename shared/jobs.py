@@ -363,7 +363,11 @@ class SqlJobStore(SqlBackend):
         return {str(row["status"]): int(row["n"]) for row in rows}
 
     async def prune(self, older_than: datetime) -> int:
-        """Forget jobs issued before `older_than`; return how many."""
+        """Forget jobs issued before `older_than`; return how many.
+
+        The workers' record of applied jobs (workers/applied.py) is kept as long.
+        """
+        await self._execute("DELETE FROM applied_jobs WHERE applied_at < ?", [older_than])
         return await self._execute("DELETE FROM jobs WHERE issued_at < ?", [older_than])
 
     async def ping(self) -> None:

@@ -150,6 +150,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS jobs_by_app ON jobs (cluster, app, issued_at)",
         ),
     ),
+    # The workers' record of applied jobs (workers/applied.py): the change each job made,
+    # kept off the platform so a rollback or a re-deploy that rewrites the workloads'
+    # labels cannot erase it.
+    Migration(
+        10,
+        "applied jobs",
+        (
+            """CREATE TABLE applied_jobs (
+                job_id       TEXT PRIMARY KEY,
+                orchestrator TEXT NOT NULL,
+                cluster      TEXT NOT NULL,
+                app          TEXT NOT NULL,
+                service      TEXT,
+                change       TEXT NOT NULL,
+                applied_at   {ts} NOT NULL
+            )""",
+            "CREATE INDEX applied_jobs_by_time ON applied_jobs (applied_at)",
+        ),
+    ),
     # What a call with wait=N waited for (succeeded, failed, skipped, timed_out); the
     # call itself is `accepted` once its command was published.
     Migration(21, "audit wait outcome", ("ALTER TABLE audit ADD COLUMN wait_outcome TEXT",)),

@@ -52,6 +52,8 @@ class Settings:
     docker_config: str | None = None
     # Seconds one orchestrator API call may take before it counts as a retryable failure.
     orchestrator_timeout: float = 10.0
+    # Seconds a redeploy's rollout may take before its result is `failed` (Swarm, Kubernetes).
+    rollout_timeout: float = 300.0
     public_url: str = "http://127.0.0.1:8080"
     # repr=False: the token must never reach a log line through a repr of the settings.
     admin_token: str | None = field(default=None, repr=False)
@@ -144,6 +146,7 @@ class Settings:
             "TRIGGERS_RUNNING_NOTICE_AFTER": ("running_notice_after", float),
             "TRIGGERS_CONSUMER_CHECK_INTERVAL": ("consumer_check_interval", float),
             "TRIGGERS_ORCHESTRATOR_TIMEOUT": ("orchestrator_timeout", float),
+            "TRIGGERS_ROLLOUT_TIMEOUT": ("rollout_timeout", float),
             "TRIGGERS_AUDIT_FLUSH_INTERVAL": ("audit_flush_interval", float),
             "TRIGGERS_AUDIT_MAX_PENDING": ("audit_max_pending", int),
             "TRIGGERS_METRICS_PORT": ("metrics_port", int),

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import structlog
 from aiohttp import web
 
 from shared.bus import AmqpBus
 from shared.jobs import open_job_store
+from shared.messages import utcnow
 from shared.metrics import serve_metrics
 from shared.settings import Settings
+from workers.applied import AppliedJobs, open_applied_jobs
 from workers.orchestrators import open_orchestrator
 from workers.recorder import Recorder
 from workers.worker import Worker
@@ -35,16 +39,25 @@ async def run_worker(
     do until it is there, and a supervisor restarting it says more than a silent wait.
     """
     orchestrator = open_orchestrator(settings)
+    # The local cluster records jobs in its own transaction; the others on the workloads,
+    # which the platform can rewrite, so they also get the durable record.
+    applied: AppliedJobs | None = None
+    if settings.orchestrator != "local":
+        applied = open_applied_jobs(settings.database)
+        await applied.start()
+        await applied.prune(utcnow() - timedelta(seconds=settings.job_retention))
     bus = AmqpBus.from_settings(settings, "worker")
     await bus.start()
     metrics = await _metrics("worker", metrics_host, metrics_port)
     try:
-        await Worker(settings, bus, orchestrator).run()
+        await Worker(settings, bus, orchestrator, applied=applied).run()
     finally:
         if metrics is not None:
             await metrics.cleanup()
         await bus.close()
         await orchestrator.close()
+        if applied is not None:
+            await applied.close()
 
 
 async def run_recorder(

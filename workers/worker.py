@@ -17,7 +17,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, ClassVar, Literal
@@ -42,6 +42,7 @@ from shared.messages import (
 from shared.metrics import APPLY_SECONDS, DEAD_LETTERS, RESULTS, RETRIES
 from shared.settings import Settings
 from shared.signals import until_signalled
+from workers.applied import AppliedJobs
 from workers.faults import crash_now
 from workers.handlers import apply_command
 from workers.orchestrators.base import Change, Orchestrator
@@ -56,10 +57,20 @@ Settle = Literal["ack", "requeue", "dead_letter"]
 class Worker:
     """Owns the consume loop of one process."""
 
-    def __init__(self, settings: Settings, bus: Bus, orchestrator: Orchestrator) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        orchestrator: Orchestrator,
+        *,
+        applied: AppliedJobs | None = None,
+    ) -> None:
+        """`applied` is the durable record of applied jobs (workers/applied.py), for
+        adapters whose own record lives on the platform's workloads."""
         self._settings = settings
         self._bus = bus
         self._orchestrator = orchestrator
+        self._applied = applied
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
@@ -192,7 +203,9 @@ class Worker:
             requested_step=(envelope.command.step if isinstance(envelope.command, Scale) else None),
             worker=self.name,
         )
-        settle: Settle = "ack" if error is None else "dead_letter"
+        # A change the platform took is answered and acked even when its rollout failed:
+        # replaying it would find it applied. Only what was never applied is dead-lettered.
+        settle: Settle = "ack" if change is not None else "dead_letter"
         try:
             # Shielded: a shutdown must not cancel between the confirm and the ack.
             await asyncio.shield(
@@ -220,18 +233,43 @@ class Worker:
         )
 
     async def _recorded(self, envelope: CommandEnvelope) -> Change | None:
-        """The adapter's ledger entry for the job; None when it cannot be read either."""
+        """The job's recorded change (durable record, then the adapter's ledger); None when
+        neither has it or they cannot be read either."""
         try:
+            if (
+                self._applied is not None
+                and (found := await self._applied.get(envelope.job_id)) is not None
+            ):
+                return msgspec.structs.replace(found, duplicate=True)
             return await self._orchestrator.recorded(envelope.job_id, envelope.target)
         except Exception as exc:  # the job then ends failed, with the original reason
             log.warning("worker.ledger_unreadable", error=repr(exc))
             return None
 
     async def _apply(self, envelope: CommandEnvelope) -> Change:
-        """Apply through the orchestrator, timed whether it succeeds or raises."""
+        """Apply through the orchestrator once per job, timed whether it succeeds or raises.
+
+        With the durable record, a job found there is answered from it (a duplicate) and
+        never reaches the platform; an applied job is written there before its result goes
+        out. A store that cannot be read or written is a retryable failure: applying
+        without the check could apply a job twice.
+        """
         started = time.perf_counter()
         try:
-            return await apply_command(envelope, self._orchestrator)
+            if self._applied is None:
+                return await apply_command(envelope, self._orchestrator)
+            with _store_errors():
+                found = await self._applied.get(envelope.job_id)
+            if found is not None:
+                return msgspec.structs.replace(found, duplicate=True)
+            change = await apply_command(envelope, self._orchestrator)
+            with _store_errors():
+                await asyncio.shield(
+                    self._applied.record(
+                        envelope.job_id, self._orchestrator.name, envelope.target, change
+                    )
+                )
+            return change
         finally:
             APPLY_SECONDS.labels(self._orchestrator.name, envelope.action).observe(
                 time.perf_counter() - started
@@ -304,6 +342,16 @@ class Worker:
             await delivery.requeue()
 
 
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """The applied-jobs store failing, as the retryable error the worker retries."""
+    try:
+        yield
+    except Exception as exc:
+        msg = f"the record of applied jobs (TRIGGERS_DATABASE) failed: {exc!r}; will retry"
+        raise RetryableError(msg) from None
+
+
 class _LateNotice:
     """A job's `running` notice, published only if it is still due after `after` seconds.
 
@@ -360,6 +408,8 @@ def result_event(
     """The result event of one job: the change applied (or found applied), or the error."""
     status: Status = "failed" if change is None else change.status
     detail = change.detail if change is not None else None
+    if change is not None and change.error is not None:
+        error = change.error
     if change is not None and change.duplicate:
         note = "already applied by an earlier delivery of this job; nothing changed"
         detail = f"{note}; {detail}" if detail else note

@@ -5,6 +5,9 @@ shapes, filters by label, and enforces ``?version=`` on ``POST /services/ID/upda
 way a Swarm manager does: a stale version answers 500 "update out of sequence". It can be
 told to answer an error or hang for the next requests. It records the ``X-Registry-Auth``
 of each update, decoded, and like the Engine answers 400 when it is not base64url JSON.
+An update of the task template gets an ``UpdateStatus`` at once, in the state `rollout`
+says (``completed`` unless a test wants a rollback, a pause, or a rollout that never ends);
+``/tasks`` lists one running task per replica.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import re
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -69,6 +73,8 @@ class FakeDocker:
     # Per accepted update: (service name, decoded X-Registry-Auth or None without one).
     registry_auths: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
     latency: float = 0.0
+    # UpdateStatus.State an update of the task template ends in; "updating" never ends.
+    rollout: str = "completed"
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def add(
@@ -135,6 +141,7 @@ class FakeDocker:
         app.router.add_get("/v{v}/services", self._list)
         app.router.add_get("/v{v}/services/{ref}", self._inspect)
         app.router.add_post("/v{v}/services/{ref}/update", self._update)
+        app.router.add_get("/v{v}/tasks", self._tasks)
         return app
 
     @web.middleware
@@ -202,8 +209,28 @@ class FakeDocker:
         updated["Spec"] = spec
         updated["PreviousSpec"] = service["Spec"]
         updated["Version"]["Index"] = service["Version"]["Index"] + 3
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        updated["UpdatedAt"] = now
+        if spec.get("TaskTemplate") != service["Spec"].get("TaskTemplate"):
+            updated["UpdateStatus"] = {
+                "State": self.rollout,
+                "StartedAt": now,
+                "Message": f"update {self.rollout}",
+            }
         self.services[service["ID"]] = updated
         return _json({"Warnings": None})
+
+    async def _tasks(self, request: web.Request) -> web.Response:
+        filters = json.loads(request.query.get("filters") or "{}")
+        wanted = filters.get("service", [])
+        wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+        tasks = [
+            {"ServiceID": s["ID"], "DesiredState": "running", "Status": {"State": "running"}}
+            for s in self.services.values()
+            if not wanted or s["ID"] in wanted or s["Spec"]["Name"] in wanted
+            for _ in range(s["Spec"]["Mode"].get("Replicated", {}).get("Replicas", 1))
+        ]
+        return _json(tasks)
 
 
 def running_fake_docker() -> AbstractAsyncContextManager[tuple[FakeDocker, str]]:

@@ -46,8 +46,8 @@ async def test_redeploy_forces_an_update_of_every_service_of_the_stack(
     change = await swarm.redeploy("job-1", SHOP)
     assert sorted(change.after) == ["agent", "api", "web"]
     for name in ("web", "api", "agent"):
-        assert fake.spec(f"shop_{name}")["TaskTemplate"]["ForceUpdate"] == 1
-        assert change.after[name].revision == change.before[name].revision + 1
+        revision = fake.spec(f"shop_{name}")["TaskTemplate"]["ForceUpdate"]
+        assert revision == change.after[name].revision > change.before[name].revision
     assert fake.spec("blog_web")["TaskTemplate"]["ForceUpdate"] == 0
     assert fake.spec("shop_web")["Mode"]["Replicated"]["Replicas"] == 2
 
@@ -94,7 +94,7 @@ async def test_redelivered_redeploy_changes_nothing(
     assert again.duplicate is True
     assert again.after == first.after
     assert sum(1 for m, _ in fake.requests if m == "POST") == updates
-    assert fake.spec("shop_web")["TaskTemplate"]["ForceUpdate"] == 1
+    assert fake.spec("shop_web")["TaskTemplate"]["ForceUpdate"] == first.after["web"].revision
 
 
 async def test_redeploy_with_image_updates_only_the_matching_service(
@@ -242,3 +242,80 @@ async def test_docker_host_per_cluster(fake_docker: tuple[FakeDocker, str]) -> N
         await orchestrator.close()
     with pytest.raises(ConfigError, match="TRIGGERS_DOCKER_HOST"):
         parse_docker_hosts("prod=")
+
+
+async def test_redeploy_that_swarm_rolls_back_fails_with_its_reason(
+    fake_docker: tuple[FakeDocker, str], swarm: SwarmOrchestrator
+) -> None:
+    """A rollout Swarm rolled back is a failed change naming the service and Swarm's message."""
+    fake, _ = fake_docker
+    fake.rollout = "rollback_completed"
+    change = await swarm.redeploy("job-rb", Target(cluster="prod", app="blog"))
+    assert change.status == "failed"
+    assert change.error is not None
+    assert "blog_web: rolled back (update rollback_completed)" in change.error
+
+
+async def test_redeploy_still_rolling_out_after_the_timeout_fails(
+    fake_docker: tuple[FakeDocker, str],
+) -> None:
+    """A rollout that has not completed within the rollout timeout is failed, saying so."""
+    fake, url = fake_docker
+    fake.rollout = "updating"
+    orchestrator = SwarmOrchestrator(docker_host=url, rollout_timeout=0.3, poll_interval=0.05)
+    try:
+        change = await orchestrator.redeploy("job-slow", Target(cluster="prod", app="blog"))
+    finally:
+        await orchestrator.close()
+    assert change.status == "failed"
+    assert change.error is not None
+    assert "rollout not finished after 0.3 s" in change.error
+
+
+async def test_revision_never_goes_back_after_a_rollback(
+    fake_docker: tuple[FakeDocker, str], swarm: SwarmOrchestrator
+) -> None:
+    """After a rollback restores an older ForceUpdate, the next redeploy's revision is still higher."""
+    fake, _ = fake_docker
+    blog = Target(cluster="prod", app="blog")
+    first = await swarm.redeploy("job-a", blog)
+    second = await swarm.redeploy("job-b", blog)
+    service = fake._find("blog_web")
+    assert service is not None
+    service["Spec"] = service["PreviousSpec"]  # what docker service rollback does
+    service["Version"]["Index"] += 3
+    third = await swarm.redeploy("job-c", blog)
+    revisions = [c.after["web"].revision for c in (first, second, third)]
+    assert revisions == sorted(set(revisions))
+
+
+async def test_job_mode_services_are_named_counted_and_not_rerun(
+    fake_docker: tuple[FakeDocker, str], swarm: SwarmOrchestrator
+) -> None:
+    """A replicated-job service reports its completions, refuses scaling by its mode, and an app redeploy leaves it alone."""
+    fake, _ = fake_docker
+    migrate = fake.add("shop", "migrate", replicas=None, image="ghcr.io/acme/shop-api:1.4")
+    migrate["Spec"]["Mode"] = {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}}
+    assert (await swarm.state(SHOP))["migrate"].replicas == 1
+    with pytest.raises(PermanentError, match="replicated-job mode"):
+        await swarm.scale("job-m", Target(cluster="prod", app="shop", service="migrate"), delta=1)
+    change = await swarm.redeploy("job-r", SHOP)
+    assert "migrate" not in change.after
+    assert change.detail is not None
+    assert "job-mode services not re-run: migrate" in change.detail
+    assert fake.spec("shop_migrate")["TaskTemplate"]["ForceUpdate"] == 0
+
+
+async def test_scale_jobs_for_one_service_share_one_write(
+    fake_docker: tuple[FakeDocker, str], swarm: SwarmOrchestrator
+) -> None:
+    """Ten concurrent scale jobs for one service make fewer writes than jobs, meet no conflict, and each is recorded once."""
+    fake, _ = fake_docker
+    fake.latency = 0.01
+    changes = await asyncio.gather(*(swarm.scale(f"job-{i}", WEB, delta=1) for i in range(10)))
+    assert fake.spec("shop_web")["Mode"]["Replicated"]["Replicas"] == 12
+    assert sorted(c.after["web"].replicas for c in changes) == list(range(3, 13))
+    assert sum(1 for m, _ in fake.requests if m == "POST") < 10
+    assert fake.out_of_sequence == 0
+    ledger = read_ledger(fake.spec("shop_web")["Labels"])
+    assert all(f"job-{i}" in ledger for i in range(10))

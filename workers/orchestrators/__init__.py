@@ -23,6 +23,7 @@ def _adapter(settings: Settings) -> Orchestrator:
             docker_host=settings.docker_host,
             docker_config=settings.docker_config,
             timeout=settings.orchestrator_timeout,
+            rollout_timeout=settings.rollout_timeout,
         )
     from workers.orchestrators.local import LocalOrchestrator  # noqa: PLC0415 - load only the chosen adapter
 

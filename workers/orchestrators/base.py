@@ -20,9 +20,14 @@ __all__ = ["Change", "Orchestrator", "image_repository", "redeploy_plan", "scale
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
-    """What an adapter did (or found already done) for one job."""
+    """What an adapter did (or found already done) for one job.
 
-    status: Literal["succeeded", "skipped"]
+    ``failed`` is a change the platform took but did not carry out: a rollout that was
+    paused, rolled back or did not finish in time; `error` says why. It was applied (and
+    recorded), so it is answered, not retried.
+    """
+
+    status: Literal["succeeded", "skipped", "failed"]
     before: dict[str, ServiceState]
     after: dict[str, ServiceState]
     detail: str | None = None
@@ -30,6 +35,7 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     applied_step: int | None = None
     image: str | None = None
     duplicate: bool = False
+    error: str | None = None
 
 
 class Orchestrator(Protocol):

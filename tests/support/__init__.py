@@ -1,0 +1,1 @@
+"""Real daemons the tests start themselves, on loopback, and always stop."""
