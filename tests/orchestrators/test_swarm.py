@@ -64,7 +64,8 @@ async def test_redeploy_bound_to_a_service_updates_and_re_images_only_it(
     assert (list(change.before), list(change.after)) == (["api"], ["api"])
     pushed = await swarm.redeploy("job-si", api, image="ghcr.io/acme/shop-api:1.5")
     assert list(pushed.after) == ["api"]
-    assert fake.spec("shop_api")["TaskTemplate"]["ForceUpdate"] == 2
+    revision = fake.spec("shop_api")["TaskTemplate"]["ForceUpdate"]
+    assert revision == pushed.after["api"].revision > change.after["api"].revision
     assert fake.spec("shop_api")["TaskTemplate"]["ContainerSpec"]["Image"] == (
         "ghcr.io/acme/shop-api:1.5"
     )
