@@ -36,6 +36,7 @@ from gateway.keys import (
     TRIGGER_LOOKUPS,
     WAITER,
 )
+from gateway.notify import hold_call
 from gateway.policy import Admission, admit
 from gateway.sources import EventCall, inspect_call, presented_secret
 from shared.errors import BrokerUnavailable
@@ -343,5 +344,8 @@ async def handle_trigger(request: web.Request) -> web.Response:
         answer["step"] = command.step
     if event:
         answer["event"] = event.summary
+    if trigger.approvals:
+        # Held for approval (gateway/notify.py): nothing is published until people approve.
+        return await hold_call(request, trigger, envelope, answer, event=event, admission=admission)
     # With wait=N, the job's result within N seconds instead of the 202 (gateway/jobs.py).
     return await run_job(request, envelope, answer, publish, wait=wait_s)

@@ -91,6 +91,11 @@ class TriggerView(msgspec.Struct, kw_only=True):
     revoked_at: datetime | None
     rotated_at: datetime | None
     previous_secret_expires_at: datetime | None
+    # Notifications and approvals: the sinks notified, approvers a call needs, and seconds
+    # a held call waits for them.
+    notify: list[str] = msgspec.field(default_factory=list)
+    approvals: int | None = None
+    approval_timeout: int | None = None
     url: str | UnsetType = UNSET
     secret: str | UnsetType = UNSET
     signing_secret: str | UnsetType = UNSET
@@ -157,6 +162,9 @@ def trigger_view(
             if trigger.previous_secret_expires_at and trigger.previous_secret_expires_at > now
             else None
         ),
+        notify=list(trigger.notify),
+        approvals=trigger.approvals,
+        approval_timeout=trigger.approval_timeout,
         url=url if url is not None else UNSET,
         secret=secret if secret is not None else UNSET,
     )

@@ -147,7 +147,19 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
 @click.option("--service", help="Only this service.")
 @click.option("--action", type=click.Choice(["redeploy", "scale"]))
 @click.option(
-    "--status", type=click.Choice(["accepted", "running", "succeeded", "failed", "skipped"])
+    "--status",
+    type=click.Choice(
+        [
+            "pending_approval",
+            "accepted",
+            "running",
+            "succeeded",
+            "failed",
+            "skipped",
+            "rejected",
+            "expired",
+        ]
+    ),
 )
 @click.option(
     "--since", callback=_since, help="Only jobs since a duration ago (15m, 2h, 7d) or a time."
@@ -230,6 +242,24 @@ class _Limit(click.ParamType[Any]):
         return number
 
 
+class _Duration(click.ParamType[Any]):
+    """A duration (90s, 15m, 1h, 2d) as whole seconds, or "none" (update)."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from shared.jobs import parse_duration  # noqa: PLC0415
+
+        if isinstance(value, int) or value is None:
+            return value
+        if str(value).lower() in (_CLEAR, "off"):
+            return _CLEAR
+        try:
+            return round(parse_duration(str(value)).total_seconds())
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def _collect(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     """Gather the policy flags given into ``ctx.meta``; "none" clears a limit."""
     if value is None or param.name is None:
@@ -237,6 +267,9 @@ def _collect(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     policy = ctx.meta.setdefault("policy", {})
     if param.name == "methods":
         policy["allowed_methods"] = value.upper().split(",")
+    elif param.name == "notify":
+        names = [] if value.lower() == _CLEAR else value.split(",")
+        policy["notify"] = [name.strip() for name in names if name.strip()]
     else:
         policy[param.name] = None if value == _CLEAR else value
 
@@ -272,6 +305,21 @@ def _policy_options(fn: F) -> F:
             "--methods",
             type=click.Choice(["GET", "POST", "GET,POST"], case_sensitive=False),
             help="HTTP methods the trigger accepts (default GET,POST).",
+        ),
+        option(
+            "--notify",
+            metavar="SINK[,SINK]",
+            help="Send every result of this trigger to these sinks ('none' for none).",
+        ),
+        option(
+            "--approvals",
+            type=_Limit(0, 10),
+            help="N distinct people must approve each call before it runs ('none': no approval).",
+        ),
+        option(
+            "--approval-timeout",
+            type=_Duration(),
+            help="How long a call waits for approval (e.g. 1h; default 1h), then expires.",
         ),
     ]
     for add in reversed(options):
@@ -691,7 +739,9 @@ def audit(
 @click.option("--cluster", help="Only this cluster.")
 @click.option("--service", help="Only this service.")
 @click.option("--action", type=click.Choice(["redeploy", "scale"]))
-@click.option("--status", type=click.Choice(["succeeded", "failed", "skipped"]))
+@click.option(
+    "--status", type=click.Choice(["succeeded", "failed", "skipped", "rejected", "expired"])
+)
 @click.option("--count", type=int, help="Exit after this many events.")
 @click.option(
     "--since",
@@ -906,3 +956,7 @@ def local_show(ctx: click.Context, as_json: bool) -> None:
                 click.echo(
                     f"  {service:20} replicas={s['replicas']:<4} revision={s['revision']:<4} {s['image']}"
                 )
+
+
+# Notifications and approvals live in their own module; importing it adds its commands.
+import shared.notify_cli  # noqa: E402, F401

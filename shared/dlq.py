@@ -16,7 +16,7 @@ import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from shared.bus import ATTEMPT_HEADER, ERROR_HEADER, copy_message
-from shared.messages import CommandEnvelope, decode_command
+from shared.messages import Action, CommandEnvelope, Target, decode_command, decode_delivery
 from shared.settings import Settings
 from shared.topology import COMMANDS_EXCHANGE, declare
 
@@ -61,6 +61,18 @@ def _decode(message: AbstractIncomingMessage) -> CommandEnvelope | None:
         return None
 
 
+def _notification_target(message: AbstractIncomingMessage) -> tuple[Action, Target] | None:
+    """The action and target of a dead notification delivery (the notifier's), if it is one."""
+    try:
+        delivery = decode_delivery(message.body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    event = delivery.result or delivery.notice
+    if event is None:
+        return None
+    return event.action, Target(cluster=event.cluster, app=event.app, service=event.service)
+
+
 def _message_id(message: AbstractIncomingMessage) -> str:
     return message.message_id or f"tag-{message.delivery_tag}"
 
@@ -73,16 +85,19 @@ def describe(message: AbstractIncomingMessage) -> DeadMessage:
     attempts = headers.get("x-triggers-attempts")
     if isinstance(died, datetime):
         died = died.isoformat()
+    action, target = (envelope.action, envelope.target) if envelope else (None, None)
+    if envelope is None and (notification := _notification_target(message)) is not None:
+        action, target = notification
     return DeadMessage(
         id=_message_id(message),
         reason=_reason(message),
         queue=str(headers.get("x-triggers-queue") or message.routing_key or "") or None,
         died_at=died if isinstance(died, str) else None,
         attempts=attempts if isinstance(attempts, int) else None,
-        action=envelope.action if envelope else None,
-        cluster=envelope.target.cluster if envelope else None,
-        app=envelope.target.app if envelope else None,
-        service=envelope.target.service if envelope else None,
+        action=action,
+        cluster=target.cluster if target else None,
+        app=target.app if target else None,
+        service=target.service if target else None,
         replayable=envelope is not None,
         size=len(message.body),
     )

@@ -46,8 +46,27 @@ __all__ = [
     "parse_since",
 ]
 
-JOB_STATUSES: tuple[JobStatus, ...] = ("accepted", "running", "succeeded", "failed", "skipped")
-_RANK: dict[str, int] = {"accepted": 0, "running": 1, "succeeded": 2, "failed": 2, "skipped": 2}
+JOB_STATUSES: tuple[JobStatus, ...] = (
+    "pending_approval",
+    "accepted",
+    "running",
+    "succeeded",
+    "failed",
+    "skipped",
+    "rejected",
+    "expired",
+)
+# pending_approval ranks below accepted: an approved job moves on to `accepted`.
+_RANK: dict[str, int] = {
+    "pending_approval": -1,
+    "accepted": 0,
+    "running": 1,
+    "succeeded": 2,
+    "failed": 2,
+    "skipped": 2,
+    "rejected": 2,
+    "expired": 2,
+}
 
 _COLUMNS = (
     "job_id",
@@ -156,7 +175,8 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
             "attempt": event.attempt,
         }
         if isinstance(event, JobNotice):
-            return cls(**common, issued_at=event.issued_at or event.at, started_at=event.at)
+            started = event.at if event.status == "running" else None
+            return cls(**common, issued_at=event.issued_at or event.at, started_at=started)
         # A job that finished within TRIGGERS_RUNNING_NOTICE_AFTER had no `running` notice:
         # it started when its worker took it, `duration_ms` before it finished.
         started = (

@@ -22,6 +22,7 @@ __all__ = [
     "CommandEnvelope",
     "JobNotice",
     "JobStatus",
+    "NotificationDelivery",
     "Origin",
     "Redeploy",
     "ResultEvent",
@@ -31,6 +32,7 @@ __all__ = [
     "Status",
     "Target",
     "decode_command",
+    "decode_delivery",
     "decode_job_event",
     "decode_result",
     "encode",
@@ -43,10 +45,21 @@ RESULT_CONTENT_TYPE = "application/vnd.container-triggers.result.v1+json"
 NOTICE_CONTENT_TYPE = "application/vnd.container-triggers.notice.v1+json"
 
 Action = Literal["redeploy", "scale"]
-Status = Literal["succeeded", "failed", "skipped"]
+# `rejected` and `expired`: a call held for approval that a person rejected, or that
+# nobody approved in time; its command was never published.
+Status = Literal["succeeded", "failed", "skipped", "rejected", "expired"]
 # A job's life: accepted (the broker confirmed the command), running (a worker took it),
-# then one of the result statuses.
-JobStatus = Literal["accepted", "running", "succeeded", "failed", "skipped"]
+# then one of the result statuses; a call held for approval is `pending_approval` first.
+JobStatus = Literal[
+    "pending_approval",
+    "accepted",
+    "running",
+    "succeeded",
+    "failed",
+    "skipped",
+    "rejected",
+    "expired",
+]
 Direction = Literal["scale_in", "scale_out"]
 Step = Annotated[int, msgspec.Meta(ge=1, le=100)]
 
@@ -192,7 +205,9 @@ class JobNotice(msgspec.Struct, frozen=True, kw_only=True):
     """Progress of a job before its result: published on `triggers.progress`.
 
     Kept off `triggers.results` so that exchange carries only results, as its consumers
-    expect. The recorder turns notices into the job's `running` state.
+    expect. The recorder turns notices into the job's `running` state, or
+    `pending_approval` for a call held until people approve it (`approvals` of them,
+    before `expires_at`); the notifier sends those to the trigger's sinks with links.
     """
 
     job_id: str
@@ -201,14 +216,36 @@ class JobNotice(msgspec.Struct, frozen=True, kw_only=True):
     cluster: str
     app: str
     service: str | None
-    status: Literal["running"] = "running"
+    status: Literal["running", "pending_approval"] = "running"
     attempt: int = 1
     correlation_id: str = ""
     source: Source = Source()
     issued_at: datetime | None = None
     at: datetime = msgspec.field(default_factory=utcnow)
     worker: str | None = None
+    approvals: int | None = None
+    expires_at: datetime | None = None
     schema: str = "triggers.notice.v1"
+
+
+class NotificationDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One result (or approval request) to deliver to one sink, on the notifier's queues.
+
+    A result going to three sinks is three of these, so a sink that is down retries (and
+    in the end dead-letters) alone; `attempt` counts this sink's tries.
+    """
+
+    sink: str
+    result: ResultEvent | None = None
+    notice: JobNotice | None = None
+    attempt: int = 1
+    schema: str = "triggers.notification.v1"
+
+    @property
+    def job_id(self) -> str:
+        """The job this delivery is about (receivers de-duplicate on it)."""
+        event = self.result or self.notice
+        return event.job_id if event is not None else ""
 
 
 class _Schema(msgspec.Struct):
@@ -221,10 +258,11 @@ _result_decoder = msgspec.json.Decoder(ResultEvent)
 
 
 _notice_decoder = msgspec.json.Decoder(JobNotice)
+_delivery_decoder = msgspec.json.Decoder(NotificationDelivery)
 _schema_decoder = msgspec.json.Decoder(_Schema)
 
 
-def encode(message: CommandEnvelope | ResultEvent | JobNotice) -> bytes:
+def encode(message: CommandEnvelope | ResultEvent | JobNotice | NotificationDelivery) -> bytes:
     """JSON bytes of a message."""
     return _encoder.encode(message)
 
@@ -237,6 +275,11 @@ def decode_command(data: bytes) -> CommandEnvelope:
 def decode_result(data: bytes) -> ResultEvent:
     """Decode and validate a result event."""
     return _result_decoder.decode(data)
+
+
+def decode_delivery(data: bytes) -> NotificationDelivery:
+    """Decode a notification delivery."""
+    return _delivery_decoder.decode(data)
 
 
 def decode_job_event(data: bytes) -> ResultEvent | JobNotice:

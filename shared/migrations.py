@@ -169,6 +169,66 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX applied_jobs_by_time ON applied_jobs (applied_at)",
         ),
     ),
+    # Notifications (issue 19): whom a trigger notifies and whether it waits for approval,
+    # the sinks results are delivered to, and global routes by cluster/app/status.
+    Migration(
+        17,
+        "notification sinks",
+        (
+            "ALTER TABLE triggers ADD COLUMN notify TEXT",
+            "ALTER TABLE triggers ADD COLUMN approvals INTEGER",
+            "ALTER TABLE triggers ADD COLUMN approval_timeout INTEGER",
+            """CREATE TABLE sinks (
+                name       TEXT PRIMARY KEY,
+                type       TEXT NOT NULL,
+                url        TEXT NOT NULL,
+                secret     TEXT,
+                config     TEXT NOT NULL DEFAULT '{{}}',
+                created_at {ts} NOT NULL
+            )""",
+            """CREATE TABLE notify_routes (
+                id         {serial},
+                sink       TEXT NOT NULL,
+                cluster    TEXT NOT NULL DEFAULT '*',
+                app        TEXT NOT NULL DEFAULT '*',
+                statuses   TEXT NOT NULL DEFAULT '',
+                created_at {ts} NOT NULL
+            )""",
+        ),
+    ),
+    # Approvals: a held call's command waits here (not in memory) until enough people
+    # approve it, someone rejects it or it times out; `published_at` marks the command or
+    # the rejected/expired result as published, so a crash in between is finished later.
+    Migration(
+        18,
+        "approvals",
+        (
+            """CREATE TABLE approvals (
+                job_id       TEXT PRIMARY KEY,
+                trigger_id   TEXT NOT NULL,
+                envelope     TEXT NOT NULL,
+                required     INTEGER NOT NULL,
+                approvers    TEXT NOT NULL DEFAULT '[]',
+                state        TEXT NOT NULL,
+                reason       TEXT,
+                decided_by   TEXT,
+                created_at   {ts} NOT NULL,
+                expires_at   {ts} NOT NULL,
+                decided_at   {ts},
+                published_at {ts}
+            )""",
+            "CREATE INDEX approvals_by_state ON approvals (state, expires_at)",
+            # Single-use approval links: a link's nonce is inserted when it is used.
+            """CREATE TABLE approval_links (
+                nonce   TEXT PRIMARY KEY,
+                job_id  TEXT NOT NULL,
+                used_by TEXT NOT NULL,
+                used_at {ts} NOT NULL
+            )""",
+            # The key approval links are signed with: made once, by whoever needs it first.
+            "CREATE TABLE notify_keys (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        ),
+    ),
     # What a call with wait=N waited for (succeeded, failed, skipped, timed_out); the
     # call itself is `accepted` once its command was published.
     Migration(21, "audit wait outcome", ("ALTER TABLE audit ADD COLUMN wait_outcome TEXT",)),

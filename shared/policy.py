@@ -18,6 +18,7 @@ from shared.triggers import HTTP_METHODS, Trigger, TriggerOptions
 
 __all__ = [
     "ALERT_OPTIONS",
+    "DEFAULT_APPROVAL_TIMEOUT",
     "POLICY_FIELDS",
     "MaxSeconds",
     "PolicyChanges",
@@ -44,6 +45,9 @@ POLICY_FIELDS = (
     "cooldown",
     "rate_limit",
     "allowed_methods",
+    "notify",
+    "approvals",
+    "approval_timeout",
 )
 # The alert options a change may set: its field here -> the `TriggerOptions` field.
 ALERT_OPTIONS = {
@@ -51,6 +55,10 @@ ALERT_OPTIONS = {
     "alert_cooldown": "cooldown",
     "scale_in_on_resolve": "scale_in_on_resolve",
 }
+
+# How long a held call waits for its approvals when the trigger does not say.
+DEFAULT_APPROVAL_TIMEOUT = 3600
+SinkName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 
 
 class PolicyError(ValueError):
@@ -73,6 +81,12 @@ class PolicyChanges(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     step: Step | UnsetType | None = UNSET
     alert_cooldown: AlertCooldown | UnsetType | None = UNSET
     scale_in_on_resolve: bool | UnsetType = UNSET
+    # Sinks notified of every result; an empty list notifies none.
+    notify: Annotated[list[SinkName], Meta(max_length=20)] | UnsetType = UNSET
+    # Distinct approvers a call needs before it runs; None or 0: no approval.
+    approvals: Annotated[int, Meta(ge=0, le=10)] | UnsetType | None = UNSET
+    # Seconds a held call waits for approval before it expires.
+    approval_timeout: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | UnsetType | None = UNSET
 
 
 def _expiry(changes: PolicyChanges, current: datetime | None, now: datetime) -> datetime | None:
@@ -105,6 +119,9 @@ def merge_policy(
         "cooldown": None,
         "rate_limit": None,
         "allowed_methods": HTTP_METHODS,
+        "notify": (),
+        "approvals": None,
+        "approval_timeout": None,
     }
     if current is not None:
         merged = {name: getattr(current, name) for name in POLICY_FIELDS}
@@ -114,6 +131,12 @@ def merge_policy(
             merged[name] = value
     merged["expires_at"] = _expiry(changes, merged["expires_at"], now)
     merged["allowed_methods"] = tuple(m for m in HTTP_METHODS if m in merged["allowed_methods"])
+    merged["notify"] = tuple(dict.fromkeys(merged["notify"]))
+    if not merged["approvals"]:
+        merged["approvals"] = None
+    if merged["approval_timeout"] is not None and merged["approvals"] is None:
+        msg = "approval_timeout needs approvals (the number of approvers a call waits for)"
+        raise PolicyError(msg)
     low, high = merged["min_replicas"], merged["max_replicas"]
     if action != "scale" and (low is not None or high is not None):
         msg = "min_replicas and max_replicas apply to scaling triggers only"

@@ -36,6 +36,9 @@ _STATUS_STYLE = {
     "skipped": "yellow",
     "running": "cyan",
     "accepted": "blue",
+    "pending_approval": "magenta",
+    "rejected": "bold red",
+    "expired": "yellow",
 }
 _STATUS_MARK = {
     "succeeded": "✔",
@@ -43,6 +46,9 @@ _STATUS_MARK = {
     "skipped": "○",
     "running": "▶",
     "accepted": "…",
+    "pending_approval": "⏸",
+    "rejected": "⊘",
+    "expired": "⌛",
 }
 
 

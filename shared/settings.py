@@ -35,6 +35,17 @@ def _default_log_format() -> LogFormat:
     return "console" if sys.stderr.isatty() else "json"
 
 
+def _delays(env: Mapping[str, str], var: str, name: str) -> dict[str, tuple[float, ...]]:
+    """A comma-separated list of seconds from `var`, as ``{name: delays}`` when it is set."""
+    if not env.get(var):
+        return {}
+    try:
+        return {name: tuple(float(d) for d in env[var].split(",") if d.strip())}
+    except ValueError:
+        msg = f"{var} must be comma-separated seconds, e.g. 1,5,30,120"
+        raise ValueError(msg) from None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything a process needs to know, from the environment (`TRIGGERS_*`) or flags."""
@@ -104,6 +115,14 @@ class Settings:
     # jobs go from accepted straight to their result, without a notice (0: always, first).
     running_notice_after: float = 0.5
     consumer_check_interval: float = 5.0
+    # Notifier: delay before each retry of a delivery (the last one repeats; each delay is
+    # a queue, triggers.notify.retry.<ms>ms), tries before a delivery is dead-lettered,
+    # a CA file for SMTP servers with a private certificate, and how often held calls
+    # are checked for their timeout.
+    notify_retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
+    notify_max_attempts: int = 8
+    smtp_cafile: str | None = None
+    approval_sweep_interval: float = 5.0
     # Testing only: names of faults the worker injects into itself (see workers/_faults.py).
     faults: frozenset[str] = frozenset()
 
@@ -127,6 +146,7 @@ class Settings:
             "TRIGGERS_REDIS_URL": "redis_url",
             "TRIGGERS_REDIS_PREFIX": "redis_prefix",
             "TRIGGERS_METRICS_ADDR": "metrics_host",
+            "TRIGGERS_SMTP_CAFILE": "smtp_cafile",
         }
         for var, name in simple.items():
             if env.get(var):
@@ -152,6 +172,8 @@ class Settings:
             "TRIGGERS_METRICS_PORT": ("metrics_port", int),
             "TRIGGERS_METRICS_CACHE_TTL": ("metrics_cache_ttl", float),
             "TRIGGERS_CONSOLE_SESSION_TTL": ("console_session_ttl", float),
+            "TRIGGERS_NOTIFY_MAX_ATTEMPTS": ("notify_max_attempts", int),
+            "TRIGGERS_APPROVAL_SWEEP_INTERVAL": ("approval_sweep_interval", float),
         }
         for var, (name, kind) in numbers.items():
             if env.get(var):
@@ -160,14 +182,8 @@ class Settings:
                 except ValueError:
                     msg = f"{var} must be a number, got {env[var]!r}"
                     raise ValueError(msg) from None
-        if env.get("TRIGGERS_RETRY_DELAYS"):
-            try:
-                values["retry_delays"] = tuple(
-                    float(d) for d in env["TRIGGERS_RETRY_DELAYS"].split(",") if d.strip()
-                )
-            except ValueError:
-                msg = "TRIGGERS_RETRY_DELAYS must be comma-separated seconds, e.g. 1,5,30,120"
-                raise ValueError(msg) from None
+        values.update(_delays(env, "TRIGGERS_RETRY_DELAYS", "retry_delays"))
+        values.update(_delays(env, "TRIGGERS_NOTIFY_RETRY_DELAYS", "notify_retry_delays"))
         if env.get("TRIGGERS_JOB_RETENTION"):
             from shared.jobs import parse_duration  # noqa: PLC0415 - settings stay import-light
 
@@ -211,6 +227,12 @@ class Settings:
             raise ValueError(msg)
         if not self.retry_delays or any(d <= 0 for d in self.retry_delays):
             msg = "TRIGGERS_RETRY_DELAYS needs at least one delay, each above 0 seconds"
+            raise ValueError(msg)
+        if not self.notify_retry_delays or any(d <= 0 for d in self.notify_retry_delays):
+            msg = "TRIGGERS_NOTIFY_RETRY_DELAYS needs at least one delay, each above 0 seconds"
+            raise ValueError(msg)
+        if self.notify_max_attempts < 1:
+            msg = f"TRIGGERS_NOTIFY_MAX_ATTEMPTS must be 1 or more, got {self.notify_max_attempts}"
             raise ValueError(msg)
         if self.running_notice_after < 0:
             msg = (

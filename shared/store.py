@@ -19,7 +19,7 @@ import msgspec
 from shared.audit import AuditEntry, Outcome
 from shared.errors import PermanentError
 from shared.messages import Action, utcnow
-from shared.policy import POLICY_FIELDS, PolicyChanges, merge_options, merge_policy
+from shared.policy import POLICY_FIELDS, PolicyChanges, PolicyError, merge_options, merge_policy
 from shared.sql import PostgresDriver, Row, SqlBackend, SqliteDriver, parse_database
 from shared.triggers import (
     Trigger,
@@ -156,6 +156,7 @@ def encode_options(options: TriggerOptions) -> str | None:
 def _trigger(row: Row) -> Trigger:
     data = dict(row)
     data["allowed_methods"] = tuple(filter(None, (data.get("allowed_methods") or "").split(",")))
+    data["notify"] = tuple(filter(None, (data.get("notify") or "").split(",")))
     data["options"] = msgspec.json.decode(data["options"]) if data.get("options") else {}
     # Lax conversion reads SQLite's 0/1 and ISO text as the struct's bools and datetimes.
     return msgspec.convert(data, Trigger, strict=False)
@@ -167,6 +168,8 @@ def _columns(trigger: Trigger, names: Sequence[str]) -> list[Any]:
         value = getattr(trigger, name)
         if name == "allowed_methods":
             value = ",".join(value)
+        elif name == "notify":
+            value = ",".join(value) or None
         elif name == "options":
             value = encode_options(value)
         values.append(value)
@@ -200,6 +203,7 @@ class SqlTriggerStore(SqlBackend):
         )
         now = utcnow()
         merged = merge_policy(action, policy or PolicyChanges(), now)
+        await self._check_sinks(merged["notify"])
         secret = new_secret()
         trigger = Trigger(
             id=new_trigger_id(),
@@ -270,6 +274,17 @@ class SqlTriggerStore(SqlBackend):
         )
         return [_trigger(r) for r in rows]
 
+    async def _check_sinks(self, names: Sequence[str]) -> None:
+        """Refuse a `notify` list naming a sink that does not exist (same database)."""
+        if not names:
+            return
+        marks = ", ".join("?" for _ in names)
+        rows = await self._fetch(f"SELECT name FROM sinks WHERE name IN ({marks})", list(names))  # noqa: S608 - placeholders only
+        missing = sorted(set(names) - {row["name"] for row in rows})
+        if missing:
+            msg = f"no sink named {', '.join(missing)}; create it with `triggers sink create` first"
+            raise PolicyError(msg)
+
     async def _write(self, trigger: Trigger, names: Sequence[str]) -> None:
         sets = ", ".join(f"{name} = ?" for name in names)
         await self._execute(
@@ -288,6 +303,7 @@ class SqlTriggerStore(SqlBackend):
         now = utcnow()
         merged = merge_policy(current.action, changes, now, current)
         options = merge_options(current.action, current.image_update, changes, current.options)
+        await self._check_sinks(merged["notify"])
         # The whole policy is written at once, so two concurrent updates never leave a
         # mix (say min from one and max from the other) that neither checked.
         updated = msgspec.structs.replace(current, **merged, options=options, updated_at=now)

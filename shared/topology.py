@@ -12,6 +12,12 @@
 - ``triggers.results.recorder``: the recorder's durable quorum queue, bound to both with ``#``;
   declared by the recorder only (`declare_recorder_queue`), so a deployment without one
   does not pile up events nobody reads.
+- The notifier's, declared by it only (`declare_notifier_topology`): its quorum queue
+  ``triggers.results.notifier`` bound to every result and every progress notice;
+  ``triggers.notify`` (direct) -> quorum queue ``triggers.notify.deliveries``, one message
+  per (result, sink); ``triggers.notify.retry`` (direct) -> quorum queues
+  ``triggers.notify.retry.<ms>ms`` whose messages expire back into ``triggers.notify``.
+  A delivery out of attempts goes to ``triggers.dead`` with the reason.
 """
 
 from __future__ import annotations
@@ -30,14 +36,24 @@ __all__ = [
     "DEAD_EXCHANGE",
     "DEAD_QUEUE",
     "DELIVERY_LIMIT",
+    "NOTIFIER_QUEUE",
+    "NOTIFIER_QUEUE_ARGUMENTS",
+    "NOTIFY_DELIVERIES_ARGUMENTS",
+    "NOTIFY_DELIVERIES_QUEUE",
+    "NOTIFY_EXCHANGE",
+    "NOTIFY_RETRY_EXCHANGE",
+    "NOTIFY_ROUTING_KEY",
     "PROGRESS_EXCHANGE",
     "RECORDER_QUEUE",
     "RECORDER_QUEUE_ARGUMENTS",
     "RESULTS_EXCHANGE",
     "RETRY_EXCHANGE",
+    "NotifierTopology",
     "Topology",
     "declare",
+    "declare_notifier_topology",
     "declare_recorder_queue",
+    "notify_retry_key",
     "result_binding",
     "result_routing_key",
     "retry_routing_key",
@@ -50,6 +66,11 @@ RECORDER_QUEUE = "triggers.results.recorder"
 DEAD_EXCHANGE = "triggers.dead"
 DEAD_QUEUE = "triggers.dead"
 RETRY_EXCHANGE = "triggers.retry"
+NOTIFIER_QUEUE = "triggers.results.notifier"
+NOTIFY_EXCHANGE = "triggers.notify"
+NOTIFY_DELIVERIES_QUEUE = "triggers.notify.deliveries"
+NOTIFY_RETRY_EXCHANGE = "triggers.notify.retry"
+NOTIFY_ROUTING_KEY = "delivery"
 COMMAND_QUEUES: dict[Action, str] = {
     "redeploy": "triggers.commands.redeploy",
     "scale": "triggers.commands.scale",
@@ -160,6 +181,83 @@ async def declare_recorder_queue(channel: AbstractChannel) -> AbstractQueue:
     await queue.bind(RESULTS_EXCHANGE, routing_key="#")
     await queue.bind(PROGRESS_EXCHANGE, routing_key="#")
     return queue
+
+
+# The notifier's queues: like the recorder's, bounded and dropping the oldest rather than
+# refusing results (reject-publish would stall every worker while the notifier is down).
+NOTIFIER_QUEUE_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-delivery-limit": DELIVERY_LIMIT,
+    "x-dead-letter-exchange": DEAD_EXCHANGE,
+    "x-max-length": 1_000_000,
+    "x-overflow": "drop-head",
+}
+# Deliveries are published by the notifier itself (confirmed before the result is acked),
+# so here refusing is right: the result stays unacked and is tried again.
+NOTIFY_DELIVERIES_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-delivery-limit": DELIVERY_LIMIT,
+    "x-dead-letter-exchange": DEAD_EXCHANGE,
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+
+
+@dataclass(frozen=True)
+class NotifierTopology:
+    """The notifier's exchanges and queues."""
+
+    results: AbstractQueue
+    deliveries: AbstractQueue
+    notify: AbstractExchange
+    retry: AbstractExchange
+    dead: AbstractExchange
+
+
+def notify_retry_key(delay: float) -> str:
+    """The notifier's retry exchange key (and queue suffix) for one delay."""
+    return f"{round(delay * 1000)}ms"
+
+
+async def declare_notifier_topology(
+    channel: AbstractChannel, retry_delays: tuple[float, ...]
+) -> NotifierTopology:
+    """The notifier's queues and exchanges (idempotent); the rest comes from `declare`."""
+    results = await channel.declare_queue(
+        NOTIFIER_QUEUE, durable=True, arguments=NOTIFIER_QUEUE_ARGUMENTS
+    )
+    await results.bind(RESULTS_EXCHANGE, routing_key="#")
+    # Every notice: approval requests for the trigger's sinks, `running` for routes asking.
+    await results.bind(PROGRESS_EXCHANGE, routing_key="#")
+    notify = await channel.declare_exchange(
+        NOTIFY_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    deliveries = await channel.declare_queue(
+        NOTIFY_DELIVERIES_QUEUE, durable=True, arguments=NOTIFY_DELIVERIES_ARGUMENTS
+    )
+    await deliveries.bind(notify, routing_key=NOTIFY_ROUTING_KEY)
+    retry = await channel.declare_exchange(
+        NOTIFY_RETRY_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for delay in retry_delays:
+        key = notify_retry_key(delay)
+        waiting = await channel.declare_queue(
+            f"{NOTIFY_RETRY_EXCHANGE}.{key}",
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-message-ttl": round(delay * 1000),
+                "x-dead-letter-exchange": NOTIFY_EXCHANGE,
+                "x-dead-letter-routing-key": NOTIFY_ROUTING_KEY,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+        await waiting.bind(retry, routing_key=key)
+    dead = await channel.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+    return NotifierTopology(
+        results=results, deliveries=deliveries, notify=notify, retry=retry, dead=dead
+    )
 
 
 def result_routing_key(status: str, action: str, cluster: str, app: str) -> str:

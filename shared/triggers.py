@@ -150,6 +150,11 @@ class Trigger(msgspec.Struct, frozen=True, kw_only=True):
     previous_secret_expires_at: datetime | None = None
     rotated_at: datetime | None = None
     updated_at: datetime | None = None
+    # Notifications and approvals (migration 17): the sinks every result of this trigger
+    # goes to, and how many people must approve a call (None: none) within how long.
+    notify: tuple[str, ...] = ()
+    approvals: int | None = None
+    approval_timeout: int | None = None
 
     @property
     def revoked(self) -> bool:

@@ -1,0 +1,439 @@
+"""The notification and approval commands of `triggers`.
+
+``triggers notifier``; ``triggers sink create|list|test|delete``; ``triggers notify test SINK``
+and ``triggers notify route add|list|delete``; ``triggers approvals``, ``triggers approve
+JOB_ID`` and ``triggers reject JOB_ID --reason TEXT``. Each works on the local database,
+or with ``--server`` through a gateway's admin API, like trigger management.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+import msgspec
+
+from shared.cli import (
+    _convert,
+    _metrics_host,
+    _metrics_port,
+    _remote_options,
+    _run,
+    _settings,
+    main,
+)
+from shared.loop import tune_gc
+
+if TYPE_CHECKING:
+    from shared.approvals import ApprovalView
+    from shared.notify_admin import NotifyAdmin
+
+__all__ = ["approve", "notifier", "notify", "reject", "sink"]
+
+T = TypeVar("T")
+
+
+def _notify_manage(
+    ctx: click.Context,
+    server: str | None,
+    token: str | None,
+    operation: Callable[[NotifyAdmin], Awaitable[T]],
+    *,
+    needs_broker: bool = False,
+) -> T:
+    """Run one operation locally (the database, and the broker when deciding) or remotely."""
+    from shared.admin import AdminError  # noqa: PLC0415
+    from shared.bus import AmqpBus  # noqa: PLC0415
+    from shared.errors import BrokerUnavailable  # noqa: PLC0415
+    from shared.jobs import open_job_store  # noqa: PLC0415
+    from shared.notify_admin import HttpNotifyAdmin, StoreNotifyAdmin  # noqa: PLC0415
+    from shared.notify_store import open_notify_store  # noqa: PLC0415
+    from shared.store import open_store  # noqa: PLC0415
+
+    settings = _settings(ctx)
+
+    async def run() -> T:
+        admin: NotifyAdmin
+        if server:
+            admin = HttpNotifyAdmin(server, token)
+        else:
+            bus = None
+            if needs_broker:
+                bus = AmqpBus.from_settings(settings, "cli")
+                await bus.start()
+            admin = StoreNotifyAdmin(
+                open_notify_store(settings.database),
+                open_store(settings.database),
+                bus,
+                public_url=settings.public_url,
+                jobs=open_job_store(settings.database) if needs_broker else None,
+                smtp_cafile=settings.smtp_cafile,
+            )
+        try:
+            return await operation(admin)
+        finally:
+            await admin.close()
+
+    try:
+        return _run(run())
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    except AdminError as exc:
+        if exc.status in (400, 422):
+            raise click.UsageError(exc.detail) from None
+        hint = " (set TRIGGERS_ADMIN_TOKEN or pass --token)" if exc.status == 401 else ""
+        raise click.ClickException(f"{exc.detail}{hint}") from None
+
+
+def _echo(data: msgspec.Struct) -> None:
+    click.echo(msgspec.json.encode(data).decode())
+
+
+@main.command()
+@_metrics_port
+@_metrics_host
+@click.pass_context
+def notifier(ctx: click.Context, metrics_port: int | None, metrics_host: str) -> None:
+    """Deliver results to sinks (webhook, Slack, Teams, e-mail); expire unapproved calls."""
+    from shared.metrics import serve_metrics  # noqa: PLC0415
+    from workers.notifier import run_notifier  # noqa: PLC0415
+
+    async def serve() -> None:
+        runner = await serve_metrics(metrics_host, metrics_port) if metrics_port else None
+        try:
+            await run_notifier(_settings(ctx))
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+
+    tune_gc()
+    _run(serve())
+
+
+# --- sinks ------------------------------------------------------------------------------
+
+
+@main.group()
+def sink() -> None:
+    """Where notifications go: signed webhooks, Slack, Teams, e-mail."""
+
+
+@sink.command("create")
+@click.option("--name", required=True, help="The sink's name, used by --notify and routes.")
+@click.option(
+    "--type", "kind", required=True, type=click.Choice(["webhook", "slack", "teams", "email"])
+)
+@click.option(
+    "--url",
+    required=True,
+    help="The endpoint; for email the SMTP server, smtp://user:password@host:587 (STARTTLS).",
+)
+@click.option("--to", "to", multiple=True, help="email: a recipient (repeat for more).")
+@click.option("--from", "sender", help="email: the sender address.")
+@_remote_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with `secret`).")
+@click.pass_context
+def sink_create(
+    ctx: click.Context,
+    name: str,
+    kind: str,
+    url: str,
+    to: tuple[str, ...],
+    sender: str | None,
+    server: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Create a sink. A webhook's signing secret (whsec_...) is shown only now."""
+    from shared.notify_store import SinkCreate  # noqa: PLC0415
+
+    recipients = [address.strip() for entry in to for address in entry.split(",") if address]
+    request = _convert(
+        {"name": name, "type": kind, "url": url, "to": recipients, "sender": sender}, SinkCreate
+    )
+    try:
+        request.check()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    view = _notify_manage(ctx, server, token, lambda admin: admin.create_sink(request))
+    if as_json:
+        _echo(view)
+        return
+    click.echo(f"Created {view.type} sink {view.name} ({view.url}).")
+    if isinstance(view.secret, str):
+        click.echo(f"Signing secret (shown only now; receivers verify with it): {view.secret}")
+
+
+@sink.command("list")
+@_remote_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def sink_list(ctx: click.Context, server: str | None, token: str | None, as_json: bool) -> None:
+    """List sinks (their secrets are never shown again)."""
+    page = _notify_manage(ctx, server, token, lambda admin: admin.list_sinks())
+    if as_json:
+        click.echo(msgspec.json.encode(page.sinks).decode())
+        return
+    if not page.sinks:
+        click.echo(
+            "No sinks. Create one with: triggers sink create --name N --type slack --url URL"
+        )
+    for s in page.sinks:
+        to = f"  to {', '.join(s.to)}" if s.to else ""
+        click.echo(f"{s.name:20} {s.type:8} {s.url}{to}")
+
+
+def _test_sink(
+    ctx: click.Context, name: str, server: str | None, token: str | None, as_json: bool
+) -> None:
+    outcome = _notify_manage(ctx, server, token, lambda admin: admin.test_sink(name))
+    if as_json:
+        _echo(outcome)
+    elif outcome.delivered:
+        click.echo(f"Sent a test notification to {name} (job {outcome.job_id}).")
+    else:
+        click.echo(f"The test notification to {name} failed: {outcome.error}", err=True)
+    if not outcome.delivered:
+        sys.exit(1)
+
+
+@sink.command("test")
+@click.argument("name")
+@_remote_options
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def sink_test(
+    ctx: click.Context, name: str, server: str | None, token: str | None, as_json: bool
+) -> None:
+    """Send a sample notification to a sink now; exit 1 if it did not go through."""
+    _test_sink(ctx, name, server, token, as_json)
+
+
+@sink.command("delete")
+@click.argument("name")
+@_remote_options
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def sink_delete(
+    ctx: click.Context, name: str, server: str | None, token: str | None, as_json: bool
+) -> None:
+    """Delete a sink and its routes (triggers naming it notify nobody there any more)."""
+    view = _notify_manage(ctx, server, token, lambda admin: admin.delete_sink(name))
+    if as_json:
+        _echo(view)
+    else:
+        click.echo(f"Deleted sink {view.name}.")
+
+
+# --- notify: test and global routes ------------------------------------------------------
+
+
+@main.group()
+def notify() -> None:
+    """Test sinks and route results to them by cluster, app and status."""
+
+
+@notify.command("test")
+@click.argument("sink_name", metavar="SINK")
+@_remote_options
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def notify_test(
+    ctx: click.Context, sink_name: str, server: str | None, token: str | None, as_json: bool
+) -> None:
+    """Send a sample notification to SINK now; exit 1 if it did not go through."""
+    _test_sink(ctx, sink_name, server, token, as_json)
+
+
+@notify.group("route")
+def route() -> None:
+    """Global routes: results of matching clusters/apps/statuses go to a sink."""
+
+
+@route.command("add")
+@click.option("--sink", "sink_name", required=True, help="The sink to send to.")
+@click.option("--cluster", default="*", show_default=True, help="Cluster name or glob.")
+@click.option("--app", default="*", show_default=True, help="Application name or glob.")
+@click.option(
+    "--status",
+    "statuses",
+    help="Only these statuses, comma-separated (failed,rejected,expired,pending_approval,...).",
+)
+@_remote_options
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def route_add(
+    ctx: click.Context,
+    sink_name: str,
+    cluster: str,
+    app: str,
+    statuses: str | None,
+    server: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Send results matching cluster, app and status to a sink, whatever their trigger."""
+    from shared.notify_store import RouteCreate  # noqa: PLC0415
+
+    request = _convert(
+        {
+            "sink": sink_name,
+            "cluster": cluster,
+            "app": app,
+            "statuses": [s.strip() for s in (statuses or "").split(",") if s.strip()],
+        },
+        RouteCreate,
+    )
+    view = _notify_manage(ctx, server, token, lambda admin: admin.add_route(request))
+    if as_json:
+        _echo(view)
+    else:
+        which = ",".join(view.statuses) or "every status"
+        click.echo(f"Route {view.id}: {view.cluster}/{view.app} ({which}) -> {view.sink}")
+
+
+@route.command("list")
+@_remote_options
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def route_list(ctx: click.Context, server: str | None, token: str | None, as_json: bool) -> None:
+    """List the global routes."""
+    page = _notify_manage(ctx, server, token, lambda admin: admin.list_routes())
+    if as_json:
+        click.echo(msgspec.json.encode(page.routes).decode())
+        return
+    if not page.routes:
+        click.echo("No routes. Add one with: triggers notify route add --sink S --status failed")
+    for r in page.routes:
+        click.echo(f"{r.id:<5} {r.cluster}/{r.app:20} {','.join(r.statuses) or '*':30} -> {r.sink}")
+
+
+@route.command("delete")
+@click.argument("route_id", type=int)
+@_remote_options
+@click.pass_context
+def route_delete(ctx: click.Context, route_id: int, server: str | None, token: str | None) -> None:
+    """Delete a global route."""
+    _notify_manage(ctx, server, token, lambda admin: admin.delete_route(route_id))
+    click.echo(f"Deleted route {route_id}.")
+
+
+# --- approvals --------------------------------------------------------------------------
+
+
+def _identity() -> str:
+    """Who approves from this terminal, unless --as says."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+_as = click.option(
+    "--as",
+    "approver",
+    default=None,
+    help="The approver recorded (default: user@host here; 'admin-api' is not a person).",
+)
+
+
+def _echo_approval(view: ApprovalView, as_json: bool, headline: str) -> None:
+    if as_json:
+        _echo(view)
+        return
+    click.echo(headline)
+    target = "/".join(p for p in (view.cluster, view.app, view.service) if p)
+    click.echo(
+        f"  {view.action} of {target}: {view.state}, approvals {len(view.approvers)}/{view.required}"
+    )
+    if view.approvers:
+        click.echo(f"  approved by {', '.join(view.approvers)}")
+    if view.reason:
+        click.echo(f"  reason: {view.reason}")
+
+
+@main.command()
+@click.argument("job_id")
+@_as
+@_remote_options
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def approve(
+    ctx: click.Context,
+    job_id: str,
+    approver: str | None,
+    server: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Approve a call held for approval; the last approval needed runs it."""
+    who = approver or _identity()
+    view = _notify_manage(
+        ctx, server, token, lambda admin: admin.approve(job_id, who), needs_broker=True
+    )
+    done = view.state == "approved"
+    headline = (
+        f"Approved job {view.job_id}: the command is published."
+        if done
+        else f"Approval recorded for job {view.job_id}; "
+        f"{view.required - len(view.approvers)} more needed."
+    )
+    _echo_approval(view, as_json, headline)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--reason", required=True, help="Why: shown to the caller and in notifications.")
+@_as
+@_remote_options
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def reject(
+    ctx: click.Context,
+    job_id: str,
+    reason: str,
+    approver: str | None,
+    server: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Reject a call held for approval: it never runs; its result is `rejected`."""
+    who = approver or _identity()
+    view = _notify_manage(
+        ctx, server, token, lambda admin: admin.reject(job_id, who, reason), needs_broker=True
+    )
+    _echo_approval(view, as_json, f"Rejected job {view.job_id}.")
+
+
+@main.command()
+@click.option(
+    "--state",
+    type=click.Choice(["pending", "approved", "rejected", "expired", "all"]),
+    default="pending",
+    show_default=True,
+)
+@_remote_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def approvals(
+    ctx: click.Context, state: str, server: str | None, token: str | None, as_json: bool
+) -> None:
+    """Calls held for approval, newest first."""
+    chosen: Any = None if state == "all" else state
+    page = _notify_manage(ctx, server, token, lambda admin: admin.list_approvals(chosen))
+    if as_json:
+        click.echo(msgspec.json.encode(page.approvals).decode())
+        return
+    if not page.approvals:
+        click.echo(f"No {state if state != 'all' else ''} approvals.".replace("  ", " "))
+    for a in page.approvals:
+        target = "/".join(p for p in (a.cluster, a.app, a.service) if p)
+        click.echo(
+            f"{a.job_id[:12]}  {a.state:9} {a.action:8} {target:30} "
+            f"{len(a.approvers)}/{a.required}  expires {a.expires_at:%Y-%m-%d %H:%M}"
+        )
