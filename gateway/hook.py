@@ -238,7 +238,8 @@ def _command(trigger: Trigger, query: dict[str, list[str]], event: EventCall | N
 async def _admit(request: web.Request, trigger: Trigger, event: EventCall | None) -> Admission:
     """The trigger's policy; an event's claims are released when it holds the call back."""
     try:
-        admission = await admit(request, trigger, utcnow())
+        sender = event.origin.source if event else None
+        admission = await admit(request, trigger, utcnow(), sender=sender)
     except ApiError:
         if event:
             await event.failed()

@@ -9,6 +9,14 @@
 
 Replica bounds are not checked here: the gateway does not know the live replica count.
 They travel in the `Scale` command and the worker clamps to them.
+
+Senders that retry every non-2xx answer until it succeeds (the Docker Registry, which
+also holds back its later events for that endpoint meanwhile, and Pub/Sub push, for up to
+the subscription's retention) get 200 ``{"status": "ignored", "reason":
+"trigger_disabled"|"trigger_expired"|"rate_limited"}`` instead of 1. and 3.: the event is
+dropped, visibly (log line, audit trail), rather than replayed hours later when the
+trigger is enabled again or stalling the registry's queue. Every other sender and a plain
+call get the 403/429, which their delivery logs show.
 """
 
 from __future__ import annotations
@@ -23,7 +31,11 @@ from gateway.errors import ApiError, json_response
 from gateway.keys import LIMITS, LOG_FIELDS
 from shared.triggers import Trigger
 
-__all__ = ["Admission", "admit"]
+__all__ = ["RETRYING_SENDERS", "Admission", "admit"]
+
+# Event sources (`gateway.sources`) whose sender retries every error answer forever.
+RETRYING_SENDERS = frozenset({"distribution", "gar"})
+_DROPPED = frozenset({"trigger_disabled", "trigger_expired", "rate_limited"})
 
 
 class Admission:
@@ -59,8 +71,29 @@ def _check_state(trigger: Trigger, now: datetime) -> None:
         )
 
 
-async def admit(request: web.Request, trigger: Trigger, now: datetime) -> Admission:
-    """Check the policy for this call; raises `ApiError` for a violation."""
+async def admit(
+    request: web.Request, trigger: Trigger, now: datetime, *, sender: str | None = None
+) -> Admission:
+    """Check the policy for this call; raises `ApiError` for a violation.
+
+    `sender` is the event source of the call's body, if any: a sender in
+    `RETRYING_SENDERS` is answered 200 "ignored" where others get 403/429.
+    """
+    try:
+        return await _admit(request, trigger, now)
+    except ApiError as exc:
+        if sender not in RETRYING_SENDERS or exc.code not in _DROPPED:
+            raise
+        detail = (
+            f"{exc.detail}; the event is dropped (answered 200, so that the sender, which "
+            "retries every error, neither replays it later nor holds back its next events)"
+        )
+        request[LOG_FIELDS].update(outcome="ignored", reason=exc.code, detail=detail)
+        body = {"status": "ignored", "reason": exc.code, "detail": detail, "trigger_id": trigger.id}
+        return Admission(request, trigger, ignored=json_response(body, status=200))
+
+
+async def _admit(request: web.Request, trigger: Trigger, now: datetime) -> Admission:
     _check_state(trigger, now)
     if request.method not in trigger.allowed_methods:
         allowed = ", ".join(trigger.allowed_methods)

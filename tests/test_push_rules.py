@@ -7,9 +7,11 @@ time (each test says which).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -282,3 +284,44 @@ async def test_resolve_of_a_firing_the_policy_held_back_does_nothing(
     assert (status, answer["reason"]) == (200, "no_open_episode")
     commands = [c.command for c in await published(gateway.settings.amqp_url)]
     assert commands == [Scale(direction="scale_out", step=1)]
+
+
+@pytest.mark.parametrize(
+    ("policy", "reason"),
+    [
+        (PolicyChanges(enabled=False), "trigger_disabled"),
+        (PolicyChanges(expires_in=1), "trigger_expired"),
+        (PolicyChanges(rate_limit=1), "rate_limited"),
+    ],
+)
+async def test_senders_that_retry_forever_get_200_when_the_trigger_holds_back(
+    gateway: Gateway, store: SqliteTriggerStore, policy: PolicyChanges, reason: str
+) -> None:
+    """Docker Registry and Pub/Sub bodies to a disabled, expired or rate-limited trigger:
+    200 ignored with the reason (dropped, so not retried); a Docker Hub body still gets the
+    403/429."""
+    trigger, secret = await store.create(
+        cluster="demo", app="shop", action="redeploy", policy=policy
+    )
+    if reason == "trigger_expired":
+        await eventually_expired(store, trigger.id)
+    if reason == "rate_limited":  # the one call a minute, used up by a plain call
+        status, _ = await post(gateway, trigger, secret, b"")
+        assert status == 202
+    registry = json.dumps({"events": [_event(1, INDEX, _digest("5"), "3.0")]}).encode()
+    pubsub = mutated("gar_pubsub_push.json", ("message", "messageId"), f"m-{reason}")
+    for body, headers in ((registry, REGISTRY), (pubsub, JSON)):
+        status, answer = await post(gateway, trigger, secret, body, headers)
+        assert (status, answer["status"], answer["reason"]) == (200, "ignored", reason), answer
+    status, answer = await post(gateway, trigger, secret, raw("dockerhub_push.json"))
+    assert (status, answer["error"]) == ((429 if reason == "rate_limited" else 403), reason)
+    assert len(await published(gateway.settings.amqp_url)) == (1 if reason == "rate_limited" else 0)
+
+
+async def eventually_expired(store: SqliteTriggerStore, trigger_id: str) -> None:
+    """Wait until a one-second expiry has passed."""
+    trigger = await store.get(trigger_id)
+    assert trigger is not None
+    assert trigger.expires_at is not None
+    while datetime.now(UTC) < trigger.expires_at:
+        await asyncio.sleep(0.05)
