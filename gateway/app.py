@@ -78,11 +78,14 @@ async def _store_up(request: web.Request) -> bool:
 
 async def _readyz(request: web.Request) -> web.Response:
     """Ready when a call can be accepted: broker connected and store reachable."""
-    broker = request.app[BUS].ready
+    bus = request.app[BUS]
+    broker = bus.ready
     store = await _store_up(request)
     body = {
         "status": "ready" if broker and store else "unready",
         "broker": "up" if broker else "down",
+        # Which RabbitMQ node this process publishes to (of the TRIGGERS_AMQP_URL list).
+        "node": bus.node,
         "store": "up" if store else "down",
     }
     if broker and store:

@@ -30,7 +30,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from aiormq import spec
 
-from shared.amqp_transport import CoalescingConnection
+from shared.amqp_transport import BrokerNodes, CoalescingConnection, redact
 from shared.errors import BrokerUnavailable
 from shared.messages import (
     COMMAND_CONTENT_TYPE,
@@ -54,8 +54,10 @@ from shared.topology import (
     RECORDER_QUEUE,
     RESULTS_EXCHANGE,
     RETRY_EXCHANGE,
+    Replication,
     Topology,
     declare,
+    declare_queue,
     declare_recorder_queue,
     result_routing_key,
     retry_routing_key,
@@ -116,6 +118,11 @@ class Bus(Protocol):
     @property
     def ready(self) -> bool:
         """Whether a publish can succeed now."""
+        ...
+
+    @property
+    def node(self) -> str | None:
+        """The broker node in use ("host:port"), or None while not connected."""
         ...
 
     async def start(self) -> None:
@@ -389,6 +396,11 @@ class AmqpBus:
     Publishing uses one channel with publisher confirms, persistent messages,
     ``mandatory=True`` and ``on_return_raises=True``: an unroutable command is an error,
     never a silent success. Each consumer gets its own channel and prefetch.
+
+    `url` may list a cluster's nodes, comma-separated (`BrokerNodes`): the connection is
+    made to one of them, and a reconnect moves to the next one that answers; channels,
+    queues and consumers are restored there. A publish in flight when its node dies is
+    never confirmed: it raises `BrokerUnavailable` (the gateway's 503), never succeeds.
     """
 
     name = "rabbitmq"
@@ -401,8 +413,14 @@ class AmqpBus:
         connect_timeout: float = 5.0,
         role: str = "triggers",
         retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0),
+        replication: Replication = Replication(),  # noqa: B008 - frozen, safe to share
+        shuffle: bool = True,
+        reconnect_interval: float = 1.0,
     ) -> None:
         self._url = url
+        self._nodes = BrokerNodes(url, shuffle=shuffle)
+        self._replication = replication
+        self._reconnect_interval = reconnect_interval
         self._retry_delays = retry_delays
         self._publish_timeout = publish_timeout
         self._connect_timeout = connect_timeout
@@ -420,6 +438,7 @@ class AmqpBus:
         # False from a connection loss until the robust connection has restored every
         # channel, queue and consumer: `connected` alone comes back before that.
         self._restored = False
+        self._closing = False
 
     @classmethod
     def from_settings(cls, settings: Settings, role: str, **overrides: Any) -> AmqpBus:
@@ -428,6 +447,7 @@ class AmqpBus:
             "publish_timeout": settings.publish_timeout,
             "retry_delays": settings.retry_delays,
             "role": role,
+            "replication": Replication(settings.quorum_group_size, settings.queue_leader_locator),
         }
         options.update(overrides)
         return cls(settings.amqp_url, **options)
@@ -442,37 +462,62 @@ class AmqpBus:
             and self._connection.connected.is_set()
         )
 
+    @property
+    def node(self) -> str | None:
+        """The node ("host:port") this process is connected to, while it is."""
+        return self._nodes.current if self.ready else None
+
     async def start(self) -> None:
-        """Connect now; raise `BrokerUnavailable` if the broker cannot be reached."""
+        """Connect now; raise `BrokerUnavailable` if no node can be reached."""
+        connection = CoalescingConnection(
+            self._nodes.url,
+            nodes=self._nodes,
+            reconnect_interval=self._reconnect_interval,
+            client_properties={
+                "connection_name": f"{self._role}@{socket.gethostname()}:{os.getpid()}"
+            },
+        )
         try:
-            connection = await aio_pika.connect_robust(
-                self._url,
-                timeout=self._connect_timeout,
-                reconnect_interval=2.0,
-                connection_class=CoalescingConnection,
-                client_properties={
-                    "connection_name": f"{self._role}@{socket.gethostname()}:{os.getpid()}"
-                },
-            )
-        except CONNECTION_EXCEPTIONS as exc:
-            msg = f"cannot reach RabbitMQ at {_redact(self._url)}: {exc!r}"
+            await connection.connect(timeout=self._connect_timeout)
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._topology = await declare(channel, self._retry_delays, self._replication)
+        except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS, TimeoutError):
+                await connection.close()
+            msg = f"cannot reach RabbitMQ at {redact(self._url)}: {exc!r}"
             raise BrokerUnavailable(msg) from exc
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._topology = await declare(channel, self._retry_delays)
         self._publisher = channel
         self._connection = connection
         self._restored = True
         connection.close_callbacks.add(self._on_lost)
         connection.reconnect_callbacks.add(self._on_restored)
         self._started.set()
-        log.info("bus.connected", broker=_redact(self._url), role=self._role)
+        log.info("bus.connected", node=self._nodes.current, role=self._role)
 
-    def _on_lost(self, *_: object) -> None:
+    def _on_lost(self, _: object = None, error: BaseException | None = None) -> None:
+        # Also called when a reconnect attempt fails half-way (restoring the channels).
+        if self._closing:
+            return
+        if self._restored:
+            log.warning(
+                "bus.disconnected",
+                node=self._nodes.current,
+                role=self._role,
+                error=_describe(error),
+                retry_in=self._reconnect_interval,
+            )
+        else:  # one line per failed attempt, whichever node it tried
+            log.warning(
+                "bus.reconnect_failed",
+                role=self._role,
+                error=_describe(error),
+                retry_in=self._reconnect_interval,
+            )
         self._restored = False
 
     def _on_restored(self, *_: object) -> None:
         self._restored = True
-        log.info("bus.reconnected", role=self._role)
+        log.info("bus.reconnected", node=self._nodes.current, role=self._role)
 
     async def wait_started(self) -> None:
         """Return once the first connection is up (reconnects are the robust connection's)."""
@@ -618,8 +663,14 @@ class AmqpBus:
         assert handler is not None  # noqa: S101 - set by consume_commands
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        # Declared on this channel so the robust channel re-declares it on reconnect.
-        queue = await channel.declare_queue(name, durable=True, arguments=COMMAND_QUEUE_ARGUMENTS)
+        # Declared on this channel so the robust channel re-declares it on reconnect, with
+        # the arguments the topology found to work.
+        arguments = self._topology.arguments.get(name) if self._topology else None
+        queue: AbstractQueue
+        if arguments is not None:
+            queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+        else:
+            queue = await declare_queue(channel, name, COMMAND_QUEUE_ARGUMENTS, self._replication)
         tag = await queue.consume(self._deliveries_to(handler))
         self._consumers.append(_Consumer(name, channel, queue, tag))
 
@@ -677,7 +728,7 @@ class AmqpBus:
             raise BrokerUnavailable(msg)
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await declare_recorder_queue(channel)
+        queue = await declare_recorder_queue(channel, self._replication)
         tag = await queue.consume(self._deliveries_to(handler))
         # Kept apart from the command consumers, which check_consumers re-creates as such.
         self._event_consumers.append(_Consumer(queue.name, channel, queue, tag))
@@ -741,6 +792,7 @@ class AmqpBus:
 
     async def close(self) -> None:
         """Stop reconnecting and close the connection."""
+        self._closing = True
         if self._connector is not None:
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -753,14 +805,12 @@ class AmqpBus:
         self._topology = None
 
 
-def _redact(url: str) -> str:
-    """A broker URL without its password, for logs and errors."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        creds, _, host = rest.rpartition("@")
-        user = creds.split(":", 1)[0]
-        return f"{scheme}{sep}{user}:***@{host}"
-    return url
+def _describe(error: BaseException | None) -> str:
+    """One line for a lost connection: the exception's type and text, no traceback."""
+    if error is None:
+        return "connection closed"
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class _MemoryDelivery:
@@ -838,6 +888,7 @@ class MemoryBus:
     """
 
     name = "in-process"
+    node = "in-process"
 
     def __init__(self) -> None:
         self._queues: dict[Action, asyncio.Queue[tuple[bytes, int]]] = {

@@ -43,7 +43,11 @@ def _echo_json(data: object) -> None:
 
 @click.group()
 @click.option("--database", envvar="TRIGGERS_DATABASE", help="Trigger store URL.")
-@click.option("--amqp-url", envvar="TRIGGERS_AMQP_URL", help="RabbitMQ URL.")
+@click.option(
+    "--amqp-url",
+    envvar="TRIGGERS_AMQP_URL",
+    help="RabbitMQ URL, or a cluster's node URLs separated by commas [env: TRIGGERS_AMQP_URL].",
+)
 @click.pass_context
 def main(ctx: click.Context, database: str | None, amqp_url: str | None) -> None:
     """Webhook triggers that redeploy and scale container applications."""
@@ -445,7 +449,7 @@ def _echo_url(view: TriggerView) -> None:
 )
 @click.option(
     "--signature",
-    type=click.Choice(["github", "hmac", "timestamped", "jfrog", "nexus", "google-oidc"]),
+    type=click.Choice(["github", "hmac", "timestamped", "jfrog", "nexus"]),
     help="Require an HMAC-SHA256 signature of the body in this form.",
 )
 @click.option(
@@ -457,16 +461,6 @@ def _echo_url(view: TriggerView) -> None:
     "--header-secret-only",
     is_flag=True,
     help="Refuse the secret in the query string; take it from a header only.",
-)
-@click.option(
-    "--oidc-audience",
-    metavar="AUDIENCE",
-    help="google-oidc: the audience the Pub/Sub push subscription's token must name.",
-)
-@click.option(
-    "--oidc-email",
-    metavar="SERVICE_ACCOUNT",
-    help="google-oidc: the service account the token must be issued for.",
 )
 @click.option(
     "--namespace",
@@ -492,8 +486,6 @@ def create(
     signature: str | None,
     signing_secret: str | None,
     header_secret_only: bool,
-    oidc_audience: str | None,
-    oidc_email: str | None,
     namespace: str | None,
     server: str | None,
     token: str | None,
@@ -524,8 +516,6 @@ def create(
                 "signature": signature,
                 "signing_secret": signing_secret,
                 "header_secret_only": header_secret_only,
-                "oidc_audience": oidc_audience,
-                "oidc_email": oidc_email,
             },
             **{k: v for k, v in policy.items() if v is not None},
         },

@@ -85,7 +85,7 @@ async def run_dev(settings: Settings, host: str, port: int) -> None:
     if isinstance(bus, MemoryBus):
         broker = "in-process bus (RabbitMQ not reachable; commands die with this process)"
     else:
-        broker = f"RabbitMQ ({settings.amqp_url.rsplit('@', 1)[-1]})"
+        broker = f"RabbitMQ ({bus.node})"
     click.echo(
         f"""
 container-triggers dev: gateway on http://{host}:{port}, one worker, {broker}

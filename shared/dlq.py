@@ -11,14 +11,14 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-import aio_pika
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from shared.amqp_transport import connect_any
 from shared.bus import ATTEMPT_HEADER, ERROR_HEADER, copy_message
 from shared.messages import Action, CommandEnvelope, Target, decode_command, decode_delivery
 from shared.settings import Settings
-from shared.topology import COMMANDS_EXCHANGE, declare
+from shared.topology import COMMANDS_EXCHANGE, Replication, declare
 
 __all__ = ["DeadMessage", "list_dead", "purge_dead", "replay_dead"]
 
@@ -105,10 +105,11 @@ def describe(message: AbstractIncomingMessage) -> DeadMessage:
 
 @contextlib.asynccontextmanager
 async def _dead_queue(settings: Settings) -> AsyncIterator[tuple[AbstractChannel, AbstractQueue]]:
-    connection = await aio_pika.connect(settings.amqp_url, timeout=10)
+    connection = await connect_any(settings.amqp_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        topology = await declare(channel, settings.retry_delays)
+        replication = Replication(settings.quorum_group_size, settings.queue_leader_locator)
+        topology = await declare(channel, settings.retry_delays, replication)
         yield channel, topology.dead_queue
 
 

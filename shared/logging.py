@@ -129,3 +129,10 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))
     logging.getLogger("aiohttp.access").disabled = True
+    # aio-pika and aiormq log every lost connection and failed reconnect attempt, often
+    # with a traceback; the bus says the same in one line of its own (`bus.disconnected`,
+    # `bus.reconnected`, naming the node). Theirs show at the debug level only.
+    for name in ("aio_pika", "aiormq"):
+        logging.getLogger(name).setLevel(
+            logging.DEBUG if numeric <= logging.DEBUG else logging.CRITICAL
+        )

@@ -50,7 +50,12 @@ def _delays(env: Mapping[str, str], var: str, name: str) -> dict[str, tuple[floa
 class Settings:
     """Everything a process needs to know, from the environment (`TRIGGERS_*`) or flags."""
 
+    # One AMQP URL, or a cluster's nodes separated by commas (same user, password, vhost).
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Quorum queues: nodes holding a replica (0: the broker's default), and where their
+    # leaders go ("balanced" spreads them; "client-local"; "": the broker's default).
+    quorum_group_size: int = 3
+    queue_leader_locator: str = "balanced"
     database: str = "sqlite:///triggers.db"
     orchestrator: OrchestratorName = "local"
     local_state: str = "local-cluster.db"
@@ -91,8 +96,6 @@ class Settings:
     push_dedupe_window: float = 120.0
     alert_cooldown: float = 300.0
     signature_tolerance: float = 300.0
-    # Where the public keys of Google-signed OIDC tokens (Pub/Sub push) are read.
-    oidc_jwks_url: str = "https://www.googleapis.com/oauth2/v3/certs"
     # Longest `wait=N` a trigger call may ask for, in seconds.
     max_wait: float = 60.0
     # Job history: how long the recorder keeps jobs, in seconds.
@@ -149,6 +152,7 @@ class Settings:
             "TRIGGERS_REDIS_PREFIX": "redis_prefix",
             "TRIGGERS_METRICS_ADDR": "metrics_host",
             "TRIGGERS_SMTP_CAFILE": "smtp_cafile",
+            "TRIGGERS_QUEUE_LEADER_LOCATOR": "queue_leader_locator",
         }
         for var, name in simple.items():
             if env.get(var):
@@ -161,7 +165,6 @@ class Settings:
             "TRIGGERS_PUSH_DEDUPE_WINDOW": ("push_dedupe_window", float),
             "TRIGGERS_ALERT_COOLDOWN": ("alert_cooldown", float),
             "TRIGGERS_SIGNATURE_TOLERANCE": ("signature_tolerance", float),
-            "TRIGGERS_OIDC_JWKS_URL": ("oidc_jwks_url", str),
             "TRIGGERS_MAX_WAIT": ("max_wait", float),
             "TRIGGERS_PREFETCH": ("prefetch", int),
             "TRIGGERS_MAX_ATTEMPTS": ("max_attempts", int),
@@ -177,6 +180,7 @@ class Settings:
             "TRIGGERS_CONSOLE_SESSION_TTL": ("console_session_ttl", float),
             "TRIGGERS_NOTIFY_MAX_ATTEMPTS": ("notify_max_attempts", int),
             "TRIGGERS_APPROVAL_SWEEP_INTERVAL": ("approval_sweep_interval", float),
+            "TRIGGERS_QUORUM_GROUP_SIZE": ("quorum_group_size", int),
         }
         for var, (name, kind) in numbers.items():
             if env.get(var):
@@ -246,6 +250,18 @@ class Settings:
         if self.console_session_ttl <= 0:
             msg = "TRIGGERS_CONSOLE_SESSION_TTL must be above 0 seconds"
             raise ValueError(msg)
+        if self.quorum_group_size < 0:
+            msg = f"TRIGGERS_QUORUM_GROUP_SIZE must be 0 or more, got {self.quorum_group_size}"
+            raise ValueError(msg)
+        if self.queue_leader_locator not in ("balanced", "client-local", ""):
+            msg = (
+                "TRIGGERS_QUEUE_LEADER_LOCATOR must be balanced or client-local, "
+                f"got {self.queue_leader_locator!r}"
+            )
+            raise ValueError(msg)
+        from shared.amqp_transport import BrokerNodes  # noqa: PLC0415 - settings stay import-light
+
+        BrokerNodes(self.amqp_url, shuffle=False)  # raises ValueError naming the variable
         if not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
             msg = (
                 "TRIGGERS_DATABASE must look like sqlite:///path/to/file.db "

@@ -18,15 +18,23 @@
   per (result, sink); ``triggers.notify.retry`` (direct) -> quorum queues
   ``triggers.notify.retry.<ms>ms`` whose messages expire back into ``triggers.notify``.
   A delivery out of attempts goes to ``triggers.dead`` with the reason.
+
+Every quorum queue is declared for a cluster (`Replication`): replicated on up to
+``TRIGGERS_QUORUM_GROUP_SIZE`` nodes (3) with its leader placed by
+``TRIGGERS_QUEUE_LEADER_LOCATOR`` (``balanced``: spread over the nodes). RabbitMQ refuses
+to re-declare a queue with other arguments, so a queue declared before these existed
+(an upgrade) is used as it is, with one warning saying how to replicate it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aiormq.exceptions import ChannelPreconditionFailed
 
 from shared.messages import Action
 
@@ -49,6 +57,7 @@ __all__ = [
     "RESULTS_EXCHANGE",
     "RETRY_EXCHANGE",
     "NotifierTopology",
+    "Replication",
     "Topology",
     "declare",
     "declare_notifier_topology",
@@ -79,6 +88,32 @@ COMMAND_QUEUES: dict[Action, str] = {
 # holding its prefetch window costs each held message one delivery, so this stays well
 # above the worker's own retry budget (Settings.max_attempts).
 DELIVERY_LIMIT = 20
+
+log = structlog.get_logger("triggers.bus")
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How quorum queues are spread over a cluster's nodes.
+
+    `group_size`: nodes holding a replica (``x-quorum-initial-group-size``; RabbitMQ caps
+    it at the cluster's size, so 3 also suits one node); 0 leaves it to the broker.
+    `leader_locator`: ``balanced`` (leaders spread over the nodes) or ``client-local``
+    (on the declaring node); "" leaves it to the broker.
+    """
+
+    group_size: int = 3
+    leader_locator: str = "balanced"
+
+    def arguments(self) -> dict[str, Any]:
+        """The queue arguments that say so."""
+        arguments: dict[str, Any] = {}
+        if self.group_size:
+            arguments["x-quorum-initial-group-size"] = self.group_size
+        if self.leader_locator:
+            arguments["x-queue-leader-locator"] = self.leader_locator
+        return arguments
+
 
 COMMAND_QUEUE_ARGUMENTS: dict[str, Any] = {
     "x-queue-type": "quorum",
@@ -113,6 +148,8 @@ class Topology:
     retry: AbstractExchange
     command_queues: dict[Action, AbstractQueue]
     dead_queue: AbstractQueue
+    # The arguments each queue was declared with (a consumer channel declares it again).
+    arguments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def retry_routing_key(action: str, delay: float) -> str:
@@ -120,10 +157,47 @@ def retry_routing_key(action: str, delay: float) -> str:
     return f"{action}.{round(delay * 1000)}ms"
 
 
+async def declare_queue(
+    channel: AbstractChannel,
+    name: str,
+    arguments: dict[str, Any],
+    replication: Replication,
+    declared: dict[str, dict[str, Any]] | None = None,
+) -> AbstractQueue:
+    """A durable quorum queue with `replication`; as it is if it exists without it.
+
+    `declared` (if given) records the arguments that worked, for later declarations.
+    """
+    wanted = {**arguments, **replication.arguments()}
+    try:
+        queue = await channel.declare_queue(name, durable=True, arguments=wanted)
+    except ChannelPreconditionFailed as exc:
+        if not any(key in str(exc) for key in replication.arguments()):
+            raise
+        log.warning(
+            "bus.queue_not_replicated",
+            queue=name,
+            detail=str(exc),
+            hint="declared before TRIGGERS_QUORUM_GROUP_SIZE/TRIGGERS_QUEUE_LEADER_LOCATOR "
+            "applied: add members with `rabbitmq-queues grow`, or move its messages and "
+            "delete it so it is declared again",
+        )
+        # The refused declaration closed the channel.
+        await channel.reopen()
+        wanted = dict(arguments)
+        queue = await channel.declare_queue(name, durable=True, arguments=wanted)
+    if declared is not None:
+        declared[name] = wanted
+    return queue
+
+
 async def declare(
-    channel: AbstractChannel, retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
+    channel: AbstractChannel,
+    retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0),
+    replication: Replication = Replication(),
 ) -> Topology:
     """Declare every exchange, queue and binding; idempotent, safe from any process."""
+    declared: dict[str, dict[str, Any]] = {}
     commands = await channel.declare_exchange(
         COMMANDS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
     )
@@ -134,13 +208,13 @@ async def declare(
         PROGRESS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
     dead = await channel.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
-    dead_queue = await channel.declare_queue(
-        DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+    dead_queue = await declare_queue(
+        channel, DEAD_QUEUE, {"x-queue-type": "quorum"}, replication, declared
     )
     await dead_queue.bind(dead, routing_key="")
     queues: dict[Action, AbstractQueue] = {}
     for action, name in COMMAND_QUEUES.items():
-        queue = await channel.declare_queue(name, durable=True, arguments=COMMAND_QUEUE_ARGUMENTS)
+        queue = await declare_queue(channel, name, COMMAND_QUEUE_ARGUMENTS, replication, declared)
         await queue.bind(commands, routing_key=action)
         queues[action] = queue
     retry = await channel.declare_exchange(
@@ -149,10 +223,10 @@ async def declare(
     for action in COMMAND_QUEUES:
         for delay in retry_delays:
             key = retry_routing_key(action, delay)
-            waiting = await channel.declare_queue(
+            waiting = await declare_queue(
+                channel,
                 f"{RETRY_EXCHANGE}.{key}",
-                durable=True,
-                arguments={
+                {
                     "x-queue-type": "quorum",
                     "x-message-ttl": round(delay * 1000),
                     "x-dead-letter-exchange": COMMANDS_EXCHANGE,
@@ -160,6 +234,8 @@ async def declare(
                     "x-dead-letter-strategy": "at-least-once",
                     "x-overflow": "reject-publish",
                 },
+                replication,
+                declared,
             )
             await waiting.bind(retry, routing_key=key)
     return Topology(
@@ -170,14 +246,16 @@ async def declare(
         retry=retry,
         command_queues=queues,
         dead_queue=dead_queue,
+        arguments=declared,
     )
 
 
-async def declare_recorder_queue(channel: AbstractChannel) -> AbstractQueue:
+async def declare_recorder_queue(
+    channel: AbstractChannel,
+    replication: Replication = Replication(),
+) -> AbstractQueue:
     """The recorder's queue, bound to every result and every progress notice."""
-    queue = await channel.declare_queue(
-        RECORDER_QUEUE, durable=True, arguments=RECORDER_QUEUE_ARGUMENTS
-    )
+    queue = await declare_queue(channel, RECORDER_QUEUE, RECORDER_QUEUE_ARGUMENTS, replication)
     await queue.bind(RESULTS_EXCHANGE, routing_key="#")
     await queue.bind(PROGRESS_EXCHANGE, routing_key="#")
     return queue
@@ -220,20 +298,20 @@ def notify_retry_key(delay: float) -> str:
 
 
 async def declare_notifier_topology(
-    channel: AbstractChannel, retry_delays: tuple[float, ...]
+    channel: AbstractChannel,
+    retry_delays: tuple[float, ...],
+    replication: Replication = Replication(),
 ) -> NotifierTopology:
     """The notifier's queues and exchanges (idempotent); the rest comes from `declare`."""
-    results = await channel.declare_queue(
-        NOTIFIER_QUEUE, durable=True, arguments=NOTIFIER_QUEUE_ARGUMENTS
-    )
+    results = await declare_queue(channel, NOTIFIER_QUEUE, NOTIFIER_QUEUE_ARGUMENTS, replication)
     await results.bind(RESULTS_EXCHANGE, routing_key="#")
     # Every notice: approval requests for the trigger's sinks, `running` for routes asking.
     await results.bind(PROGRESS_EXCHANGE, routing_key="#")
     notify = await channel.declare_exchange(
         NOTIFY_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
     )
-    deliveries = await channel.declare_queue(
-        NOTIFY_DELIVERIES_QUEUE, durable=True, arguments=NOTIFY_DELIVERIES_ARGUMENTS
+    deliveries = await declare_queue(
+        channel, NOTIFY_DELIVERIES_QUEUE, NOTIFY_DELIVERIES_ARGUMENTS, replication
     )
     await deliveries.bind(notify, routing_key=NOTIFY_ROUTING_KEY)
     retry = await channel.declare_exchange(
@@ -241,10 +319,10 @@ async def declare_notifier_topology(
     )
     for delay in retry_delays:
         key = notify_retry_key(delay)
-        waiting = await channel.declare_queue(
+        waiting = await declare_queue(
+            channel,
             f"{NOTIFY_RETRY_EXCHANGE}.{key}",
-            durable=True,
-            arguments={
+            {
                 "x-queue-type": "quorum",
                 "x-message-ttl": round(delay * 1000),
                 "x-dead-letter-exchange": NOTIFY_EXCHANGE,
@@ -252,6 +330,7 @@ async def declare_notifier_topology(
                 "x-dead-letter-strategy": "at-least-once",
                 "x-overflow": "reject-publish",
             },
+            replication,
         )
         await waiting.bind(retry, routing_key=key)
     dead = await channel.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)

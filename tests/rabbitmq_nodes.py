@@ -27,6 +27,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -303,12 +304,16 @@ def rabbit_cluster(size: int = 3, prefix: str = "triggers-test") -> Iterator[lis
     try:
         _boot(nodes)
         first = nodes[0]
-        for node in nodes[1:]:
+
+        def join(node: RabbitNode) -> None:
             node.ctl("stop_app")
             node.ctl("join_cluster", first.nodename)
             node.ctl("start_app")
-        for node in nodes:
             node.wait_ready()
+
+        # Side by side: each join is a few CLI runs, mostly waiting.
+        with ThreadPoolExecutor(max_workers=size) as pool:
+            list(pool.map(join, nodes[1:]))
         yield nodes
     finally:
         for node in nodes:

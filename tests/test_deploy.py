@@ -19,6 +19,7 @@ from shared.topology import (
     RECORDER_QUEUE,
     RECORDER_QUEUE_ARGUMENTS,
     RETRY_EXCHANGE,
+    Replication,
     declare,
     declare_recorder_queue,
 )
@@ -212,7 +213,10 @@ async def test_broker_definitions_match_what_the_processes_declare() -> None:
     queues = {q["name"]: q["arguments"] for q in declared["queues"]}
     retry = [name for name in queues if name.startswith(f"{RETRY_EXCHANGE}.")]
     assert len(retry) == len(COMMAND_QUEUES) * len(Settings().retry_delays)
-    assert queues[RECORDER_QUEUE] == RECORDER_QUEUE_ARGUMENTS
+    assert queues[RECORDER_QUEUE] == {**RECORDER_QUEUE_ARGUMENTS, **Replication().arguments()}
+    # Replicated on up to 3 nodes with leaders spread, as a cluster needs: every queue.
+    assert all(args["x-quorum-initial-group-size"] == 3 for args in queues.values())
+    assert all(args["x-queue-leader-locator"] == "balanced" for args in queues.values())
     # Every object is in the one vhost the file defines, which the one user may use.
     (vhost,) = [v["name"] for v in definitions["vhosts"]]
     objects = [*definitions["exchanges"], *definitions["queues"], *definitions["bindings"]]

@@ -241,11 +241,17 @@ async def test_readyz_follows_the_broker_and_waiting_works_after_it_returns(
     trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
     try:
         async with aiohttp.ClientSession() as http:
-            ready = {"status": "ready", "broker": "up", "store": "up"}
+            # The node it publishes to is named: here the proxy in front of the broker.
+            ready = {
+                "status": "ready",
+                "broker": "up",
+                "node": f"127.0.0.1:{proxy.port}",
+                "store": "up",
+            }
             assert await _readyz_becomes(http, base, 200) == ready
             await proxy.cut()
             unready = await _readyz_becomes(http, base, 503)
-            assert unready == {"status": "unready", "broker": "down", "store": "up"}
+            assert unready == {"status": "unready", "broker": "down", "node": None, "store": "up"}
             async with http.get(trigger_call_url(base, trigger, secret)) as response:
                 assert response.status == 503
             assert await jobs.list() == []  # a call answered 503 leaves no `accepted` job
@@ -282,7 +288,8 @@ async def test_readyz_is_unready_when_the_store_is_unreachable(
     finally:
         await server.close()
     assert status == 503
-    assert body == {"status": "unready", "broker": "up", "store": "down"}
+    assert body == {"status": "unready", "broker": "up", "node": bus.node, "store": "down"}
+    assert bus.node is not None
 
 
 @pytest.fixture

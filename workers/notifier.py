@@ -35,6 +35,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from cachetools import TTLCache
 
+from shared.amqp_transport import connect_robust_nodes
 from shared.approvals import Decisions, approval_link, sign_link
 from shared.bus import ERROR_HEADER, AmqpBus, copy_message
 from shared.errors import BrokerUnavailable
@@ -60,8 +61,10 @@ from shared.topology import (
     NOTIFY_DELIVERIES_QUEUE,
     NOTIFY_ROUTING_KEY,
     NotifierTopology,
+    Replication,
     declare,
     declare_notifier_topology,
+    declare_queue,
     notify_retry_key,
 )
 from shared.triggers import Trigger
@@ -104,20 +107,19 @@ class Notifier:
         """Connect, declare the queues, start consuming and sweeping."""
         settings = self._settings
         try:
-            self._connection = await aio_pika.connect_robust(
-                settings.amqp_url.split(",")[0],
-                timeout=5.0,
-                reconnect_interval=2.0,
-                client_properties={
-                    "connection_name": f"notifier@{socket.gethostname()}:{os.getpid()}"
-                },
+            # Every node of TRIGGERS_AMQP_URL, as the bus connects (shared/amqp_transport.py).
+            self._connection = await connect_robust_nodes(
+                settings.amqp_url, name=f"notifier@{socket.gethostname()}:{os.getpid()}"
             )
         except CONNECTION_EXCEPTIONS as exc:
             msg = f"cannot reach RabbitMQ: {exc!r}"
             raise BrokerUnavailable(msg) from exc
         publisher = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        await declare(publisher, settings.retry_delays)
-        self._topology = await declare_notifier_topology(publisher, settings.notify_retry_delays)
+        replication = Replication(settings.quorum_group_size, settings.queue_leader_locator)
+        await declare(publisher, settings.retry_delays, replication)
+        self._topology = await declare_notifier_topology(
+            publisher, settings.notify_retry_delays, replication
+        )
         await self._consume(NOTIFIER_QUEUE, NOTIFIER_QUEUE_ARGUMENTS, self._on_event)
         await self._consume(NOTIFY_DELIVERIES_QUEUE, NOTIFY_DELIVERIES_ARGUMENTS, self._on_delivery)
         self._sweeper = asyncio.create_task(self._sweep_forever())
@@ -132,7 +134,10 @@ class Notifier:
         channel: AbstractChannel = await self._connection.channel()
         await channel.set_qos(prefetch_count=self._settings.prefetch)
         # Declared on this channel so the robust channel re-declares it after a reconnect.
-        queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+        replication = Replication(
+            self._settings.quorum_group_size, self._settings.queue_leader_locator
+        )
+        queue = await declare_queue(channel, name, arguments, replication)
         tag = await queue.consume(handler)
         self._consumers.append((queue, tag))
 

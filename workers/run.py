@@ -71,7 +71,7 @@ async def run_recorder(
     jobs = open_job_store(settings.database)
     try:
         await jobs.start()
-        bus = AmqpBus(settings.amqp_url, publish_timeout=settings.publish_timeout, role="recorder")
+        bus = AmqpBus.from_settings(settings, "recorder")
         await bus.start()
         metrics = await _metrics("recorder", metrics_host, metrics_port)
         try:

@@ -21,7 +21,7 @@ from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.topology import COMMAND_QUEUES
 from shared.triggers import trigger_call_url
-from tests.faults.harness import WorkerPool, applied_jobs, fire
+from tests.faults.harness import Accepted, WorkerPool, applied_jobs, fire
 from tests.rabbitmq_nodes import RabbitNode, rabbit_node
 from workers.orchestrators.local import LocalOrchestrator
 
@@ -35,6 +35,18 @@ async def _consumers(amqp_url: str) -> dict[str, int]:
             queue = await channel.declare_queue(name, passive=True)
             counts[name] = queue.declaration_result.consumer_count or 0
         return counts
+
+
+async def _load_until(
+    restarted: asyncio.Event, http: aiohttp.ClientSession, url: str, steps: list[int]
+) -> list[Accepted]:
+    """Calls in rounds of 20 until the node is back (and at least `steps` of them): a slow
+    `rabbitmqctl` must not find the load already over."""
+    done: list[Accepted] = []
+    while not restarted.is_set() or len(done) < len(steps):
+        part = steps[len(done) % len(steps) :][:20] or steps[:20]
+        done += await fire(http, url, part, concurrency=4, pause=0.02)
+    return done
 
 
 @pytest.fixture
@@ -55,13 +67,16 @@ async def test_broker_restart_under_load(
 ) -> None:
     """Every 202 is applied exactly once; every other answer is a 5xx; workers consume again."""
     settings = settings.with_(amqp_url=own_broker.url)
-    env = {**env, "TRIGGERS_AMQP_URL": own_broker.url}
     trigger, secret = await store.create(cluster="demo", app="shop", action="scale", service="web")
-    gateway_settings = settings.with_(publish_timeout=2.0)
-    server = TestServer(create_app(gateway_settings, store=store), host="127.0.0.1")
+    server = TestServer(
+        create_app(settings.with_(publish_timeout=2.0), store=store), host="127.0.0.1"
+    )
     await server.start_server()
     url = trigger_call_url(str(server.make_url("")).rstrip("/"), trigger, secret)
-    pool = WorkerPool(env={**env, "TRIGGERS_CONSUMER_CHECK_INTERVAL": "1"}, log_dir=tmp_path)
+    pool = WorkerPool(
+        env={**env, "TRIGGERS_AMQP_URL": own_broker.url, "TRIGGERS_CONSUMER_CHECK_INTERVAL": "1"},
+        log_dir=tmp_path,
+    )
     await pool.start()
     rng = random.Random(5)
     steps = [rng.randint(1, 3) for _ in range(400)]
@@ -70,12 +85,14 @@ async def test_broker_restart_under_load(
             async with asyncio.timeout(30):  # the gateway connects in the background
                 while (await fire(http, url, [1], concurrency=1))[0].status != 202:
                     await asyncio.sleep(0.2)
-            load = asyncio.create_task(fire(http, url, steps, concurrency=4, pause=0.02))
+            restarted = asyncio.Event()
+            loading = asyncio.create_task(_load_until(restarted, http, url, steps))
             await asyncio.sleep(1.0)
             await asyncio.to_thread(own_broker.ctl, "stop_app")
             await asyncio.sleep(2.0)
             await asyncio.to_thread(own_broker.ctl, "start_app")
-            calls = await asyncio.wait_for(load, 120)
+            restarted.set()
+            calls = await asyncio.wait_for(loading, 120)
     finally:
         await server.close()
 
