@@ -134,7 +134,7 @@ class StoreAdmin:
             options = merge_options(request.action, image_update, request, options)
         except PolicyError as exc:
             raise AdminError(422, "invalid_body", str(exc)) from None
-        if options.signature and not options.signing_secret:
+        if options.signature and options.signature != "google-oidc" and not options.signing_secret:
             # Generated here, shown once in the answer, like the secret.
             options = msgspec.structs.replace(options, signing_secret=new_secret())
         try:

@@ -449,7 +449,7 @@ def _echo_url(view: TriggerView) -> None:
 )
 @click.option(
     "--signature",
-    type=click.Choice(["github", "hmac", "timestamped", "jfrog", "nexus"]),
+    type=click.Choice(["github", "hmac", "timestamped", "jfrog", "nexus", "google-oidc"]),
     help="Require an HMAC-SHA256 signature of the body in this form.",
 )
 @click.option(
@@ -461,6 +461,16 @@ def _echo_url(view: TriggerView) -> None:
     "--header-secret-only",
     is_flag=True,
     help="Refuse the secret in the query string; take it from a header only.",
+)
+@click.option(
+    "--oidc-audience",
+    metavar="AUDIENCE",
+    help="google-oidc: the audience the Pub/Sub push subscription's token must name.",
+)
+@click.option(
+    "--oidc-email",
+    metavar="SERVICE_ACCOUNT",
+    help="google-oidc: the service account the token must be issued for.",
 )
 @click.option(
     "--namespace",
@@ -486,6 +496,8 @@ def create(
     signature: str | None,
     signing_secret: str | None,
     header_secret_only: bool,
+    oidc_audience: str | None,
+    oidc_email: str | None,
     namespace: str | None,
     server: str | None,
     token: str | None,
@@ -516,6 +528,8 @@ def create(
                 "signature": signature,
                 "signing_secret": signing_secret,
                 "header_secret_only": header_secret_only,
+                "oidc_audience": oidc_audience,
+                "oidc_email": oidc_email,
             },
             **{k: v for k, v in policy.items() if v is not None},
         },

@@ -96,6 +96,8 @@ class Settings:
     push_dedupe_window: float = 120.0
     alert_cooldown: float = 300.0
     signature_tolerance: float = 300.0
+    # Where the public keys of Google-signed OIDC tokens (Pub/Sub push) are read.
+    oidc_jwks_url: str = "https://www.googleapis.com/oauth2/v3/certs"
     # Longest `wait=N` a trigger call may ask for, in seconds.
     max_wait: float = 60.0
     # Job history: how long the recorder keeps jobs, in seconds.
@@ -165,6 +167,7 @@ class Settings:
             "TRIGGERS_PUSH_DEDUPE_WINDOW": ("push_dedupe_window", float),
             "TRIGGERS_ALERT_COOLDOWN": ("alert_cooldown", float),
             "TRIGGERS_SIGNATURE_TOLERANCE": ("signature_tolerance", float),
+            "TRIGGERS_OIDC_JWKS_URL": ("oidc_jwks_url", str),
             "TRIGGERS_MAX_WAIT": ("max_wait", float),
             "TRIGGERS_PREFETCH": ("prefetch", int),
             "TRIGGERS_MAX_ATTEMPTS": ("max_attempts", int),

@@ -63,7 +63,7 @@ class TriggerUrlError(ValueError):
     """`triggerUrl` is not base64 of ``cluster|app|action|id|``; the message says how."""
 
 
-SignatureScheme = Literal["github", "hmac", "timestamped", "jfrog", "nexus"]
+SignatureScheme = Literal["github", "hmac", "timestamped", "jfrog", "nexus", "google-oidc"]
 
 
 class TriggerOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -86,6 +86,10 @@ class TriggerOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     signature: SignatureScheme | None = None
     signing_secret: str | None = None
     header_secret_only: bool = False
+    # google-oidc: the audience the push subscription's token must name, and optionally
+    # the service account it must be issued for.
+    oidc_audience: str | None = None
+    oidc_email: str | None = None
 
     def check(self, action: Action, image_update: bool) -> None:
         """Raise ValueError, saying which option to fix, when the options do not fit."""
@@ -110,11 +114,18 @@ class TriggerOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
         if self.cooldown is not None and not 0 <= self.cooldown <= 86_400:
             msg = "--cooldown must be from 0 to 86400 seconds"
             raise ValueError(msg)
-        if self.signing_secret is not None and self.signature is None:
+        if self.signing_secret is not None and self.signature in (None, "google-oidc"):
             msg = "--signing-secret needs --signature github|hmac|timestamped|jfrog|nexus"
             raise ValueError(msg)
-        if self.signature is not None and not self.signing_secret:
+        if self.signature == "google-oidc":
+            if not self.oidc_audience:
+                msg = "--signature google-oidc needs --oidc-audience (the push subscription's audience)"
+                raise ValueError(msg)
+        elif self.signature is not None and not self.signing_secret:
             msg = "a signature scheme needs a signing secret"
+            raise ValueError(msg)
+        if (self.oidc_audience or self.oidc_email) and self.signature != "google-oidc":
+            msg = "--oidc-audience and --oidc-email need --signature google-oidc"
             raise ValueError(msg)
 
 

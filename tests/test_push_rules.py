@@ -11,17 +11,24 @@ import asyncio
 import hashlib
 import hmac
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
+import jwt
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives.asymmetric import rsa
 from structlog.testing import capture_logs
 
+from shared.bus import AmqpBus
 from shared.messages import Redeploy, Scale
 from shared.policy import PolicyChanges
+from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.triggers import TriggerOptions
-from tests.conftest import Gateway
+from tests.conftest import Gateway, running_gateways
 from tests.test_event_calls import JSON, image_trigger, post, published
 from tests.test_sources import fixture, mutated, raw
 
@@ -325,3 +332,74 @@ async def eventually_expired(store: SqliteTriggerStore, trigger_id: str) -> None
     assert trigger.expires_at is not None
     while datetime.now(UTC) < trigger.expires_at:
         await asyncio.sleep(0.05)
+
+
+async def test_pubsub_push_with_the_subscription_oidc_token(
+    settings: Settings, store: SqliteTriggerStore, bus: AmqpBus
+) -> None:
+    """--signature google-oidc: the push subscription's RS256 token (keys from a JWKS URL,
+    here served by the test) must name the audience and service account; the URL secret
+    still comes first. A missing, foreign or expired token is 401."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    keys = web.Application()
+
+    async def certs(_: web.Request) -> web.Response:
+        return web.json_response({"keys": [{**jwk, "kid": "k1", "alg": "RS256"}]})
+
+    keys.router.add_get("/certs", certs)
+    server = TestServer(keys, host="127.0.0.1")
+    await server.start_server()
+    jwks = str(server.make_url("/certs"))
+
+    def token(key: Any = private, **claims: Any) -> str:
+        now = int(time.time())
+        body = {
+            "iss": "https://accounts.google.com",
+            "aud": "https://triggers.example/pubsub",
+            "email": "pusher@project.iam.gserviceaccount.com",
+            "email_verified": True,
+            "iat": now,
+            "exp": now + 600,
+            **claims,
+        }
+        return jwt.encode(body, key, algorithm="RS256", headers={"kid": "k1"})
+
+    trigger, secret = await image_trigger(
+        store,
+        "us.gcr.io/am/am.kebab.api",
+        signature="google-oidc",
+        oidc_audience="https://triggers.example/pubsub",
+        oidc_email="pusher@project.iam.gserviceaccount.com",
+    )
+    body = raw("gar_pubsub_push.json")
+    try:
+        async with running_gateways(settings.with_(oidc_jwks_url=jwks), store, bus, 1) as (
+            gateway,
+        ):
+            refused = [
+                await post(gateway, trigger, secret, body, {**JSON, "Authorization": f"Bearer {t}"})
+                for t in (
+                    "not-a-jwt",
+                    token(other),
+                    token(aud="https://elsewhere"),
+                    token(email="intruder@example.iam.gserviceaccount.com"),
+                    token(exp=int(time.time()) - 60, iat=int(time.time()) - 700),
+                )
+            ]
+            assert [(s, a["error"]) for s, a in refused] == [(401, "bad_token")] * 5
+            status, answer = await post(gateway, trigger, secret, body)
+            assert (status, answer["error"]) == (401, "missing_token")
+            status, answer = await post(
+                gateway, trigger, secret, body, {**JSON, "Authorization": f"Bearer {token()}"}
+            )
+            assert status == 202, answer
+            status, answer = await post(
+                gateway, trigger, "0" * 64, body, {**JSON, "Authorization": f"Bearer {token()}"}
+            )
+            assert (status, answer["error"]) == (403, "forbidden")
+    finally:
+        await server.close()
+    (command,) = await published(settings.amqp_url)
+    assert command.command == Redeploy(image="us.gcr.io/am/am.kebab.api:test", only_matching=True)

@@ -125,6 +125,7 @@ async def inspect_call(
         body,
         recent=recent,
         tolerance=settings.signature_tolerance,
+        jwks_url=settings.oidc_jwks_url,
     )
     if source == "plain" or (source is None and not body.strip()):
         return None

@@ -14,6 +14,7 @@ import time
 from gateway.errors import ApiError
 from gateway.recent import RecentEvents
 from gateway.sources._event import Headers
+from gateway.sources.oidc import OidcError, verify_google_token
 from shared.triggers import TriggerOptions, looks_like_secret
 
 __all__ = ["github_signature", "header_secret", "presented_secret", "verify_signature"]
@@ -85,6 +86,26 @@ def _check_hex(
         )
 
 
+async def _check_google_token(options: TriggerOptions, headers: Headers, jwks_url: str) -> None:
+    bearer = _BEARER.match(headers.get("Authorization", ""))
+    if bearer is None or looks_like_secret(bearer.group(1)):
+        raise _unauthorised(
+            "missing_token",
+            "this trigger needs the push subscription's OIDC token (Authorization: Bearer <JWT>), "
+            "with the trigger's secret in the URL",
+        )
+    assert options.oidc_audience is not None  # noqa: S101 - TriggerOptions.check requires it
+    try:
+        await verify_google_token(
+            bearer.group(1),
+            audience=options.oidc_audience,
+            email=options.oidc_email,
+            jwks_url=jwks_url,
+        )
+    except OidcError as exc:
+        raise _unauthorised("bad_token", str(exc)) from None
+
+
 async def verify_signature(
     options: TriggerOptions,
     trigger_id: str,
@@ -93,6 +114,7 @@ async def verify_signature(
     *,
     recent: RecentEvents,
     tolerance: float,
+    jwks_url: str = "",
     now: float | None = None,
 ) -> None:
     """Check the trigger's signature scheme, if it has one; raise ApiError when it fails.
@@ -101,6 +123,9 @@ async def verify_signature(
     timestamp further than `tolerance` from now is stale (401) and a signature seen
     before is a replay (409).
     """
+    if options.signature == "google-oidc":
+        await _check_google_token(options, headers, jwks_url)
+        return
     key = options.signing_secret
     if options.signature is None or key is None:
         return
