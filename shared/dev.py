@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 import sys
 
@@ -34,6 +35,23 @@ async def _open_bus(settings: Settings) -> Bus:
     return bus
 
 
+def _dev_settings(settings: Settings, host: str, port: int) -> tuple[Settings, str]:
+    """The settings of this run, and how to sign in to the console (/ui).
+
+    Printed URLs point at where it listens; without an admin token (the console and the
+    admin API need one) it makes one for this run and prints it; a token from the
+    environment is not echoed.
+    """
+    if host not in ("127.0.0.1", "localhost") and settings.public_url == Settings().public_url:
+        settings = settings.with_(public_url=f"http://{host}:{port}")
+    elif port != 8080 and settings.public_url == Settings().public_url:
+        settings = settings.with_(public_url=f"http://127.0.0.1:{port}")
+    if settings.admin_token:
+        return settings, "sign in with TRIGGERS_ADMIN_TOKEN"
+    settings = settings.with_(admin_token=secrets.token_urlsafe(18))
+    return settings, f"admin token for this run: {settings.admin_token}"
+
+
 async def run_dev(settings: Settings, host: str, port: int) -> None:
     """Seed, create two triggers, serve, and print every result until Ctrl-C."""
     from gateway.app import create_app  # noqa: PLC0415
@@ -41,11 +59,7 @@ async def run_dev(settings: Settings, host: str, port: int) -> None:
     from workers.recorder import Recorder  # noqa: PLC0415
     from workers.worker import Worker  # noqa: PLC0415
 
-    if host not in ("127.0.0.1", "localhost") and settings.public_url == Settings().public_url:
-        settings = settings.with_(public_url=f"http://{host}:{port}")
-    elif port != 8080 and settings.public_url == Settings().public_url:
-        settings = settings.with_(public_url=f"http://127.0.0.1:{port}")
-
+    settings, sign_in = _dev_settings(settings, host, port)
     orchestrator = LocalOrchestrator(settings.local_state)
     snapshot = orchestrator.cluster.snapshot()
     if DEMO_APP not in snapshot["clusters"].get(DEMO_CLUSTER, {}).get("apps", {}):
@@ -98,6 +112,7 @@ Scale {DEMO_CLUSTER}/{DEMO_APP}/web out by 3, then in by 1:
   curl -X POST '{scale_url}&type=scale_in&step=1'
 Wait up to 30 s for the result (200, or 422 when it failed; curl --fail fails then):
   curl --fail '{redeploy_url}&wait=30'
+Watch results in the browser: http://{host}:{port}/ui ({sign_in})
 See the cluster, the history, the metrics:
   triggers local show
   triggers history

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from shared.bus import AmqpBus
-from tests.conftest import free_port, triggers_cli
+from tests.conftest import eventually, free_port, triggers_cli
+from tests.test_console import sign_in as console_sign_in
 
 
 def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -224,13 +225,33 @@ async def dev_process(
     await asyncio.wait_for(process.wait(), 30)
 
 
+async def _console_shows(banner: str, job_id: str) -> None:
+    """The console URL and token the banner prints sign in, and the live view lists the job."""
+    found = re.search(r"(http://\S+/ui) \(admin token for this run: (\S+)\)", banner)
+    assert found is not None, banner
+    console, token = found.groups()
+    base = console.removesuffix("/ui")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        assert (await console_sign_in(http, base, token)).status == 303
+
+        async def listed() -> bool | None:
+            async with http.get(console) as page:
+                assert page.status == 200
+                return job_id[:8] in await page.text() or None
+
+        await eventually(listed, what="the job in the console's live view")
+
+
 async def _try_banner(banner: str, cwd: str, env: dict[str, str]) -> None:
     urls = re.findall(r"curl (?:-X POST )?'([^']+)'", banner)
     assert len(urls) == 3, banner
+    job_ids = []
     async with aiohttp.ClientSession() as http:
         for method, url in zip(["GET", "POST", "POST"], urls, strict=True):
             async with http.request(method, url) as response:
                 assert response.status == 202, await response.text()
+                job_ids.append((await response.json())["job_id"])
+    await _console_shows(banner, job_ids[0])
     # Redeploy raises revisions to 2; scale_out 3 then scale_in 1 takes web from 2 to 4.
     local_env = {k: v for k, v in env.items() if k != "TRIGGERS_LOCAL_STATE"}
     async with asyncio.timeout(20):

@@ -64,6 +64,7 @@ KEEPALIVE = 15.0
 # How far back a reconnect that this process's ring cannot serve reads the history.
 _REPLAY_WINDOW = timedelta(hours=1)
 _CHART_ITEMS = 5000
+_REPLICA_WINDOWS = (timedelta(hours=1), timedelta(hours=6), timedelta(hours=24))
 
 
 class _BadFilter(Exception):
@@ -585,12 +586,10 @@ async def charts(request: web.Request) -> web.StreamResponse:
             if not points and service in result.before:
                 points.append((record.issued_at, result.before[service].replicas))
             points.append((result.finished_at, result.after[service].replicas))
-        replicas = _charts.step_line(
-            f"Replicas of {cluster}/{app}/{service}",
-            points,
-            min([start, *(p[0] for p in points[:1])]),
-            now,
-        )
+        # The shortest of the last hour, 6 hours or day that holds every change.
+        oldest = points[0][0] if points else now
+        start = next((now - span for span in _REPLICA_WINDOWS if oldest >= now - span), start)
+        replicas = _charts.step_line(f"Replicas of {cluster}/{app}/{service}", points, start, now)
     return render(
         request,
         "charts.html",
