@@ -239,7 +239,7 @@ async def _console_shows(banner: str, job_id: str) -> None:
                 assert page.status == 200
                 return job_id[:8] in await page.text() or None
 
-        await eventually(listed, what="the job in the console's live view")
+        await eventually(listed, what="the job in the console's live view", within=30)
 
 
 async def _try_banner(banner: str, cwd: str, env: dict[str, str]) -> None:
