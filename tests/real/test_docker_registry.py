@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from shared.settings import Settings
 from shared.store import SqliteTriggerStore
-from tests.conftest import Gateway, Results
+from tests.conftest import ADMIN_TOKEN, Gateway, Results
 from tests.real.daemons import HookCalls, daemon_port, hook_calls, running_daemon
 from tests.real.oci import oci_layout
 from tests.test_event_calls import image_trigger
@@ -38,6 +39,7 @@ class Registry:
     host: str
     repository: str
     work: Path
+    trigger_id: str
 
     def push(self, layout: Path, tag: str, *, to_tag: str | None = None) -> None:
         """``skopeo copy [--all] oci:LAYOUT:TAG docker://REPOSITORY:TO_TAG``."""
@@ -63,6 +65,12 @@ def _skopeo(*args: str) -> None:
         ["skopeo", *args], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """This module's gateway serves the admin API (to disable and enable the trigger)."""
+    return settings.with_(admin_token=ADMIN_TOKEN)
 
 
 @pytest.fixture
@@ -104,7 +112,9 @@ notifications:
         tmp_path / "registry.log",
         f"http://127.0.0.1:{port}/v2/",
     ):
-        yield Registry(host=f"127.0.0.1:{port}", repository=repository, work=tmp_path)
+        yield Registry(
+            host=f"127.0.0.1:{port}", repository=repository, work=tmp_path, trigger_id=trigger.id
+        )
 
 
 async def _deployed(results: Results, calls: HookCalls, count: int) -> list[str]:
@@ -162,3 +172,23 @@ async def test_multi_platform_push_deploys_once_to_the_index(
         registry.push(registry.work / "multi", "2.0", to_tag="stable")
         await calls.wait(reason="duplicate_image")
         assert len(calls.where(outcome="accepted")) == 1
+
+
+async def test_a_disabled_trigger_neither_stalls_the_registry_nor_replays_later(
+    registry: Registry, gateway: Gateway, worker: Worker, results: Results
+) -> None:
+    """A push while the trigger is disabled is answered 200 trigger_disabled (the registry
+    retries any error forever, holding back its later events); once enabled, the next
+    push deploys and the dropped one never does."""
+    path = f"/v1/triggers/{registry.trigger_id}"
+    with hook_calls() as calls:
+        assert (await gateway.admin("PATCH", path, {"enabled": False}))[0] == 200
+        oci_layout(registry.work / "dropped", "1.1", seed="dropped")
+        registry.push(registry.work / "dropped", "1.1")
+        await calls.wait(reason="trigger_disabled")
+
+        assert (await gateway.admin("PATCH", path, {"enabled": True}))[0] == 200
+        kept = oci_layout(registry.work / "kept", "1.2", seed="kept")
+        registry.push(registry.work / "kept", "1.2")
+        assert await _deployed(results, calls, 1) == [f"{registry.repository}:1.2@{kept}"]
+        assert all(200 <= line["status"] < 300 for line in calls.lines)
