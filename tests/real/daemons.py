@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -15,22 +13,7 @@ from typing import Any
 import aiohttp
 from structlog.testing import capture_logs
 
-__all__ = ["HookCalls", "daemon_port", "hook_calls", "running_daemon"]
-
-
-def daemon_port() -> int:
-    """A free port below the ephemeral range (32768-60999), where the kernel hands out
-    client ports: a daemon binds it a moment later, so it must not be taken meanwhile."""
-    for _ in range(200):
-        port = random.randint(20_000, 32_000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    msg = "no free port in 20000-32000"
-    raise RuntimeError(msg)
+__all__ = ["HookCalls", "hook_calls", "running_daemon"]
 
 
 @contextlib.asynccontextmanager

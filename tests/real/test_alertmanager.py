@@ -18,7 +18,8 @@ import pytest
 from shared.store import SqliteTriggerStore
 from shared.triggers import TriggerOptions
 from tests.conftest import Gateway, Results
-from tests.real.daemons import HookCalls, daemon_port, hook_calls, running_daemon
+from tests.real.daemons import HookCalls, hook_calls, running_daemon
+from tests.support.dockerd import free_port_below_ephemeral
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
 
@@ -74,7 +75,7 @@ async def alertmanager(
         options=TriggerOptions(step=2, scale_in_on_resolve=True),
     )
     url, _, _ = gateway.call_url(trigger, secret).partition("&secret=")
-    port = daemon_port()
+    port = free_port_below_ephemeral()
     config = tmp_path / "alertmanager.yml"
     # Short intervals so that a test sees repeats: every group flush is a notification.
     config.write_text(

@@ -20,8 +20,9 @@ import pytest
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from tests.conftest import ADMIN_TOKEN, Gateway, Results
-from tests.real.daemons import HookCalls, daemon_port, hook_calls, running_daemon
+from tests.real.daemons import HookCalls, hook_calls, running_daemon
 from tests.real.oci import oci_layout
+from tests.support.dockerd import free_port_below_ephemeral
 from tests.test_event_calls import image_trigger
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
@@ -79,7 +80,7 @@ async def registry(
 ) -> AsyncIterator[Registry]:
     """docker-registry with a notifications endpoint at a trigger bound to its team/api,
     and service ``api`` of demo/shop running team/api:0.9."""
-    port = daemon_port()
+    port = free_port_below_ephemeral()
     repository = f"127.0.0.1:{port}/team/api"
     cluster.cluster.set_service("demo", "shop", "api", replicas=1, image=f"{repository}:0.9")
     trigger, secret = await image_trigger(store, repository)
