@@ -13,6 +13,7 @@ from typing import Any
 import aio_pika
 import yaml
 
+from shared.amqp_transport import BrokerNodes
 from shared.settings import Settings
 from shared.topology import (
     COMMAND_QUEUES,
@@ -223,3 +224,38 @@ async def test_broker_definitions_match_what_the_processes_declare() -> None:
     assert {o["vhost"] for o in objects} == {vhost}
     assert [u["name"] for u in definitions["users"]] == ["triggers"]
     assert [(p["user"], p["vhost"]) for p in definitions["permissions"]] == [("triggers", vhost)]
+
+
+def test_compose_cluster_override_gives_every_process_the_three_nodes() -> None:
+    """deploy/compose.cluster.yaml adds two RabbitMQ nodes that join the first (one cookie,
+    peer discovery naming all three) and hands every process the three nodes' URLs."""
+    override = yaml.safe_load((DEPLOY / "compose.cluster.yaml").read_text())
+    services = override["services"]
+    nodes = ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]
+    assert set(nodes) <= set(services)
+    cookies = {services[n]["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] for n in nodes}
+    assert len(cookies) == 1
+    for name in nodes:
+        assert (
+            "./rabbitmq/cluster.conf:/etc/rabbitmq/conf.d/20-cluster.conf:ro"
+            in (services[name]["volumes"])
+        )
+    for name in nodes[1:]:
+        assert (
+            "./rabbitmq/definitions.json:/etc/rabbitmq/definitions.json:ro"
+            in (services[name]["volumes"])
+        )
+    conf = (DEPLOY / "rabbitmq" / "cluster.conf").read_text()
+    assert all(f"= rabbit@{n}\n" in conf for n in nodes)
+    for name in ("gateway", "worker", "recorder"):
+        listed = BrokerNodes(services[name]["environment"]["TRIGGERS_AMQP_URL"], shuffle=False)
+        assert [host for host, _ in listed.addresses] == nodes
+    docker = shutil.which("docker")
+    if docker is None:
+        return
+    plugin = subprocess.run(
+        [docker, "compose", "version"], capture_output=True, check=False, timeout=30
+    )
+    if plugin.returncode == 0:
+        files = ["-f", str(DEPLOY / "compose.yaml"), "-f", str(DEPLOY / "compose.cluster.yaml")]
+        subprocess.run([docker, "compose", *files, "config", "--quiet"], check=True, timeout=60)

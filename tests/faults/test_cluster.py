@@ -1,0 +1,348 @@
+"""A three-node RabbitMQ cluster under load: nodes SIGKILLed, a majority lost and regained.
+
+Real nodes (tests/rabbitmq_nodes.py, joined with `rabbitmqctl join_cluster`) and real
+`triggers gateway|worker|recorder` processes given every node's URL. The cluster is the
+module's; each test works in a vhost of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from shared.jobs import JobStore
+from shared.settings import Settings
+from shared.store import TriggerStore
+from shared.topology import COMMAND_QUEUES
+from shared.triggers import trigger_call_url
+from tests.conftest import ServiceProcess, service_process
+from tests.faults.harness import WorkerPool, applied_jobs
+from tests.rabbitmq_nodes import RabbitNode, rabbit_cluster
+from workers.orchestrators.local import LocalOrchestrator
+
+pytestmark = pytest.mark.slow
+
+PUBLISH_TIMEOUT = 2.0
+CALLS = 1000
+# Calls started per second, whatever the answers: a steady rate through both kills.
+RATE = 10.0
+BACK_WITHIN = 10.0
+
+
+@pytest.fixture(scope="module")
+def nodes() -> Iterator[list[RabbitNode]]:
+    """Three RabbitMQ nodes of the module's own, in one cluster; stopped by PID after."""
+    with rabbit_cluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def vhost(nodes: list[RabbitNode]) -> Iterator[str]:
+    """A vhost of the test's own on the cluster."""
+    name = f"triggers-cluster-{uuid.uuid4().hex[:8]}"
+    up = next(n for n in nodes if n.accepting())
+    up.ctl("add_vhost", name)
+    up.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    yield name
+    for node in nodes:  # whichever is up by then
+        if node.os_pid() is None:
+            node.start()
+            node.wait_ready()
+    with contextlib.suppress(RuntimeError):
+        nodes[0].ctl("delete_vhost", name)
+
+
+def cluster_env(env: dict[str, str], nodes: list[RabbitNode], vhost: str) -> dict[str, str]:
+    """The test's environment with every node's URL, a short publish timeout and checks."""
+    return {
+        **env,
+        "TRIGGERS_AMQP_URL": ",".join(n.vhost_url(vhost) for n in nodes),
+        "TRIGGERS_PUBLISH_TIMEOUT": str(PUBLISH_TIMEOUT),
+        "TRIGGERS_CONSUMER_CHECK_INTERVAL": "1",
+    }
+
+
+def node_of(nodes: list[RabbitNode], address: str) -> RabbitNode:
+    """The node behind a "host:port" that /readyz names."""
+    port = int(address.rsplit(":", 1)[1])
+    return next(n for n in nodes if n.amqp_port == port)
+
+
+async def ready_node(http: aiohttp.ClientSession, gateway: ServiceProcess) -> str:
+    """The node the gateway says (in /readyz) it publishes to."""
+    async with http.get(f"{gateway.url}/readyz") as response:
+        body = await response.json()
+    assert response.status == 200, body
+    return str(body["node"])
+
+
+def leader_of(nodes: list[RabbitNode], vhost: str, queue: str) -> RabbitNode:
+    """The node holding the quorum queue's leader, as the cluster reports it."""
+    up = next(n for n in nodes if n.accepting())
+    rows = json.loads(up.ctl("list_queues", "-p", vhost, "name", "leader", "--formatter", "json"))
+    leader = next(row["leader"] for row in rows if row["name"] == queue)
+    return next(n for n in nodes if n.nodename == leader)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call made during the run and what became of it."""
+
+    gateway: int
+    started: float
+    answered: float
+    status: int  # 0: the connection failed
+    retry_after: str | None
+    job_id: str | None
+
+
+async def call(http: aiohttp.ClientSession, url: str, gateway: int) -> Call:
+    """POST one scale_out step=1 call; a connection error is status 0."""
+    started = time.monotonic()
+    try:
+        async with http.post(f"{url}&type=scale_out&step=1") as response:
+            body = await response.json(content_type=None)
+            status, retry_after = response.status, response.headers.get("Retry-After")
+    except (aiohttp.ClientError, TimeoutError):
+        return Call(gateway, started, time.monotonic(), 0, None, None)
+    job_id = body.get("job_id") if isinstance(body, dict) else None
+    return Call(gateway, started, time.monotonic(), status, retry_after, job_id)
+
+
+async def steady_load(
+    http: aiohttp.ClientSession, urls: list[str], count: int, rate: float
+) -> list[Call]:
+    """`count` calls at `rate` per second, alternating between the gateways."""
+    tasks = []
+    start = time.monotonic()
+    for i in range(count):
+        await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+        tasks.append(asyncio.create_task(call(http, urls[i % len(urls)], i % len(urls))))
+    return await asyncio.gather(*tasks)
+
+
+def first_202_after(calls: list[Call], gateway: int, moment: float) -> float | None:
+    """Seconds from `moment` to the answer of the first call started after it that got 202."""
+    accepted = [
+        c.answered
+        for c in calls
+        if c.gateway == gateway and c.started >= moment and c.status == 202
+    ]
+    return (min(accepted) - moment) if accepted else None
+
+
+def longest_refusal(calls: list[Call]) -> float:
+    """The longest time a gateway answered nothing but refusals: from a refused call's
+    start to the next 202's answer on the same gateway."""
+    longest = 0.0
+    for gateway in {c.gateway for c in calls}:
+        since: float | None = None
+        for c in sorted((c for c in calls if c.gateway == gateway), key=lambda c: c.started):
+            if c.status != 202 and since is None:
+                since = c.started
+            elif c.status == 202 and since is not None:
+                longest = max(longest, c.answered - since)
+                since = None
+    return longest
+
+
+async def applied_exactly_once(
+    accepted: dict[str, Call],
+    settings: Settings,
+    jobs: JobStore,
+    cluster: LocalOrchestrator,
+    start_replicas: int,
+) -> tuple[set[str], int]:
+    """Every 202 applied exactly once: in the ledger (one row per job id), in the
+    replicas, and in the recorded history as succeeded. The refused calls applied anyway,
+    and the redelivered duplicates the ledger absorbed."""
+    async with asyncio.timeout(120):
+        while not set(accepted) <= set(applied_jobs(settings.local_state)):
+            await asyncio.sleep(0.5)
+    ledger = applied_jobs(settings.local_state)
+    assert all(ledger[job] == 1 for job in accepted)
+    web = cluster.cluster.snapshot()["clusters"]["demo"]["apps"]["shop"]["services"]["web"]
+    # A refused call whose publish reached the queue before its confirm was lost may be
+    # applied too (its caller was told 503 and may retry): it is in the ledger.
+    assert web["replicas"] == start_replicas + sum(ledger.values())
+    async with asyncio.timeout(120):
+        while True:
+            records = [await jobs.get(job) for job in accepted]
+            if all(r is not None and r.status == "succeeded" for r in records):
+                break
+            await asyncio.sleep(0.5)
+    duplicates = sum(1 for r in records if r is not None and r.result and r.result.duplicate)
+    return set(ledger) - set(accepted), duplicates
+
+
+@contextlib.asynccontextmanager
+async def services(env: dict[str, str], tmp_path: Path) -> AsyncIterator[list[ServiceProcess]]:
+    """Two gateways and a recorder (ready), as subprocesses; stopped with SIGTERM after."""
+    async with (
+        service_process(env, "gateway") as one,
+        service_process(env, "gateway") as two,
+        service_process(env, "recorder") as recorder,
+    ):
+        yield [one, two, recorder]
+
+
+async def test_nodes_killed_under_load(
+    nodes: list[RabbitNode],
+    vhost: str,
+    settings: Settings,
+    store: TriggerStore,
+    jobs: JobStore,
+    cluster: LocalOrchestrator,
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """1,000 calls while the gateway's node and then the command queue's leader are
+    SIGKILLed: each 202 applied exactly once, every other answer a 503 with Retry-After
+    (or a connection error), 202 again within 10 s of each kill."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="scale", service="web")
+    start_replicas = 2
+    environment = cluster_env(env, nodes, vhost)
+    pool = WorkerPool(env=environment, log_dir=tmp_path)
+    for _ in range(2):
+        await pool.start()
+    kills: list[tuple[str, float]] = []
+    try:
+        async with (
+            services(environment, tmp_path) as (one, two, recorder),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+        ):
+            urls = [trigger_call_url(g.url, trigger, secret) for g in (one, two)]
+            load = asyncio.create_task(steady_load(http, urls, CALLS, RATE))
+            t0 = time.monotonic()
+            await asyncio.sleep(CALLS / RATE * 0.1)
+            # 1. The node the first gateway publishes to.
+            victim = node_of(nodes, await ready_node(http, one))
+            victim.kill(signal.SIGKILL)
+            kills.append(("gateway's node", time.monotonic()))
+            print(f"\nkilled {victim.nodename} (the gateway's) at {time.monotonic() - t0:.1f} s")
+            await asyncio.sleep(3)
+            await asyncio.to_thread(victim.start)
+            await asyncio.to_thread(victim.wait_ready)
+            print(f"{victim.nodename} back at {time.monotonic() - t0:.1f} s")
+            await asyncio.sleep(3)
+            # 2. The node holding the scale queue's leader (it may be any of the three).
+            leader = await asyncio.to_thread(leader_of, nodes, vhost, COMMAND_QUEUES["scale"])
+            assert not load.done(), "the load ended before the second kill: lower RATE"
+            leader.kill(signal.SIGKILL)
+            kills.append(("command queue leader's node", time.monotonic()))
+            print(f"killed {leader.nodename} (the leader's) at {time.monotonic() - t0:.1f} s")
+            await asyncio.sleep(3)
+            await asyncio.to_thread(leader.start)
+            await asyncio.to_thread(leader.wait_ready)
+            calls = await asyncio.wait_for(load, CALLS / RATE + 120)
+            lines = [*one.lines, *two.lines, *recorder.lines]
+
+            accepted = {c.job_id: c for c in calls if c.status == 202 and c.job_id}
+            refused = [c for c in calls if c.status != 202]
+            # Never anything but 202, or 503 with Retry-After, or a failed connection.
+            assert all(c.status == 0 or (c.status == 503 and c.retry_after) for c in refused), (
+                sorted({(c.status, c.retry_after) for c in refused})
+            )
+            assert len(accepted) == len([c for c in calls if c.status == 202])
+            # Back to 202 within 10 s of each kill, on each gateway.
+            back = {
+                (what, gateway): first_202_after(calls, gateway, at)
+                for what, at in kills
+                for gateway in (0, 1)
+            }
+            assert all(b is not None and b <= BACK_WITHIN for b in back.values()), (
+                back,
+                [
+                    (line.get("timestamp"), line.get("event"), line.get("node"), line.get("error"))
+                    for line in lines
+                    if str(line.get("event", "")).startswith("bus.")
+                ],
+            )
+
+            refused_applied, duplicates = await applied_exactly_once(
+                accepted, settings, jobs, cluster, start_replicas
+            )
+    finally:
+        await pool.stop_all()
+    bus_lines = [line for line in lines if str(line.get("event", "")).startswith("bus.")]
+    for line in bus_lines:
+        print(
+            line.get("timestamp"),
+            line["event"],
+            line.get("role"),
+            line.get("node"),
+            line.get("error", ""),
+        )
+    assert any(line["event"] == "bus.reconnected" and line.get("node") for line in bus_lines)
+    assert not any("Traceback" in str(line) for line in lines)
+    print(
+        f"\ncluster: {len(calls)} calls, {len(kills)} node kills, {len(accepted)} answered 202 "
+        f"and applied once, {len(refused)} refused ({sum(c.status == 503 for c in refused)} "
+        f"503, {sum(c.status == 0 for c in refused)} connection errors; "
+        f"{len(refused_applied)} of them applied anyway), {duplicates} redelivered "
+        f"duplicates absorbed, 0 applied twice; back to 202 after "
+        f"{', '.join(f'{b:.1f}' for b in back.values() if b is not None)} s; "
+        f"longest 503 window {longest_refusal(calls):.1f} s"
+    )
+
+
+async def test_minority_answers_503_then_recovers(
+    nodes: list[RabbitNode],
+    vhost: str,
+    store: TriggerStore,
+    env: dict[str, str],
+    settings: Settings,
+    cluster: LocalOrchestrator,
+    tmp_path: Path,
+) -> None:
+    """With two of three nodes down a call answers 503 (with Retry-After) within the
+    publish timeout, never 202; once they are back, calls succeed, no process restarted."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="scale", service="web")
+    environment = cluster_env(env, nodes, vhost)
+    pool = WorkerPool(env=environment, log_dir=tmp_path)
+    await pool.start()
+    try:
+        async with (
+            service_process(environment, "gateway") as gateway,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+        ):
+            url = trigger_call_url(gateway.url, trigger, secret)
+            assert (await call(http, url, 0)).status == 202
+            survivor = node_of(nodes, await ready_node(http, gateway))
+            others = [n for n in nodes if n is not survivor]
+            for node in others:
+                node.kill(signal.SIGKILL)
+            answers = [await call(http, url, 0) for _ in range(5)]
+            for answer in answers:
+                assert answer.status == 503, answer
+                assert answer.retry_after
+                # The publish timeout, plus the time a loaded machine takes to answer.
+                assert answer.answered - answer.started < PUBLISH_TIMEOUT + 2.0, answer
+            restarted = time.monotonic()
+            await asyncio.gather(*(asyncio.to_thread(n.start) for n in others))
+            await asyncio.gather(*(asyncio.to_thread(n.wait_ready) for n in others))
+            async with asyncio.timeout(60):
+                while (after := await call(http, url, 0)).status != 202:
+                    await asyncio.sleep(0.5)
+            async with asyncio.timeout(60):
+                while after.job_id not in applied_jobs(settings.local_state):
+                    await asyncio.sleep(0.2)
+            assert all(p.returncode is None for p in pool.processes)
+            slowest = max(a.answered - a.started for a in answers)
+            print(
+                f"\nminority: {len(answers)} calls answered 503 in at most {slowest:.1f} s "
+                f"(publish timeout {PUBLISH_TIMEOUT:g} s); 202 again "
+                f"{after.answered - restarted:.1f} s after the two nodes were started"
+            )
+    finally:
+        await pool.stop_all()
