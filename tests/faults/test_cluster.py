@@ -30,7 +30,8 @@ from tests.faults.harness import WorkerPool, applied_jobs
 from tests.rabbitmq_nodes import RabbitNode, rabbit_cluster
 from workers.orchestrators.local import LocalOrchestrator
 
-pytestmark = pytest.mark.slow
+# Three nodes boot and 1,000 calls take minutes on a small, busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PUBLISH_TIMEOUT = 2.0
 CALLS = 1000
