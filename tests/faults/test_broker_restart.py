@@ -57,6 +57,7 @@ def own_broker() -> Iterator[RabbitNode]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the node of its own boots first, slowly on a busy machine
 async def test_broker_restart_under_load(
     settings: Settings,
     store: SqliteTriggerStore,
