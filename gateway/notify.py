@@ -35,7 +35,7 @@ from shared.notify_store import NotifyStore, RouteCreate, SinkCreate, open_notif
 from shared.policy import DEFAULT_APPROVAL_TIMEOUT
 from shared.triggers import Trigger
 
-__all__ = ["NOTIFY", "add_notify_routes", "hold_call"]
+__all__ = ["NOTIFY", "add_notify_routes", "hold_call", "notify_admin"]
 
 log = structlog.get_logger("triggers.gateway")
 
@@ -107,7 +107,7 @@ def _admin(operation: Operation) -> Callable[[web.Request], Awaitable[web.Respon
 
     async def route(request: web.Request) -> web.Response:
         require_admin(request)
-        admin = _notify_admin(request)
+        admin = notify_admin(request)
         try:
             return await operation(request, admin)
         except AdminError as exc:
@@ -117,7 +117,8 @@ def _admin(operation: Operation) -> Callable[[web.Request], Awaitable[web.Respon
     return route
 
 
-def _notify_admin(request: web.Request) -> StoreNotifyAdmin:
+def notify_admin(request: web.Request) -> StoreNotifyAdmin:
+    """The sinks, routes and approvals of this gateway's store (the API's and the console's)."""
     settings = request.app[SETTINGS]
     return StoreNotifyAdmin(
         request.app[NOTIFY],
@@ -294,7 +295,7 @@ async def link_decide(request: web.Request) -> web.Response:
     who = f"{name} (link sent to {sink})"
     if not await store.use_link(claims.nonce, job_id, who):
         return _page("Link used", "<p>This link has been used already; it works once.</p>", 409)
-    admin = _notify_admin(request)
+    admin = notify_admin(request)
     try:
         if decision == "approve":
             view = await admin.approve(job_id, who)

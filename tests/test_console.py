@@ -306,3 +306,38 @@ async def test_the_pages_render_for_a_signed_in_operator(
         assert "since must be a duration" in await response.text()
     async with browser.get(f"{gateway.url}/ui/jobs/{'f' * 32}") as response:
         assert response.status == 404
+
+
+async def test_a_held_call_is_approved_from_the_console_by_two_people(
+    gateway: Gateway, browser: aiohttp.ClientSession
+) -> None:
+    """A call to a trigger needing two approvals is listed; one approval leaves it waiting,
+    the second (another name) runs it; a decision needs the CSRF token like any change."""
+    status, created = await gateway.admin(
+        "POST",
+        "/v1/triggers",
+        {"cluster": "demo", "app": "shop", "action": "scale", "service": "web", "approvals": 2},
+    )
+    assert status == 201, created
+    url = f"{gateway.call_url_for(created)}&type=scale_out&step=1"
+    async with gateway.http.post(url) as call:
+        held = await call.json()
+    assert held["status"] == "pending_approval", held
+    job_id = held["job_id"]
+    async with browser.get(f"{gateway.url}/ui/approvals") as page:
+        assert job_id[:8] in await page.text()
+    token = await csrf_of(browser, gateway.url)
+    approve = f"{gateway.url}/ui/approvals/{job_id}/approve"
+    headers = {"Origin": gateway.url}
+    async with browser.post(approve, data={"approver": "ana"}, headers=headers) as refused:
+        assert refused.status == 403
+    for name in ("ana", "ben"):
+        async with browser.post(
+            approve, data={"approver": name, "csrf": token}, headers=headers, allow_redirects=False
+        ) as answer:
+            assert answer.status == 303, await answer.text()
+        _, approval = await gateway.admin("GET", f"/v1/approvals/{job_id}")
+        assert name in approval["approvers"]
+    assert approval["state"] == "approved"
+    async with browser.get(f"{gateway.url}/ui/approvals") as page:
+        assert job_id[:8] not in await page.text()

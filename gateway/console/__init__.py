@@ -114,4 +114,5 @@ def add_console(app: web.Application) -> None:
     router.add_post("/ui/dead-letters/replay", _auth.action(_pages.replay))
     router.add_get("/ui/charts", _auth.page(_pages.charts), allow_head=False)
     router.add_get("/ui/approvals", _auth.page(_pages.approvals), allow_head=False)
+    router.add_post("/ui/approvals/{job_id}/{decision:approve|reject}", _auth.action(_pages.decide))
     router.add_get("/ui/static/{name}", serve_static, allow_head=False)

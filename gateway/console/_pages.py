@@ -24,6 +24,7 @@ from gateway.console._keys import LIVE
 from gateway.console._live import LiveEvent, parse_event_id
 from gateway.jobs import find_job
 from gateway.keys import AUDIT, BUS, JOBS, SETTINGS, STORE, TRIGGER_CACHE
+from gateway.notify import notify_admin
 from shared.admin import AdminError, ListFilter, StoreAdmin
 from shared.api import DEFAULT_GRACE, TriggerCreate, TriggerView
 from shared.bus import AmqpBus
@@ -39,6 +40,7 @@ __all__ = [
     "charts",
     "create_trigger",
     "dead_letters",
+    "decide",
     "events",
     "job",
     "jobs",
@@ -608,5 +610,46 @@ async def charts(request: web.Request) -> web.StreamResponse:
 
 
 async def approvals(request: web.Request) -> web.StreamResponse:
-    """GET /ui/approvals: pending approvals (a hook until the approvals store lands)."""
-    return render(request, "approvals.html", pending=None)
+    """GET /ui/approvals: calls held for approval, with approve and reject."""
+    pending = (await notify_admin(request).list_approvals("pending")).approvals
+    done = request.query.get("done")
+    return render(
+        request,
+        "approvals.html",
+        pending=pending,
+        done=done if done in ("approved", "rejected") else None,
+        error=None,
+    )
+
+
+def _check_decision(job_id: str, who: str, reason: str) -> None:
+    if not _JOB_ID.match(job_id) or not who or not reason:
+        msg = "give your name (and, to reject, a reason)"
+        raise AdminError(422, "invalid_body", msg)
+
+
+async def decide(request: web.Request, form: MultiDictProxy[str]) -> web.StreamResponse:
+    """POST /ui/approvals/{job_id}/approve|reject: one decision, by the name given."""
+    job_id = request.match_info["job_id"]
+    decision = request.match_info["decision"]
+    who = form.get("approver", "").strip()[:100]
+    reason = form.get("reason", "").strip()[:500]
+    admin = notify_admin(request)
+    try:
+        _check_decision(job_id, who, reason if decision == "reject" else "-")
+        if decision == "approve":
+            await admin.approve(job_id, who)
+        else:
+            await admin.reject(job_id, who, reason)
+    except AdminError as exc:
+        pending = (await admin.list_approvals("pending")).approvals
+        return render(
+            request,
+            "approvals.html",
+            status=exc.status,
+            pending=pending,
+            done=None,
+            error=exc.detail,
+        )
+    log.info("console.approval_decided", job_id=job_id, decision=decision)
+    return _see(f"/ui/approvals?done={decision}d")
