@@ -18,15 +18,16 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from gateway.client import client_address
 from gateway.errors import ApiError, json_response
-from gateway.keys import AUDIT, SETTINGS, STORE, TRIGGER_CACHE
+from gateway.keys import AUDIT, AUTH_LIMITER, SETTINGS, STORE, TRIGGER_CACHE
 from gateway.openapi import openapi_document
 from shared.admin import AdminError, ListFilter, StoreAdmin
 from shared.api import RotateRequest, TriggerCreate, TriggerView
 from shared.policy import PolicyChanges
 from shared.triggers import NAME_PATTERN
 
-__all__ = ["add_admin_routes", "require_admin"]
+__all__ = ["add_admin_routes", "is_admin", "require_admin"]
 
 log = structlog.get_logger("triggers.admin")
 
@@ -38,6 +39,17 @@ def _json(
     data: msgspec.Struct, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     return json_response(data, status=status, headers=headers)
+
+
+def is_admin(request: web.Request) -> bool:
+    """Whether the request carries the admin token (no error, no count when it does not)."""
+    token = request.app[SETTINGS].admin_token
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return (
+        bool(token)
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(given.strip().encode(), (token or "").encode())
+    )
 
 
 def require_admin(request: web.Request) -> None:
@@ -54,6 +66,15 @@ def require_admin(request: web.Request) -> None:
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode(), token.encode()
     ):
+        # Wrong tokens are limited per address like wrong secrets; the right one always works.
+        limiter = request.app[AUTH_LIMITER]
+        if wait := limiter.failed(f"{client_address(request)} admin"):
+            raise ApiError(
+                429,
+                "too_many_failed_attempts",
+                "too many calls with a wrong admin token from this address; wait and retry",
+                headers={"Retry-After": limiter.retry_after(wait)},
+            )
         raise ApiError(
             401,
             "unauthorized",
@@ -78,13 +99,15 @@ async def _body(request: web.Request, kind: type[T], *, optional: bool = False) 
     if optional and not raw.strip():
         raw = b"{}"
     try:
-        data = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+        data = _integral(msgspec.json.decode(raw))
+    except (msgspec.DecodeError, RecursionError):
         raise ApiError(
-            400, "invalid_json", "the body is not valid JSON; send one JSON object"
+            400,
+            "invalid_json",
+            "the body is not valid JSON (or is nested too deeply); send one JSON object",
         ) from None
     try:
-        return msgspec.convert(_integral(data), kind)
+        return msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:
         raise ApiError(422, "invalid_body", f"{exc}; the schema is at /v1/openapi.json") from None
 
@@ -114,7 +137,7 @@ def _one_of(*choices: str) -> Parser:
 
 def _matching(pattern: re.Pattern[str], what: str) -> Parser:
     def parse(name: str, value: str) -> str:
-        if not pattern.match(value):
+        if not pattern.fullmatch(value):
             raise ApiError(400, "invalid_parameter", f"{name} must be {what}, got {value[:32]!r}")
         return value
 
@@ -139,7 +162,7 @@ def _query(request: web.Request, parsers: dict[str, Parser]) -> dict[str, Any]:
 
 def _trigger_id(request: web.Request) -> str:
     trigger_id = request.match_info["trigger_id"]
-    if not _TRIGGER_ID.match(trigger_id):
+    if not _TRIGGER_ID.fullmatch(trigger_id):
         msg = f"no trigger {trigger_id[:64]!r}; GET /v1/triggers lists them"
         raise ApiError(404, "trigger_not_found", msg)
     return trigger_id
@@ -147,7 +170,7 @@ def _trigger_id(request: web.Request) -> str:
 
 def _changed(request: web.Request, view: TriggerView) -> None:
     # This gateway forgets its cached copy at once; others within their cache TTL.
-    request.app[TRIGGER_CACHE].pop(view.id, None)
+    request.app[TRIGGER_CACHE].invalidate(view.id)
     log.info("admin.trigger_changed", trigger_id=view.id, method=request.method, path=request.path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -11,18 +12,20 @@ import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from aiohttp import web
-from cachetools import TTLCache
 
 from gateway.abuse import FailedAuthLimiter
 from gateway.admin import add_admin_routes
 from gateway.audit import audit_middleware
+from gateway.connections import ConnectionGuard, GuardedSite, connection_middleware
 from gateway.console import add_console
 from gateway.errors import error_middleware, json_response
 from gateway.hook import handle_trigger
-from gateway.jobs import handle_job, handle_jobs
+from gateway.invalidation import follow_changes, periodically, prune_audit_forever
+from gateway.jobs import UNSEEN_WAITERS_LIMIT, handle_job, handle_jobs
 from gateway.keys import (
     ACCEPTED,
     AUDIT,
@@ -35,27 +38,34 @@ from gateway.keys import (
     SETTINGS,
     STORE,
     TRIGGER_CACHE,
-    TRIGGER_LOOKUPS,
+    UNAUTHENTICATED,
+    UNSEEN_WAITERS,
     WAITER,
 )
 from gateway.limits import CallLimits, open_limits
+from gateway.lookup import TriggerCache
 from gateway.metrics import metrics_handler, metrics_listener, metrics_middleware, open_gauges
 from gateway.recent import open_recent
 from gateway.shared_state import open_redis
 from gateway.waiter import ResultWaiter
-from shared.audit import AuditLog
+from shared.audit import AuditLog, UnauthenticatedTally
 from shared.batch import WriteBehind
 from shared.bus import AmqpBus, Bus
 from shared.http import name_server
 from shared.jobs import JobStore, open_job_store
 from shared.logging import configure_logging
 from shared.loop import new_event_loop, tune_gc
+from shared.messages import utcnow
 from shared.settings import Settings
 from shared.store import TriggerStore, open_store
 
 __all__ = ["create_app", "run_gateway"]
 
 log = structlog.get_logger("triggers.gateway")
+
+# After a wrong secret, a trigger's cached copy is read again when older than this: the
+# new secret of a rotation made elsewhere works at once, at most a few reads a second.
+TRIGGER_REFRESH_AFTER = 0.25
 
 # How soon an accepted job is in the history for every gateway (this one knows at once).
 ACCEPTED_FLUSH_INTERVAL = 0.05
@@ -101,10 +111,20 @@ def _start_writers(app: web.Application, settings: Settings) -> None:
         max_pending=settings.audit_max_pending,
     )
     app[AUDIT].start()
+    app[UNAUTHENTICATED] = UnauthenticatedTally(app[AUDIT])
     app[ACCEPTED] = WriteBehind(
         app[JOBS].record_accepted, name="jobs.accepted", interval=ACCEPTED_FLUSH_INTERVAL
     )
     app[ACCEPTED].start()
+
+
+def _middlewares(connections: ConnectionGuard | None) -> list[Any]:
+    # The audit middleware is outermost but for the connection guard's, so it sees every
+    # final status.
+    middlewares: list[Any] = [audit_middleware, metrics_middleware, error_middleware]
+    if connections is not None:
+        middlewares.insert(0, connection_middleware(connections))
+    return middlewares
 
 
 def create_app(
@@ -116,6 +136,7 @@ def create_app(
     limits: CallLimits | None = None,
     metrics_of: str | None = "gateway",
     metrics_reuse_port: bool = False,
+    connections: ConnectionGuard | None = None,
 ) -> web.Application:
     """The gateway application. Resources not passed in are opened from the settings.
 
@@ -125,29 +146,36 @@ def create_app(
 
     A bus passed in is used as it is (its owner starts and closes it); one opened here
     connects in the background, so the gateway starts and answers 503 while RabbitMQ is
-    down, and recovers by itself. The store's schema is migrated at start.
+    down, and recovers by itself. The store's schema is migrated at start. `connections`
+    is the serving process's guard (`gateway.connections`), told when requests run.
     """
-    # The body limit is enforced by aiohttp itself as well as by the handler. The audit
-    # middleware is outermost, so it sees the final status of every call.
+    # The body limit is enforced by aiohttp itself as well as by the handler.
     app = web.Application(
-        client_max_size=settings.max_body_bytes,
-        middlewares=[audit_middleware, metrics_middleware, error_middleware],
+        client_max_size=settings.max_body_bytes, middlewares=_middlewares(connections)
     )
     name_server(app)
     app[SETTINGS] = settings
     app[WAITER] = ResultWaiter()
-    app[TRIGGER_CACHE] = TTLCache(maxsize=10_000, ttl=settings.trigger_cache_ttl)
     app[AUTH_LIMITER] = FailedAuthLimiter(settings.auth_failures_per_minute)
-    app[TRIGGER_LOOKUPS] = {}
     app[METRICS_GAUGES] = open_gauges(app)
+    app[UNSEEN_WAITERS] = asyncio.Semaphore(UNSEEN_WAITERS_LIMIT)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store if store is not None else open_store(settings.database)
         app[JOBS] = jobs if jobs is not None else open_job_store(settings.database)
         await app[STORE].start()
+        app[TRIGGER_CACHE] = TriggerCache(
+            app[STORE], ttl=settings.trigger_cache_ttl, refresh_after=TRIGGER_REFRESH_AFTER
+        )
         _start_writers(app, settings)
-        yield
+        async with (
+            follow_changes(app[STORE], app[TRIGGER_CACHE]),
+            prune_audit_forever(app[STORE], settings.audit_retention),
+            periodically(5.0, lambda: app[UNAUTHENTICATED].tick(utcnow())),
+        ):
+            yield
         await app[ACCEPTED].close()
+        app[UNAUTHENTICATED].flush()
         await app[AUDIT].close()
         if store is None:
             await app[STORE].close()
@@ -200,21 +228,59 @@ def _add_routes(app: web.Application) -> None:
     add_console(app)
 
 
+async def _listen(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
+    """Serve until cancelled (aiohttp's `run_app`, with guarded connections)."""
+    guard = ConnectionGuard(
+        header_timeout=settings.header_timeout,
+        idle_timeout=settings.idle_timeout,
+        max_per_address=settings.max_connections_per_address,
+        exempt=settings.trusted_proxies,
+    )
+    app = create_app(settings, connections=guard, metrics_reuse_port=reuse_port)
+    # SIGTERM/SIGINT raise GracefulExit; cleanup gives requests the shutdown timeout.
+    runner = web.AppRunner(
+        app, handle_signals=True, access_log=None, shutdown_timeout=settings.shutdown_timeout
+    )
+    await runner.setup()
+    try:
+        site = GuardedSite(
+            runner,
+            host,
+            port,
+            guard=guard,
+            reuse_port=reuse_port,
+            # No access log: it would print query strings, and so secrets. The guard closes
+            # idle connections itself; lingering (reading an unread body after the answer,
+            # so the caller sees it) is kept short.
+            handler_args={
+                "access_log": None,
+                "keepalive_timeout": settings.idle_timeout,
+                "lingering_time": 2.0,
+            },
+        )
+        await site.start()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
 def _serve(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
     """One gateway process: serve until SIGTERM/SIGINT, finishing in-flight requests."""
     configure_logging(settings.log_format, settings.log_level)
-    app = create_app(settings, metrics_reuse_port=reuse_port)
     tune_gc()
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        reuse_port=reuse_port or None,
-        access_log=None,  # the access log would print query strings, and so secrets
-        shutdown_timeout=settings.shutdown_timeout,
-        print=None,
-        loop=new_event_loop(),
-    )
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_listen(settings, host, port, reuse_port))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError, web.GracefulExit):
+            loop.run_until_complete(main)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def run_gateway(settings: Settings, host: str, port: int, processes: int = 1) -> None:

@@ -3,6 +3,13 @@
 Each entry has the outcome, status, error code, time, caller address and user agent,
 never the query string (it carries the secret). Entries are written in batches by
 `shared.audit.AuditLog`, off the hot path.
+
+Calls refused before their secret was verified (400, 403, 429, ...) cost nothing to send,
+so they are not one entry each: `UnauthenticatedTally` counts them per client address and
+minute and writes one entry per address and minute (`count` calls, the codes seen: see
+`shared.audit.UnauthenticatedTally`), so
+a flood grows the table by at most one row per address a minute. The gateways prune
+entries older than ``TRIGGERS_AUDIT_RETENTION`` (`gateway.invalidation`).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.client import client_address
-from gateway.keys import AUDIT, ERROR, LOG_FIELDS
+from gateway.keys import AUDIT, AUTHENTICATED, ERROR, LOG_FIELDS, UNAUTHENTICATED
 from shared.audit import WAIT_OUTCOMES, AuditEntry, Outcome, WaitOutcome
 from shared.messages import utcnow
 
@@ -79,20 +86,22 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
     outcome, waited = _outcome(response.status, fields)
     if outcome == "ignored" and "reason" not in fields:
         code, detail = _ignored_reason(response)
-    request.app[AUDIT].record(
-        AuditEntry(
-            at=utcnow(),
-            outcome=outcome,
-            status=response.status,
-            trigger_id=fields.get("trigger_id"),
-            reason=code or fields.get("reason"),
-            detail=_masked(detail or fields.get("detail")),
-            method=request.method,
-            remote=client_address(request),
-            user_agent=request.headers.get("User-Agent", "")[:200] or None,
-            job_id=fields.get("job_id"),
-            request_id=response.headers.get("X-Request-ID") or None,
-            wait_outcome=waited,
-        )
+    entry = AuditEntry(
+        at=utcnow(),
+        outcome=outcome,
+        status=response.status,
+        trigger_id=fields.get("trigger_id"),
+        reason=code or fields.get("reason"),
+        detail=_masked(detail or fields.get("detail")),
+        method=request.method,
+        remote=client_address(request),
+        user_agent=request.headers.get("User-Agent", "")[:200] or None,
+        job_id=fields.get("job_id"),
+        request_id=response.headers.get("X-Request-ID") or None,
+        wait_outcome=waited,
     )
+    if outcome == "rejected" and not request.get(AUTHENTICATED, False):
+        request.app[UNAUTHENTICATED].record(entry)
+    else:
+        request.app[AUDIT].record(entry)
     return response

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from gateway.client import client_address
 from gateway.keys import ERROR, LOG_FIELDS
-from shared.errors import BrokerUnavailable
+from gateway.shared_state import RedisOutage
+from shared.errors import BrokerUnavailable, StoreUnavailable
 
 __all__ = ["ApiError", "error_middleware", "json_error", "json_response"]
 
@@ -47,6 +48,11 @@ class ApiError(Exception):
         self.detail = detail
         self.headers = headers or {}
 
+
+# An outage is one warning line when it starts and one per 30 s after it, with a count,
+# not a line (or a traceback) per call; each request still has its summary line.
+_BROKER_OUTAGE = RedisOutage("gateway.broker_unavailable", pause=0)
+_STORE_OUTAGE = RedisOutage("gateway.store_unavailable", pause=0)
 
 # Built once: msgspec encodes a response body several times faster than json.dumps.
 _json = msgspec.json.Encoder()
@@ -84,11 +90,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except ApiError as exc:
         failure = (exc.status, exc.code, exc.detail, exc.headers)
-    except BrokerUnavailable:
+    except BrokerUnavailable as exc:
+        _BROKER_OUTAGE.failed(request.path, exc)
         failure = (
             503,
             "broker_unavailable",
             "the message broker cannot take the command right now; retry after a few seconds",
+            {"Retry-After": "5"},
+        )
+    except StoreUnavailable as exc:
+        _STORE_OUTAGE.failed(request.path, exc)
+        failure = (
+            503,
+            "store_unavailable",
+            "the database does not answer right now; retry after a few seconds",
             {"Retry-After": "5"},
         )
     except web.HTTPException as exc:

@@ -19,20 +19,23 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway.admin import require_admin
+from gateway.admin import is_admin, require_admin
 from gateway.errors import ApiError, json_response
-from gateway.keys import ACCEPTED, JOBS, LOG_FIELDS, SETTINGS, WAITER
+from gateway.keys import ACCEPTED, JOBS, LOG_FIELDS, SETTINGS, UNSEEN_WAITERS, WAITER
 from shared.jobs import JOB_STATUSES, JobRecord, job_json, parse_since
 from shared.messages import CommandEnvelope, ResultEvent
 from shared.metrics import WAITING
 from shared.settings import Settings
 
 __all__ = [
+    "UNSEEN_WAITERS_LIMIT",
     "find_job",
     "handle_job",
     "handle_jobs",
     "parse_wait",
     "run_job",
+    "safe_error",
+    "same_job",
     "status_url",
 ]
 
@@ -40,9 +43,12 @@ log = structlog.get_logger("triggers.gateway")
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _WAIT = re.compile(r"^[0-9]{1,4}(?:\.[0-9]{1,3})?$")
-# Before a 404, the store is read again after these pauses (accepted records are written
-# every ACCEPTED_FLUSH_INTERVAL, 50 ms, by the gateway that accepted the job).
-_UNSEEN_RETRIES = (0.1, 0.2, 0.4)
+# Before a 404, the store is read once more after this pause (accepted records are written
+# every ACCEPTED_FLUSH_INTERVAL, 50 ms, by the gateway that accepted the job), by at most
+# UNSEEN_WAITERS_LIMIT lookups at a time: a flood of made-up ids costs two reads each, no more,
+# and holds no more than that many requests.
+_UNSEEN_RETRY = 0.15
+UNSEEN_WAITERS_LIMIT = 16
 # How long a call with wait=N waits at most for the results subscription to come back.
 _READY_GRACE = 5.0
 _LIST_FILTERS = ("cluster", "app", "service", "action", "status", "since", "limit")
@@ -58,7 +64,7 @@ def parse_wait(text: str | None, settings: Settings) -> float:
     if text is None:
         return 0.0
     limit = settings.max_wait
-    if not _WAIT.match(text) or float(text) > limit:
+    if not _WAIT.fullmatch(text) or float(text) > limit:
         raise ApiError(
             400,
             "invalid_wait",
@@ -67,11 +73,49 @@ def parse_wait(text: str | None, settings: Settings) -> float:
     return float(text)
 
 
-def _public(job: JobRecord, settings: Settings) -> dict[str, Any]:
+# What a job's error may say to whoever holds its id: infrastructure details (endpoints,
+# kubeconfig paths, context names, addresses) are masked; the admin API shows them whole.
+_HIDDEN = (
+    (re.compile(r"\s*\([^()]*\)"), ""),
+    (re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+"), "[endpoint]"),
+    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"), "[address]"),
+    (re.compile(r"\[[0-9a-fA-F:]*:[0-9a-fA-F:]+\](?::\d+)?"), "[address]"),
+    (re.compile(r"\b[\w.-]+:\d{2,5}\b"), "[endpoint]"),
+    (re.compile(r"(?<![\w.])~?/[^\s'\",;)]+"), "[path]"),
+    (re.compile(r"\bcontexts? '[^']*'"), "context [hidden]"),
+    (re.compile(r"\bkubeconfig \S+"), "kubeconfig [hidden]"),
+)
+
+
+def safe_error(error: str | None) -> str | None:
+    """A job's error as a caller may read it: what failed, without where it runs."""
+    if error is None:
+        return None
+    for pattern, replacement in _HIDDEN:
+        error = pattern.sub(replacement, error)
+    return error[:300]
+
+
+def _public(job: JobRecord, settings: Settings, *, admin: bool = False) -> dict[str, Any]:
     data = job_json(job, status_url=status_url(settings, job.job_id))
     # The top level `error` of an answer is always a code (see gateway/errors.py); the
     # job's own error message is in `result.error`.
     data.pop("error", None)
+    if admin:
+        return data
+    # The job id travels in registries' delivery logs: whoever holds it sees the outcome,
+    # not the callers' addresses, the application's images or where the cluster runs.
+    data.pop("source", None)
+    result = data.get("result")
+    if isinstance(result, dict):
+        for name in ("source", "worker", "orchestrator"):
+            result.pop(name, None)
+        result["error"] = safe_error(result.get("error"))
+        result["detail"] = safe_error(result.get("detail"))
+        for side in ("before", "after"):
+            for state in (result.get(side) or {}).values():
+                state.pop("image", None)
+        result.pop("image", None)
     return data
 
 
@@ -93,14 +137,14 @@ async def _publish(
 
 async def find_job(request: web.Request, job_id: str) -> JobRecord | None:
     """The job from the history, completed by this process's unwritten `accepted` record;
-    None when it is still unknown after a few short retries."""
+    None when it is still unknown after one short retry."""
     job = await _find(request, job_id)
-    # Accepted by another gateway a moment ago, its record may still be on its way.
-    for delay in _UNSEEN_RETRIES:
-        if job is not None:
-            break
-        await asyncio.sleep(delay)
-        job = await _find(request, job_id)
+    waiters = request.app[UNSEEN_WAITERS]
+    if job is None and not waiters.locked():
+        # Accepted by another gateway a moment ago, its record may still be on its way.
+        async with waiters:
+            await asyncio.sleep(_UNSEEN_RETRY)
+            job = await _find(request, job_id)
     return job
 
 
@@ -203,11 +247,30 @@ def _result_answer(
     if event.status == "failed":
         job = {
             "error": "job_failed",
-            "detail": event.error or "the job failed",
+            "detail": safe_error(event.error) or "the job failed",
             **job,
         }
         return json_response(job, status=422, headers=headers)
     return json_response(job, status=200, headers=headers)
+
+
+async def same_job(request: web.Request, job_id: str, trigger_id: str) -> web.Response:
+    """The answer to a call whose Idempotency-Key was used before: that job, as it is now."""
+    settings = request.app[SETTINGS]
+    url = status_url(settings, job_id)
+    try:
+        job = await _find(request, job_id)
+    except Exception:  # the history is optional here: the job id is what the caller needs
+        job = None
+    body: dict[str, Any] = {
+        "job_id": job_id,
+        "status": job.status if job is not None else "accepted",
+        "trigger_id": trigger_id,
+        "status_url": url,
+        "idempotent_replay": True,
+    }
+    headers = {"Location": url, "Idempotent-Replayed": "true"}
+    return json_response(body, status=202, headers=headers)
 
 
 async def handle_job(request: web.Request) -> web.Response:
@@ -217,7 +280,7 @@ async def handle_job(request: web.Request) -> web.Response:
     secret, so knowing it is what grants access (like the trigger URL itself).
     """
     job_id = request.match_info["job_id"]
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise ApiError(
             400, "invalid_job_id", "a job id is 32 lowercase hex characters, as a 202 answer gives"
         )
@@ -230,7 +293,7 @@ async def handle_job(request: web.Request) -> web.Response:
             "job_not_found",
             f"no job {job_id}: unknown, or older than the history keeps ({days:g} days)",
         )
-    return json_response(_public(job, settings))
+    return json_response(_public(job, settings, admin=is_admin(request)))
 
 
 async def handle_jobs(request: web.Request) -> web.Response:
@@ -264,4 +327,5 @@ async def handle_jobs(request: web.Request) -> web.Response:
         limit=int(limit_text),
     )
     settings = request.app[SETTINGS]
-    return json_response({"jobs": [_public(job, settings) for job in jobs], "count": len(jobs)})
+    jobs_json = [_public(job, settings, admin=True) for job in jobs]
+    return json_response({"jobs": jobs_json, "count": len(jobs)})

@@ -21,10 +21,10 @@ import structlog
 from aiohttp import web
 
 from gateway.admin import _body, _json, require_admin
+from gateway.claims import CallClaims
 from gateway.errors import ApiError, json_response
 from gateway.jobs import status_url
 from gateway.keys import BUS, JOBS, LOG_FIELDS, SETTINGS, STORE
-from gateway.policy import Admission
 from gateway.sources import EventCall
 from shared.admin import AdminError
 from shared.approvals import Decisions, LinkClaims, verify_link
@@ -51,7 +51,7 @@ async def hold_call(
     answer: dict[str, object],
     *,
     event: EventCall | None,
-    admission: Admission,
+    claims: CallClaims,
 ) -> web.Response:
     """Keep the call for approval and announce it; 202 ``pending_approval``.
 
@@ -79,11 +79,10 @@ async def hold_call(
     try:
         await request.app[BUS].publish_notice(notice)
     except BaseException:
+        # The call's claims are released by its caller (`gateway.claims`).
         await store.forget(envelope.job_id)
-        if event:
-            await event.failed()
-        await admission.release()
         raise
+    await claims.published(envelope.job_id)
     if event:
         await event.published(envelope.job_id)
     await request.app[JOBS].record(JobRecord.from_event(notice))

@@ -72,15 +72,21 @@ def _check_state(trigger: Trigger, now: datetime) -> None:
 
 
 async def admit(
-    request: web.Request, trigger: Trigger, now: datetime, *, sender: str | None = None
+    request: web.Request,
+    trigger: Trigger,
+    now: datetime,
+    *,
+    sender: str | None = None,
+    cooldown: bool = True,
 ) -> Admission:
     """Check the policy for this call; raises `ApiError` for a violation.
 
     `sender` is the event source of the call's body, if any: a sender in
     `RETRYING_SENDERS` is answered 200 "ignored" where others get 403/429.
+    ``cooldown=False`` for the retry of a job already sent: it started the cooldown itself.
     """
     try:
-        return await _admit(request, trigger, now)
+        return await _admit(request, trigger, now, cooldown=cooldown)
     except ApiError as exc:
         if sender not in RETRYING_SENDERS or exc.code not in _DROPPED:
             raise
@@ -93,7 +99,9 @@ async def admit(
         return Admission(request, trigger, ignored=json_response(body, status=200))
 
 
-async def _admit(request: web.Request, trigger: Trigger, now: datetime) -> Admission:
+async def _admit(
+    request: web.Request, trigger: Trigger, now: datetime, *, cooldown: bool
+) -> Admission:
     _check_state(trigger, now)
     if request.method not in trigger.allowed_methods:
         allowed = ", ".join(trigger.allowed_methods)
@@ -115,7 +123,7 @@ async def _admit(request: web.Request, trigger: Trigger, now: datetime) -> Admis
                 f"retry after {retry_after} s",
                 headers={"Retry-After": retry_after},
             )
-    if trigger.cooldown:
+    if trigger.cooldown and cooldown:
         remaining = await limits.claim_cooldown(trigger.id, trigger.cooldown)
         if remaining is not None:
             detail = (

@@ -61,8 +61,20 @@ def _expires(key: str, value: tuple[str, float], now: float) -> float:
     return now + value[1]
 
 
+def short_key(key: str) -> str:
+    """`key`, or its SHA-256 when longer than `_MAX_KEY` (an alert group key is the sender's)."""
+    if len(key) <= _MAX_KEY:
+        return key
+    kind = key.split(":", 1)[0]
+    return f"{kind}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+# Longer keys are kept under their SHA-256, so each entry is small whatever the sender sent.
+_MAX_KEY = 200
+
+
 class MemoryRecentEvents:
-    """Keys in this process, bounded in number (oldest dropped first)."""
+    """Keys in this process, bounded in number (oldest dropped first) and in size (hashed)."""
 
     name = "memory"
 
@@ -73,7 +85,7 @@ class MemoryRecentEvents:
 
     async def seen(self, key: str) -> str | None:
         """The job id recorded for `key` (or `PENDING`), if it has not expired."""
-        found = self._cache.get(key)
+        found = self._cache.get(short_key(key))
         return found[0] if found is not None else None
 
     async def claim(self, key: str, ttl: float) -> str | None:
@@ -82,22 +94,22 @@ class MemoryRecentEvents:
         if earlier is not None:
             return earlier
         if ttl > 0:
-            self._cache[key] = (PENDING, ttl)
+            self._cache[short_key(key)] = (PENDING, ttl)
         return None
 
     async def confirm(self, key: str, job_id: str, ttl: float) -> None:
         """Attach the published job's id to a claimed key, restarting its time to live."""
         if ttl > 0:
-            self._cache[key] = (job_id, ttl)
+            self._cache[short_key(key)] = (job_id, ttl)
 
     async def release(self, key: str) -> None:
         """Drop the key if it is still a pending claim."""
         if await self.seen(key) == PENDING:
-            self._cache.pop(key, None)
+            self._cache.pop(short_key(key), None)
 
     async def forget(self, key: str) -> None:
         """Drop the key."""
-        self._cache.pop(key, None)
+        self._cache.pop(short_key(key), None)
 
 
 # KEYS[1]: the key; ARGV[1]: this gateway's pending marker; ARGV[2]: time to live in ms.
@@ -117,9 +129,6 @@ return 0
 
 # A pending claim's value in Redis: this prefix and a random token of the gateway's.
 _MARKER = f"{PENDING}:"
-
-# Longer keys (an alert group key is the sender's) are stored under their SHA-256.
-_MAX_KEY = 200
 
 
 def _ms(seconds: float) -> int:
@@ -149,10 +158,7 @@ class RedisRecentEvents:
         self._outage = RedisOutage("gateway.recent_unavailable")
 
     def _name(self, key: str) -> str:
-        if len(key) > _MAX_KEY:
-            kind = key.split(":", 1)[0]
-            key = f"{kind}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
-        return self._prefix + key
+        return self._prefix + short_key(key)
 
     @staticmethod
     def _job_id(value: bytes | None) -> str | None:

@@ -43,6 +43,8 @@ def open_redis(url: str, *, timeout: float = 0.5) -> Any:
 class RedisOutage:
     """Redis failures of one component: a short break from Redis, and a log line per interval.
 
+    (The gateway's error middleware uses it for store and broker outages too, for the log.)
+
     After a failed call Redis is left alone for `pause` seconds (`available` is False):
     the component uses its in-process state straight away instead of waiting for a
     timeout on every call while Redis hangs or is unreachable, then tries Redis again.

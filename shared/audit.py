@@ -8,6 +8,7 @@ counted (`audit.dropped`) rather than slowing calls down.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal, Protocol
@@ -16,7 +17,15 @@ import msgspec
 
 from shared.batch import WriteBehind
 
-__all__ = ["WAIT_OUTCOMES", "AuditEntry", "AuditLog", "AuditSink", "Outcome", "WaitOutcome"]
+__all__ = [
+    "WAIT_OUTCOMES",
+    "AuditEntry",
+    "AuditLog",
+    "AuditSink",
+    "Outcome",
+    "UnauthenticatedTally",
+    "WaitOutcome",
+]
 
 # accepted: the command was published (202, or with wait=N whatever the job's result was:
 # that goes in `wait_outcome`); ignored: authenticated but held back (a cooldown, an event
@@ -43,6 +52,9 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str | None = None
     request_id: str | None = None
     wait_outcome: WaitOutcome | None = None
+    # Calls this entry stands for: unauthenticated rejections are one entry per address
+    # and minute (`gateway.audit`).
+    count: int = 1
     id: int | None = None
 
 
@@ -72,3 +84,63 @@ class AuditLog(WriteBehind[AuditEntry]):
             max_pending=max_pending,
             batch=batch,
         )
+
+
+# Addresses tallied per minute at most; beyond, their calls count under one "other" entry.
+_MAX_ADDRESSES = 10_000
+
+
+class UnauthenticatedTally:
+    """Unauthenticated rejections by address and minute: an address's first of a minute is
+    written as it is (so a lone mistake shows at once), the rest of that minute as one
+    entry with their count when the minute has passed (`tick`)."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self._audit = audit
+        self._minute = ""
+        self._first: set[str] = set()
+        self._tally: dict[str, tuple[Counter[str], set[str | None], AuditEntry]] = {}
+
+    def record(self, entry: AuditEntry) -> None:
+        """Count one rejection."""
+        self.tick(entry.at)
+        address = entry.remote or "unknown"
+        if address not in self._first:
+            if len(self._first) < _MAX_ADDRESSES:
+                self._first.add(address)
+                self._audit.record(entry)
+                return
+            address = "other"
+        codes, triggers, _ = self._tally.get(address, (Counter(), set(), entry))
+        codes[f"{entry.status} {entry.reason}"] += 1
+        if len(triggers) < 2:
+            triggers.add(entry.trigger_id)
+        self._tally[address] = (codes, triggers, entry)
+
+    def tick(self, now: datetime) -> None:
+        """Flush when the minute of `now` is not the tallied one (called every few seconds)."""
+        minute = now.strftime("%Y-%m-%dT%H:%M")
+        if minute != self._minute:
+            self.flush()
+            self._minute = minute
+
+    def flush(self) -> None:
+        """Write one entry per address of the minute tallied so far."""
+        for address, (codes, triggers, last) in self._tally.items():
+            count = sum(codes.values())
+            shown = ", ".join(f"{code} x{n}" for code, n in codes.most_common(5))
+            self._audit.record(
+                msgspec.structs.replace(
+                    last,
+                    remote=address,
+                    reason="unauthenticated",
+                    detail=f"{count} more calls refused before authentication in {self._minute}: "
+                    f"{shown}",
+                    trigger_id=next(iter(triggers)) if len(triggers) == 1 else None,
+                    job_id=None,
+                    request_id=None,
+                    count=count,
+                )
+            )
+        self._tally.clear()
+        self._first.clear()

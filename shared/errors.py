@@ -12,6 +12,7 @@ __all__ = [
     "NotFoundError",
     "PermanentError",
     "RetryableError",
+    "StoreUnavailable",
     "TriggersError",
 ]
 
@@ -42,3 +43,7 @@ class ConflictError(RetryableError):
 
 class BrokerUnavailable(RetryableError):
     """The broker did not confirm a message: unreachable, refused, or too slow."""
+
+
+class StoreUnavailable(RetryableError):
+    """The database did not answer: unreachable, refused, out of file descriptors, locked."""

@@ -108,7 +108,7 @@ def image_reference(repository: str, tag: str | None, digest: str | None) -> str
     if tag:
         ref += f":{tag}"
     if digest:
-        if not _DIGEST.match(digest):
+        if not _DIGEST.fullmatch(digest):
             msg = f"{digest[:80]!r} is not an image digest (algorithm:hex)"
             raise ValueError(msg)
         ref += f"@{digest}"

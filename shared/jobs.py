@@ -445,7 +445,7 @@ _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def parse_duration(text: str) -> timedelta:
     """``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` as a timedelta."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if not match:
         msg = f"expected a duration like 90s, 15m, 12h, 7d or 2w, got {text[:32]!r}"
         raise ValueError(msg)

@@ -150,6 +150,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS jobs_by_app ON jobs (cluster, app, issued_at)",
         ),
     ),
+    # Audit retention prunes by time; unauthenticated rejections are one row per address
+    # and minute, with how many calls it stands for.
+    Migration(
+        7,
+        "audit retention and counts",
+        (
+            "ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1",
+            "CREATE INDEX audit_by_time ON audit (at)",
+        ),
+    ),
+    # Every change of a trigger (create, update, rotate, revoke) is a row here: gateways
+    # follow it to evict their cached copies within a second (`gateway.invalidation`).
+    Migration(
+        8,
+        "trigger changes",
+        (
+            """CREATE TABLE trigger_changes (
+                id         {serial},
+                trigger_id TEXT NOT NULL,
+                at         {ts} NOT NULL
+            )""",
+        ),
+    ),
     # The workers' record of applied jobs (workers/applied.py): the change each job made,
     # kept off the platform so a rollback or a re-deploy that rewrites the workloads'
     # labels cannot erase it.

@@ -311,7 +311,7 @@ def job_table(jobs: list[JobRecord]) -> Table:
             _target(job.cluster, job.app, job.service),
             change,
             f"{job.duration_ms:.0f} ms" if job.duration_ms is not None else "",
-            _source(job.source),
+            Text(_source(job.source)),  # a Text: a caller's user agent is never markup
             job.job_id[:12],
         )
     return table

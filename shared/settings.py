@@ -9,7 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-__all__ = ["Network", "Settings", "parse_networks"]
+__all__ = ["MIN_ADMIN_TOKEN", "Network", "Settings", "parse_networks"]
+
+# The admin token guards every trigger: a short one could be guessed over the network.
+MIN_ADMIN_TOKEN = 16
 
 LogFormat = Literal["console", "json"]
 OrchestratorName = Literal["local", "kubernetes", "swarm"]
@@ -44,6 +47,24 @@ def _delays(env: Mapping[str, str], var: str, name: str) -> dict[str, tuple[floa
     except ValueError:
         msg = f"{var} must be comma-separated seconds, e.g. 1,5,30,120"
         raise ValueError(msg) from None
+
+
+def _durations(env: Mapping[str, str]) -> dict[str, float]:
+    """The retention settings, written ``90s``, ``12h``, ``7d``... (seconds)."""
+    values: dict[str, float] = {}
+    for var, name in (
+        ("TRIGGERS_JOB_RETENTION", "job_retention"),
+        ("TRIGGERS_AUDIT_RETENTION", "audit_retention"),
+    ):
+        if env.get(var):
+            from shared.jobs import parse_duration  # noqa: PLC0415 - settings stay import-light
+
+            try:
+                values[name] = parse_duration(env[var]).total_seconds()
+            except ValueError as exc:
+                msg = f"{var}: {exc}"
+                raise ValueError(msg) from None
+    return values
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,8 +110,19 @@ class Settings:
     metrics_port: int | None = None
     # Seconds a scrape reuses the last reading of queue depths and job counts.
     metrics_cache_ttl: float = 5.0
-    # Failed authentications per client address and minute before it gets 429 (0: no limit).
+    # Failed authentications per client address and trigger (and per address on the admin
+    # API) in a minute, past which wrong secrets get 429 (0: no limit). A correct secret is
+    # never refused.
     auth_failures_per_minute: int = 30
+    # Connection hardening (gateway/connections.py): seconds to deliver a request's headers,
+    # to deliver a trigger call's body, to keep an idle keep-alive connection; connections
+    # one client address may hold (one over closes its oldest idle one; 0: no cap).
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    idle_timeout: float = 75.0
+    max_connections_per_address: int = 64
+    # How long an Idempotency-Key answers the same job (seconds).
+    idempotency_window: float = 86400.0
     # Registry pushes and alerts (gateway/sources): one digest deploys once per window,
     # one alert (group) acts once per cooldown, signed timestamps are valid this long.
     push_dedupe_window: float = 120.0
@@ -110,6 +142,8 @@ class Settings:
     audit_max_pending: int = 10_000
     # Seconds a web console sign-in lasts (its session cookie's expiry).
     console_session_ttl: float = 12 * 3600.0
+    # How long the gateways keep audit entries, in seconds (pruned like jobs).
+    audit_retention: float = 30 * 86400.0
     # Worker tuning.
     # Enough in hand for the local cluster to commit many commands in one transaction.
     prefetch: int = 64
@@ -164,6 +198,11 @@ class Settings:
             "TRIGGERS_MAX_BODY_BYTES": ("max_body_bytes", int),
             "TRIGGERS_TRIGGER_CACHE_TTL": ("trigger_cache_ttl", float),
             "TRIGGERS_AUTH_FAILURES_PER_MINUTE": ("auth_failures_per_minute", int),
+            "TRIGGERS_HEADER_TIMEOUT": ("header_timeout", float),
+            "TRIGGERS_BODY_TIMEOUT": ("body_timeout", float),
+            "TRIGGERS_IDLE_TIMEOUT": ("idle_timeout", float),
+            "TRIGGERS_MAX_CONNECTIONS_PER_ADDRESS": ("max_connections_per_address", int),
+            "TRIGGERS_IDEMPOTENCY_WINDOW": ("idempotency_window", float),
             "TRIGGERS_PUSH_DEDUPE_WINDOW": ("push_dedupe_window", float),
             "TRIGGERS_ALERT_COOLDOWN": ("alert_cooldown", float),
             "TRIGGERS_SIGNATURE_TOLERANCE": ("signature_tolerance", float),
@@ -194,16 +233,7 @@ class Settings:
                     raise ValueError(msg) from None
         values.update(_delays(env, "TRIGGERS_RETRY_DELAYS", "retry_delays"))
         values.update(_delays(env, "TRIGGERS_NOTIFY_RETRY_DELAYS", "notify_retry_delays"))
-        if env.get("TRIGGERS_JOB_RETENTION"):
-            from shared.jobs import parse_duration  # noqa: PLC0415 - settings stay import-light
-
-            try:
-                values["job_retention"] = parse_duration(
-                    env["TRIGGERS_JOB_RETENTION"]
-                ).total_seconds()
-            except ValueError as exc:
-                msg = f"TRIGGERS_JOB_RETENTION: {exc}"
-                raise ValueError(msg) from None
+        values.update(_durations(env))
         if env.get("TRIGGERS_TRUSTED_PROXIES"):
             values["trusted_proxies"] = parse_networks(env["TRIGGERS_TRUSTED_PROXIES"])
         if env.get("TRIGGERS_PROXY_HEADER"):
@@ -265,6 +295,12 @@ class Settings:
         from shared.amqp_transport import BrokerNodes  # noqa: PLC0415 - settings stay import-light
 
         BrokerNodes(self.amqp_url, shuffle=False)  # raises ValueError naming the variable
+        if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN:
+            msg = (
+                f"TRIGGERS_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters; "
+                "make one with `openssl rand -hex 32`"
+            )
+            raise ValueError(msg)
         if not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
             msg = (
                 "TRIGGERS_DATABASE must look like sqlite:///path/to/file.db "

@@ -12,14 +12,16 @@ one list of `shared/migrations.py` when a store starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
+from shared.errors import StoreUnavailable
 from shared.group_commit import GroupCommit
 from shared.messages import utcnow
 from shared.migrations import MIGRATION_LOCK, MIGRATIONS, Dialect, render
@@ -79,6 +81,36 @@ def parse_database(database: str) -> tuple[Dialect, str]:
     raise ValueError(msg)
 
 
+def _outage_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [sqlite3.OperationalError, OSError, TimeoutError]
+    try:
+        import asyncpg  # noqa: PLC0415 - only PostgreSQL deployments have it loaded
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        return tuple(errors)
+    errors += [asyncpg.PostgresConnectionError, asyncpg.InterfaceError]
+    errors += [asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError]
+    return tuple(errors)
+
+
+# What "the database is not there" looks like from either driver (a syntax error is not it:
+# sqlite3 says "no such table" or "syntax error" through OperationalError too, hence the test).
+_OUTAGE = _outage_errors()
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Raise `StoreUnavailable` for an outage, so callers answer 503 rather than 500."""
+    try:
+        yield
+    except _OUTAGE as exc:
+        if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(
+            ("no such", "syntax error")
+        ):
+            raise
+        msg = f"the database did not answer: {type(exc).__name__}"
+        raise StoreUnavailable(msg) from exc
+
+
 class SqlBackend:
     """A store over a driver: migrated once on first use (or `start`), then plain SQL."""
 
@@ -95,19 +127,22 @@ class SqlBackend:
                 self._started = True
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        if not self._started:
-            await self.start()
-        return await self._db.fetch(sql, params)
+        with _unavailable():
+            if not self._started:
+                await self.start()
+            return await self._db.fetch(sql, params)
 
     async def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        if not self._started:
-            await self.start()
-        return await self._db.execute(sql, params)
+        with _unavailable():
+            if not self._started:
+                await self.start()
+            return await self._db.execute(sql, params)
 
     async def _execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if not self._started:
-            await self.start()
-        await self._db.execute_many(sql, rows)
+        with _unavailable():
+            if not self._started:
+                await self.start()
+            await self._db.execute_many(sql, rows)
 
     async def close(self) -> None:
         """Release connections."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -114,6 +114,14 @@ class TriggerStore(Protocol):
         limit: int = 100,
     ) -> builtins.list[AuditEntry]:
         """Audit entries, newest first; `before_id` pages back."""
+        ...
+
+    async def prune_audit(self, before: datetime) -> int:
+        """Delete audit entries older than `before` (and trigger changes); how many entries."""
+        ...
+
+    async def changes_since(self, after: int | None) -> tuple[int, builtins.list[str]]:
+        """The latest change number and the triggers changed after `after` (None: just the number)."""
         ...
 
     async def close(self) -> None:
@@ -223,6 +231,7 @@ class SqlTriggerStore(SqlBackend):
             f"INSERT INTO triggers ({', '.join(_TRIGGER_COLUMNS)}) VALUES ({marks})",  # noqa: S608 - column names come from the struct
             _columns(trigger, _TRIGGER_COLUMNS),
         )
+        await self._changed(trigger.id)
         return trigger, secret
 
     async def get(self, trigger_id: str) -> Trigger | None:
@@ -308,6 +317,7 @@ class SqlTriggerStore(SqlBackend):
         # mix (say min from one and max from the other) that neither checked.
         updated = msgspec.structs.replace(current, **merged, options=options, updated_at=now)
         await self._write(updated, [*POLICY_FIELDS, "options", "updated_at"])
+        await self._changed(trigger_id)
         return updated
 
     async def rotate(self, trigger_id: str, *, grace: float) -> tuple[Trigger, str] | None:
@@ -322,6 +332,8 @@ class SqlTriggerStore(SqlBackend):
             " WHERE id = ? AND revoked_at IS NULL",
             (now + timedelta(seconds=grace), hash_secret(secret), now, now, trigger_id),
         )
+        if count:
+            await self._changed(trigger_id)
         trigger = await self.get(trigger_id)
         if trigger is None:
             return None
@@ -333,11 +345,36 @@ class SqlTriggerStore(SqlBackend):
     async def revoke(self, trigger_id: str) -> Trigger | None:
         """Revoke a trigger (idempotent); None when it does not exist."""
         now = utcnow()
-        await self._execute(
+        if await self._execute(
             "UPDATE triggers SET revoked_at = ?, updated_at = ? WHERE id = ? AND revoked_at IS NULL",
             (now, now, trigger_id),
-        )
+        ):
+            await self._changed(trigger_id)
         return await self.get(trigger_id)
+
+    async def _changed(self, trigger_id: str) -> None:
+        # What gateways follow to evict their cached copy (`gateway.invalidation`).
+        await self._execute(
+            "INSERT INTO trigger_changes (trigger_id, at) VALUES (?, ?)", (trigger_id, utcnow())
+        )
+
+    async def changes_since(self, after: int | None) -> tuple[int, builtins.list[str]]:
+        """The latest change number and the triggers changed after `after` (None: just the number)."""
+        if after is None:
+            rows = await self._fetch("SELECT MAX(id) AS last FROM trigger_changes")
+            return int(rows[0]["last"] or 0), []
+        rows = await self._fetch(
+            "SELECT id, trigger_id FROM trigger_changes WHERE id > ? ORDER BY id LIMIT 1000",
+            (after,),
+        )
+        if not rows:
+            return after, []
+        return int(rows[-1]["id"]), [str(r["trigger_id"]) for r in rows]
+
+    async def prune_audit(self, before: datetime) -> int:
+        """Delete audit entries older than `before` (and trigger changes); how many entries."""
+        await self._execute("DELETE FROM trigger_changes WHERE at < ?", (before,))
+        return await self._execute("DELETE FROM audit WHERE at < ?", (before,))
 
     async def record_audit(self, entries: Sequence[AuditEntry]) -> None:
         """Append entries to the audit trail in one write."""

@@ -24,6 +24,7 @@ from shared.messages import Action
 
 __all__ = [
     "HTTP_METHODS",
+    "MIN_SIGNING_SECRET",
     "NAMESPACE_PATTERN",
     "NAME_PATTERN",
     "SignatureScheme",
@@ -45,6 +46,8 @@ __all__ = [
 
 # Cluster, application and service names: what Kubernetes and Swarm accept, minus the
 # separators the trigger URL and the routing keys use ("|", ".", "/", whitespace).
+# A shorter HMAC key could be guessed from one signed request offline.
+MIN_SIGNING_SECRET = 16
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
 _TRIGGER_ID = re.compile(r"^[a-z0-9]{8,64}$")  # ours are 26 base32 chars
 _SECRET = re.compile(r"^[0-9a-f]{64}$")
@@ -102,7 +105,7 @@ class TriggerOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
         if self.semver:
             try:
                 SpecifierSet(self.semver)
-            except InvalidSpecifier:
+            except (InvalidSpecifier, ValueError):  # ValueError: past int()'s digit limit
                 msg = f"--semver {self.semver!r} is not a version range; write e.g. '>=1.2,<2'"
                 raise ValueError(msg) from None
         if (self.step is not None or self.scale_in_on_resolve) and action != "scale":
@@ -126,6 +129,12 @@ class TriggerOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
             raise ValueError(msg)
         if (self.oidc_audience or self.oidc_email) and self.signature != "google-oidc":
             msg = "--oidc-audience and --oidc-email need --signature google-oidc"
+            raise ValueError(msg)
+        if self.signing_secret is not None and len(self.signing_secret) < MIN_SIGNING_SECRET:
+            msg = (
+                f"--signing-secret must be at least {MIN_SIGNING_SECRET} characters "
+                "(leave it out and one is generated)"
+            )
             raise ValueError(msg)
 
 
@@ -208,7 +217,7 @@ class TriggerRef(msgspec.Struct, frozen=True, kw_only=True):
 
 def validate_name(kind: str, value: str) -> str:
     """Return `value` if it is a usable cluster/app/service name, else raise ValueError."""
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         msg = (
             f"{kind} {value!r} is not a valid name: use 1-63 letters, digits, '-' or '_', "
             "starting and ending with a letter or digit"
@@ -222,7 +231,7 @@ NAMESPACE_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 def validate_namespace(value: str) -> str:
     """Return `value` if it is a valid Kubernetes namespace name, else raise ValueError."""
-    if not NAMESPACE_PATTERN.match(value):
+    if not NAMESPACE_PATTERN.fullmatch(value):
         msg = (
             f"namespace {value!r} is not a valid Kubernetes namespace: use 1-63 lowercase "
             "letters, digits or '-', starting and ending with a letter or digit"
@@ -253,7 +262,7 @@ def secret_matches(secret: str, secret_hash: str) -> bool:
 
 def looks_like_secret(secret: str) -> bool:
     """Whether a value has the shape of a secret (64 lowercase hex characters)."""
-    return bool(_SECRET.match(secret))
+    return bool(_SECRET.fullmatch(secret))
 
 
 def encode_trigger_url(cluster: str, app: str, action: Action, trigger_id: str) -> str:
@@ -292,10 +301,10 @@ def decode_trigger_url(value: str) -> TriggerRef:
     if url_action not in _ACTION:
         msg = f"triggerUrl action must be 'redeploy' or 'scaling', got {url_action[:32]!r}"
         raise TriggerUrlError(msg)
-    if not (NAME_PATTERN.match(cluster) and NAME_PATTERN.match(app)):
+    if not (NAME_PATTERN.fullmatch(cluster) and NAME_PATTERN.fullmatch(app)):
         msg = "triggerUrl names a cluster or application that cannot exist"
         raise TriggerUrlError(msg)
-    if not _TRIGGER_ID.match(trigger_id):
+    if not _TRIGGER_ID.fullmatch(trigger_id):
         msg = "triggerUrl carries a malformed trigger id"
         raise TriggerUrlError(msg)
     return TriggerRef(cluster=cluster, app=app, action=_ACTION[url_action], trigger_id=trigger_id)

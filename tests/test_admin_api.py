@@ -124,14 +124,14 @@ async def test_rotate_returns_a_new_url_and_secret(gateway: Gateway) -> None:
 
 async def test_audit_route_lists_calls(gateway: Gateway, store: SqliteTriggerStore) -> None:
     """GET /v1/audit lists the calls made, newest first, and filters by trigger and outcome."""
-    trigger, _ = await store.create(cluster="demo", app="shop", action="redeploy")
-    wrong = gateway.call_url(trigger, "0" * 64)
-    for _ in range(2):
-        async with gateway.http.get(wrong) as response:
-            assert response.status == 403
+    trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    async with gateway.http.get(gateway.call_url(trigger, "0" * 64)) as response:
+        assert response.status == 403
+    async with gateway.http.get(gateway.call_url(trigger, secret) + "&step=1") as response:
+        assert response.status == 400
     status, body = await gateway.admin("GET", f"/v1/audit?trigger_id={trigger.id}")
     assert status == 200, body
-    assert [e["reason"] for e in body["entries"]] == ["forbidden", "forbidden"]
+    assert [e["reason"] for e in body["entries"]] == ["unexpected_parameter", "forbidden"]
     status, none = await gateway.admin("GET", "/v1/audit?outcome=accepted")
     assert (status, none["entries"]) == (200, [])
     status, page = await gateway.admin("GET", "/v1/audit?limit=1")

@@ -562,10 +562,10 @@ async def test_github_signature_known_vector_wrong_and_missing(
 async def test_generic_hmac_signature(gateway: Gateway, store: SqliteTriggerStore) -> None:
     """--signature hmac: X-Signature: sha256=<hex> of the body; a wrong one is 401."""
     trigger, secret = await image_trigger(
-        store, "svendowideit/testhook", signature="hmac", signing_secret="k3y"
+        store, "svendowideit/testhook", signature="hmac", signing_secret="k3y-signing-0123456"
     )
     body = raw("dockerhub_push.json")
-    good = "sha256=" + hmac.new(b"k3y", body, hashlib.sha256).hexdigest()
+    good = "sha256=" + hmac.new(b"k3y-signing-0123456", body, hashlib.sha256).hexdigest()
     status, answer = await post(gateway, trigger, secret, body, {**JSON, "X-Signature": good})
     assert status == 202, answer
     status, answer = await post(
@@ -584,16 +584,19 @@ async def test_timestamped_signature_rejects_stale_and_replayed_requests(
 ) -> None:
     """t=<unix>,v1=<hex>: fresh passes, ten minutes old is 401 stale, the same request again 409."""
     trigger, secret = await image_trigger(
-        store, "svendowideit/testhook", signature="timestamped", signing_secret="k3y"
+        store,
+        "svendowideit/testhook",
+        signature="timestamped",
+        signing_secret="k3y-signing-0123456",
     )
     body = raw("dockerhub_push.json")
     now = int(time.time())
-    fresh = {**JSON, "X-Signature": _timestamped("k3y", body, now)}
+    fresh = {**JSON, "X-Signature": _timestamped("k3y-signing-0123456", body, now)}
     status, answer = await post(gateway, trigger, secret, body, fresh)
     assert status == 202, answer
     status, answer = await post(gateway, trigger, secret, body, fresh)
     assert (status, answer["error"]) == (409, "replayed_request")
-    stale = {**JSON, "X-Signature": _timestamped("k3y", body, now - 600)}
+    stale = {**JSON, "X-Signature": _timestamped("k3y-signing-0123456", body, now - 600)}
     status, answer = await post(gateway, trigger, secret, body, stale)
     assert (status, answer["error"]) == (401, "stale_signature")
     forged = {**JSON, "X-Signature": _timestamped("wrong", body, now)}

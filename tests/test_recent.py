@@ -237,11 +237,16 @@ async def test_timestamped_signature_replayed_to_the_other_gateway_is_refused(
     """A timestamped request accepted by A is 409 on B; Redis holds only the signature's hash."""
     one, other = shared_gateways
     trigger, secret = await image_trigger(
-        store, "svendowideit/testhook", signature="timestamped", signing_secret="k3y"
+        store,
+        "svendowideit/testhook",
+        signature="timestamped",
+        signing_secret="k3y-signing-0123456",
     )
     body = raw("dockerhub_push.json")
     stamp = int(time.time())
-    given = hmac.new(b"k3y", f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    given = hmac.new(
+        b"k3y-signing-0123456", f"{stamp}.".encode() + body, hashlib.sha256
+    ).hexdigest()
     headers = {**JSON, "X-Signature": f"t={stamp},v1={given}"}
     status, answer = await post(one, trigger, secret, body, headers)
     assert status == 202, answer

@@ -429,8 +429,9 @@ async def trigger(request: web.Request) -> web.StreamResponse:
 
 
 def _changed(request: web.Request, trigger_id: str, what: str) -> None:
-    # This gateway forgets its cached copy at once; the others within their cache TTL.
-    request.app[TRIGGER_CACHE].pop(trigger_id, None)
+    # This gateway forgets its cached copy at once; the others through the store's change
+    # feed (gateway/invalidation.py).
+    request.app[TRIGGER_CACHE].invalidate(trigger_id)
     log.info("console.trigger_changed", trigger_id=trigger_id, change=what)
 
 

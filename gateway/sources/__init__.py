@@ -12,6 +12,7 @@ from typing import Literal
 
 from aiohttp import web
 
+from gateway.claims import CallClaims, earlier_job
 from gateway.errors import ApiError, json_response
 from gateway.keys import LOG_FIELDS, RECENT_EVENTS, SETTINGS
 from gateway.recent import PENDING, RecentEvents
@@ -56,26 +57,18 @@ _DELIVERY_TTL = 24 * 3600.0
 
 @dataclass
 class EventCall:
-    """A command made from a body, holding its claims until the broker confirms it."""
+    """A command made from a body; its keys are claimed in the call's `CallClaims`."""
 
     command: Command
     origin: Origin
     summary: dict[str, object]
     _recent: RecentEvents
-    _claims: tuple[tuple[str, float], ...]
     _forget: tuple[str, ...]
 
     async def published(self, job_id: str) -> None:
-        """The broker confirmed the command: remember its job id under every claim."""
-        for key, ttl in self._claims:
-            await self._recent.confirm(key, job_id, ttl)
+        """The broker confirmed the command: forget what it supersedes."""
         for key in self._forget:
             await self._recent.forget(key)
-
-    async def failed(self) -> None:
-        """Nothing was published: a retry of the same event must act."""
-        for key, _ in self._claims:
-            await self._recent.release(key)
 
 
 def _ignored(
@@ -101,12 +94,13 @@ async def inspect_call(
     direction: Literal["scale_in", "scale_out"] | None,
     step: int | None,
     secret_in_query: bool,
+    claims: CallClaims,
 ) -> EventCall | web.Response | None:
     """Authenticate beyond the secret, then read the body.
 
     Returns None for a plain call (no body, or ``source=plain``), an `EventCall` whose
     command replaces the plain one, or a 200 "ignored" response. Raises `ApiError`
-    (400, 401, 409, 422) when the call must be refused.
+    (400, 401, 409, 422) when the call must be refused. Keys are claimed in `claims`.
     """
     settings = request.app[SETTINGS]
     recent = request.app[RECENT_EVENTS]
@@ -123,7 +117,7 @@ async def inspect_call(
         trigger.id,
         request.headers,
         body,
-        recent=recent,
+        claims=claims,
         tolerance=settings.signature_tolerance,
         jwks_url=settings.oidc_jwks_url,
     )
@@ -140,12 +134,13 @@ async def inspect_call(
     if log_fields is not None:
         log_fields["event_source"] = parsed.source
     delivery_key = f"delivery:{trigger.id}:{parsed.source}:{parsed.event_id}"
-    if parsed.event_id is not None and (earlier := await recent.seen(delivery_key)) is not None:
+    earlier = earlier_job(await recent.seen(delivery_key)) if parsed.event_id else None
+    if earlier is not None and not earlier.unconfirmed:
         return _ignored(
             request,
             "duplicate_delivery",
             f"{label} delivery {parsed.event_id} was already received",
-            None if earlier == PENDING else earlier,
+            earlier.job_id,
         )
     try:
         plan = plan_event(
@@ -164,12 +159,16 @@ async def inspect_call(
             await recent.forget(key)
         return _ignored(request, plan.reason, plan.detail, plan.job_id)
     return await _claim(
-        request, recent, plan, delivery_key if parsed.event_id is not None else None
+        request, recent, claims, plan, delivery_key if parsed.event_id is not None else None
     )
 
 
 async def _claim(
-    request: web.Request, recent: RecentEvents, plan: Planned, delivery_key: str | None
+    request: web.Request,
+    recent: RecentEvents,
+    claims: CallClaims,
+    plan: Planned,
+    delivery_key: str | None,
 ) -> EventCall | web.Response:
     for key in plan.requires:
         if await recent.seen(key) in (None, PENDING):
@@ -180,48 +179,47 @@ async def _claim(
                 "(it was held back, is still in progress, or is older than the episode memory); "
                 "nothing to undo",
             )
-    claims = plan.claims + (((delivery_key, _DELIVERY_TTL),) if delivery_key else ())
-    taken: list[str] = []
-    for key, ttl in claims:
-        earlier = await recent.claim(key, ttl)
-        if earlier is not None:
-            for done in taken:
-                await recent.release(done)
-            alert = key.startswith("alert:")
-            if earlier == PENDING:
-                what = "alert" if alert else "image"
-                return _ignored(
-                    request,
-                    "in_progress",
-                    f"the same {what} is being acted on by a call still in progress",
-                )
-            if alert and ":firing:" in key and ttl >= EPISODE_TTL:
-                return _ignored(
-                    request,
-                    "alert_repeat",
-                    "this alert group already scaled out in its current firing episode; "
-                    "it acts again after it resolves",
-                    earlier,
-                )
-            if alert:
-                return _ignored(
-                    request,
-                    "alert_repeat",
-                    f"the same alert already acted within the last {ttl:.0f} s",
-                    earlier,
-                )
+    keys = plan.claims + (((delivery_key, _DELIVERY_TTL),) if delivery_key else ())
+    for key, ttl in keys:
+        found = await claims.claim(key, ttl)
+        if found is None or found.unconfirmed:
+            continue  # claimed, or taken over as the retry of an unconfirmed job
+        for done, _ in keys:
+            await claims.drop(done)
+        earlier = found.job_id
+        alert = key.startswith("alert:")
+        if found.pending:
+            what = "alert" if alert else "image"
             return _ignored(
                 request,
-                "duplicate_image",
-                f"the same image already deployed within the last {ttl:.0f} s",
+                "in_progress",
+                f"the same {what} is being acted on by a call still in progress",
+            )
+        if alert and ":firing:" in key and ttl >= EPISODE_TTL:
+            return _ignored(
+                request,
+                "alert_repeat",
+                "this alert group already scaled out in its current firing episode; "
+                "it acts again after it resolves",
                 earlier,
             )
-        taken.append(key)
+        if alert:
+            return _ignored(
+                request,
+                "alert_repeat",
+                f"the same alert already acted within the last {ttl:.0f} s",
+                earlier,
+            )
+        return _ignored(
+            request,
+            "duplicate_image",
+            f"the same image already deployed within the last {ttl:.0f} s",
+            earlier,
+        )
     return EventCall(
         command=plan.command,
         origin=plan.origin,
         summary=plan.summary,
         _recent=recent,
-        _claims=claims,
         _forget=plan.forget,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -17,6 +19,7 @@ __all__ = [
     "SourceFormat",
     "UnrecognisedBody",
     "UnusableBody",
+    "bounded",
     "convert",
 ]
 
@@ -96,3 +99,53 @@ def convert(payload: Any, kind: type[T], label: str) -> T:
     except msgspec.ValidationError as exc:
         msg = f"not a usable {label} payload: {exc}"
         raise UnusableBody(msg) from None
+
+
+# A tag as registries define it (the distribution spec's grammar): at most 128 characters.
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# Longest sender-given text kept as it is; a longer one is cut (names) or hashed (keys).
+_MAX_TEXT = 256
+_MAX_FINGERPRINTS = 100
+
+
+def _cut(text: str | None) -> str | None:
+    return text if text is None or len(text) <= _MAX_TEXT else text[:_MAX_TEXT]
+
+
+def _key(text: str) -> str:
+    # A key only has to tell events apart: a long one is kept as its SHA-256.
+    if len(text) <= _MAX_TEXT:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def bounded(parsed: Parsed) -> Parsed:
+    """The event with every sender-given field bounded in size, so that neither memory nor
+    the store grows with what a sender puts in a body; a tag outside the registry grammar
+    is refused (UnusableBody)."""
+    for push in parsed.pushes:
+        if push.tag is not None and not _TAG.fullmatch(push.tag):
+            msg = f"the tag {push.tag[:40]!r} is not a valid image tag (at most 128 of A-Z a-z 0-9 _ . -)"
+            raise UnusableBody(msg)
+        if len(push.repository) > _MAX_TEXT or len(push.digest or "") > _MAX_TEXT:
+            msg = "the repository or digest is longer than any registry allows"
+            raise UnusableBody(msg)
+    pushes = tuple(
+        msgspec.structs.replace(p, pushed_at=_cut(p.pushed_at), kind=_cut(p.kind))
+        for p in parsed.pushes
+    )
+    alert = parsed.alert
+    if alert is not None:
+        alert = msgspec.structs.replace(
+            alert,
+            key=_key(alert.key),
+            name=_cut(alert.name),
+            fingerprints=tuple(_key(f) for f in alert.fingerprints[:_MAX_FINGERPRINTS]),
+        )
+    return msgspec.structs.replace(
+        parsed,
+        pushes=pushes,
+        alert=alert,
+        event_id=_key(parsed.event_id) if parsed.event_id is not None else None,
+        note=_cut(parsed.note),
+    )

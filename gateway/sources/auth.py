@@ -11,8 +11,8 @@ import hmac
 import re
 import time
 
+from gateway.claims import CallClaims
 from gateway.errors import ApiError
-from gateway.recent import RecentEvents
 from gateway.sources._event import Headers
 from gateway.sources.oidc import OidcError, verify_google_token
 from shared.triggers import TriggerOptions, looks_like_secret
@@ -67,7 +67,7 @@ def _check_hex(
 ) -> None:
     size = hashlib.new(digest).digest_size * 2
     pattern = rf"^sha256=([0-9a-fA-F]{{{size}}})$" if prefixed else rf"^([0-9a-fA-F]{{{size}}})$"
-    match = re.match(pattern, value.strip())
+    match = re.fullmatch(pattern, value.strip())
     if match is None:
         form = (
             "sha256=<hex HMAC-SHA256 of the body>"
@@ -112,7 +112,7 @@ async def verify_signature(
     headers: Headers,
     body: bytes,
     *,
-    recent: RecentEvents,
+    claims: CallClaims,
     tolerance: float,
     jwks_url: str = "",
     now: float | None = None,
@@ -140,7 +140,7 @@ async def verify_signature(
     if options.signature == "hmac":
         _check_hex("X-Signature", value, key, body)
         return
-    match = _TIMESTAMPED.match(value.strip())
+    match = _TIMESTAMPED.fullmatch(value.strip())
     if match is None:
         raise _unauthorised(
             "missing_signature" if not value else "malformed_signature",
@@ -162,8 +162,11 @@ async def verify_signature(
         )
     # Kept twice the tolerance: long enough that a captured request can never be replayed.
     # Remembered by its SHA-256, so the shared store (Redis) holds no signature itself.
+    # A signature whose command was sent but not confirmed is taken over: the sender's
+    # identical retry publishes the same job again (`gateway.claims`).
     seen_key = f"signature:{trigger_id}:{hashlib.sha256(given.encode()).hexdigest()}"
-    if await recent.claim(seen_key, 2 * tolerance) is not None:
+    earlier = await claims.claim(seen_key, 2 * tolerance, sticky=True)
+    if earlier is not None and not earlier.unconfirmed:
         raise ApiError(
             409, "replayed_request", "this signed request was already received; sign each call anew"
         )

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.sources._event import Headers, Parsed, SourceFormat, UnrecognisedBody
+from gateway.sources._event import Headers, Parsed, SourceFormat, UnrecognisedBody, bounded
 from gateway.sources.acr import ACR
 from gateway.sources.alerts import ALERTMANAGER, GRAFANA
 from gateway.sources.alibaba import ALIBABA
@@ -50,8 +50,8 @@ SOURCES: dict[str, SourceFormat] = {
 def _decode(body: bytes, label: str, hint: str = "") -> Any:
     try:
         return msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        msg = f"the body is not JSON, so it cannot be a {label} payload{hint}"
+    except (msgspec.DecodeError, RecursionError):
+        msg = f"the body is not JSON (or is nested too deeply), so it cannot be a {label} payload{hint}"
         raise UnrecognisedBody(msg) from None
 
 
@@ -72,13 +72,13 @@ def parse_event(
         if not chosen.detect(payload, headers, content_type):
             msg = f"the body does not look like a {chosen.label} payload (source={source})"
             raise UnrecognisedBody(msg)
-        return chosen.parse(payload, headers)
+        return bounded(chosen.parse(payload, headers))
     payload = _decode(
         body, "registry or alert", "; call with source=plain to run the trigger and ignore it"
     )
     for candidate in SOURCES.values():
         if candidate.detect(payload, headers, content_type):
-            return candidate.parse(payload, headers)
+            return bounded(candidate.parse(payload, headers))
     msg = (
         "the body is not a registry push or alert this gateway knows "
         f"({', '.join(SOURCES)}); name the sender with source=..., "

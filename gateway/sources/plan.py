@@ -69,7 +69,7 @@ def tag_allowed(tag: str | None, options: TriggerOptions) -> bool:
     assert options.semver is not None  # noqa: S101 - one of the two is set, checked above
     try:
         version = Version(tag)
-    except InvalidVersion:
+    except (InvalidVersion, ValueError):  # ValueError: a number past int()'s digit limit
         return False
     spec = SpecifierSet(options.semver)
     # Pre-releases deploy only when the range itself names one (">=2.0.0rc1").
@@ -83,7 +83,7 @@ def _tag_rank(push: ImagePush) -> tuple[int, Version]:
         return (-1, Version("0"))
     try:
         return (2, Version(push.tag))
-    except InvalidVersion:
+    except (InvalidVersion, ValueError):  # ValueError: a number past int()'s digit limit
         return (0 if push.tag == "latest" else 1, Version("0"))
 
 

@@ -1,0 +1,268 @@
+"""Connections, before any request reaches the app: deadlines, a per-address cap, safe errors.
+
+aiohttp has no deadline for a request's headers and no limit on connections, so a client
+trickling header or body bytes keeps a connection (and a file descriptor) forever.
+`ConnectionGuard` tracks every connection of a gateway process:
+
+- a connection must deliver a request's headers within ``header_timeout`` seconds of
+  opening (or of finishing its previous request), else it is closed;
+- each client address (a TCP peer; trusted proxies are exempt) holds at most
+  ``max_per_address`` connections: one over the cap
+  closes that address's oldest connection that is not in a request (waiting for headers,
+  idle, or lingering after its answer) rather than refusing the new one, so a caller that
+  sends a request at once is served even while the same address holds many slow ones;
+- the body's deadline is the handler's (`gateway.hook` reads it within ``body_timeout``).
+
+`GuardedRequestHandler` also answers a request the HTTP parser refused (a request line
+over 8 KB, a malformed header) with the gateway's JSON error, without echoing the
+request (its target may hold a secret), and logs one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from shared.settings import Network
+
+__all__ = [
+    "ConnectionGuard",
+    "GuardedRequestHandler",
+    "GuardedSite",
+    "connection_middleware",
+]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = structlog.get_logger("triggers.gateway")
+
+
+class _Connection:
+    __slots__ = ("address", "phase", "timer")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        # "headers": a request is on its way; "busy": the app has it; "idle": between requests.
+        self.phase = "headers"
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class ConnectionGuard:
+    """Every open connection of this process, by address, with its deadline."""
+
+    def __init__(
+        self,
+        *,
+        header_timeout: float,
+        idle_timeout: float,
+        max_per_address: int,
+        exempt: tuple[Network, ...] = (),
+    ) -> None:
+        self._header_timeout = header_timeout
+        # Trusted proxies carry many callers' connections: the cap is not theirs.
+        self._exempt = exempt
+        self._idle_timeout = idle_timeout
+        self._max_per_address = max_per_address
+        self._open: dict[RequestHandler, _Connection] = {}
+        # Insertion order is opening order: the first one not busy is the oldest idle one.
+        self._by_address: dict[str, dict[RequestHandler, None]] = {}
+        self.closed_slow = 0
+        self.closed_over_cap = 0
+
+    def opened(self, handler: RequestHandler, address: str) -> None:
+        """A connection was accepted: start its header deadline, enforce the cap."""
+        connection = _Connection(address)
+        self._open[handler] = connection
+        peers = self._by_address.setdefault(address, {})
+        peers[handler] = None
+        self._arm(handler, connection, self._header_timeout)
+        if (
+            self._max_per_address > 0
+            and len(peers) > self._max_per_address
+            and not self._is_exempt(address)
+        ):
+            victim = next((h for h in peers if self._open[h].phase != "busy"), None)
+            if victim is not None:
+                self.closed_over_cap += 1
+                _close(victim)
+
+    def _is_exempt(self, address: str) -> bool:
+        if not self._exempt:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._exempt)
+
+    def closed(self, handler: RequestHandler) -> None:
+        """A connection is gone."""
+        connection = self._open.pop(handler, None)
+        if connection is None:
+            return
+        if connection.timer is not None:
+            connection.timer.cancel()
+        peers = self._by_address.get(connection.address)
+        if peers is not None:
+            peers.pop(handler, None)
+            if not peers:
+                del self._by_address[connection.address]
+
+    def received(self, handler: RequestHandler) -> None:
+        """Bytes arrived: on an idle connection they start a request, whose headers get a deadline."""
+        connection = self._open.get(handler)
+        if connection is not None and connection.phase == "idle":
+            connection.phase = "headers"
+            self._arm(handler, connection, self._header_timeout)
+
+    def request_started(self, handler: object) -> None:
+        """Its headers arrived: the handler's own deadlines apply from now."""
+        connection = self._open.get(handler)  # type: ignore[call-overload] # any protocol object
+        if connection is not None:
+            connection.phase = "busy"
+            if connection.timer is not None:
+                connection.timer.cancel()
+                connection.timer = None
+
+    def request_finished(self, handler: object) -> None:
+        """Answered: the connection may stay open, idle, for the keep-alive time."""
+        connection = self._open.get(handler)  # type: ignore[call-overload] # any protocol object
+        if connection is not None and isinstance(handler, RequestHandler):
+            connection.phase = "idle"
+            self._arm(handler, connection, self._idle_timeout)
+
+    def _arm(self, handler: RequestHandler, connection: _Connection, seconds: float) -> None:
+        if connection.timer is not None:
+            connection.timer.cancel()
+            connection.timer = None
+        if seconds > 0:
+            loop = asyncio.get_running_loop()
+            connection.timer = loop.call_later(seconds, self._expire, handler)
+
+    def _expire(self, handler: RequestHandler) -> None:
+        connection = self._open.get(handler)
+        if connection is not None and connection.phase != "busy":
+            if connection.phase == "headers":
+                self.closed_slow += 1
+            _close(handler)
+
+
+def _close(handler: RequestHandler) -> None:
+    handler.force_close()
+    if handler.transport is not None:
+        handler.transport.close()
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's protocol, reporting to a `ConnectionGuard` and answering parser errors in JSON."""
+
+    __slots__ = ("_guard",)
+
+    def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Register with the guard (which may close an idle connection of the same address)."""
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) and peer else "unknown"
+        self._guard.opened(self, str(address))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Unregister."""
+        self._guard.closed(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Tell the guard, then parse as aiohttp does."""
+        self._guard.received(self)
+        super().data_received(data)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A JSON error that quotes nothing of the request; one log line, no traceback."""
+        log.info(
+            "gateway.bad_http_request",
+            status=status,
+            error=type(exc).__name__ if exc is not None else None,
+            remote=request.remote,
+        )
+        if request.writer.output_size > 0:
+            msg = "response already started"
+            raise ConnectionError(msg)
+        if status >= 500:
+            body = {"error": "internal_error", "detail": "unexpected error; it has been logged"}
+        else:
+            body = {
+                "error": "bad_http_request",
+                "detail": "the request is not valid HTTP or exceeds the gateway's limits "
+                "(request line and each header at most 8190 bytes)",
+            }
+        response = web.json_response(body, status=status)
+        response.force_close()
+        return response
+
+
+class GuardedSite(web.TCPSite):
+    """A TCP site whose connections are `GuardedRequestHandler`s of one guard."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        *,
+        guard: ConnectionGuard,
+        handler_args: dict[str, Any],
+        reuse_port: bool = False,
+    ) -> None:
+        super().__init__(runner, host, port, reuse_port=reuse_port or None)
+        self._guard = guard
+        self._handler_args = handler_args
+
+    async def start(self) -> None:
+        """Listen, building each connection's protocol here instead of in `web.Server`."""
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        if server is None:
+            msg = "the runner is not set up"
+            raise RuntimeError(msg)
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> GuardedRequestHandler:
+            return GuardedRequestHandler(server, loop=loop, guard=self._guard, **self._handler_args)
+
+        self._server = await loop.create_server(
+            protocol,
+            self._host,
+            self._port,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+
+
+def connection_middleware(guard: ConnectionGuard) -> Callable[..., Any]:
+    """Tell `guard` when a connection's request is in the app (outermost middleware)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        guard.request_started(request.protocol)
+        try:
+            return await handler(request)
+        finally:
+            guard.request_finished(request.protocol)
+
+    return middleware
