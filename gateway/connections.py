@@ -8,8 +8,9 @@ trickling header or body bytes keeps a connection (and a file descriptor) foreve
   opening (or of finishing its previous request), else it is closed;
 - each client address (a TCP peer; trusted proxies are exempt) holds at most
   ``max_per_address`` connections: one over the cap
-  closes that address's oldest connection that is not in a request (waiting for headers,
-  idle, or lingering after its answer) rather than refusing the new one, so a caller that
+  closes one of that address's connections that is not in a request (the oldest draining an
+  unread body after its answer, else waiting for headers, else idle) rather than refusing
+  the new one, so a caller that
   sends a request at once is served even while the same address holds many slow ones;
 - the body's deadline is the handler's (`gateway.hook` reads it within ``body_timeout``).
 
@@ -49,7 +50,8 @@ class _Connection:
 
     def __init__(self, address: str) -> None:
         self.address = address
-        # "headers": a request is on its way; "busy": the app has it; "idle": between requests.
+        # "headers": a request is on its way; "busy": the app has it; "idle": between
+        # requests; "draining": answered without reading its body (closed soon).
         self.phase = "headers"
         self.timer: asyncio.TimerHandle | None = None
 
@@ -88,10 +90,20 @@ class ConnectionGuard:
             and len(peers) > self._max_per_address
             and not self._is_exempt(address)
         ):
-            victim = next((h for h in peers if self._open[h].phase != "busy"), None)
+            victim = self._victim(peers)
             if victim is not None:
                 self.closed_over_cap += 1
                 _close(victim)
+
+    def _victim(self, peers: dict[RequestHandler, None]) -> RequestHandler | None:
+        # Oldest first within each phase: connections draining an unread body after their
+        # answer, then those still sending headers, then idle keep-alive ones (a caller's
+        # pooled connection goes last, so its next call is not cut off).
+        for phase in ("draining", "headers", "idle"):
+            for handler in peers:
+                if self._open[handler].phase == phase:
+                    return handler
+        return None
 
     def _is_exempt(self, address: str) -> bool:
         if not self._exempt:
@@ -131,11 +143,15 @@ class ConnectionGuard:
                 connection.timer.cancel()
                 connection.timer = None
 
-    def request_finished(self, handler: object) -> None:
-        """Answered: the connection may stay open, idle, for the keep-alive time."""
+    def request_finished(self, handler: object, *, draining: bool = False) -> None:
+        """Answered: the connection may stay open, idle, for the keep-alive time.
+
+        `draining`: the body was not read (refused before it); aiohttp reads and drops the
+        rest for up to two seconds before closing.
+        """
         connection = self._open.get(handler)  # type: ignore[call-overload] # any protocol object
         if connection is not None and isinstance(handler, RequestHandler):
-            connection.phase = "idle"
+            connection.phase = "draining" if draining else "idle"
             self._arm(handler, connection, self._idle_timeout)
 
     def _arm(self, handler: RequestHandler, connection: _Connection, seconds: float) -> None:
@@ -263,6 +279,7 @@ def connection_middleware(guard: ConnectionGuard) -> Callable[..., Any]:
         try:
             return await handler(request)
         finally:
-            guard.request_finished(request.protocol)
+            draining = request.body_exists and not request.content.is_eof()
+            guard.request_finished(request.protocol, draining=draining)
 
     return middleware
