@@ -6,11 +6,11 @@ A call claims keys in `gateway.recent` before it publishes: a signed request's s
 
 - **published** (the broker confirmed): each key is confirmed with the job id; a retry
   gets the same job (an idempotency key) or is ignored (an event already acted on);
-- **not published** (refused, held back, or the broker was not even tried): every claim
-  is released, so a retry acts. Only a signature stays claimed when the call was refused
-  with a 4xx, since the same bytes would be refused again;
-- **maybe published** (the broker was sent the command but did not confirm): a persisted
-  command may still run. Each key is marked ``unconfirmed:<job id>``: a retry carrying any
+- **not published** (refused, held back, or a `wait=N` call that could not wait): every
+  claim is released, so a retry acts. Only a signature stays claimed when the call was
+  refused with a 4xx, since the same bytes would be refused again;
+- **maybe published** (publishing failed: a lost confirm looks like a refused publish, and
+  a persisted command may still run). Each key is marked ``unconfirmed:<job id>``: a retry carrying any
   of them publishes the *same* job id again, which workers apply at most once
   (`workers.orchestrators.ledger`), so the retry can neither be lost nor run twice. The
   cooldown is released: without a key, nothing tells a retry from a new call.

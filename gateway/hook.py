@@ -43,7 +43,6 @@ from gateway.keys import (
 from gateway.notify import hold_call
 from gateway.policy import Admission, admit
 from gateway.sources import EventCall, inspect_call, presented_secret
-from shared.errors import BrokerUnavailable
 from shared.messages import (
     Command,
     CommandEnvelope,
@@ -400,15 +399,11 @@ async def _run(
         request[LOG_FIELDS]["retry_of"] = claims.retry_of
 
     async def publish() -> None:
-        bus = request.app[BUS]
-        if not bus.ready:
-            # Not sent at all: the claims are released and a retry acts.
-            msg = "not connected to RabbitMQ"
-            raise BrokerUnavailable(msg)
         try:
-            await bus.publish_command(envelope)
+            await request.app[BUS].publish_command(envelope)
         except BaseException:
-            # Sent, maybe persisted: a retry with the same keys publishes the same job id.
+            # Maybe persisted (a lost confirm looks like any other failure): a retry with
+            # the same keys publishes the same job id, which runs at most once.
             await claims.maybe_published(job_id)
             raise
         await claims.published(job_id)

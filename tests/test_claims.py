@@ -41,6 +41,9 @@ class FlakyBus:
 
     async def publish_command(self, envelope: CommandEnvelope) -> None:
         """Publish; with `lose_confirm`, raise after the broker has the command."""
+        if not self.up:
+            msg = "not connected to RabbitMQ"
+            raise BrokerUnavailable(msg)
         await self.inner.publish_command(envelope)
         if self.lose_confirm:
             msg = "RabbitMQ did not confirm within 5s"

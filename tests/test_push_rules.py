@@ -178,12 +178,12 @@ async def test_jfrog_signature(gateway: Gateway, store: SqliteTriggerStore) -> N
         store,
         "example.jfrog.io/docker-remote-cache/library/ubuntu",
         signature="jfrog",
-        signing_secret="j-key",
+        signing_secret="j-key-0123456789ab",
     )
     body = raw("jfrog_docker_pushed.json")
     status, answer = await post(gateway, trigger, secret, body)
     assert (status, answer["error"]) == (401, "missing_signature")
-    good = hmac.new(b"j-key", body, hashlib.sha256).hexdigest()
+    good = hmac.new(b"j-key-0123456789ab", body, hashlib.sha256).hexdigest()
     status, answer = await post(
         gateway, trigger, secret, body, {**JSON, "X-JFrog-Event-Auth": good}
     )
