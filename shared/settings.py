@@ -49,6 +49,15 @@ def _delays(env: Mapping[str, str], var: str, name: str) -> dict[str, tuple[floa
         raise ValueError(msg) from None
 
 
+def _check_admin_token(token: str | None) -> None:
+    if token is not None and len(token) < MIN_ADMIN_TOKEN:
+        msg = (
+            f"TRIGGERS_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters; "
+            "make one with `openssl rand -hex 32`"
+        )
+        raise ValueError(msg)
+
+
 def _durations(env: Mapping[str, str]) -> dict[str, float]:
     """The retention settings, written ``90s``, ``12h``, ``7d``... (seconds)."""
     values: dict[str, float] = {}
@@ -295,12 +304,7 @@ class Settings:
         from shared.amqp_transport import BrokerNodes  # noqa: PLC0415 - settings stay import-light
 
         BrokerNodes(self.amqp_url, shuffle=False)  # raises ValueError naming the variable
-        if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN:
-            msg = (
-                f"TRIGGERS_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters; "
-                "make one with `openssl rand -hex 32`"
-            )
-            raise ValueError(msg)
+        _check_admin_token(self.admin_token)
         if not self.database.startswith(("sqlite:///", "postgresql://", "postgres://")):
             msg = (
                 "TRIGGERS_DATABASE must look like sqlite:///path/to/file.db "

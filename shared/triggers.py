@@ -130,12 +130,16 @@ class TriggerOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
         if (self.oidc_audience or self.oidc_email) and self.signature != "google-oidc":
             msg = "--oidc-audience and --oidc-email need --signature google-oidc"
             raise ValueError(msg)
-        if self.signing_secret is not None and len(self.signing_secret) < MIN_SIGNING_SECRET:
-            msg = (
-                f"--signing-secret must be at least {MIN_SIGNING_SECRET} characters "
-                "(leave it out and one is generated)"
-            )
-            raise ValueError(msg)
+        _check_signing_secret(self.signing_secret)
+
+
+def _check_signing_secret(secret: str | None) -> None:
+    if secret is not None and len(secret) < MIN_SIGNING_SECRET:
+        msg = (
+            f"--signing-secret must be at least {MIN_SIGNING_SECRET} characters "
+            "(leave it out and one is generated)"
+        )
+        raise ValueError(msg)
 
 
 class Trigger(msgspec.Struct, frozen=True, kw_only=True):
