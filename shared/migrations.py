@@ -252,6 +252,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE notify_keys (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
         ),
     ),
+    # E-mail digests: deliveries to a sink with a digest interval wait here (acked off the
+    # queue) until one mail takes them all; `claim` marks those a notifier is sending.
+    Migration(
+        19,
+        "notification digests",
+        (
+            """CREATE TABLE notify_digest (
+                id         {serial},
+                sink       TEXT NOT NULL,
+                job_id     TEXT NOT NULL,
+                delivery   TEXT NOT NULL,
+                queued_at  {ts} NOT NULL,
+                claim      TEXT,
+                claimed_at {ts}
+            )""",
+            "CREATE INDEX notify_digest_by_sink ON notify_digest (sink, id)",
+        ),
+    ),
     # What a call with wait=N waited for (succeeded, failed, skipped, timed_out); the
     # call itself is `accepted` once its command was published.
     Migration(21, "audit wait outcome", ("ALTER TABLE audit ADD COLUMN wait_outcome TEXT",)),

@@ -19,6 +19,7 @@ import msgspec
 
 from shared.cli import (
     _convert,
+    _Duration,
     _metrics_host,
     _metrics_port,
     _remote_options,
@@ -134,6 +135,11 @@ def sink() -> None:
 )
 @click.option("--to", "to", multiple=True, help="email: a recipient (repeat for more).")
 @click.option("--from", "sender", help="email: the sender address.")
+@click.option(
+    "--digest",
+    type=_Duration(),
+    help="email: one mail per this interval (e.g. 15m) listing every result, not one each.",
+)
 @_remote_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with `secret`).")
 @click.pass_context
@@ -144,6 +150,7 @@ def sink_create(
     url: str,
     to: tuple[str, ...],
     sender: str | None,
+    digest: int | None,
     server: str | None,
     token: str | None,
     as_json: bool,
@@ -153,7 +160,15 @@ def sink_create(
 
     recipients = [address.strip() for entry in to for address in entry.split(",") if address]
     request = _convert(
-        {"name": name, "type": kind, "url": url, "to": recipients, "sender": sender}, SinkCreate
+        {
+            "name": name,
+            "type": kind,
+            "url": url,
+            "to": recipients,
+            "sender": sender,
+            "digest": digest,
+        },
+        SinkCreate,
     )
     try:
         request.check()

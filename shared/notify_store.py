@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from shared.messages import CommandEnvelope, utcnow
+from shared.messages import CommandEnvelope, NotificationDelivery, utcnow
 from shared.sql import PostgresDriver, Row, SqlBackend, SqliteDriver, parse_database
 
 __all__ = [
@@ -73,6 +73,8 @@ class SinkCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     url: Annotated[str, Meta(min_length=8, max_length=2000)]
     to: Annotated[list[Address], Meta(max_length=50)] = msgspec.field(default_factory=list)
     sender: Address | None = None
+    # email: one mail per this many seconds listing every result, instead of one each.
+    digest: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | None = None
 
     def check(self) -> None:
         """Raise ValueError, naming what to fix, when the sink cannot work."""
@@ -88,8 +90,8 @@ class SinkCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             msg = f"a {self.type} sink's --url must be an http(s) URL"
             raise ValueError(msg)
-        if self.to or self.sender:
-            msg = "--to and --from apply to email sinks only"
+        if self.to or self.sender or self.digest:
+            msg = "--to, --from and --digest apply to email sinks only"
             raise ValueError(msg)
 
 
@@ -102,6 +104,7 @@ class Sink(msgspec.Struct, frozen=True, kw_only=True):
     secret: str | None = None
     to: tuple[str, ...] = ()
     sender: str | None = None
+    digest: int | None = None
     created_at: datetime
 
 
@@ -113,6 +116,7 @@ class SinkView(msgspec.Struct, kw_only=True):
     url: str
     to: list[str]
     created_at: datetime
+    digest: int | None = None
     secret: str | UnsetType = UNSET
 
 
@@ -134,6 +138,7 @@ def sink_view(sink: Sink, *, with_secret: bool = False) -> SinkView:
         url=redact_url(sink.url),
         to=list(sink.to),
         created_at=sink.created_at,
+        digest=sink.digest,
         secret=sink.secret if with_secret and sink.secret else UNSET,
     )
 
@@ -201,6 +206,7 @@ class Approval(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _envelope_decoder = msgspec.json.Decoder(CommandEnvelope)
+_delivery_decoder = msgspec.json.Decoder(NotificationDelivery)
 _encoder = msgspec.json.Encoder()
 
 
@@ -217,6 +223,7 @@ def _sink(row: Row) -> Sink:
         secret=row["secret"],
         to=tuple(config.get("to", ())),
         sender=config.get("sender"),
+        digest=config.get("digest"),
         created_at=_dt(row["created_at"]),
     )
 
@@ -250,7 +257,7 @@ def _approval(row: Row) -> Approval:
 
 
 class NotifyStore(SqlBackend):
-    """Sinks, routes and approvals; the SQL is shared by both databases."""
+    """Sinks, routes, approvals and digests; the SQL is shared by both databases."""
 
     # --- sinks ---------------------------------------------------------------------
 
@@ -264,9 +271,14 @@ class NotifyStore(SqlBackend):
             secret=new_webhook_secret() if request.type == "webhook" else None,
             to=tuple(request.to),
             sender=request.sender,
+            digest=request.digest,
             created_at=utcnow(),
         )
-        config = {"to": list(sink.to), **({"sender": sink.sender} if sink.sender else {})}
+        config: dict[str, Any] = {"to": list(sink.to)}
+        if sink.sender:
+            config["sender"] = sink.sender
+        if sink.digest:
+            config["digest"] = sink.digest
         count = await self._execute(
             "INSERT INTO sinks (name, type, url, secret, config, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
@@ -434,6 +446,54 @@ class NotifyStore(SqlBackend):
         )
         rows = await self._fetch("SELECT value FROM notify_keys WHERE name = 'approval_links'")
         return base64.b64decode(rows[0]["value"])
+
+    # --- digests ---------------------------------------------------------------------
+
+    async def queue_digest(self, delivery: NotificationDelivery) -> None:
+        """Keep a delivery for the next digest of its sink."""
+        await self._execute(
+            "INSERT INTO notify_digest (sink, job_id, delivery, queued_at) VALUES (?, ?, ?, ?)",
+            (delivery.sink, delivery.job_id, _encoder.encode(delivery).decode(), utcnow()),
+        )
+
+    async def claim_digest(
+        self, sink: str, every: float, now: datetime
+    ) -> tuple[str, builtins.list[NotificationDelivery]] | None:
+        """Claim a sink's waiting deliveries once the oldest waited `every` seconds.
+
+        A claim older than a few minutes (its notifier died while sending) is taken over:
+        that digest is sent again, never lost. None when nothing is due.
+        """
+        abandoned = now - timedelta(minutes=5)
+        free = "(claim IS NULL OR claimed_at < ?)"
+        rows = await self._fetch(
+            f"SELECT MIN(queued_at) AS oldest FROM notify_digest WHERE sink = ? AND {free}",  # noqa: S608 - a constant clause
+            (sink, abandoned),
+        )
+        oldest = _dt(rows[0]["oldest"]) if rows else None
+        if oldest is None or oldest > now - timedelta(seconds=every):
+            return None
+        claim = secrets.token_hex(8)
+        await self._execute(
+            f"UPDATE notify_digest SET claim = ?, claimed_at = ? WHERE sink = ? AND {free}",  # noqa: S608 - a constant clause
+            (claim, now, sink, abandoned),
+        )
+        taken = await self._fetch(
+            "SELECT delivery FROM notify_digest WHERE claim = ? ORDER BY id", (claim,)
+        )
+        if not taken:
+            return None
+        return claim, [_delivery_decoder.decode(r["delivery"]) for r in taken]
+
+    async def settle_digest(self, claim: str, *, sent: bool) -> None:
+        """Forget a sent digest's deliveries, or free them for the next try."""
+        if sent:
+            await self._execute("DELETE FROM notify_digest WHERE claim = ?", (claim,))
+        else:
+            await self._execute(
+                "UPDATE notify_digest SET claim = NULL, claimed_at = NULL WHERE claim = ?",
+                (claim,),
+            )
 
 
 def open_notify_store(database: str) -> NotifyStore:

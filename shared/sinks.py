@@ -241,6 +241,26 @@ def _email(sink: Sink, message: Message) -> EmailMessage:
     return mail
 
 
+def _digest_email(sink: Sink, messages: list[Message]) -> EmailMessage:
+    counts: dict[str, int] = {}
+    for message in messages:
+        counts[message.status] = counts.get(message.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    mail = EmailMessage()
+    mail["Subject"] = f"container-triggers: {len(messages)} results ({summary})"
+    mail["From"] = sink.sender or "container-triggers@localhost"
+    mail["To"] = ", ".join(sink.to)
+    mail["Date"] = formatdate(usegmt=True)
+    mail["Message-ID"] = make_msgid(domain="container-triggers")
+    mail["X-Triggers-Job-Ids"] = " ".join(m.job_id for m in messages)
+    lines: list[str] = []
+    for message in messages:
+        lines += [message.title, *(f"  {name}: {value}" for name, value in message.facts)]
+        lines += [f"  {message.job_url}", ""]
+    mail.set_content("\n".join(lines))
+    return mail
+
+
 class SinkSender:
     """Sends deliveries; one HTTP session for all of them."""
 
@@ -295,7 +315,15 @@ class SinkSender:
         retryable = status >= 500 or status in _RETRYABLE_STATUS
         raise DeliveryFailed(f"HTTP {status} from the {sink.type} sink", retryable=retryable)
 
+    async def send_digest(self, sink: Sink, deliveries: list[NotificationDelivery]) -> None:
+        """One mail listing several results (an email sink with a digest interval)."""
+        messages = [describe(d, self._public_url) for d in deliveries]
+        await self._mail(sink, _digest_email(sink, messages))
+
     async def _smtp(self, sink: Sink, message: Message) -> None:
+        await self._mail(sink, _email(sink, message))
+
+    async def _mail(self, sink: Sink, mail: EmailMessage) -> None:
         parts = urlsplit(sink.url)
         query = parse_qs(parts.query)
         implicit = parts.scheme == "smtps"
@@ -303,7 +331,7 @@ class SinkSender:
         context = ssl.create_default_context(cafile=self._smtp_cafile)
         try:
             await aiosmtplib.send(
-                _email(sink, message),
+                mail,
                 hostname=parts.hostname,
                 port=parts.port or (465 if implicit else 587),
                 username=unquote(parts.username) if parts.username else None,

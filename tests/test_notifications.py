@@ -229,6 +229,28 @@ async def test_email_over_starttls_with_login(
     assert event.job_id.encode() in body
 
 
+async def test_email_digest_lists_results_in_one_mail(
+    settings: Settings, store: TriggerStore, notify_store: NotifyStore, bus: AmqpBus, tmp_path: Path
+) -> None:
+    """An email sink with --digest sends one mail listing the results of its interval."""
+    async with smtp_server(tmp_path, "mailer", "pw") as mailbox:
+        url = f"smtp://mailer:pw@127.0.0.1:{mailbox.port}"
+        await notify_store.create_sink(
+            SinkCreate(name="daily", type="email", url=url, to=["ops@example.com"], digest=2)
+        )
+        trigger_id = await _trigger_notifying(store, "daily")
+        events = [_result(trigger_id, status) for status in ("succeeded", "failed", "skipped")]
+        async with running_notifier(settings.with_(smtp_cafile=mailbox.cafile)):
+            for event in events:
+                await bus.publish_result(event)
+            deadline = time.monotonic() + 30
+            while not mailbox.messages and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+    (mail,) = mailbox.messages
+    assert sorted(mail["X-Triggers-Job-Ids"].split()) == sorted(e.job_id for e in events)
+    assert "3 results (1 failed, 1 skipped, 1 succeeded)" in mail["Subject"]
+
+
 async def test_sink_down_retries_then_dead_letters(
     settings: Settings,
     store: TriggerStore,

@@ -262,6 +262,19 @@ class Notifier:
             reason = f"sink {delivery.sink!r} does not exist (deleted?); nothing was sent"
             await self._dead(message, reason, attempt=delivery.attempt)
             return
+        if sink.digest and approval_url is None:
+            # Kept for the sink's next digest mail (`_send_digests`): acked once stored.
+            try:
+                await self._store.queue_digest(delivery)
+            except Exception as exc:
+                log.warning("notifier.store_failed", error=repr(exc))
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                    await message.nack(requeue=True)
+                return
+            await message.ack()
+            log.info("notifier.digest_queued")
+            return
         try:
             await self._sender.send(sink, delivery, approval_url)
         except DeliveryFailed as exc:
@@ -340,9 +353,29 @@ class Notifier:
             try:
                 if done := await self._decisions.sweep():
                     log.info("notifier.approvals_swept", decided=done)
+                await self._send_digests()
             except Exception as exc:  # the store or broker may be down; next round
                 log.warning("notifier.sweep_failed", error=repr(exc))
             await asyncio.sleep(self._settings.approval_sweep_interval)
+
+    async def _send_digests(self) -> None:
+        """One mail per digest sink whose oldest waiting result waited its interval."""
+        for sink in await self._store.list_sinks():
+            if not sink.digest:
+                continue
+            claimed = await self._store.claim_digest(sink.name, sink.digest, utcnow())
+            if claimed is None:
+                continue
+            claim, deliveries = claimed
+            try:
+                await self._sender.send_digest(sink, deliveries)
+            except DeliveryFailed as exc:
+                # Kept: the next round tries again (a digest is never dead-lettered).
+                log.warning("notifier.digest_failed", sink=sink.name, error=exc.reason)
+                await self._store.settle_digest(claim, sent=False)
+                continue
+            await self._store.settle_digest(claim, sent=True)
+            log.info("notifier.digest_sent", sink=sink.name, results=len(deliveries))
 
 
 async def run_notifier(settings: Settings) -> None:
