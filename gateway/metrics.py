@@ -38,7 +38,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _TRIGGER_PATH = "/hook/trigger"
 _READ_BOUND = 2.0
 # Outcomes of answers that are not a job's (those set "outcome" themselves: accepted,
-# succeeded, failed, skipped, timed_out, ignored). docs/operating.md lists them all.
+# succeeded, failed, skipped, timed_out, ignored, pending_approval). docs/operating.md lists them all.
 OUTCOME_BY_STATUS = {
     200: "ignored",  # a valid event this trigger does not act on
     202: "accepted",
