@@ -85,7 +85,11 @@ async def hold_call(
     await claims.published(envelope.job_id)
     if event:
         await event.published(envelope.job_id)
-    await request.app[JOBS].record(JobRecord.from_event(notice))
+    try:
+        # At once, so status_url shows the hold; the recorder writes the notice too.
+        await request.app[JOBS].record(JobRecord.from_event(notice))
+    except Exception as exc:  # the hold stands either way; only this early copy is lost
+        log.warning("gateway.pending_unrecorded", job_id=envelope.job_id, error=repr(exc))
     request[LOG_FIELDS].update(job_id=envelope.job_id, outcome="pending_approval")
     url = status_url(request.app[SETTINGS], envelope.job_id)
     answer.update(
