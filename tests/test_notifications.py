@@ -355,3 +355,25 @@ async def test_notifier_killed_mid_batch_loses_nothing(
         f"notifier SIGKILL: {count} results, {before_kill} delivered before the kill, "
         f"all {count} after restart, {duplicates} duplicates"
     )
+
+
+@on_both_databases
+async def test_http_call_to_notification_end_to_end(
+    gateway: Gateway, worker: Any, notify_store: NotifyStore, settings: Settings
+) -> None:
+    """A trigger created with notify through the admin API, called over HTTP, run by a
+    worker: its sink receives the result with the job id the 202 gave."""
+    async with receiver() as hook:
+        await notify_store.create_sink(SinkCreate(name="hook", type="webhook", url=hook.url))
+        body = {"cluster": "demo", "app": "shop", "action": "redeploy", "notify": ["hook"]}
+        status, created = await gateway.admin("POST", "/v1/triggers", body)
+        assert status == 201, created
+        async with running_notifier(settings):
+            async with gateway.http.post(gateway.call_url_for(created)) as response:
+                assert response.status == 202
+                answer = await response.json()
+            await hook.wait_for(1)
+    (message,) = hook.bodies()
+    assert message["type"] == "job.succeeded"
+    assert message["data"]["job_id"] == answer["job_id"]
+    assert message["data"]["after"]["web"]["revision"] == 2
