@@ -39,6 +39,7 @@ __all__ = [
     "GATEWAY_CALLS",
     "JOBS_BY_STATUS",
     "JOBS_RECORDED",
+    "NOTIFICATIONS",
     "PUBLISH_SECONDS",
     "QUEUE_MESSAGES",
     "RESULTS",
@@ -56,6 +57,7 @@ _OWN: dict[str, tuple[str, ...]] = {
     "gateway": ("triggers_gateway_", "triggers_publish_", "triggers_queue_", "triggers_jobs"),
     "worker": ("triggers_worker_", "triggers_publish_"),
     "recorder": ("triggers_recorder_",),
+    "notifier": ("triggers_notifier_",),
 }
 _PROCESS = ("process_", "python_")
 
@@ -113,6 +115,12 @@ DEAD_LETTERS = Counter(
     "triggers_worker_dead_letters",
     "Commands dead-lettered, by why (failed, undecodable).",
     ["reason"],
+)
+NOTIFICATIONS = Counter(
+    "triggers_notifier_deliveries",
+    "Notification deliveries by sink type and outcome (delivered, retried, dead_lettered, "
+    "digest_queued).",
+    ["type", "outcome"],
 )
 JOBS_RECORDED = Counter(
     "triggers_recorder_events", "Job events written to the history store, by status.", ["status"]

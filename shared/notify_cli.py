@@ -104,7 +104,9 @@ def notifier(ctx: click.Context, metrics_port: int | None, metrics_host: str) ->
     from workers.notifier import run_notifier  # noqa: PLC0415
 
     async def serve() -> None:
-        runner = await serve_metrics(metrics_host, metrics_port) if metrics_port else None
+        runner = (
+            await serve_metrics(metrics_host, metrics_port, "notifier") if metrics_port else None
+        )
         try:
             await run_notifier(_settings(ctx))
         finally:

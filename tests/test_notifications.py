@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
@@ -71,6 +72,14 @@ def _result(trigger_id: str, status: str = "succeeded") -> Any:
 
     event = result_event(new_job_id(), status=status)  # type: ignore[arg-type]  # a Status
     return msgspec.structs.replace(event, trigger_id=trigger_id)
+
+
+def _delivered(kind: str, outcome: str) -> float:
+    """The notifier's delivery counter in this process (its /metrics family)."""
+    value = REGISTRY.get_sample_value(
+        "triggers_notifier_deliveries_total", {"type": kind, "outcome": outcome}
+    )
+    return value or 0.0
 
 
 @on_both_databases
@@ -265,6 +274,8 @@ async def test_sink_down_retries_then_dead_letters(
         await notify_store.create_sink(SinkCreate(name="down", type="webhook", url=down.url))
         trigger_id = await _trigger_notifying(store, "down")
         event = _result(trigger_id, "failed")
+        dead_before = _delivered("webhook", "dead_lettered")
+        retried_before = _delivered("webhook", "retried")
         started = time.monotonic()
         with capture_logs() as logs:
             async with running_notifier(settings):
@@ -274,6 +285,8 @@ async def test_sink_down_retries_then_dead_letters(
                     assert time.monotonic() < deadline, "no dead letter"
                     await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started
+    assert _delivered("webhook", "dead_lettered") == dead_before + 1
+    assert _delivered("webhook", "retried") == retried_before + 2
     retries = [e for e in logs if e["event"] == "notifier.retry_scheduled"]
     assert [e["attempt"] for e in retries] == [1, 2]
     assert [e["wait_for"] for e in retries] == [0.05, 0.1]

@@ -49,6 +49,7 @@ from shared.messages import (
     encode,
     utcnow,
 )
+from shared.metrics import NOTIFICATIONS
 from shared.notify_store import NotifyStore, Route, Sink, open_notify_store
 from shared.settings import Settings
 from shared.signals import until_signalled
@@ -273,14 +274,16 @@ class Notifier:
                     await message.nack(requeue=True)
                 return
             await message.ack()
+            NOTIFICATIONS.labels(sink.type, "digest_queued").inc()
             log.info("notifier.digest_queued")
             return
         try:
             await self._sender.send(sink, delivery, approval_url)
         except DeliveryFailed as exc:
-            await self._failed(message, delivery, exc)
+            NOTIFICATIONS.labels(sink.type, await self._failed(message, delivery, exc)).inc()
             return
         await message.ack()
+        NOTIFICATIONS.labels(sink.type, "delivered").inc()
         log.info("notifier.delivered", type=sink.type)
 
     async def _approval_url(self, delivery: NotificationDelivery, sink: Sink | None) -> str | None:
@@ -294,7 +297,8 @@ class Notifier:
 
     async def _failed(
         self, message: AbstractIncomingMessage, delivery: NotificationDelivery, exc: DeliveryFailed
-    ) -> None:
+    ) -> str:
+        """Retry later or dead-letter; which one, for the metrics."""
         attempts = self._settings.notify_max_attempts
         if not exc.retryable or delivery.attempt >= attempts:
             why = (
@@ -305,7 +309,7 @@ class Notifier:
             reason = f"notification to sink {delivery.sink!r} failed ({why}): {exc.reason}"
             log.error("notifier.dead_lettered", reason=reason)
             await self._dead(message, reason[:1000], attempt=delivery.attempt)
-            return
+            return "dead_lettered"
         delays = self._settings.notify_retry_delays
         delay = delays[min(delivery.attempt - 1, len(delays) - 1)]
         log.warning(
@@ -320,8 +324,9 @@ class Notifier:
             log.warning("notifier.retry_unpublished", error=repr(error))
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                 await message.nack(requeue=True)
-            return
+            return "requeued"
         await message.ack()
+        return "retried"
 
     async def _dead(self, message: AbstractIncomingMessage, reason: str, *, attempt: int) -> None:
         """To ``triggers.dead`` with the reason beside it, then acked."""
