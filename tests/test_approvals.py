@@ -5,6 +5,7 @@ rejection or a timeout gives a `rejected` / `expired` result everyone sees."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -231,4 +232,33 @@ async def test_approval_link_in_notification_is_signed_and_single_use(
     forged = {**form, "token": token[:-2] + ("AA" if not token.endswith("AA") else "BB")}
     async with gateway.http.post(f"{gateway.url}/approvals/link", data=forged) as page:
         assert page.status == 403
+    assert await queue_depth(settings.amqp_url, SCALE_QUEUE) == 1
+
+
+async def test_cli_with_server_manages_sinks_and_decides(
+    gateway: Gateway, env: dict[str, str], settings: Settings
+) -> None:
+    """`--server`: sink create (secret once), approvals list, approve, reject through a gateway."""
+    remote = {**env, "TRIGGERS_ADMIN_TOKEN": ADMIN_TOKEN, "TRIGGERS_DATABASE": "sqlite:///nowhere"}
+    server = f"--server={gateway.url}"
+    code, out, err = await run_cli(
+        remote, "sink", "create", "--name", "hook", "--type", "webhook",
+        "--url", "http://127.0.0.1:9/h", server, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["secret"].startswith("whsec_")
+    created = await _held_trigger(gateway, approvals=1, notify=["hook"])
+    _, first = await _call(gateway, created)
+    _, second = await _call(gateway, created)
+    code, out, err = await run_cli(remote, "approvals", server, "--json")
+    assert code == 0, err
+    assert {a["job_id"] for a in json.loads(out)} == {first["job_id"], second["job_id"]}
+    code, out, err = await run_cli(remote, "approve", first["job_id"], "--as", "fay", server)
+    assert code == 0, err
+    assert "the command is published" in out
+    code, out, err = await run_cli(
+        remote, "reject", second["job_id"][:6], "--reason", "not now", server, "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["state"] == "rejected"
     assert await queue_depth(settings.amqp_url, SCALE_QUEUE) == 1
