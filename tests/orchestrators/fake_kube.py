@@ -5,6 +5,12 @@ It serves the real paths and JSON shapes (``/apis/apps/v1/namespaces/NS/deployme
 ``metadata.resourceVersion`` in a patch as a precondition (409 Conflict with a ``Status``
 body, as the API server does), bumps ``metadata.generation`` on spec changes only, checks
 the bearer token, and can be told to answer an error or hang for the next requests.
+
+It also plays the controllers, enough for ``kubectl rollout status``: after every write
+a workload's ``status`` is what its controller would report once it acted. With
+`rollout` ``complete`` (the default) every replica is updated and available at once;
+``stuck`` is a Deployment whose new pods never become available and whose Progressing
+condition says ProgressDeadlineExceeded; ``progressing`` is a rollout that is still going.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ class FakeKube:
     conflicts: int = 0
     # Simulated API latency, so that concurrent clients really interleave.
     latency: float = 0.0
+    rollout: str = "complete"
     _rv: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
 
     def add(
@@ -126,6 +133,7 @@ class FakeKube:
             },
             "spec": spec,
         }
+        self._control(obj, "complete")
         self.objects[(kind, namespace, name)] = obj
         return obj
 
@@ -242,8 +250,41 @@ class FakeKube:
         if new.get("spec") != obj.get("spec"):
             new["metadata"]["generation"] = obj["metadata"]["generation"] + 1
         new["metadata"]["resourceVersion"] = str(next(self._rv))
+        self._control(new, self.rollout)
         key = (request.match_info["plural"], request.match_info["ns"], request.match_info["name"])
         self.objects[key] = new
+
+    @staticmethod
+    def _control(obj: dict[str, Any], rollout: str) -> None:
+        """Set the status the workload's controller reports after acting on the spec."""
+        wanted = obj["spec"].get("replicas", 1)
+        generation = obj["metadata"]["generation"]
+        updated = {"complete": wanted, "stuck": 0, "progressing": max(wanted - 1, 0)}[rollout]
+        status: dict[str, Any] = {
+            "observedGeneration": generation,
+            "replicas": wanted if rollout == "complete" else wanted + 1,
+            "updatedReplicas": updated,
+            "readyReplicas": wanted,
+            "availableReplicas": wanted if rollout == "complete" else wanted - updated,
+        }
+        if obj["kind"] == "StatefulSet":
+            revision = f"{obj['metadata']['name']}-{generation}"
+            status["updateRevision"] = revision
+            status["currentRevision"] = revision if rollout == "complete" else "previous"
+        else:
+            progressing = {
+                "type": "Progressing",
+                "status": "False" if rollout == "stuck" else "True",
+                "reason": {
+                    "complete": "NewReplicaSetAvailable",
+                    "stuck": "ProgressDeadlineExceeded",
+                    "progressing": "ReplicaSetUpdated",
+                }[rollout],
+                "message": f'ReplicaSet "{obj["metadata"]["name"]}-{generation}" '
+                + ("has timed out progressing." if rollout == "stuck" else "is progressing."),
+            }
+            status["conditions"] = [progressing]
+        obj["status"] = status
 
     async def _patch(self, request: web.Request) -> web.Response:
         obj = self._lookup(request)

@@ -392,3 +392,39 @@ async def test_ledger_keeps_a_bounded_history(
     assert "job-24" in ledger
     assert "job-0" not in ledger
     assert LEDGER_KEY.startswith("triggers.container-triggers.io/")
+
+
+async def test_redeploy_past_its_progress_deadline_fails_with_the_reason(
+    fake_kube: tuple[FakeKube, Path], k8s: KubernetesOrchestrator
+) -> None:
+    """A Deployment whose new pods never become available (ProgressDeadlineExceeded) makes the redeploy failed, with the controller's message."""
+    fake, _ = fake_kube
+    fake.rollout = "stuck"
+    change = await k8s.redeploy("job-stuck", Target(cluster="prod", app="blog"))
+    assert change.status == "failed"
+    assert change.error is not None
+    assert "deployment blog: exceeded its progress deadline" in change.error
+    assert "has timed out progressing" in change.error
+    assert "0 of 1 updated" in change.error
+
+
+async def test_redeploy_still_rolling_out_after_the_timeout_fails(
+    fake_kube: tuple[FakeKube, Path],
+) -> None:
+    """A rollout that is still going when the rollout timeout ends is failed with its progress; a completed one succeeds."""
+    fake, kubeconfig = fake_kube
+    k8s = KubernetesOrchestrator(
+        kubeconfig=str(kubeconfig), rollout_timeout=0.3, poll_interval=0.05
+    )
+    try:
+        fake.rollout = "progressing"
+        slow = await k8s.redeploy("job-slow", SHOP)
+        fake.rollout = "complete"
+        done = await k8s.redeploy("job-done", SHOP)
+    finally:
+        await k8s.close()
+    assert slow.status == "failed"
+    assert slow.error is not None
+    assert "deployment web: rollout not finished after 0.3 s (1 of 2 updated)" in slow.error
+    assert "statefulset db: rollout not finished" in slow.error
+    assert done.status == "succeeded"

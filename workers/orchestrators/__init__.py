@@ -14,7 +14,9 @@ def _adapter(settings: Settings) -> Orchestrator:
         from workers.orchestrators.kubernetes import KubernetesOrchestrator  # noqa: PLC0415 - load only the chosen client library
 
         return KubernetesOrchestrator(
-            kubeconfig=settings.kubeconfig, timeout=settings.orchestrator_timeout
+            kubeconfig=settings.kubeconfig,
+            timeout=settings.orchestrator_timeout,
+            rollout_timeout=settings.rollout_timeout,
         )
     if settings.orchestrator == "swarm":
         from workers.orchestrators.swarm import SwarmOrchestrator  # noqa: PLC0415 - load only the chosen client library

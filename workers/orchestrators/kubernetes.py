@@ -18,8 +18,10 @@ with the same absolute target by whoever reads it next, before anything else is 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,7 +59,7 @@ from workers.orchestrators.ledger import (
     record_change,
 )
 
-__all__ = ["PART_OF", "RESTARTED_AT", "KubernetesOrchestrator"]
+__all__ = ["PART_OF", "RESTARTED_AT", "KubernetesOrchestrator", "rollout_status"]
 
 PART_OF = "app.kubernetes.io/part-of"
 NAME = "app.kubernetes.io/name"
@@ -144,10 +146,14 @@ class KubernetesOrchestrator:
         timeout: float = 10.0,
         conflict_retries: int = 5,
         service_account: str = SERVICE_ACCOUNT,
+        rollout_timeout: float = 300.0,
+        poll_interval: float = 1.0,
     ) -> None:
         self._kubeconfig = kubeconfig
         self._timeout = timeout
         self._retries = conflict_retries
+        self._rollout_timeout = rollout_timeout
+        self._poll = poll_interval
         self._service_account = service_account
         self._clusters: dict[str, _Cluster] = {}
 
@@ -206,9 +212,9 @@ class KubernetesOrchestrator:
             if paused:
                 raise PermanentError(_paused_message(paused, namespace))
             records: dict[str, Record] = {}
-            wrote = False
+            written: list[str] = []
             for name in chosen:
-                record, written = await self._restart(
+                record, wrote = await self._restart(
                     cluster,
                     namespace,
                     workloads[name],
@@ -218,8 +224,12 @@ class KubernetesOrchestrator:
                     note=(detail, image),
                 )
                 records[name] = record
-                wrote = wrote or written
-            return as_change(records, duplicate=not wrote)
+                if wrote:
+                    written.append(name)
+            change = as_change(records, duplicate=not written)
+            if not written:
+                return change
+            return await self._rolled_out(cluster, namespace, workloads, written, change)
 
     async def scale(
         self,
@@ -428,6 +438,46 @@ class KubernetesOrchestrator:
         )
         raise ConflictError(msg)
 
+    async def _rolled_out(
+        self,
+        cluster: _Cluster,
+        namespace: str,
+        workloads: dict[str, _Workload],
+        names: list[str],
+        change: Change,
+    ) -> Change:
+        """`change` once every restarted workload finished rolling out, as ``kubectl
+        rollout status`` judges it; failed when a Deployment exceeded its progress
+        deadline, or when the rollout is still going after the rollout timeout."""
+        deadline = time.monotonic() + self._rollout_timeout
+        pending = list(names)
+        problems: list[str] = []
+        progress: dict[str, str] = {}
+        while pending:
+            for name in list(pending):
+                workload = workloads[name]
+                obj = await cluster.client.get(workload.kind, name, namespace=namespace)
+                done, failure, progress[name] = rollout_status(obj.to_dict())
+                if failure is not None:
+                    problems.append(f"{workload.kind_name} {name}: {failure}")
+                if done or failure is not None:
+                    pending.remove(name)
+            if not pending:
+                break
+            if time.monotonic() >= deadline:
+                problems.extend(
+                    f"{workloads[n].kind_name} {n}: rollout not finished after "
+                    f"{self._rollout_timeout:g} s ({progress[n]})"
+                    for n in pending
+                )
+                break
+            await asyncio.sleep(self._poll)
+        if not problems:
+            return change
+        return msgspec.structs.replace(
+            change, status="failed", error="rollout failed: " + "; ".join(problems)
+        )
+
     async def _patch_scale(
         self, cluster: _Cluster, namespace: str, workload: _Workload, replicas: int
     ) -> None:
@@ -487,6 +537,48 @@ class KubernetesOrchestrator:
             " cluster must be the name of a kubeconfig context (kubectl config get-contexts)"
         )
         raise PermanentError(msg)
+
+
+def rollout_status(obj: dict[str, Any]) -> tuple[bool, str | None, str]:  # noqa: PLR0911 - one return per kubectl rule reads as its list
+    """(done, why it failed or None, progress) of a Deployment or StatefulSet's rollout.
+
+    The rules of ``kubectl rollout status``: the controller must have observed the
+    current generation; a Deployment is done when every replica is updated and available
+    and no old one is left, and failed once its Progressing condition says
+    ProgressDeadlineExceeded; a StatefulSet when every replica is ready and its update
+    revision is current (or, with a partition, the replicas above it are updated).
+    """
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    wanted = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas", 0)
+    progress = f"{updated} of {wanted} updated"
+    generation = (obj.get("metadata") or {}).get("generation", 0)
+    if status.get("observedGeneration", 0) < generation or not status.get("observedGeneration"):
+        return False, None, "waiting for the controller to see the change"
+    if obj.get("kind") == "StatefulSet":
+        strategy = spec.get("updateStrategy") or {}
+        if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+            return True, None, "OnDelete: pods change when deleted"
+        if status.get("readyReplicas", 0) < wanted:
+            return False, None, f"{status.get('readyReplicas', 0)} of {wanted} ready"
+        partition = (strategy.get("rollingUpdate") or {}).get("partition")
+        if partition:
+            return updated >= wanted - partition, None, progress
+        return status.get("updateRevision") == status.get("currentRevision"), None, progress
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Progressing" and (
+            condition.get("reason") == "ProgressDeadlineExceeded"
+        ):
+            message = condition.get("message") or "no message"
+            return False, f"exceeded its progress deadline ({message}; {progress})", progress
+    if updated < wanted:
+        return False, None, progress
+    if status.get("replicas", 0) > updated:
+        return False, None, f"{status.get('replicas', 0) - updated} old replicas terminating"
+    if status.get("availableReplicas", 0) < updated:
+        return False, None, f"{status.get('availableReplicas', 0)} of {updated} available"
+    return True, None, progress
 
 
 def _pending_scale(ledger: Ledger, current: ServiceState) -> tuple[str, Record] | None:
