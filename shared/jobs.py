@@ -3,7 +3,8 @@
 A job moves accepted -> running -> succeeded | failed | skipped. Events may arrive out of
 order (the recorder can see a result before the gateway wrote `accepted`), so a write
 never moves a job backwards: each state has a rank and the higher rank wins; the first
-result is kept (a redelivery's duplicate result changes nothing).
+result is kept (a redelivery's duplicate result changes nothing), except a `failed` one,
+which a later result replaces (a job replayed from the dead-letter queue).
 
 Same store as `shared/store.py`: one interface over the drivers of `shared/sql.py`, in the
 database at `TRIGGERS_DATABASE` (SQLite or PostgreSQL, table ``jobs``, created by the
@@ -91,23 +92,35 @@ _COLUMNS = (
 )
 
 # Every column is merged so that the job only moves forward, whatever the arrival order.
+# One exception: a result that finished after a `failed` one replaces it whole (a job
+# replayed from the dead-letter queue that then succeeded, or failed again, shows that
+# latest outcome), and its attempts add to the earlier ones.
 # Plain SQL with `?` placeholders and no database-only functions: one statement for both.
+_LATER = (
+    "(jobs.status = 'failed' AND excluded.rank = 2 AND excluded.finished_at IS NOT NULL"
+    " AND (jobs.finished_at IS NULL OR excluded.finished_at > jobs.finished_at))"
+)
 _UPSERT = f"""
 INSERT INTO jobs ({", ".join(_COLUMNS)})
 VALUES ({", ".join("?" for _ in _COLUMNS)})
 ON CONFLICT (job_id) DO UPDATE SET
-    status = CASE WHEN excluded.rank > jobs.rank THEN excluded.status ELSE jobs.status END,
+    status = CASE WHEN excluded.rank > jobs.rank OR {_LATER} THEN excluded.status
+                  ELSE jobs.status END,
     rank = CASE WHEN excluded.rank > jobs.rank THEN excluded.rank ELSE jobs.rank END,
     correlation_id = CASE WHEN jobs.correlation_id = '' THEN excluded.correlation_id
                           ELSE jobs.correlation_id END,
     accepted_at = COALESCE(jobs.accepted_at, excluded.accepted_at),
     started_at = COALESCE(jobs.started_at, excluded.started_at),
-    finished_at = COALESCE(jobs.finished_at, excluded.finished_at),
-    duration_ms = COALESCE(jobs.duration_ms, excluded.duration_ms),
-    attempt = CASE WHEN excluded.attempt > jobs.attempt THEN excluded.attempt
+    finished_at = CASE WHEN {_LATER} THEN excluded.finished_at
+                       ELSE COALESCE(jobs.finished_at, excluded.finished_at) END,
+    duration_ms = CASE WHEN {_LATER} THEN excluded.duration_ms
+                       ELSE COALESCE(jobs.duration_ms, excluded.duration_ms) END,
+    attempt = CASE WHEN {_LATER} THEN jobs.attempt + excluded.attempt
+                   WHEN excluded.attempt > jobs.attempt THEN excluded.attempt
                    ELSE jobs.attempt END,
-    error = COALESCE(jobs.error, excluded.error),
-    result = COALESCE(jobs.result, excluded.result),
+    error = CASE WHEN {_LATER} THEN excluded.error ELSE COALESCE(jobs.error, excluded.error) END,
+    result = CASE WHEN {_LATER} THEN excluded.result
+                  ELSE COALESCE(jobs.result, excluded.result) END,
     updated_at = excluded.updated_at
 """  # noqa: S608 - built from the constant column names above
 

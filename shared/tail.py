@@ -35,7 +35,7 @@ class _Printer:
         self._as_json = as_json
         self._count = count
         self._console = console()
-        self.printed: set[str] = set()
+        self.printed: dict[str, str] = {}  # job id: the status shown
         self.statuses: Counter[str] = Counter()
         self.done = asyncio.Event()
 
@@ -43,7 +43,12 @@ class _Printer:
         return self._count is not None and sum(self.statuses.values()) >= self._count
 
     def event(self, event: ResultEvent) -> None:
-        if self._full() or event.job_id in self.printed:
+        # A job is shown once, unless what was shown was `failed` and a later result came
+        # (a job replayed from the dead-letter queue): its latest outcome is shown too.
+        shown = self.printed.get(event.job_id)
+        if self._full() or (shown is not None and shown != "failed"):
+            return
+        if shown is not None and event.status == "failed" and event.duplicate:
             return
         if self._as_json:
             sys.stdout.write(encode(event).decode() + "\n")
@@ -61,7 +66,7 @@ class _Printer:
             self._seen(job.job_id, job.status)
 
     def _seen(self, job_id: str, status: str) -> None:
-        self.printed.add(job_id)
+        self.printed[job_id] = status
         self.statuses[status] += 1
         if self._full():
             self.done.set()

@@ -176,6 +176,8 @@ class Worker:
             # The last attempt may have changed the platform before its answer was lost.
             change = await self._recorded(envelope)
             if change is None:
+                # Final: the reason's own "will retry" no longer holds.
+                reason = reason.removesuffix("; will retry")
                 error = f"gave up after {attempt} attempts: {reason}"
         finally:
             if notice is not None:

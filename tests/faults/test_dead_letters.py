@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 
@@ -9,12 +10,21 @@ import aio_pika
 
 from shared.bus import AmqpBus
 from shared.errors import RetryableError
+from shared.jobs import JobStore
 from shared.messages import CommandEnvelope, Redeploy, Target, encode, new_job_id
 from shared.settings import Settings
 from shared.topology import COMMANDS_EXCHANGE, DEAD_QUEUE
-from tests.conftest import Results, eventually, queue_depth, scale_command, triggers_cli
+from tests.conftest import (
+    Results,
+    eventually,
+    queue_depth,
+    recorded,
+    scale_command,
+    triggers_cli,
+)
 from workers.orchestrators.base import Change
 from workers.orchestrators.local import LocalOrchestrator
+from workers.recorder import Recorder
 from workers.worker import Worker
 
 
@@ -166,3 +176,53 @@ async def test_retryable_failures_retry_through_the_broker_then_fail_with_the_re
     assert event.attempt == 3
     assert Down.calls == 3
     assert event.error == "gave up after 3 attempts: the API server did not answer within 10s"
+
+
+async def test_replayed_job_shows_its_latest_outcome_in_history_status_and_tail(
+    settings: Settings,
+    env: dict[str, str],
+    bus: AmqpBus,
+    cluster: LocalOrchestrator,
+    worker: Worker,
+    recorder: Recorder,
+    jobs: JobStore,
+    results: Results,
+) -> None:
+    """A failed job replayed from the DLQ that then succeeds is succeeded in history and the job API, with both attempts, and tail prints both outcomes."""
+    tail = await asyncio.create_subprocess_exec(
+        *triggers_cli(), "tail", "--app", "blog", "--count", "2",
+        env={**env, "COLUMNS": "300"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert tail.stderr is not None
+        async with asyncio.timeout(30):
+            while b"Waiting for results" not in await tail.stderr.readline():
+                pass
+        envelope = CommandEnvelope(
+            job_id=new_job_id(),
+            trigger_id="t" * 26,
+            target=Target(cluster="demo", app="blog"),
+            command=Redeploy(),
+        )
+        await bus.publish_command(envelope)
+        failed = await recorded(jobs, envelope.job_id, "failed")
+        assert failed.error is not None
+        await _dead_letters(settings, 1)
+
+        cluster.cluster.set_service("demo", "blog", "web", replicas=1, image="ghost:5")
+        _cli(env, "dlq", "replay", envelope.job_id, "--json")
+        job = await recorded(jobs, envelope.job_id, "succeeded")
+        assert (job.error, job.attempt) == (None, 2)
+        assert job.result is not None
+        assert job.result.after["web"].revision == 2
+        async with asyncio.timeout(30):
+            out, _ = await tail.communicate()
+    finally:
+        if tail.returncode is None:
+            tail.kill()
+            await tail.wait()
+    lines = out.decode().splitlines()
+    assert len(lines) == 2, lines
+    assert "failed" in lines[0].lower()
+    assert "succeeded" in lines[1].lower()
