@@ -12,6 +12,7 @@ holding Debian's static busybox, imported with ``docker import``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -83,7 +84,8 @@ class Dockerd:
         if binary is None or shutil.which("docker") is None:
             msg = "dockerd or docker is not installed (Debian: apt-get install docker.io)"
             raise DockerdUnavailable(msg)
-        namespace = f"triggers-{self.root.name}"
+        # containerd namespaces allow letters, digits and single separators only.
+        namespace = f"triggers-{hashlib.sha256(str(self.root).encode()).hexdigest()[:12]}"
         command = [
             binary,
             "--data-root", str(self.root / "data"),
@@ -127,9 +129,19 @@ class Dockerd:
                 process.kill()
                 process.wait(timeout=10)
         # dockerd stops the containerd it started; if it was killed, that one is ours too.
+        # Either way it must be gone before a new daemon starts another on the same files.
         pidfile = self.root / "exec" / "containerd" / "containerd.pid"
-        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+        try:
+            containerd = int(pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(containerd, signal.SIGTERM)
+            deadline = time.monotonic() + within
+            while time.monotonic() < deadline:
+                os.kill(containerd, 0)  # raises ProcessLookupError once it is gone
+                time.sleep(0.1)
+            os.kill(containerd, signal.SIGKILL)
 
     def restart(self, *, prefer_offline: bool = True) -> None:
         """Stop the daemon and start it again on the same data (its Swarm comes back)."""
@@ -145,12 +157,17 @@ class Dockerd:
         os.kill(self.pid, signal.SIGCONT)
 
     def docker(
-        self, *args: str, check: bool = True, input_text: str | None = None, timeout: float = 120
+        self,
+        *args: str,
+        check: bool = True,
+        input_text: str | None = None,
+        timeout: float = 120,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the docker CLI against this daemon."""
+        """Run the docker CLI against this daemon (`env`: variables added)."""
         result = subprocess.run(
             ["docker", *args],
-            env={**os.environ, "DOCKER_HOST": self.url},
+            env={**os.environ, **(env or {}), "DOCKER_HOST": self.url},
             capture_output=True,
             text=True,
             input=input_text,
@@ -193,7 +210,12 @@ class Dockerd:
         self.docker("network", "rm", "docker_gwbridge", check=False)
 
     def build_image(
-        self, tag: str, *, cmd: Sequence[str] = ("/bin/sleep", "3600"), user: str | None = None
+        self,
+        tag: str,
+        *,
+        cmd: Sequence[str] = ("/bin/sleep", "3600"),
+        entrypoint: Sequence[str] | None = None,
+        user: str | None = None,
     ) -> str:
         """Import a busybox rootfs as `tag` (offline); its image id."""
         busybox = shutil.which("busybox")
@@ -208,6 +230,8 @@ class Dockerd:
                 (bin_dir / applet).symlink_to("busybox")
             Path(rootfs, "tmp").mkdir()
             changes = ["-c", f"CMD {json.dumps(list(cmd))}"]
+            if entrypoint is not None:
+                changes += ["-c", f"ENTRYPOINT {json.dumps(list(entrypoint))}"]
             if user is not None:
                 changes += ["-c", f"USER {user}"]
             archive = subprocess.run(
