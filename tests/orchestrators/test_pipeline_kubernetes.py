@@ -9,12 +9,21 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from shared.bus import AmqpBus
+from shared.messages import Target
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
-from tests.conftest import Gateway, Results, scale_out_and_crash, start_worker, triggers_cli
+from tests.conftest import (
+    Gateway,
+    Results,
+    scale_command,
+    scale_out_and_crash,
+    start_worker,
+    triggers_cli,
+)
 from tests.orchestrators.fake_kube import FakeKube, running_fake_kube, write_kubeconfig
 from workers.orchestrators import open_orchestrator
 from workers.orchestrators.kubernetes import RESTARTED_AT
@@ -159,3 +168,31 @@ async def test_worker_process_killed_after_scaling_leaves_exactly_one_change(
     assert fake.get("web")["spec"]["replicas"] == 6
     survivor.send_signal(signal.SIGTERM)
     assert survivor.wait(timeout=30) == 0
+
+
+async def test_job_redelivered_after_kubectl_replace_is_not_applied_again(
+    settings: Settings,
+    kube_env: tuple[FakeKube, dict[str, str]],
+    bus: AmqpBus,
+    results: Results,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    """`triggers worker` keeps applied jobs in the store: after kubectl replace dropped the ledger annotation, a redelivered scale job is a duplicate and changes nothing."""
+    fake, kube = kube_env
+    start_worker(kube, processes)
+    envelope = scale_command(2)
+    envelope = msgspec.structs.replace(
+        envelope, target=Target(cluster="prod", app="shop", service="web")
+    )
+    await bus.publish_command(envelope)
+    (first,) = await results.wait_for(envelope.job_id, within=30)
+    assert (first.status, first.after["web"].replicas) == ("succeeded", 4)
+
+    replaced = fake.get("web")  # kubectl replace -f web.yaml: the manifest's annotations
+    replaced["metadata"]["annotations"] = {}
+    replaced["spec"]["replicas"] = 2
+    fake.touch("web")
+    await bus.publish_command(envelope)
+    _, second = await results.wait_for(envelope.job_id, count=2, within=30)
+    assert (second.duplicate, second.after) == (True, first.after)
+    assert fake.get("web")["spec"]["replicas"] == 2
