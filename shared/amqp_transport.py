@@ -82,7 +82,10 @@ class BrokerNodes:
                     f"password, vhost and options; {redact(raw)} differs from {redact(urls[0])}"
                 )
                 raise ValueError(msg)
-        self.url = urls[0]
+        # A node that hangs (stopped, cut off) rather than closing its connections is only
+        # noticed by missed heartbeats: 5 s (aiormq gives up after 3 missed, ~18 s), not
+        # the broker's 60 s (~3 minutes), unless the URL says otherwise.
+        self.url = urls[0] if "heartbeat" in first.query else str(first.update_query(heartbeat=5))
         default_port = 5671 if first.scheme == "amqps" else 5672
         self.addresses = [(u.host or "localhost", u.port or default_port) for u in parsed]
         if shuffle:

@@ -578,6 +578,14 @@ class AmqpBus:
         except CONNECTION_EXCEPTIONS as exc:
             msg = f"RabbitMQ refused or lost the message: {type(exc).__name__}"
             raise BrokerUnavailable(msg) from exc
+        except asyncio.CancelledError as exc:
+            # aiormq cancels the confirm of a connection it gives up on (a node that stopped
+            # answering heartbeats): unconfirmed, so unavailable, unless we are cancelled.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            msg = "RabbitMQ connection lost before the confirm"
+            raise BrokerUnavailable(msg) from exc
 
     async def publish_command(self, envelope: CommandEnvelope) -> None:
         """Publish persistently to the action's queue; returns once the broker confirmed."""

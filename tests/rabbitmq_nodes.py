@@ -92,6 +92,8 @@ class RabbitNode:
     base: Path
     amqp_port: int = 0
     dist_port: int = 0
+    # More lines for its rabbitmq.conf.
+    config: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -141,7 +143,7 @@ class RabbitNode:
         (self.base / "rabbitmq.conf").write_text(
             f"listeners.tcp.local = 127.0.0.1:{self.amqp_port}\n"
             # A stopped peer is noticed in seconds, not the default minute.
-            "net_ticktime = 10\n"
+            "net_ticktime = 10\n" + self.config
         )
         (self.base / "enabled_plugins").write_text("[].\n")
         _owned_by_node_user(self.base)
@@ -291,15 +293,19 @@ def rabbit_node(prefix: str = "triggers-test") -> Iterator[RabbitNode]:
 
 
 @contextlib.contextmanager
-def rabbit_cluster(size: int = 3, prefix: str = "triggers-test") -> Iterator[list[RabbitNode]]:
-    """`size` nodes joined in one cluster (`rabbitmqctl join_cluster` to the first).
+def rabbit_cluster(
+    size: int = 3, prefix: str = "triggers-test", config: str = ""
+) -> Iterator[list[RabbitNode]]:
+    """`size` nodes joined in one cluster (`rabbitmqctl join_cluster` to the first), each
+    with `config` added to its rabbitmq.conf.
 
     Stopped and removed afterwards, whatever happened.
     """
     base = _new_base()
     tag = uuid.uuid4().hex[:6]
     nodes = [
-        RabbitNode(name=f"{prefix}-{tag}-{i + 1}", base=base / f"node{i + 1}") for i in range(size)
+        RabbitNode(name=f"{prefix}-{tag}-{i + 1}", base=base / f"node{i + 1}", config=config)
+        for i in range(size)
     ]
     try:
         _boot(nodes)

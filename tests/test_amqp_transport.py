@@ -11,10 +11,13 @@ from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
+import structlog
 from yarl import URL
 
 from shared.amqp_transport import CoalescingConnection, CoalescingTransportFactory
-from tests.conftest import BROKER
+from shared.bus import AmqpBus
+from shared.settings import Settings
+from tests.conftest import BROKER, free_port, scale_command
 
 
 @pytest.fixture
@@ -100,3 +103,45 @@ async def test_a_robust_connection_through_it_publishes_and_consumes() -> None:
                 if len(bodies) == 50:
                     break
     assert bodies == list(range(50))
+
+
+async def test_a_bus_given_several_nodes_skips_one_that_refuses_and_names_the_one_it_uses(
+    amqp_url: str,
+) -> None:
+    """With a dead address listed first, the bus connects to the live node, logs and
+    reports it (`node`), and publishes there."""
+    live = URL(amqp_url)
+    dead = live.with_port(free_port())
+    bus = AmqpBus(f"{dead},{live}", role="test-nodes", shuffle=False)
+    with structlog.testing.capture_logs() as logs:
+        await bus.start()
+    try:
+        assert bus.node == f"127.0.0.1:{live.port}"
+        connected = [e for e in logs if e["event"] == "bus.connected"]
+        assert [e["node"] for e in connected] == [bus.node]
+        await bus.publish_command(scale_command())
+    finally:
+        await bus.close()
+    assert bus.node is None
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("amqp://a:secret-one@h1:5672/v,amqp://a:secret-two@h2:5672/v", "same scheme, user"),
+        ("amqp://a:secret-one@h1:5672/v,amqp://a:secret-one@h2:5672/other", "same scheme, user"),
+        ("http://a:secret-one@h1/", "not an amqp:// or amqps:// URL"),
+        (" , ", "is empty"),
+    ],
+)
+def test_node_urls_that_cannot_be_one_cluster_are_refused_in_one_line(
+    value: str, complaint: str
+) -> None:
+    """Node URLs differing in anything but the address, or not AMQP, fail at start-up
+    naming TRIGGERS_AMQP_URL, without any password."""
+    with pytest.raises(ValueError, match=complaint) as raised:
+        Settings.from_env({"TRIGGERS_AMQP_URL": value})
+    message = str(raised.value)
+    assert message.startswith("TRIGGERS_AMQP_URL")
+    assert "\n" not in message
+    assert "secret" not in message

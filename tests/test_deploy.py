@@ -259,3 +259,18 @@ def test_compose_cluster_override_gives_every_process_the_three_nodes() -> None:
     if plugin.returncode == 0:
         files = ["-f", str(DEPLOY / "compose.yaml"), "-f", str(DEPLOY / "compose.cluster.yaml")]
         subprocess.run([docker, "compose", *files, "config", "--quiet"], check=True, timeout=60)
+
+
+def test_k8s_rabbitmq_is_a_three_node_cluster_that_pauses_a_minority() -> None:
+    """deploy/k8s/rabbitmq.yaml asks the operator for 3 replicas with pause_minority, and
+    the pod addresses it documents for TRIGGERS_AMQP_URL parse as one cluster."""
+    (cluster,) = yaml.safe_load_all((DEPLOY / "k8s" / "rabbitmq.yaml").read_text())
+    assert cluster["kind"] == "RabbitmqCluster"
+    assert cluster["spec"]["replicas"] == 3
+    assert (
+        "cluster_partition_handling = pause_minority"
+        in (cluster["spec"]["rabbitmq"]["additionalConfig"])
+    )
+    text = (DEPLOY / "k8s" / "rabbitmq.yaml").read_text()
+    pods = re.findall(r"amqp://triggers-rabbitmq-server-\d\.[^,\s]+", text)
+    assert len(BrokerNodes(",".join(pods), shuffle=False)) == 3
