@@ -31,6 +31,7 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from shared.bus import AmqpBus
@@ -722,3 +723,15 @@ async def scale_out_and_crash(
             await asyncio.sleep(0.05)
     assert doomed.returncode == -signal.SIGKILL
     return job_id
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """A /metrics page as {(sample name, labels): value}."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -11,7 +11,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from shared.bus import AmqpBus
@@ -21,24 +20,14 @@ from shared.policy import PolicyChanges
 from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.triggers import new_secret, trigger_call_url
-from tests.conftest import Gateway, free_port, triggers_cli
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _samples(text: str) -> Samples:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+from tests.conftest import Gateway, Samples, free_port, metric_samples, triggers_cli
 
 
 async def _scrape(http: aiohttp.ClientSession, url: str) -> tuple[Samples, str]:
     async with http.get(url) as response:
         assert response.status == 200
         text = await response.text()
-    return _samples(text), text
+    return metric_samples(text), text
 
 
 def _calls(samples: Samples, action: str, outcome: str) -> float:
@@ -135,7 +124,7 @@ async def test_metrics_on_their_own_listener_and_not_on_the_public_port(
             assert response.status == 202
         async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
             assert response.headers["Server"] == "container-triggers"
-            after = _samples(await response.text())
+            after = metric_samples(await response.text())
     assert _calls(after, "redeploy", "accepted") - _calls(before, "redeploy", "accepted") == 1
 
 

@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp.test_utils import TestServer
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from shared.bus import AmqpBus
@@ -28,11 +27,13 @@ from shared.triggers import trigger_call_url
 from tests.conftest import (
     Gateway,
     Results,
+    Samples,
     ServiceProcess,
     WrappedOrchestrator,
     created_scale_trigger,
     eventually,
     free_port,
+    metric_samples,
     on_both_databases,
     recorded,
     result_event,
@@ -46,16 +47,6 @@ from workers.orchestrators.local import LocalOrchestrator
 from workers.recorder import Recorder
 from workers.worker import Worker
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _samples(text: str) -> Samples:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
 
 def _value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
@@ -68,7 +59,7 @@ async def _scrape(http: aiohttp.ClientSession, *urls: str) -> Samples:
         async with http.get(url) as response:
             assert response.status == 200
             assert response.content_type == "text/plain"
-            samples.update(_samples(await response.text()))
+            samples.update(metric_samples(await response.text()))
     return samples
 
 
@@ -561,7 +552,7 @@ def test_event_line_shows_status_change_duration_and_source() -> None:
 
 async def _young_collections(http: aiohttp.ClientSession, metrics_url: str) -> float:
     async with http.get(metrics_url) as response:
-        samples = _samples(await response.text())
+        samples = metric_samples(await response.text())
     return _value(samples, "python_gc_collections_total", generation="0")
 
 
@@ -590,7 +581,7 @@ async def test_services_collect_garbage_rarely_under_load(env: dict[str, str]) -
 
         async def all_applied() -> bool | None:
             async with http.get(metrics["worker"]) as response:
-                samples = _samples(await response.text())
+                samples = metric_samples(await response.text())
             done = sum(v for (n, _), v in samples.items() if n == "triggers_worker_results_total")
             return True if done >= 300 else None
 
