@@ -425,7 +425,11 @@ def _echo_url(view: TriggerView) -> None:
 @click.option(
     "--action", required=True, type=click.Choice(["redeploy", "scale"]), help="What a call does."
 )
-@click.option("--service", help="Service to scale (required for --action scale).")
+@click.option(
+    "--service",
+    help="Service to scale (required for --action scale); on a redeploy trigger, the one"
+    " service it redeploys (default: every service of the app).",
+)
 @click.option("--image-update", is_flag=True, help="Redeploy with the image a registry push names.")
 @click.option(
     "--image",
