@@ -261,9 +261,11 @@ class GuardedSite(web.TCPSite):
         def protocol() -> GuardedRequestHandler:
             return GuardedRequestHandler(server, loop=loop, guard=self._guard, **self._handler_args)
 
+        # Several addresses may be given, separated by commas (``127.0.0.1,::1``).
+        hosts = [h.strip() for h in (self._host or "").split(",") if h.strip()] or None
         self._server = await loop.create_server(
             protocol,
-            self._host,
+            hosts,
             self._port,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,

@@ -59,7 +59,12 @@ def main(ctx: click.Context, database: str | None, amqp_url: str | None) -> None
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address(es) to listen on, comma-separated.",
+)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option(
     "--processes",
