@@ -11,14 +11,29 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+import aio_pika
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from shared.amqp_transport import connect_any
 from shared.bus import ATTEMPT_HEADER, ERROR_HEADER, copy_message
-from shared.messages import Action, CommandEnvelope, Target, decode_command, decode_delivery
+from shared.messages import (
+    Action,
+    CommandEnvelope,
+    NotificationDelivery,
+    Target,
+    decode_command,
+    decode_delivery,
+    encode,
+)
 from shared.settings import Settings
-from shared.topology import COMMANDS_EXCHANGE, Replication, declare
+from shared.topology import (
+    COMMANDS_EXCHANGE,
+    NOTIFY_ROUTING_KEY,
+    Replication,
+    declare,
+    declare_notifier_topology,
+)
 
 __all__ = ["DeadMessage", "list_dead", "purge_dead", "replay_dead"]
 
@@ -61,11 +76,17 @@ def _decode(message: AbstractIncomingMessage) -> CommandEnvelope | None:
         return None
 
 
+def _delivery(message: AbstractIncomingMessage) -> NotificationDelivery | None:
+    try:
+        return decode_delivery(message.body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
 def _notification_target(message: AbstractIncomingMessage) -> tuple[Action, Target] | None:
     """The action and target of a dead notification delivery (the notifier's), if it is one."""
-    try:
-        delivery = decode_delivery(message.body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    delivery = _delivery(message)
+    if delivery is None:
         return None
     event = delivery.result or delivery.notice
     if event is None:
@@ -98,7 +119,7 @@ def describe(message: AbstractIncomingMessage) -> DeadMessage:
         cluster=target.cluster if target else None,
         app=target.app if target else None,
         service=target.service if target else None,
-        replayable=envelope is not None,
+        replayable=envelope is not None or _delivery(message) is not None,
         size=len(message.body),
     )
 
@@ -137,7 +158,8 @@ async def list_dead(settings: Settings, limit: int = 100) -> list[DeadMessage]:
 async def replay_dead(
     settings: Settings, ids: set[str] | None = None, limit: int = 10_000
 ) -> dict[str, Any]:
-    """Send dead commands back to their queue (all, or those whose id is in `ids`).
+    """Send dead commands back to their queue (all, or those whose id is in `ids`), and dead
+    notifications back to the notifier as a first attempt.
 
     Each is published with confirms before its dead copy is acked, so a crash in between
     leaves a duplicate (absorbed by the job ledger), never a loss. Undecodable messages
@@ -150,6 +172,11 @@ async def replay_dead(
         for message in await _drain(queue, limit):
             wanted = ids is None or _message_id(message) in ids
             envelope = _decode(message) if wanted else None
+            delivery = _delivery(message) if wanted and envelope is None else None
+            if delivery is not None:
+                await _replay_notification(channel, settings, message, delivery)
+                replayed.append(_message_id(message))
+                continue
             if envelope is None:
                 kept.append(_message_id(message))
                 continue
@@ -169,6 +196,27 @@ async def replay_dead(
         await channel.close()
     missing = sorted((ids or set()) - set(replayed) - set(kept)) if ids else []
     return {"replayed": replayed, "kept": kept, "not_found": missing}
+
+
+async def _replay_notification(
+    channel: AbstractChannel,
+    settings: Settings,
+    message: AbstractIncomingMessage,
+    delivery: NotificationDelivery,
+) -> None:
+    """Back to the notifier's queue (declared here, so it waits for a notifier) as attempt 1."""
+    replication = Replication(settings.quorum_group_size, settings.queue_leader_locator)
+    topology = await declare_notifier_topology(channel, settings.notify_retry_delays, replication)
+    fresh = aio_pika.Message(
+        body=encode(msgspec.structs.replace(delivery, attempt=1)),
+        content_type=message.content_type,
+        type=message.type,
+        message_id=message.message_id,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers={"x-triggers-replayed": True},
+    )
+    await topology.notify.publish(fresh, routing_key=NOTIFY_ROUTING_KEY, mandatory=True)
+    await message.ack()
 
 
 async def purge_dead(settings: Settings) -> int:

@@ -268,7 +268,8 @@ async def test_sink_down_retries_then_dead_letters(
     env: dict[str, str],
 ) -> None:
     """A sink answering 503 is tried notify_max_attempts times through the delay queues, then
-    the delivery is dead-lettered with the reason, which `triggers dlq list` shows."""
+    the delivery is dead-lettered with the reason, which `triggers dlq list` shows; once the
+    sink is back, `triggers dlq replay` delivers it."""
     async with receiver() as down:
         down.status = 503
         await notify_store.create_sink(SinkCreate(name="down", type="webhook", url=down.url))
@@ -285,18 +286,24 @@ async def test_sink_down_retries_then_dead_letters(
                     assert time.monotonic() < deadline, "no dead letter"
                     await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started
+        code, out, err = await run_cli(env, "dlq", "list", "--json")
+        assert code == 0, err
+        (dead,) = [json.loads(line) for line in out.splitlines()]
+        down.status = 200
+        async with running_notifier(settings):
+            code, _, err = await run_cli(env, "dlq", "replay", dead["id"])
+            assert code == 0, err
+            await down.wait_for(1)
+    assert down.job_ids() == [event.job_id]
     assert _delivered("webhook", "dead_lettered") == dead_before + 1
     assert _delivered("webhook", "retried") == retried_before + 2
     retries = [e for e in logs if e["event"] == "notifier.retry_scheduled"]
     assert [e["attempt"] for e in retries] == [1, 2]
     assert [e["wait_for"] for e in retries] == [0.05, 0.1]
-    code, out, err = await run_cli(env, "dlq", "list", "--json")
-    assert code == 0, err
-    (dead,) = [json.loads(line) for line in out.splitlines()]
     assert dead["reason"].startswith("notification to sink 'down' failed (gave up after 3")
     assert "HTTP 503" in dead["reason"]
     assert dead["attempts"] == 3
-    assert (dead["cluster"], dead["app"], dead["replayable"]) == ("demo", "shop", False)
+    assert (dead["cluster"], dead["app"], dead["replayable"]) == ("demo", "shop", True)
     assert event.job_id in dead["id"]
     print(f"sink down: 3 attempts, dead-lettered after {elapsed:.2f} s")
 
