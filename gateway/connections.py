@@ -27,10 +27,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from gateway.errors import json_response
+from shared.http import SERVER_NAME
 from shared.settings import Network
 
 __all__ = [
@@ -227,7 +229,8 @@ class GuardedRequestHandler(RequestHandler):
                 "detail": "the request is not valid HTTP or exceeds the gateway's limits "
                 "(request line and each header at most 8190 bytes)",
             }
-        response = web.json_response(body, status=status)
+        # Built outside the app, so no app signal names the server: say it here.
+        response = json_response(body, status=status, headers={hdrs.SERVER: SERVER_NAME})
         response.force_close()
         return response
 

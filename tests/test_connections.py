@@ -133,6 +133,8 @@ async def test_an_overlong_request_line_is_answered_in_json_without_echoing_it(
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.split(b" ")[1] == b"400"
     assert b"application/json" in head
+    assert b"\r\nServer: container-triggers\r\n" in head  # no Python or aiohttp version
+    assert body.endswith(b"}\n")
     assert json.loads(body)["error"] == "bad_http_request"
     assert secret.encode() not in answer
     assert b"xxxx" not in answer
