@@ -9,6 +9,8 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
+import socket
+import ssl
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -22,6 +24,7 @@ from gateway.admin import add_admin_routes
 from gateway.audit import audit_middleware
 from gateway.connections import ConnectionGuard, GuardedSite, connection_middleware
 from gateway.console import add_console
+from gateway.dead import add_dlq_routes
 from gateway.errors import error_middleware, json_response
 from gateway.hook import handle_trigger
 from gateway.invalidation import follow_changes, periodically, prune_audit_forever
@@ -51,15 +54,16 @@ from gateway.waiter import ResultWaiter
 from shared.audit import AuditLog, UnauthenticatedTally
 from shared.batch import WriteBehind
 from shared.bus import AmqpBus, Bus
+from shared.errors import ConfigError
 from shared.http import name_server
 from shared.jobs import JobStore, open_job_store
 from shared.logging import configure_logging
-from shared.loop import new_event_loop, tune_gc
+from shared.loop import new_event_loop, run, tune_gc
 from shared.messages import utcnow
 from shared.settings import Settings
 from shared.store import TriggerStore, open_store
 
-__all__ = ["create_app", "run_gateway"]
+__all__ = ["create_app", "run_gateway", "tls_context"]
 
 log = structlog.get_logger("triggers.gateway")
 
@@ -226,6 +230,36 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/jobs/{job_id}", handle_job)
     add_admin_routes(app)
     add_console(app)
+    add_dlq_routes(app)
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server TLS context of `--tls-cert`/`--tls-key`, or None to serve plain HTTP.
+
+    Raises `ConfigError` naming the setting when only one is given or a file is unusable.
+    """
+    if settings.tls_cert is None and settings.tls_key is None:
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        msg = "TLS needs both --tls-cert and --tls-key (TRIGGERS_TLS_CERT, TRIGGERS_TLS_KEY)"
+        raise ConfigError(msg)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except ssl.SSLError as exc:
+        msg = (
+            f"cannot use the TLS certificate {settings.tls_cert} with key {settings.tls_key}: "
+            f"{exc.reason or exc}; check --tls-cert and --tls-key (PEM files)"
+        )
+        raise ConfigError(msg) from None
+    except OSError as exc:
+        msg = (
+            f"cannot read the TLS certificate {settings.tls_cert} or key {settings.tls_key}: "
+            f"{exc.strerror or exc}; check --tls-cert and --tls-key"
+        )
+        raise ConfigError(msg) from None
+    return context
 
 
 async def _listen(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
@@ -249,6 +283,7 @@ async def _listen(settings: Settings, host: str, port: int, reuse_port: bool) ->
             port,
             guard=guard,
             reuse_port=reuse_port,
+            ssl_context=tls_context(settings),
             # No access log: it would print query strings, and so secrets. The guard closes
             # idle connections itself; lingering (reading an unread body after the answer,
             # so the caller sees it) is kept short.
@@ -283,6 +318,35 @@ def _serve(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
         loop.close()
 
 
+def _check_port(host: str, port: int) -> None:
+    """Bind the address once, alone (no SO_REUSEPORT), so one already taken fails here.
+
+    Without this a second gateway with --processes would join the first one's port
+    through SO_REUSEPORT, and a single process would fail deep inside the server start.
+    """
+    for address in [h.strip() for h in host.split(",") if h.strip()] or [""]:
+        try:
+            with socket.create_server((address, port)):
+                pass
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            shown = f"[{address}]" if ":" in address else address
+            msg = (
+                f"cannot listen on {shown}:{port}: {reason}; "
+                "choose another --port or --host (or stop what uses it)"
+            )
+            raise ConfigError(msg) from None
+
+
+async def _check_store(settings: Settings) -> None:
+    """Open and migrate the store once: a wrong TRIGGERS_DATABASE fails before serving."""
+    store = open_store(settings.database)
+    try:
+        await store.start()
+    finally:
+        await store.close()
+
+
 def run_gateway(settings: Settings, host: str, port: int, processes: int = 1) -> None:
     """Serve until SIGTERM/SIGINT; in-flight requests get the shutdown timeout to finish.
 
@@ -293,6 +357,10 @@ def run_gateway(settings: Settings, host: str, port: int, processes: int = 1) ->
     their metrics in a directory of their own (prometheus-client's multiprocess mode), so
     that a scrape answered by any of them shows the whole gateway; it is removed at exit.
     """
+    # Fail before serving, with one line (ConfigError), on what an operator can fix.
+    _check_port(host, port)
+    tls_context(settings)
+    run(_check_store(settings))
     log.info(
         "gateway.starting",
         host=host,

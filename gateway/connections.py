@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -247,8 +248,9 @@ class GuardedSite(web.TCPSite):
         guard: ConnectionGuard,
         handler_args: dict[str, Any],
         reuse_port: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(runner, host, port, reuse_port=reuse_port or None)
+        super().__init__(runner, host, port, reuse_port=reuse_port or None, ssl_context=ssl_context)
         self._guard = guard
         self._handler_args = handler_args
 
@@ -272,6 +274,7 @@ class GuardedSite(web.TCPSite):
             self._port,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
+            ssl=self._ssl_context,  # --tls-cert/--tls-key, else plain HTTP
         )
 
 

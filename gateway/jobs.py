@@ -22,7 +22,14 @@ from aiohttp import web
 from gateway.admin import is_admin, require_admin
 from gateway.errors import ApiError, json_response
 from gateway.keys import ACCEPTED, JOBS, LOG_FIELDS, SETTINGS, UNSEEN_WAITERS, WAITER
-from shared.jobs import JOB_STATUSES, JobRecord, job_json, parse_since
+from shared.jobs import (
+    JOB_STATUSES,
+    JobLookupError,
+    JobRecord,
+    job_by_prefix,
+    job_json,
+    parse_since,
+)
 from shared.messages import CommandEnvelope, ResultEvent
 from shared.metrics import WAITING
 from shared.settings import Settings
@@ -42,6 +49,7 @@ __all__ = [
 log = structlog.get_logger("triggers.gateway")
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_JOB_PREFIX = re.compile(r"^[0-9a-f]{4,31}$")
 _WAIT = re.compile(r"^[0-9]{1,4}(?:\.[0-9]{1,3})?$")
 # Before a 404, the store is read once more after this pause (accepted records are written
 # every ACCEPTED_FLUSH_INTERVAL, 50 ms, by the gateway that accepted the job), by at most
@@ -281,8 +289,13 @@ async def handle_job(request: web.Request) -> web.Response:
     """
     job_id = request.match_info["job_id"]
     if not _JOB_ID.fullmatch(job_id):
+        if _JOB_PREFIX.fullmatch(job_id) and "Authorization" in request.headers:
+            return await _job_by_prefix(request, job_id)
         raise ApiError(
-            400, "invalid_job_id", "a job id is 32 lowercase hex characters, as a 202 answer gives"
+            400,
+            "invalid_job_id",
+            "a job id is 32 lowercase hex characters, as a 202 answer gives "
+            "(a shorter prefix needs the admin token)",
         )
     job = await find_job(request, job_id)
     settings = request.app[SETTINGS]
@@ -294,6 +307,19 @@ async def handle_job(request: web.Request) -> web.Response:
             f"no job {job_id}: unknown, or older than the history keeps ({days:g} days)",
         )
     return json_response(_public(job, settings, admin=is_admin(request)))
+
+
+async def _job_by_prefix(request: web.Request, prefix: str) -> web.Response:
+    """An operator's short job id (`triggers job 3f2a --server`): only with the admin
+    token, since guessing a few characters must not stand in for the 128-bit id."""
+    require_admin(request)
+    try:
+        job = await job_by_prefix(request.app[JOBS], prefix)
+    except JobLookupError as exc:
+        if exc.ambiguous:
+            raise ApiError(409, "ambiguous_job_id", str(exc)) from None
+        raise ApiError(404, "job_not_found", str(exc)) from None
+    return json_response(_public(job, request.app[SETTINGS], admin=True))
 
 
 async def handle_jobs(request: web.Request) -> web.Response:

@@ -14,6 +14,8 @@ import msgspec
 
 from shared.api import (
     AuditList,
+    DlqPurged,
+    DlqReplay,
     ErrorBody,
     RotateRequest,
     TriggerCreate,
@@ -23,6 +25,8 @@ from shared.api import (
     trigger_view,
 )
 from shared.audit import Outcome
+from shared.dlq import DeadMessage
+from shared.jobs import JobRecord
 from shared.messages import Action, utcnow
 from shared.policy import PolicyChanges, PolicyError, merge_options
 from shared.store import TriggerRevokedError, TriggerStore
@@ -41,6 +45,24 @@ class AdminError(Exception):
         self.status = status
         self.code = code
         self.detail = detail
+
+
+# Aliases: inside HttpAdmin, `list` is its own method, not the builtin.
+_Ids = list[str]
+_Jobs = list[JobRecord]
+_Dead = list[DeadMessage]
+
+
+class DeadList(msgspec.Struct, kw_only=True):
+    """``GET /v1/dlq``."""
+
+    messages: list[DeadMessage]
+
+
+class JobList(msgspec.Struct, kw_only=True):
+    """``GET /v1/jobs``."""
+
+    jobs: list[JobRecord]
 
 
 class ListFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -326,6 +348,27 @@ class HttpAdmin:
         """GET /v1/audit."""
         params = {"trigger_id": trigger_id, "outcome": outcome, "before": before, "limit": limit}
         return await self._call("GET", "/v1/audit", AuditList, params=params)
+
+    async def job(self, job_id: str) -> JobRecord:
+        """GET /v1/jobs/{id}: a full id, or a unique prefix (the admin token allows it)."""
+        return await self._call("GET", f"/v1/jobs/{job_id}", JobRecord)
+
+    async def jobs(self, filters: dict[str, Any]) -> _Jobs:
+        """GET /v1/jobs with the filters given (None: not filtered), newest first."""
+        return (await self._call("GET", "/v1/jobs", JobList, params=filters)).jobs
+
+    async def dead(self, limit: int) -> _Dead:
+        """GET /v1/dlq: dead-lettered messages; they stay in the queue."""
+        return (await self._call("GET", "/v1/dlq", DeadList, params={"limit": limit})).messages
+
+    async def replay(self, ids: _Ids | None) -> dict[str, _Ids]:
+        """POST /v1/dlq/replay: the given message ids, or every replayable one (None)."""
+        body = DlqReplay(ids=ids, all=ids is None)
+        return await self._call("POST", "/v1/dlq/replay", dict[str, _Ids], body=body)
+
+    async def purge(self) -> int:
+        """DELETE /v1/dlq: drop every dead message; how many were dropped."""
+        return (await self._call("DELETE", "/v1/dlq", DlqPurged)).purged
 
     async def close(self) -> None:
         """Close the HTTP session."""

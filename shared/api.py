@@ -28,6 +28,8 @@ from shared.triggers import (
 __all__ = [
     "DEFAULT_GRACE",
     "AuditList",
+    "DlqPurged",
+    "DlqReplay",
     "ErrorBody",
     "RotateRequest",
     "TriggerCreate",
@@ -176,3 +178,16 @@ def created_view(trigger: Trigger, now: datetime, *, url: str, secret: str) -> T
     if trigger.options.signing_secret:
         view.signing_secret = trigger.options.signing_secret
     return view
+
+
+class DlqReplay(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/dlq/replay``: message ids (from ``GET /v1/dlq``), or ``all``."""
+
+    ids: list[str] | None = None
+    all: bool = False
+
+
+class DlqPurged(msgspec.Struct, kw_only=True):
+    """``DELETE /v1/dlq``: how many dead messages were dropped."""
+
+    purged: int

@@ -17,7 +17,7 @@ from shared.loop import run, tune_gc
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from shared.admin import TriggerAdmin
+    from shared.admin import AdminError, HttpAdmin, TriggerAdmin
     from shared.api import TriggerView
 
 __all__ = ["main"]
@@ -41,13 +41,50 @@ def _echo_json(data: object) -> None:
     click.echo(json.dumps(data, indent=None, sort_keys=False))
 
 
-@click.group()
-@click.option("--database", envvar="TRIGGERS_DATABASE", help="Trigger store URL.")
+_wide = click.option(
+    "--wide", is_flag=True, help="Every column, however wide (default: fit the terminal)."
+)
+
+
+def _width(wide: bool) -> int | None:
+    """The width to fit tables to: the terminal's (or $COLUMNS), None with --wide."""
+    from shared.render import console  # noqa: PLC0415
+
+    return None if wide else console().width
+
+
+class _Commands(click.Group):
+    """The command group: a condition an operator can cause ends in one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a bad setting or an unreachable store or broker is one line, exit 1."""
+        from shared.errors import BrokerUnavailable, ConfigError, StoreUnavailable  # noqa: PLC0415
+
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, StoreUnavailable) as exc:
+            # StoreUnavailable: at start it names the setting (shared/sql.py store_unavailable).
+            raise click.ClickException(str(exc)) from None
+        except BrokerUnavailable as exc:
+            raise click.ClickException(
+                f"{exc}; is RabbitMQ running? check TRIGGERS_AMQP_URL (or --amqp-url)"
+            ) from None
+
+
+@click.group(cls=_Commands)
+@click.option(
+    "--database",
+    envvar="TRIGGERS_DATABASE",
+    show_envvar=True,
+    help="Trigger and job store: sqlite:///triggers.db (default) or postgresql://...",
+)
 @click.option(
     "--amqp-url",
     envvar="TRIGGERS_AMQP_URL",
-    help="RabbitMQ URL, or a cluster's node URLs separated by commas [env: TRIGGERS_AMQP_URL].",
+    show_envvar=True,
+    help="RabbitMQ URL, or a cluster's node URLs separated by commas.",
 )
+@click.version_option(package_name="container-triggers", prog_name="triggers")
 @click.pass_context
 def main(ctx: click.Context, database: str | None, amqp_url: str | None) -> None:
     """Webhook triggers that redeploy and scale container applications."""
@@ -65,7 +102,7 @@ def main(ctx: click.Context, database: str | None, amqp_url: str | None) -> None
     show_default=True,
     help="Address(es) to listen on, comma-separated.",
 )
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
 @click.option(
     "--processes",
     default=1,
@@ -82,6 +119,20 @@ def main(ctx: click.Context, database: str | None, amqp_url: str | None) -> None
     "--metrics-host",
     help="Address of the /metrics port [env TRIGGERS_METRICS_ADDR; default 127.0.0.1].",
 )
+@click.option(
+    "--tls-cert",
+    envvar="TRIGGERS_TLS_CERT",
+    show_envvar=True,
+    type=click.Path(dir_okay=False),
+    help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    envvar="TRIGGERS_TLS_KEY",
+    show_envvar=True,
+    type=click.Path(dir_okay=False),
+    help="The PEM private key of --tls-cert.",
+)
 @click.pass_context
 def gateway(
     ctx: click.Context,
@@ -90,11 +141,13 @@ def gateway(
     processes: int,
     metrics_port: int | None,
     metrics_host: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Serve /hook/trigger: authenticate calls and publish commands."""
     from gateway.app import run_gateway  # noqa: PLC0415 - each service imports only its own code
 
-    settings = _settings(ctx)
+    settings = _settings(ctx).with_(tls_cert=tls_cert, tls_key=tls_key)
     if metrics_port is not None:
         settings = settings.with_(metrics_port=metrics_port)
     if metrics_host is not None:
@@ -116,15 +169,10 @@ _metrics_host = click.option(
 @click.pass_context
 def worker(ctx: click.Context, metrics_port: int | None, metrics_host: str) -> None:
     """Consume commands, apply them to the orchestrator, publish results."""
-    from shared.errors import ConfigError  # noqa: PLC0415
     from workers.run import run_worker  # noqa: PLC0415
 
-    try:
-        tune_gc()
-        _run(run_worker(_settings(ctx), metrics_host=metrics_host, metrics_port=metrics_port))
-    except ConfigError as exc:
-        # Raised while the worker starts (a file a setting names): say what to fix, no trace.
-        raise click.ClickException(str(exc)) from None
+    tune_gc()
+    _run(run_worker(_settings(ctx), metrics_host=metrics_host, metrics_port=metrics_port))
 
 
 @main.command()
@@ -137,6 +185,21 @@ def recorder(ctx: click.Context, metrics_port: int | None, metrics_host: str) ->
 
     tune_gc()
     _run(run_recorder(_settings(ctx), metrics_host=metrics_host, metrics_port=metrics_port))
+
+
+def _remote_options(fn: F) -> F:
+    fn = click.option(
+        "--token",
+        envvar="TRIGGERS_ADMIN_TOKEN",
+        show_envvar=True,
+        help="Admin token for --server (prefer $TRIGGERS_ADMIN_TOKEN: flags show in `ps`).",
+    )(fn)
+    return click.option(
+        "--server",
+        envvar="TRIGGERS_SERVER",
+        show_envvar=True,
+        help="Gateway URL: work through its admin API instead of the local store.",
+    )(fn)
 
 
 def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -154,7 +217,7 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
 @click.option("--cluster", help="Only this cluster.")
 @click.option("--app", help="Only this application.")
 @click.option("--service", help="Only this service.")
-@click.option("--action", type=click.Choice(["redeploy", "scale"]))
+@click.option("--action", type=click.Choice(["redeploy", "scale"]), help="Only this action.")
 @click.option(
     "--status",
     type=click.Choice(
@@ -169,11 +232,18 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
             "expired",
         ]
     ),
+    help="Only jobs in this state.",
 )
 @click.option(
-    "--since", callback=_since, help="Only jobs since a duration ago (15m, 2h, 7d) or a time."
+    "--since",
+    callback=_since,
+    help="Only jobs since a duration ago (15m, 2h, 7d) or a time (ISO 8601).",
 )
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--limit", default=50, show_default=True, type=click.IntRange(1, 1000), help="At most N jobs."
+)
+@_remote_options
+@_wide
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def history(
@@ -185,43 +255,107 @@ def history(
     status: str | None,
     since: datetime | None,
     limit: int,
+    server: str | None,
+    token: str | None,
+    wide: bool,
     as_json: bool,
 ) -> None:
-    """Jobs the recorder kept, newest first."""
+    """Jobs the recorder kept, newest first (from the store, or a gateway with --server)."""
     from shared.jobs import JobRecord, job_json, opened_job_store  # noqa: PLC0415
-    from shared.render import console, job_table  # noqa: PLC0415
+    from shared.render import job_table, print_lines  # noqa: PLC0415
+
+    filters: dict[str, Any] = {"cluster": cluster, "app": app, "service": service}
+    filters.update(action=action, status=status)
 
     async def read() -> list[JobRecord]:
         async with opened_job_store(_settings(ctx).database) as store:
-            return await store.list(
-                cluster=cluster,
-                app=app,
-                service=service,
-                action=action,
-                status=status,
-                since=since,
-                limit=limit,
-            )
+            return await store.list(**filters, since=since, limit=limit)
 
-    jobs = _run(read())
+    if server:
+        query = {**filters, "since": since.isoformat() if since else None, "limit": limit}
+        jobs = _remote(server, token, lambda admin: admin.jobs(query))
+    else:
+        jobs = _run(read())
     if as_json:
         _echo_json([job_json(job) for job in jobs])
     elif jobs:
-        console().print(job_table(jobs))
+        print_lines(job_table(jobs, _width(wide)))
     else:
         click.echo("No jobs match. Is `triggers recorder` running? (`triggers dev` runs one.)")
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.argument("job_id")
+@_remote_options
+@_wide
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def dev(ctx: click.Context, host: str, port: int) -> None:
+def job(
+    ctx: click.Context,
+    job_id: str,
+    server: str | None,
+    token: str | None,
+    wide: bool,
+    as_json: bool,
+) -> None:
+    """Show one job, as GET /v1/jobs/ID does; a unique prefix of its id is enough."""
+    from shared.jobs import (  # noqa: PLC0415
+        JobLookupError,
+        JobRecord,
+        job_by_prefix,
+        job_json,
+        opened_job_store,
+    )
+    from shared.render import job_detail, print_lines  # noqa: PLC0415
+
+    async def read() -> JobRecord:
+        async with opened_job_store(_settings(ctx).database) as store:
+            return await job_by_prefix(store, job_id)
+
+    if server:
+        found = _remote(server, token, lambda admin: admin.job(job_id.lower()))
+    else:
+        try:
+            found = _run(read())
+        except JobLookupError as exc:
+            raise click.ClickException(str(exc)) from None
+    if as_json:
+        _echo_json(job_json(found))
+    else:
+        print_lines(job_detail(found, _width(wide)))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--log-file",
+    default="triggers-dev.log",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where the services' log lines go, so the terminal shows only the results.",
+)
+@click.option("--verbose", is_flag=True, help="Print the services' log lines here instead.")
+@click.pass_context
+def dev(ctx: click.Context, host: str, port: int, log_file: str, verbose: bool) -> None:
     """Everything in one process on a seeded local cluster, for a first try."""
     from shared.dev import run_dev  # noqa: PLC0415
 
+    settings = _settings(ctx)
+    log_path = None if verbose else log_file
     tune_gc()
-    _run(run_dev(_settings(ctx), host, port))
+    if log_path is None:
+        _run(run_dev(settings, host, port, log_file=None))
+        return
+    try:
+        logs = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - open while dev runs
+    except OSError as exc:
+        msg = f"cannot write {log_path}: {exc.strerror}"
+        raise click.BadParameter(msg, param_hint="--log-file") from None
+    with logs:
+        # JSON lines: a file is read by tools (jq, grep) more than by eye.
+        configure_logging("json", settings.log_level, stream=logs)
+        _run(run_dev(settings, host, port, log_file=log_path))
 
 
 # --- trigger management: the local store, or a gateway's admin API with --server -----
@@ -251,22 +385,40 @@ class _Limit(click.ParamType[Any]):
         return number
 
 
-class _Duration(click.ParamType[Any]):
-    """A duration (90s, 15m, 1h, 2d) as whole seconds, or "none" (update)."""
+class _Duration(_Limit):
+    """Seconds, or a duration with a unit (90s, 2m, 12h, 30d, 2w); "none" clears it (update)."""
 
     name = "DURATION"
+
+    def __init__(
+        self, low: int = 0, high: int = 10 * 365 * 86400, *, clearable: bool = True
+    ) -> None:
+        super().__init__(low, high)
+        self.clearable = clearable
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         from shared.jobs import parse_duration  # noqa: PLC0415
 
         if isinstance(value, int) or value is None:
             return value
-        if str(value).lower() in (_CLEAR, "off"):
+        if self.clearable and str(value).lower() in (_CLEAR, "off"):
             return _CLEAR
         try:
-            return round(parse_duration(str(value)).total_seconds())
+            seconds = round(parse_duration(str(value)).total_seconds())
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if not self.low <= seconds <= self.high:
+            self.fail(
+                f"{value} is not within {_seconds(self.low)}..{_seconds(self.high)}", param, ctx
+            )
+        return seconds
+
+
+def _seconds(value: float) -> str:
+    """Seconds the way the CLI takes them: 90s, 2m, 12h, 30d."""
+    from shared.render import duration_text  # noqa: PLC0415
+
+    return duration_text(value)
 
 
 def _collect(ctx: click.Context, param: click.Parameter, value: Any) -> None:
@@ -297,8 +449,8 @@ def _policy_options(fn: F) -> F:
         option("--max-replicas", type=_Limit(0, 10_000), help="Scaling never goes above N."),
         option(
             "--cooldown",
-            type=_Limit(0, 7 * 24 * 3600),
-            help="SECONDS after a call during which further calls do nothing.",
+            type=_Duration(0, 7 * 24 * 3600),
+            help="After a call, further calls do nothing for this long (90s, 2m, 1h).",
         ),
         option(
             "--rate-limit",
@@ -307,8 +459,8 @@ def _policy_options(fn: F) -> F:
         ),
         option(
             "--expires-in",
-            type=_Limit(1, 10 * 365 * 24 * 3600),
-            help="SECONDS from now after which calls are refused.",
+            type=_Duration(1, 10 * 365 * 24 * 3600),
+            help="Calls are refused after this long from now (12h, 30d, 2w).",
         ),
         option(
             "--methods",
@@ -334,19 +486,6 @@ def _policy_options(fn: F) -> F:
     for add in reversed(options):
         fn = add(fn)
     return fn
-
-
-def _remote_options(fn: F) -> F:
-    fn = click.option(
-        "--token",
-        envvar="TRIGGERS_ADMIN_TOKEN",
-        help="Admin token for --server (prefer $TRIGGERS_ADMIN_TOKEN: flags show in `ps`).",
-    )(fn)
-    return click.option(
-        "--server",
-        envvar="TRIGGERS_SERVER",
-        help="Gateway URL: work through its admin API instead of the local store.",
-    )(fn)
 
 
 def _check_names(**names: str | None) -> None:
@@ -397,11 +536,32 @@ def _manage(
     try:
         return _run(run())
     except AdminError as exc:
-        if exc.status in (400, 422):
-            # The operator's input: a usage error (exit 2), wherever it was found.
-            raise click.UsageError(exc.detail) from None
-        hint = " (set TRIGGERS_ADMIN_TOKEN or pass --token)" if exc.status == 401 else ""
-        raise click.ClickException(f"{exc.detail}{hint}") from None
+        raise _refused(exc) from None
+
+
+def _refused(exc: AdminError) -> click.ClickException:
+    """The operator's input is a usage error (exit 2), wherever it was found; else exit 1."""
+    if exc.status in (400, 422):
+        return click.UsageError(exc.detail)
+    hint = " (set TRIGGERS_ADMIN_TOKEN or pass --token)" if exc.status == 401 else ""
+    return click.ClickException(f"{exc.detail}{hint}")
+
+
+def _remote(server: str, token: str | None, operation: Callable[[HttpAdmin], Awaitable[T]]) -> T:
+    """Run one operation through a gateway's admin API (--server)."""
+    from shared.admin import AdminError, HttpAdmin  # noqa: PLC0415
+
+    async def run() -> T:
+        admin = HttpAdmin(server, token)
+        try:
+            return await operation(admin)
+        finally:
+            await admin.close()
+
+    try:
+        return _run(run())
+    except AdminError as exc:
+        raise _refused(exc) from None
 
 
 def _echo_view(view: TriggerView, as_json: bool, headline: str) -> None:
@@ -452,9 +612,8 @@ def _echo_url(view: TriggerView) -> None:
 @click.option("--scale-in-on-resolve", is_flag=True, help="Scale back in when the alert resolves.")
 @click.option(
     "--alert-cooldown",
-    type=float,
-    metavar="SECONDS",
-    help="One alert (group) acts once per this many seconds (default TRIGGERS_ALERT_COOLDOWN).",
+    type=_Duration(0, 7 * 24 * 3600, clearable=False),
+    help="One alert (group) acts once per this long, e.g. 5m (default TRIGGERS_ALERT_COOLDOWN).",
 )
 @click.option(
     "--signature",
@@ -501,7 +660,7 @@ def create(
     semver: str | None,
     step: int | None,
     scale_in_on_resolve: bool,
-    alert_cooldown: float | None,
+    alert_cooldown: int | None,
     signature: str | None,
     signing_secret: str | None,
     header_secret_only: bool,
@@ -560,17 +719,24 @@ def create(
 
 
 @main.command("list")
-@click.option("--cluster")
-@click.option("--app")
-@click.option("--action", type=click.Choice(["redeploy", "scale"]))
+@click.option("--cluster", help="Only this cluster.")
+@click.option("--app", help="Only this application.")
+@click.option("--action", type=click.Choice(["redeploy", "scale"]), help="Only this action.")
 @click.option(
     "--status",
     type=click.Choice(["active", "disabled", "expired", "revoked"]),
     help="Only triggers in this state.",
 )
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked triggers.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    help="At most N triggers.",
+)
 @_remote_options
+@_wide
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def list_(
@@ -583,11 +749,12 @@ def list_(
     limit: int,
     server: str | None,
     token: str | None,
+    wide: bool,
     as_json: bool,
 ) -> None:
     """List triggers (secrets are never shown again)."""
     from shared.admin import ListFilter  # noqa: PLC0415
-    from shared.render import trigger_table  # noqa: PLC0415
+    from shared.render import print_lines, trigger_table  # noqa: PLC0415
 
     selection = _convert(
         {
@@ -604,7 +771,7 @@ def list_(
     if as_json:
         click.echo(msgspec.json.encode(page.triggers).decode())
     elif page.triggers:
-        click.echo(trigger_table(page.triggers))
+        print_lines(trigger_table(page.triggers, _width(wide)))
         if page.next_offset is not None:
             click.echo(f"(first {limit} shown; narrow the filters or raise --limit)")
     else:
@@ -616,7 +783,7 @@ def list_(
 @main.command()
 @click.argument("trigger_id")
 @_remote_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def show(
     ctx: click.Context, trigger_id: str, server: str | None, token: str | None, as_json: bool
@@ -638,10 +805,10 @@ def show(
 )
 @click.option(
     "--alert-cooldown",
-    type=_Limit(0, 86_400),
+    type=_Duration(0, 86_400),
     callback=_collect,
     expose_value=False,
-    help="SECONDS one alert group acts once ('none': TRIGGERS_ALERT_COOLDOWN).",
+    help="One alert (group) acts once per this long, e.g. 5m ('none': TRIGGERS_ALERT_COOLDOWN).",
 )
 @click.option(
     "--scale-in-on-resolve/--no-scale-in-on-resolve",
@@ -660,7 +827,7 @@ def show(
     help="Accept calls, or refuse them.",
 )
 @_remote_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def update(
     ctx: click.Context,
@@ -684,10 +851,10 @@ def update(
 @click.argument("trigger_id")
 @click.option(
     "--grace",
-    type=click.IntRange(0, 7 * 24 * 3600),
-    default=300,
+    type=_Duration(0, 7 * 24 * 3600, clearable=False),
+    default="5m",
     show_default=True,
-    help="SECONDS the old secret keeps working, so callers can be switched without a gap.",
+    help="How long the old secret keeps working (90s, 5m, 1h), so callers switch without a gap.",
 )
 @_remote_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with url and secret.")
@@ -705,7 +872,7 @@ def rotate(
     if as_json:
         _echo_view(view, True, "")
         return
-    click.echo(f"Rotated {view.id}. The old secret works for {grace} more seconds.")
+    click.echo(f"Rotated {view.id}. The old secret works for {_seconds(grace)} more.")
     click.echo(f"New URL (keep it secret): {view.url}")
     _echo_url(view)
 
@@ -713,7 +880,7 @@ def rotate(
 @main.command()
 @click.argument("trigger_id")
 @_remote_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def revoke(
     ctx: click.Context, trigger_id: str, server: str | None, token: str | None, as_json: bool
@@ -728,9 +895,14 @@ def revoke(
 
 @main.command()
 @click.option("--trigger", "trigger_id", help="Only calls of this trigger.")
-@click.option("--outcome", type=click.Choice(["accepted", "ignored", "rejected"]))
-@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option(
+    "--outcome", type=click.Choice(["accepted", "ignored", "rejected"]), help="Only this outcome."
+)
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="At most N calls."
+)
 @_remote_options
+@_wide
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def audit(
@@ -740,10 +912,11 @@ def audit(
     limit: int,
     server: str | None,
     token: str | None,
+    wide: bool,
     as_json: bool,
 ) -> None:
     """The trigger calls, newest first: outcome, reason, caller (never the secret)."""
-    from shared.render import audit_table  # noqa: PLC0415
+    from shared.render import audit_table, print_lines  # noqa: PLC0415
 
     chosen: Any = outcome
     page = _manage(
@@ -755,7 +928,7 @@ def audit(
     if as_json:
         click.echo(msgspec.json.encode(page.entries).decode())
     elif page.entries:
-        click.echo(audit_table(page.entries))
+        print_lines(audit_table(page.entries, _width(wide)))
     else:
         click.echo("No calls recorded" + (f" for {trigger_id}." if trigger_id else "."))
 
@@ -765,9 +938,11 @@ def audit(
 @click.option("--app", help="Only this application.")
 @click.option("--cluster", help="Only this cluster.")
 @click.option("--service", help="Only this service.")
-@click.option("--action", type=click.Choice(["redeploy", "scale"]))
+@click.option("--action", type=click.Choice(["redeploy", "scale"]), help="Only this action.")
 @click.option(
-    "--status", type=click.Choice(["succeeded", "failed", "skipped", "rejected", "expired"])
+    "--status",
+    type=click.Choice(["succeeded", "failed", "skipped", "rejected", "expired"]),
+    help="Only results with this status.",
 )
 @click.option("--count", type=int, help="Exit after this many events.")
 @click.option(
@@ -775,6 +950,7 @@ def audit(
     callback=_since,
     help="First replay jobs since a duration ago (15m, 2h, 7d) or a time, from history.",
 )
+@_wide
 @click.pass_context
 def tail(
     ctx: click.Context,
@@ -786,6 +962,7 @@ def tail(
     status: str | None,
     count: int | None,
     since: datetime | None,
+    wide: bool,
 ) -> None:
     """Print result events as workers publish them."""
     from shared.tail import run_tail  # noqa: PLC0415
@@ -801,6 +978,7 @@ def tail(
             status=status,
             count=count,
             since=since,
+            wide=wide,
         )
     )
     sys.exit(code)
@@ -828,7 +1006,12 @@ def tail(
 @click.option("--peers/--no-peers", default=True, help="Measure adnanh/webhook and Celery.")
 @click.option("--setup/--no-setup", default=True, help="apt-get install missing peer tools.")
 @click.option("--wrk/--python-load", "use_wrk", default=True, help="Load generator.")
-@click.option("--broker", default="amqp://guest:guest@127.0.0.1:5672", show_default=True)
+@click.option(
+    "--broker",
+    default="amqp://guest:guest@127.0.0.1:5672",
+    show_default=True,
+    help="RabbitMQ the end-to-end runs use.",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON here.")
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep the logs in this directory.")
 def bench(
@@ -849,8 +1032,15 @@ def bench(
     """Measure the gateway and the pipeline against the ceilings and peers, in one run."""
     from pathlib import Path  # noqa: PLC0415
 
-    from bench.harness import BenchConfig, run_bench  # noqa: PLC0415 - needs the bench extra
-    from bench.table import render  # noqa: PLC0415
+    try:
+        from bench.harness import BenchConfig, run_bench  # noqa: PLC0415 - a checkout only
+        from bench.table import render  # noqa: PLC0415
+    except ImportError as exc:
+        msg = (
+            f"`triggers bench` is a development tool ({exc}): run it from a checkout, "
+            "installed with pip install -e '.[bench]'"
+        )
+        raise click.ClickException(msg) from None
 
     config = BenchConfig(
         seconds=seconds,
@@ -878,40 +1068,56 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
+@click.option(
+    "--limit", default=100, show_default=True, type=click.IntRange(1, 10_000), help="At most N."
+)
+@_remote_options
+@_wide
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
-def dlq_list(ctx: click.Context, limit: int, as_json: bool) -> None:
+def dlq_list(
+    ctx: click.Context, limit: int, server: str | None, token: str | None, wide: bool, as_json: bool
+) -> None:
     """Show dead messages and why each died; they stay in the queue."""
-    import msgspec  # noqa: PLC0415
-
     from shared.dlq import list_dead  # noqa: PLC0415
+    from shared.render import dlq_table, print_lines  # noqa: PLC0415
 
-    dead = _run(list_dead(_settings(ctx), limit))
+    if server:
+        dead = _remote(server, token, lambda admin: admin.dead(limit))
+    else:
+        dead = _run(list_dead(_settings(ctx), limit))
     if as_json:
-        for message in dead:
-            click.echo(msgspec.json.encode(message).decode())
-        return
-    if not dead:
+        click.echo(msgspec.json.encode(dead).decode())
+    elif not dead:
         click.echo("The dead-letter queue is empty.")
-    for m in dead:
-        target = "/".join(p for p in (m.cluster, m.app, m.service) if p) or "(undecodable)"
-        click.echo(f"{m.id}  {m.action or '-':8} {target}  {m.died_at or ''}")
-        click.echo(f"    {m.reason}")
+    else:
+        print_lines(dlq_table(dead, _width(wide)))
 
 
 @dlq.command("replay")
 @click.argument("ids", nargs=-1)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every replayable message.")
-@click.option("--json", "as_json", is_flag=True)
+@_remote_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def dlq_replay(ctx: click.Context, ids: tuple[str, ...], replay_all: bool, as_json: bool) -> None:
+def dlq_replay(
+    ctx: click.Context,
+    ids: tuple[str, ...],
+    replay_all: bool,
+    server: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
     """Send dead commands back to their queue; applied ones change nothing."""
     from shared.dlq import replay_dead  # noqa: PLC0415
 
     if bool(ids) == replay_all:
         raise click.UsageError("give message ids (from `triggers dlq list`) or --all")
-    outcome = _run(replay_dead(_settings(ctx), None if replay_all else set(ids)))
+    chosen = None if replay_all else list(ids)
+    if server:
+        outcome = _remote(server, token, lambda admin: admin.replay(chosen))
+    else:
+        outcome = _run(replay_dead(_settings(ctx), None if chosen is None else set(chosen)))
     if as_json:
         _echo_json(outcome)
     else:
@@ -926,14 +1132,19 @@ def dlq_replay(ctx: click.Context, ids: tuple[str, ...], replay_all: bool, as_js
 
 @dlq.command("purge")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_remote_options
 @click.pass_context
-def dlq_purge(ctx: click.Context, yes: bool) -> None:
+def dlq_purge(ctx: click.Context, yes: bool, server: str | None, token: str | None) -> None:
     """Drop every dead message."""
     from shared.dlq import purge_dead  # noqa: PLC0415
 
     if not yes:
         click.confirm("Drop every message in the dead-letter queue?", abort=True)
-    click.echo(f"Purged {_run(purge_dead(_settings(ctx)))} messages.")
+    if server:
+        purged = _remote(server, token, lambda admin: admin.purge())
+    else:
+        purged = _run(purge_dead(_settings(ctx)))
+    click.echo(f"Purged {purged} messages.")
 
 
 @main.group()
@@ -942,10 +1153,10 @@ def local() -> None:
 
 
 @local.command("set-app")
-@click.option("--cluster", required=True)
-@click.option("--app", required=True)
-@click.option("--service", required=True)
-@click.option("--replicas", required=True, type=click.IntRange(min=0))
+@click.option("--cluster", required=True, help="Cluster name (created if new).")
+@click.option("--app", required=True, help="Application name (created if new).")
+@click.option("--service", required=True, help="Service name (created if new).")
+@click.option("--replicas", required=True, type=click.IntRange(min=0), help="Replica count.")
 @click.option("--image", help="Image reference; default <service>:latest for a new service.")
 @click.pass_context
 def local_set_app(
@@ -964,7 +1175,7 @@ def local_set_app(
 
 
 @local.command("show")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def local_show(ctx: click.Context, as_json: bool) -> None:
     """Print the local cluster's applications and services."""

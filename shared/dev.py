@@ -10,6 +10,7 @@ import sys
 import click
 from aiohttp import web
 
+from shared.amqp_transport import redact
 from shared.bus import AmqpBus, Bus, MemoryBus
 from shared.errors import BrokerUnavailable
 from shared.jobs import open_job_store
@@ -52,8 +53,23 @@ def _dev_settings(settings: Settings, host: str, port: int) -> tuple[Settings, s
     return settings, f"admin token for this run: {settings.admin_token}"
 
 
-async def run_dev(settings: Settings, host: str, port: int) -> None:
-    """Seed, create two triggers, serve, and print every result until Ctrl-C."""
+def _broker_line(settings: Settings, bus: Bus) -> str:
+    """Which bus dev uses, calmly: falling back is expected on a machine without RabbitMQ."""
+    if isinstance(bus, MemoryBus):
+        return (
+            f"an in-process bus: RabbitMQ is not reachable at {redact(settings.amqp_url)}, "
+            "so commands live only in this process\n(`triggers tail --since 1h` "
+            "replays the history; live `tail` needs RabbitMQ)"
+        )
+    return f"RabbitMQ ({getattr(bus, 'node', None) or redact(settings.amqp_url)})"
+
+
+async def run_dev(settings: Settings, host: str, port: int, *, log_file: str | None) -> None:
+    """Seed, create two triggers, serve, and print every result until Ctrl-C.
+
+    The terminal gets the curl lines and one line per result; the services' log lines go
+    to `log_file` (None: to stderr, as `--verbose` asks).
+    """
     from gateway.app import create_app  # noqa: PLC0415
     from workers.orchestrators.local import LocalOrchestrator  # noqa: PLC0415
     from workers.recorder import Recorder  # noqa: PLC0415
@@ -96,15 +112,13 @@ async def run_dev(settings: Settings, host: str, port: int) -> None:
 
     redeploy_url = trigger_call_url(settings.public_url, redeploy, redeploy_secret)
     scale_url = trigger_call_url(settings.public_url, scale, scale_secret)
-    if isinstance(bus, MemoryBus):
-        broker = "in-process bus (RabbitMQ not reachable; commands die with this process)"
-    else:
-        broker = f"RabbitMQ ({bus.node})"
+    broker = _broker_line(settings, bus)
+    logs = f"Service logs: {log_file} (--verbose prints them here)\n" if log_file else ""
     click.echo(
         f"""
 container-triggers dev: gateway on http://{host}:{port}, one worker, {broker}
 Local cluster ({settings.local_state}): {DEMO_CLUSTER}/{DEMO_APP} with services {", ".join(DEMO_SERVICES)}
-
+{logs}
 Redeploy {DEMO_CLUSTER}/{DEMO_APP}:
   curl '{redeploy_url}'
 Scale {DEMO_CLUSTER}/{DEMO_APP}/web out by 3, then in by 1:

@@ -14,9 +14,11 @@ from typing import Any
 import aio_pika
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from shared.amqp_transport import connect_any
+from shared.amqp_transport import connect_any, redact
 from shared.bus import ATTEMPT_HEADER, ERROR_HEADER, copy_message
+from shared.errors import BrokerUnavailable
 from shared.messages import (
     Action,
     CommandEnvelope,
@@ -126,7 +128,11 @@ def describe(message: AbstractIncomingMessage) -> DeadMessage:
 
 @contextlib.asynccontextmanager
 async def _dead_queue(settings: Settings) -> AsyncIterator[tuple[AbstractChannel, AbstractQueue]]:
-    connection = await connect_any(settings.amqp_url)
+    try:
+        connection = await connect_any(settings.amqp_url)
+    except CONNECTION_EXCEPTIONS as exc:
+        msg = f"cannot reach RabbitMQ at {redact(settings.amqp_url)}: {exc}"
+        raise BrokerUnavailable(msg) from None
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         replication = Replication(settings.quorum_group_size, settings.queue_leader_locator)

@@ -35,11 +35,13 @@ from shared.sql import PostgresDriver, Row, SqlBackend, SqliteDriver, parse_data
 
 __all__ = [
     "JOB_STATUSES",
+    "JobLookupError",
     "JobRecord",
     "JobStore",
     "PostgresJobStore",
     "SqlJobStore",
     "SqliteJobStore",
+    "job_by_prefix",
     "job_json",
     "open_job_store",
     "opened_job_store",
@@ -259,6 +261,10 @@ class JobStore(Protocol):
         """One job, or None when unknown (or pruned)."""
         ...
 
+    async def starting_with(self, prefix: str, limit: int = 2) -> list[JobRecord]:
+        """Jobs whose id starts with `prefix` (lowercase hex), at most `limit`."""
+        ...
+
     async def list(
         self,
         *,
@@ -356,6 +362,17 @@ class SqlJobStore(SqlBackend):
         rows = await self._fetch("SELECT * FROM jobs WHERE job_id = ?", [job_id])
         return _row_to_job(rows[0]) if rows else None
 
+    async def starting_with(self, prefix: str, limit: int = 2) -> list[JobRecord]:
+        """Jobs whose id starts with `prefix` (lowercase hex), at most `limit`."""
+        if not _JOB_PREFIX.fullmatch(prefix):
+            return []
+        # The id is hex: no LIKE wildcard can be in the prefix. A range keeps the index.
+        rows = await self._fetch(
+            "SELECT * FROM jobs WHERE job_id >= ? AND job_id < ? ORDER BY job_id LIMIT ?",
+            [prefix, prefix + "g", limit],
+        )
+        return [_row_to_job(row) for row in rows]
+
     async def list(
         self,
         *,
@@ -444,6 +461,30 @@ async def opened_job_store(database: str) -> AsyncIterator[JobStore]:
         await store.close()
 
 
+class JobLookupError(LookupError):
+    """No job, or several (`ambiguous`), match an id prefix; the message says which."""
+
+    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.ambiguous = ambiguous
+
+
+async def job_by_prefix(jobs: JobStore, id_or_prefix: str) -> JobRecord:
+    """The one job whose id is, or starts with, `id_or_prefix` (as `triggers job` takes it)."""
+    wanted = id_or_prefix.strip().lower()
+    if not _JOB_PREFIX.fullmatch(wanted):
+        msg = f"{id_or_prefix[:40]!r} is not a job id: up to 32 hex characters, as a 202 gives"
+        raise JobLookupError(msg)
+    found = await jobs.starting_with(wanted, limit=2)
+    if not found:
+        msg = f"no job {wanted}: unknown, or older than the history keeps"
+        raise JobLookupError(msg)
+    if len(found) > 1:
+        msg = f"{wanted} is the start of several job ids; give more characters"
+        raise JobLookupError(msg, ambiguous=True)
+    return found[0]
+
+
 def job_json(job: JobRecord, *, status_url: str | None = None) -> dict[str, Any]:
     """A job as the HTTP API and `--json` print it."""
     data: dict[str, Any] = msgspec.to_builtins(job)
@@ -452,6 +493,7 @@ def job_json(job: JobRecord, *, status_url: str | None = None) -> dict[str, Any]
     return data
 
 
+_JOB_PREFIX = re.compile(r"[0-9a-f]{1,32}")
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 

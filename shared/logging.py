@@ -86,11 +86,14 @@ class _LoopFlushedLoggerFactory:
         return self._logger
 
 
-def configure_logging(log_format: str = "json", level: str = "info") -> None:
-    """Route structlog and stdlib logging to stderr in one format.
+def configure_logging(
+    log_format: str = "json", level: str = "info", stream: TextIO | None = None
+) -> None:
+    """Route structlog and stdlib logging to stderr (or `stream`) in one format.
 
     Context variables come first so a correlation id bound once reaches every line.
     """
+    out = sys.stderr if stream is None else stream
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
@@ -112,13 +115,13 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=_LoopFlushedLoggerFactory(sys.stderr),
+        logger_factory=_LoopFlushedLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
     # Libraries (aio-pika, aiohttp) log through the stdlib; keep them at warning and in the
     # same stream. aiohttp's access log is never enabled: it would print the query string,
     # which carries the secret.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

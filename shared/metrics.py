@@ -15,8 +15,9 @@ adds up every process's counters and histograms. A gauge says how it is combined
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import (
@@ -31,6 +32,7 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 
+from shared.errors import ConfigError
 from shared.http import name_server
 
 __all__ = [
@@ -163,17 +165,41 @@ def metrics_response(service: str | None = None) -> web.Response:
     return response
 
 
-async def serve_metrics(host: str, port: int, service: str | None = None) -> web.AppRunner:
+async def serve_metrics(
+    host: str, port: int, service: str | None = None, ready: Callable[[], bool] | None = None
+) -> web.AppRunner:
     """Serve `service`'s ``/metrics`` on its own port (workers and the recorder have no
-    HTTP API)."""
+    HTTP API), with ``/healthz`` (the process answers) and ``/readyz`` (`ready()`:
+    connected) for the orchestrator's probes."""
 
     async def metrics(request: web.Request) -> web.Response:
         return metrics_response(service)
 
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"}, dumps=_dumps_line)
+
+    async def readyz(request: web.Request) -> web.Response:
+        if ready is None or ready():
+            return web.json_response({"status": "ready"}, dumps=_dumps_line)
+        body = {"status": "unready", "broker": "down"}
+        return web.json_response(body, status=503, dumps=_dumps_line)
+
     app = web.Application()
     name_server(app)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        msg = f"cannot serve metrics on {host}:{port}: {reason}; choose another --metrics-port"
+        raise ConfigError(msg) from None
     return runner
+
+
+def _dumps_line(data: object) -> str:
+    return json.dumps(data) + "\n"

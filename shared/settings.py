@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-__all__ = ["MIN_ADMIN_TOKEN", "Network", "Settings", "parse_networks"]
+__all__ = ["MIN_ADMIN_TOKEN", "Network", "Settings", "parse_networks", "with_credentials"]
 
 # The admin token guards every trigger: a short one could be guessed over the network.
 MIN_ADMIN_TOKEN = 16
@@ -32,6 +32,35 @@ def parse_networks(text: str, variable: str = "TRIGGERS_TRUSTED_PROXIES") -> tup
             msg = f"{variable}: {part[:64]!r} is not an address or a CIDR (e.g. 10.0.0.0/8)"
             raise ValueError(msg) from None
     return tuple(networks)
+
+
+def with_credentials(urls: str, username: str, password: str) -> str:
+    """Each of the comma-separated broker URLs with this user and password, percent-encoded.
+
+    A password from a Secret may hold ``@``, ``/``, ``:`` or ``%``; pasted into a URL as it
+    is, it would change the host the URL names. Encoded, the broker gets it unchanged.
+    """
+    from urllib.parse import quote, urlsplit, urlunsplit  # noqa: PLC0415
+
+    out = []
+    for url in urls.split(","):
+        parts = urlsplit(url.strip())
+        user = quote(username or (parts.username or ""), safe="")
+        secret = quote(password, safe="") if password else quote(parts.password or "", safe="")
+        host = parts.netloc.rpartition("@")[2]
+        netloc = f"{user}:{secret}@{host}" if user or secret else host
+        out.append(urlunsplit(parts._replace(netloc=netloc)))
+    return ",".join(out)
+
+
+def _amqp_credentials(env: Mapping[str, str], values: dict[str, Any]) -> None:
+    """TRIGGERS_AMQP_USERNAME / _PASSWORD (e.g. from a Secret) go into the broker URLs."""
+    if env.get("TRIGGERS_AMQP_USERNAME") or env.get("TRIGGERS_AMQP_PASSWORD"):
+        values["amqp_url"] = with_credentials(
+            values.get("amqp_url", Settings.amqp_url),
+            env.get("TRIGGERS_AMQP_USERNAME", ""),
+            env.get("TRIGGERS_AMQP_PASSWORD", ""),
+        )
 
 
 def _default_log_format() -> LogFormat:
@@ -101,6 +130,9 @@ class Settings:
     # Seconds a redeploy's rollout may take before its result is `failed` (Swarm, Kubernetes).
     rollout_timeout: float = 300.0
     public_url: str = "http://127.0.0.1:8080"
+    # The gateway serves HTTPS itself with both (PEM files); usually TLS ends in front.
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # repr=False: the token must never reach a log line through a repr of the settings.
     admin_token: str | None = field(default=None, repr=False)
     log_format: LogFormat = field(default_factory=_default_log_format)
@@ -190,6 +222,8 @@ class Settings:
             "TRIGGERS_DOCKER_HOST": "docker_host",
             "TRIGGERS_DOCKER_CONFIG": "docker_config",
             "TRIGGERS_PUBLIC_URL": "public_url",
+            "TRIGGERS_TLS_CERT": "tls_cert",
+            "TRIGGERS_TLS_KEY": "tls_key",
             "TRIGGERS_ADMIN_TOKEN": "admin_token",
             "TRIGGERS_LOG_FORMAT": "log_format",
             "TRIGGERS_LOG_LEVEL": "log_level",
@@ -250,6 +284,7 @@ class Settings:
         if env.get("TRIGGERS_FAULTS"):
             values["faults"] = frozenset(f.strip() for f in env["TRIGGERS_FAULTS"].split(","))
         values.update({k: v for k, v in overrides.items() if v is not None})
+        _amqp_credentials(env, values)
         settings = cls(**values)
         settings.validate()
         return settings

@@ -44,6 +44,8 @@ class SqlDriver(Protocol):
     """Runs `?`-placeholder SQL on one database."""
 
     dialect: Dialect
+    # Where the data lives, for an operator's error message (no password).
+    where: str
 
     async def migrate(self) -> None:
         """Apply the migrations not applied yet; safe from several processes at once."""
@@ -70,7 +72,14 @@ def parse_database(database: str) -> tuple[Dialect, str]:
     """The dialect and the path (SQLite, its folder created) or DSN of a `TRIGGERS_DATABASE` URL."""
     if database.startswith("sqlite:///"):
         path = database.removeprefix("sqlite:///")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            msg = (
+                f"cannot create the folder of the SQLite store {path}: {exc.strerror}; "
+                "set TRIGGERS_DATABASE (or --database) to a file in a writable folder"
+            )
+            raise StoreUnavailable(msg) from None
         return "sqlite", path
     if database.startswith(("postgresql://", "postgres://")):
         return "postgresql", database
@@ -120,10 +129,20 @@ class SqlBackend:
         self._start_lock = asyncio.Lock()
 
     async def start(self) -> None:
-        """Connect and migrate (once per store; again after a failed attempt)."""
+        """Connect and migrate (once per store; again after a failed attempt).
+
+        Raises `StoreUnavailable`, one line with what to fix, when the store cannot be
+        opened, reached, logged into or migrated: the first contact is where an operator's
+        mistake (a wrong URL, a stopped server, a read-only folder) shows.
+        """
         async with self._start_lock:
             if not self._started:
-                await self._db.migrate()
+                try:
+                    await self._db.migrate()
+                except StoreUnavailable:
+                    raise
+                except Exception as exc:
+                    raise store_unavailable(self._db, exc) from exc
                 self._started = True
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
@@ -147,6 +166,43 @@ class SqlBackend:
     async def close(self) -> None:
         """Release connections."""
         await self._db.close()
+
+
+def _postgres_where(dsn: str) -> str:
+    """``host:port/db`` of a PostgreSQL URL, without user or password."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    parts = urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    return f"{host}:{parts.port or 5432}{parts.path or '/'}"
+
+
+def store_unavailable(driver: SqlDriver, exc: BaseException) -> StoreUnavailable:
+    """One line saying what went wrong with the store and which setting to look at."""
+    fix = "check TRIGGERS_DATABASE (or --database)"
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if driver.dialect == "sqlite":
+        if isinstance(exc, sqlite3.OperationalError | OSError):
+            fix = "set TRIGGERS_DATABASE (or --database) to a file in a writable folder"
+        msg = f"cannot open the SQLite store {driver.where}: {reason}; {fix}"
+        return StoreUnavailable(msg)
+    name = type(exc).__name__
+    if isinstance(exc, OSError | TimeoutError):
+        what = f"cannot reach PostgreSQL at {driver.where}"
+        reason = getattr(exc, "strerror", None) or reason
+        fix = "is it running? " + fix
+    elif name in ("InvalidAuthorizationSpecificationError", "InvalidPasswordError"):
+        what = f"PostgreSQL at {driver.where} refused the login"
+        fix = "fix the user or password in TRIGGERS_DATABASE"
+    elif name == "InvalidCatalogNameError":
+        what = f"PostgreSQL at {driver.where} has no such database"
+        fix = "create it, or fix the database name in TRIGGERS_DATABASE"
+    elif name == "InsufficientPrivilegeError":
+        what = f"the PostgreSQL role cannot create the tables in {driver.where}"
+        fix = "grant it CREATE on the schema, or use another role in TRIGGERS_DATABASE"
+    else:
+        what = f"cannot use the PostgreSQL store at {driver.where}"
+    return StoreUnavailable(f"{what}: {reason}; {fix}")
 
 
 # --- SQLite -------------------------------------------------------------------------
@@ -243,6 +299,7 @@ class SqliteDriver:
         self, path: str, *, synchronous: Synchronous = "FULL", group_commit: str | None = None
     ) -> None:
         self._path = path
+        self.where = path
         self._synchronous = synchronous
         self._writes: GroupCommit[int] | None = (
             GroupCommit(self._connect, group_commit) if group_commit else None
@@ -361,6 +418,7 @@ class PostgresDriver:
 
     def __init__(self, dsn: str, *, max_size: int = 10) -> None:
         self._dsn = dsn
+        self.where = _postgres_where(dsn)
         self._max_size = max_size
         self._pool: Any = None
         self._open_lock = asyncio.Lock()

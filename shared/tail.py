@@ -15,11 +15,12 @@ from datetime import datetime
 
 import click
 
+from shared.amqp_transport import redact
 from shared.bus import AmqpBus
 from shared.errors import BrokerUnavailable
 from shared.jobs import JobRecord, opened_job_store
 from shared.messages import ResultEvent, encode
-from shared.render import console, event_text, job_text
+from shared.render import console, event_lines, job_lines
 from shared.settings import Settings
 from shared.topology import result_binding
 
@@ -31,10 +32,11 @@ _REPLAY_LIMIT = 10_000
 class _Printer:
     """Prints events and history jobs once each, counting toward `count`."""
 
-    def __init__(self, *, as_json: bool, count: int | None) -> None:
+    def __init__(self, *, as_json: bool, count: int | None, wide: bool = False) -> None:
         self._as_json = as_json
         self._count = count
         self._console = console()
+        self._width = None if wide else self._console.width
         self.printed: dict[str, str] = {}  # job id: the status shown
         self.statuses: Counter[str] = Counter()
         self.done = asyncio.Event()
@@ -54,7 +56,8 @@ class _Printer:
             sys.stdout.write(encode(event).decode() + "\n")
             sys.stdout.flush()
         else:
-            self._console.print(event_text(event))
+            for line in event_lines(event, self._width):
+                self._console.print(line)
         self._seen(event.job_id, event.status)
 
     def job(self, job: JobRecord) -> None:
@@ -62,7 +65,8 @@ class _Printer:
             self.event(job.result)
         elif not self._as_json and not self._full():
             # Scripts get result events only, as before; people also see what is in flight.
-            self._console.print(job_text(job))
+            for line in job_lines(job, self._width):
+                self._console.print(line)
             self._seen(job.job_id, job.status)
 
     def _seen(self, job_id: str, status: str) -> None:
@@ -77,6 +81,16 @@ class _Printer:
         return f"{total} shown" + (f": {parts}" if parts else "")
 
 
+async def _replay(
+    settings: Settings, printer: _Printer, since: datetime, selection: dict[str, str | None]
+) -> None:
+    """Print the jobs recorded since `since`, oldest first."""
+    async with opened_job_store(settings.database) as jobs:
+        history = await jobs.list(**selection, since=since, limit=_REPLAY_LIMIT, oldest_first=True)
+    for job in history:
+        printer.job(job)
+
+
 async def run_tail(
     settings: Settings,
     *,
@@ -88,15 +102,39 @@ async def run_tail(
     status: str | None = None,
     count: int | None = None,
     since: datetime | None = None,
+    wide: bool = False,
 ) -> int:
     """Print matching result events until interrupted (or `count` were printed)."""
+    printer = _Printer(as_json=as_json, count=count, wide=wide)
+    selection = {
+        "cluster": cluster,
+        "app": app,
+        "service": service,
+        "action": action,
+        "status": status,
+    }
     bus = AmqpBus.from_settings(settings, "tail")
     try:
         await bus.start()
     except BrokerUnavailable as exc:
-        click.echo(f"triggers tail: {exc}", err=True)
-        return 2
-    printer = _Printer(as_json=as_json, count=count)
+        if since is None:
+            click.echo(
+                f"triggers tail: {exc}; live results need RabbitMQ "
+                "(--since replays the history without it)",
+                err=True,
+            )
+            return 2
+        # `triggers dev` on its in-process bus, or a broker outage: the history is in the
+        # store all the same, so replay it and say why nothing live follows.
+        await _replay(settings, printer, since, selection)
+        click.echo(
+            "RabbitMQ is not reachable, so this is the history only, no live results "
+            f"({redact(settings.amqp_url)}).",
+            err=True,
+        )
+        if not as_json:
+            click.echo(printer.summary(), err=True)
+        return 0
     held: list[ResultEvent] | None = [] if since is not None else None
 
     async def on_event(event: ResultEvent) -> None:
@@ -115,19 +153,7 @@ async def run_tail(
     try:
         await bus.subscribe_results(on_event, binding=binding)
         if since is not None and held is not None:
-            async with opened_job_store(settings.database) as jobs:
-                history = await jobs.list(
-                    cluster=cluster,
-                    app=app,
-                    service=service,
-                    action=action,
-                    status=status,
-                    since=since,
-                    limit=_REPLAY_LIMIT,
-                    oldest_first=True,
-                )
-            for job in history:
-                printer.job(job)
+            await _replay(settings, printer, since, selection)
             while held:
                 printer.event(held.pop(0))
             held = None

@@ -208,21 +208,30 @@ async def dev_process(
     dev_env.pop("TRIGGERS_LOCAL_STATE")
     dev_env.pop("TRIGGERS_PUBLIC_URL")
     dev_env.update(getattr(request, "param", {}))
-    process = await asyncio.create_subprocess_exec(
-        *triggers_cli(),
-        "dev",
-        "--port",
-        str(port),
-        env=dev_env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            *triggers_cli(),
+            "dev",
+            "--port",
+            str(port),
+            env=dev_env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+        )
     assert process.stdout is not None
     banner = await _read_until(process.stdout, "Ctrl-C")
     yield banner, str(tmp_path)
+    # The terminal shows a line per result; the services' lines are in the file it names.
+    results = await _read_until(process.stdout, "SUCCEEDED")
+    assert "redeploy demo/shop" in results
     process.terminate()
     await asyncio.wait_for(process.wait(), 30)
+    assert "Service logs: triggers-dev.log" in banner
+    assert '"worker.started"' in (tmp_path / "triggers-dev.log").read_text()
+    printed = (tmp_path / "stderr.txt").read_text()
+    assert "error" not in printed.lower(), printed
+    assert "Traceback" not in printed
 
 
 async def _console_shows(banner: str, job_id: str) -> None:

@@ -274,3 +274,159 @@ def test_k8s_rabbitmq_is_a_three_node_cluster_that_pauses_a_minority() -> None:
     text = (DEPLOY / "k8s" / "rabbitmq.yaml").read_text()
     pods = re.findall(r"amqp://triggers-rabbitmq-server-\d\.[^,\s]+", text)
     assert len(BrokerNodes(",".join(pods), shuffle=False)) == 3
+
+
+def _containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every container of every Deployment, by container name."""
+    return {
+        container["name"]: container
+        for doc in docs
+        if doc["kind"] == "Deployment"
+        for container in doc["spec"]["template"]["spec"]["containers"]
+    }
+
+
+def test_k8s_ships_no_admin_token_and_requires_the_operators_secret() -> None:
+    """No Secret (so no literal token) in the base; the gateway needs `triggers-secrets`."""
+    docs = render_k8s()
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == []
+    assert "TRIGGERS_ADMIN_TOKEN" not in json.dumps([d for d in docs if d["kind"] == "ConfigMap"])
+    gateway = _containers(docs)["gateway"]
+    refs = [source["secretRef"] for source in gateway["envFrom"] if "secretRef" in source]
+    assert refs == [{"name": "triggers-secrets"}]  # not optional: missing, the pod says so
+
+
+def test_k8s_roles_have_their_namespace() -> None:
+    """Each Role and RoleBinding goes to a namespace the base declares."""
+    docs = render_k8s()
+    namespaces = {d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"}
+    for doc in docs:
+        if doc["kind"] in ("Role", "RoleBinding"):
+            assert doc["metadata"]["namespace"] in namespaces, doc["metadata"]
+
+
+def test_k8s_worker_and_recorder_have_probes_on_their_metrics_port() -> None:
+    """The worker and the recorder serve /metrics on a named port that their probes use."""
+    containers = _containers(render_k8s())
+    for name in ("worker", "recorder"):
+        container = containers[name]
+        args = container["args"]
+        port = int(args[args.index("--metrics-port") + 1])
+        named = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            get = container[probe]["httpGet"]
+            assert get["path"] == path
+            assert named[get["port"]] == port
+
+
+def test_k8s_amqp_credentials_stay_out_of_the_url() -> None:
+    """No container pastes the broker password into TRIGGERS_AMQP_URL; it comes apart."""
+    for name, container in _containers(render_k8s()).items():
+        env = {e["name"]: e for e in container.get("env", [])}
+        if "TRIGGERS_AMQP_URL" not in env:
+            continue
+        assert "$(" not in env["TRIGGERS_AMQP_URL"]["value"], name
+        assert "@" not in env["TRIGGERS_AMQP_URL"]["value"], name
+        assert "secretKeyRef" in env["TRIGGERS_AMQP_PASSWORD"]["valueFrom"], name
+
+
+def test_image_uses_the_checked_python_and_uvloop() -> None:
+    """The Dockerfile's Python is the one mypy and ruff check; it installs the `fast` extra."""
+    import tomllib  # noqa: PLC0415
+
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    version = project["tool"]["mypy"]["python_version"]
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM python:([0-9.]+)-slim", dockerfile, re.MULTILINE)
+    assert bases
+    assert set(bases) == {version}
+    assert '".[fast]"' in dockerfile
+    assert "uvloop" in " ".join(project["project"]["optional-dependencies"]["fast"])
+
+
+def test_the_wheel_holds_no_bench_and_every_module_imports(tmp_path: Path) -> None:
+    """The wheel (what the image installs) has no `bench`, and each of its modules imports
+    without the checkout on the path."""
+    import sys  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+
+    root = DEPLOY.parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [n for n in names if n.startswith("bench/")]
+    modules = sorted(
+        n.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for n in names
+        if n.endswith(".py")
+    )
+    unpacked = tmp_path / "unpacked"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    script = (
+        "import importlib, sys\n"
+        f"sys.path = [p for p in sys.path if p.rstrip('/') != {str(root)!r}]\n"
+        f"sys.path.insert(0, {str(unpacked)!r})\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "try:\n"
+        "    import bench\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise SystemExit('bench imported from ' + bench.__file__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+async def test_a_broker_password_with_url_characters_connects(amqp_url: str) -> None:
+    """TRIGGERS_AMQP_USERNAME/PASSWORD with @ / : % # ? reach RabbitMQ unchanged."""
+    import uuid  # noqa: PLC0415
+
+    from shared.bus import AmqpBus  # noqa: PLC0415
+    from tests.conftest import _rabbitmqctl  # noqa: PLC0415
+
+    user, password = f"triggers-test-{uuid.uuid4().hex[:8]}", "p@ss/w:rd%#?x"
+    vhost = amqp_url.rsplit("/", 1)[1]
+    _rabbitmqctl("add_user", user, password)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        bare = "amqp://127.0.0.1:" + amqp_url.split("@", 1)[1].split(":", 1)[1]
+        settings = Settings.from_env(
+            {
+                "TRIGGERS_AMQP_URL": bare,
+                "TRIGGERS_AMQP_USERNAME": user,
+                "TRIGGERS_AMQP_PASSWORD": password,
+            }
+        )
+        assert password not in settings.amqp_url
+        bus = AmqpBus.from_settings(settings, "test")
+        await bus.start()
+        assert bus.ready
+        await bus.close()
+    finally:
+        _rabbitmqctl("delete_user", user)
+
+
+async def test_worker_metrics_port_answers_the_probes(env: dict[str, str]) -> None:
+    """A worker's metrics port answers /healthz and, connected to RabbitMQ, /readyz."""
+    import aiohttp  # noqa: PLC0415
+
+    from tests.conftest import service_process  # noqa: PLC0415
+
+    async with service_process(env, "worker") as worker, aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            async with http.get(worker.url + path) as response:
+                assert response.status == 200, path

@@ -130,10 +130,11 @@ def test_update_changes_alert_options_and_show_names_them(env: dict[str, str]) -
         env, "update", trigger_id, "--step=3", "--alert-cooldown=45", "--scale-in-on-resolve"
     )
     assert updated.returncode == 0, updated.stderr
-    assert "alert step:                 3" in updated.stdout
-    assert "alert cooldown:             45 s" in updated.stdout
-    assert "scale in on resolve:        yes" in updated.stdout
-    assert "cooldown:                   10" in updated.stdout
+    # Under the flags' names, valued as the flags take them.
+    assert "step:                       3" in updated.stdout
+    assert "alert-cooldown:             45s" in updated.stdout
+    assert "scale-in-on-resolve:        yes" in updated.stdout
+    assert "cooldown:                   10s" in updated.stdout
     cleared = _cli(env, "update", trigger_id, "--alert-cooldown=none", "--no-scale-in-on-resolve")
     assert cleared.returncode == 0, cleared.stderr
     shown = json.loads(_cli(env, "show", trigger_id, "--json").stdout)

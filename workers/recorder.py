@@ -106,6 +106,8 @@ class Recorder:
                 await asyncio.sleep(delay)
                 await delivery.requeue()
                 return
-            await delivery.ack()
+            # Counted once written, before the ack: whoever sees the job in the store
+            # (a test, `history`) then finds it counted in /metrics as well.
             JOBS_RECORDED.labels(event.status).inc()
+            await delivery.ack()
             log.debug("recorder.recorded", status=event.status, attempt=event.attempt)

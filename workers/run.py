@@ -22,10 +22,11 @@ __all__ = ["run_recorder", "run_worker"]
 log = structlog.get_logger("triggers.worker")
 
 
-async def _metrics(service: str, host: str, port: int | None) -> web.AppRunner | None:
+async def _metrics(service: str, host: str, port: int | None, bus: AmqpBus) -> web.AppRunner | None:
     if port is None:
         return None
-    runner = await serve_metrics(host, port, service)
+    # /readyz follows the broker connection: a probe takes the pod out while it is down.
+    runner = await serve_metrics(host, port, service, ready=lambda: bus.ready)
     log.info("metrics.serving", host=host, port=port)
     return runner
 
@@ -48,8 +49,9 @@ async def run_worker(
         await applied.prune(utcnow() - timedelta(seconds=settings.job_retention))
     bus = AmqpBus.from_settings(settings, "worker")
     await bus.start()
-    metrics = await _metrics("worker", metrics_host, metrics_port)
+    metrics = None
     try:
+        metrics = await _metrics("worker", metrics_host, metrics_port, bus)
         await Worker(settings, bus, orchestrator, applied=applied).run()
     finally:
         if metrics is not None:
@@ -73,8 +75,9 @@ async def run_recorder(
         await jobs.start()
         bus = AmqpBus.from_settings(settings, "recorder")
         await bus.start()
-        metrics = await _metrics("recorder", metrics_host, metrics_port)
+        metrics = None
         try:
+            metrics = await _metrics("recorder", metrics_host, metrics_port, bus)
             await Recorder(settings, bus, jobs).run()
         finally:
             if metrics is not None:
