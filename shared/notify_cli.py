@@ -128,7 +128,11 @@ def sink() -> None:
 @sink.command("create")
 @click.option("--name", required=True, help="The sink's name, used by --notify and routes.")
 @click.option(
-    "--type", "kind", required=True, type=click.Choice(["webhook", "slack", "teams", "email"])
+    "--type",
+    "kind",
+    required=True,
+    type=click.Choice(["webhook", "slack", "teams", "email"]),
+    help="Where the sink delivers.",
 )
 @click.option(
     "--url",
@@ -221,7 +225,7 @@ def _test_sink(
 @sink.command("test")
 @click.argument("name")
 @_remote_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def sink_test(
     ctx: click.Context, name: str, server: str | None, token: str | None, as_json: bool
@@ -233,7 +237,7 @@ def sink_test(
 @sink.command("delete")
 @click.argument("name")
 @_remote_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def sink_delete(
     ctx: click.Context, name: str, server: str | None, token: str | None, as_json: bool
@@ -257,7 +261,7 @@ def notify() -> None:
 @notify.command("test")
 @click.argument("sink_name", metavar="SINK")
 @_remote_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def notify_test(
     ctx: click.Context, sink_name: str, server: str | None, token: str | None, as_json: bool
@@ -281,7 +285,7 @@ def route() -> None:
     help="Only these statuses, comma-separated (failed,rejected,expired,pending_approval,...).",
 )
 @_remote_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def route_add(
     ctx: click.Context,
@@ -315,7 +319,7 @@ def route_add(
 
 @route.command("list")
 @_remote_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def route_list(ctx: click.Context, server: str | None, token: str | None, as_json: bool) -> None:
     """List the global routes."""
@@ -378,7 +382,7 @@ def _echo_approval(view: ApprovalView, as_json: bool, headline: str) -> None:
 @click.argument("job_id")
 @_as
 @_remote_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def approve(
     ctx: click.Context,
@@ -408,7 +412,7 @@ def approve(
 @click.option("--reason", required=True, help="Why: shown to the caller and in notifications.")
 @_as
 @_remote_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def reject(
     ctx: click.Context,
@@ -433,6 +437,7 @@ def reject(
     type=click.Choice(["pending", "approved", "rejected", "expired", "all"]),
     default="pending",
     show_default=True,
+    help="Only approvals in this state.",
 )
 @_remote_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")

@@ -123,7 +123,7 @@ async def test_list_and_audit_fit_80_columns(store: TriggerStore, cli: Any) -> N
     assert listed.split()[:4] == ["ID", "TARGET", "ACTION", "STATUS"]
     assert "POLICY" in (await cli("list", "--wide")).output
 
-    trigger_id = json.loads((await cli("list", "--json")).output)[0]["id"]
+    trigger_id = json.loads((await cli("list", "--json")).stdout)[0]["id"]
     await store.record_audit(
         [
             AuditEntry(
@@ -174,7 +174,7 @@ async def test_job_by_prefix_locally(jobs: JobStore, cli: Any) -> None:
     shown = (await cli("job", failed[:6])).output
     assert failed in shown
     assert "progress deadline" in shown
-    assert json.loads((await cli("job", ok[:5], "--json")).output)["job_id"] == ok
+    assert json.loads((await cli("job", ok[:5], "--json")).stdout)["job_id"] == ok
     ambiguous = await cli("job", "a", code=1)
     assert "several job ids" in ambiguous.output
     unknown = await cli("job", "ffff", code=1)
@@ -187,11 +187,11 @@ async def test_history_job_and_dlq_through_a_gateway(
     """history, job (by prefix) and dlq list work with --server, through the admin API."""
     ok, failed = await _history(jobs)
     server = ("--server", gateway.url, "--token", ADMIN_TOKEN)
-    listed = json.loads((await cli("history", *server, "--json")).output)
+    listed = json.loads((await cli("history", *server, "--json")).stdout)
     assert [job["job_id"] for job in listed] == [failed, ok]
     assert failed[:8] in (await cli("history", *server)).output
-    assert json.loads((await cli("job", failed[:5], *server, "--json")).output)["job_id"] == failed
-    assert json.loads((await cli("dlq", "list", *server, "--json")).output) == []
+    assert json.loads((await cli("job", failed[:5], *server, "--json")).stdout)["job_id"] == failed
+    assert json.loads((await cli("dlq", "list", *server, "--json")).stdout) == []
     assert "empty" in (await cli("dlq", "list", *server)).output
     refused = await cli("job", failed[:5], "--server", gateway.url, "--token", "wrong", code=1)
     assert "TRIGGERS_ADMIN_TOKEN" in refused.output
@@ -235,7 +235,7 @@ async def test_durations_take_units_and_show_prints_them_back(cli: Any) -> None:
     assert "methods:                    GET,POST" in shown
     assert "5m more" in (await cli("rotate", created["id"], "--grace", "5m")).output
     await cli("update", created["id"], "--cooldown", "1h")
-    assert json.loads((await cli("show", created["id"], "--json")).output)["cooldown"] == 3600
+    assert json.loads((await cli("show", created["id"], "--json")).stdout)["cooldown"] == 3600
     refused = await cli("update", created["id"], "--cooldown", "5x", code=2)
     assert "expected a duration" in refused.output
 
@@ -266,9 +266,9 @@ async def test_lists_are_json_arrays_and_streams_are_lines(
     """list, history, audit and dlq list print one array; tail prints one object a line."""
     await _history(jobs)
     for args in (["list"], ["history"], ["audit"]):
-        assert isinstance(json.loads((await cli(*args, "--json")).output), list), args
+        assert isinstance(json.loads((await cli(*args, "--json")).stdout), list), args
     server = ("--server", gateway.url, "--token", ADMIN_TOKEN)
-    assert isinstance(json.loads((await cli("dlq", "list", *server, "--json")).output), list)
+    assert isinstance(json.loads((await cli("dlq", "list", *server, "--json")).stdout), list)
     code, out, err = await run_cli(env, "tail", "--since", "1h", "--count", "2", "--json")
     assert code == 0, err
     streamed = out.splitlines()

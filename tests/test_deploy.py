@@ -65,7 +65,7 @@ def test_rendered_rbac_is_least_privilege() -> None:
     """Only Roles granting get/list/patch on deployments, statefulsets and their /scale; no wildcard, no cluster-wide grant."""
     docs = render_k8s()
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "Service", "ConfigMap", "Secret", "RabbitmqCluster", "Role"} <= kinds
+    assert {"Deployment", "Service", "ConfigMap", "RabbitmqCluster", "Role"} <= kinds
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
     roles = [d for d in docs if d["kind"] == "Role"]
     assert roles
@@ -430,3 +430,11 @@ async def test_worker_metrics_port_answers_the_probes(env: dict[str, str]) -> No
         for path in ("/healthz", "/readyz", "/metrics"):
             async with http.get(worker.url + path) as response:
                 assert response.status == 200, path
+
+
+def test_compose_says_how_to_seed_the_local_cluster() -> None:
+    """compose.yaml's header gives the command that seeds the local cluster."""
+    header = [
+        line for line in (DEPLOY / "compose.yaml").read_text().splitlines() if line.startswith("#")
+    ]
+    assert any("triggers local set-app" in line for line in header)
