@@ -31,12 +31,14 @@ async def test_a_reply_key_receives_only_results_cc_d_to_it(settings: Settings) 
         await publisher.publish_result(result_event("a" * 32))
         await publisher.publish_result(result_event("b" * 32), cc="reply.k1")
         await publisher.publish_result(result_event("c" * 32), cc="reply.other")
+        # A last reply from the same channel: the broker keeps a channel's order, so a
+        # wrongly routed copy of an earlier event would reach the queue before it.
+        await publisher.publish_result(result_event("d" * 32), cc="reply.k1")
         async with asyncio.timeout(10):
-            while len(tail) < 3:
+            while len(tail) < 4 or len(replies) < 2:
                 await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)  # time for a wrongly routed copy to arrive too
     finally:
         await listener.close()
         await publisher.close()
-    assert [e.job_id for e in replies] == ["b" * 32]
-    assert sorted(e.job_id for e in tail) == ["a" * 32, "b" * 32, "c" * 32]
+    assert [e.job_id for e in replies] == ["b" * 32, "d" * 32]
+    assert sorted(e.job_id for e in tail) == ["a" * 32, "b" * 32, "c" * 32, "d" * 32]
