@@ -134,6 +134,8 @@ async def test_remote_server_lifecycle(env: dict[str, str], gateway: Gateway) ->
     revoked = await _json(remote, "revoke", trigger_id, server)
     assert revoked["status"] == "revoked"
 
-    code, _, err = await run_cli({**remote, "TRIGGERS_ADMIN_TOKEN": "wrong"}, "list", server)
+    code, _, err = await run_cli(
+        {**remote, "TRIGGERS_ADMIN_TOKEN": "wrong-admin-token-0123456789"}, "list", server
+    )
     assert code == 1
     assert "TRIGGERS_ADMIN_TOKEN" in err
