@@ -94,6 +94,7 @@ class Worker:
         keeps the redelivery from applying it twice.
         """
         self._stopping.set()
+        log.info("worker.stopping", in_hand=len(self._in_flight))
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):

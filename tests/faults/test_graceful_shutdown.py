@@ -22,6 +22,12 @@ from tests.proxy import TcpProxy
 from workers.orchestrators.local import LocalOrchestrator
 
 
+def _events(log_file: Path, event: str) -> list[dict[str, object]]:
+    """The JSON log lines of one event, in order."""
+    lines = [line for line in log_file.read_text().splitlines() if line.startswith("{")]
+    return [entry for line in lines if (entry := json.loads(line)).get("event") == event]
+
+
 @pytest.mark.slow
 async def test_sigterm_finishes_the_command_in_hand_and_leaves_the_rest_queued(
     settings: Settings,
@@ -46,8 +52,12 @@ async def test_sigterm_finishes_the_command_in_hand_and_leaves_the_rest_queued(
             while await queue_depth(settings.amqp_url, queue) != 1:  # one taken, one waiting
                 await asyncio.sleep(0.05)
         process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)
-        assert process.returncode is None  # still finishing the command in hand
+        async with asyncio.timeout(30):  # the worker says it is stopping, with one in hand
+            while not (stopping := _events(tmp_path / "worker-1.log", "worker.stopping")):
+                await asyncio.sleep(0.05)
+        assert stopping[0]["in_hand"] == 1
+        # The lock holds that change mid-flight, so the worker cannot have finished it yet.
+        assert process.returncode is None
     finally:
         lock.execute("ROLLBACK")
         lock.close()
