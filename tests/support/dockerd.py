@@ -25,7 +25,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Dockerd", "DockerdUnavailable", "free_port_below_ephemeral", "running_swarm"]
+__all__ = [
+    "Dockerd",
+    "DockerdUnavailable",
+    "free_port_below_ephemeral",
+    "running_swarm",
+    "unmount_under",
+]
 
 GWBRIDGE_OPTIONS = (
     "--internal",
@@ -271,5 +277,16 @@ def running_swarm(parent: Path | None = None) -> Iterator[Dockerd]:
                 daemon.leave_swarm()
         finally:
             daemon.stop()
-            # Overlay mounts must be gone before the tree can be removed.
+            # dockerd leaves its netns and data-root bind mounts behind; unmount them, or
+            # the tree cannot be removed.
+            unmount_under(root)
             shutil.rmtree(root, ignore_errors=True)
+
+
+def unmount_under(root: Path) -> None:
+    """Lazily unmount every mount point below `root`, deepest first."""
+    prefix = f"{root}/"
+    with Path("/proc/self/mountinfo").open() as info:
+        points = [line.split()[4] for line in info if line.split()[4].startswith(prefix)]
+    for point in sorted(set(points), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
