@@ -325,11 +325,14 @@ def _check_port(host: str, port: int) -> None:
     through SO_REUSEPORT, and a single process would fail deep inside the server start.
     """
     for address in [h.strip() for h in host.split(",") if h.strip()] or [""]:
+        # An IPv6 literal needs its family: the default (IPv4) cannot resolve `::1`.
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
         try:
-            with socket.create_server((address, port)):
+            with socket.create_server((address, port), family=family):
                 pass
         except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            # errno's own text; a resolver error (negative errno) says it in its message.
+            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc)
             shown = f"[{address}]" if ":" in address else address
             msg = (
                 f"cannot listen on {shown}:{port}: {reason}; "

@@ -94,6 +94,15 @@ def test_gateway_on_a_taken_port_exits_with_one_line(env: dict[str, str], proces
     assert "in use" in line
 
 
+def test_gateway_on_a_taken_ipv6_loopback_port_exits_with_one_line(env: dict[str, str]) -> None:
+    """`--host 127.0.0.1,::1` checks the IPv6 address as IPv6, and names it when it is taken."""
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as taken:
+        port = taken.getsockname()[1]
+        result = run(env, "gateway", "--host", "127.0.0.1,::1", "--port", str(port))
+    line = one_line(result)
+    assert f"[::1]:{port}: Address already in use" in line
+
+
 def test_gateway_with_an_unreachable_store_exits_with_one_line(env: dict[str, str]) -> None:
     """`triggers gateway` with PostgreSQL down exits 1 before serving, naming the setting."""
     url = f"postgresql://someone@127.0.0.1:{free_port()}/test"
