@@ -332,7 +332,9 @@ async def test_minority_answers_503_then_recovers(
             restarted = time.monotonic()
             await asyncio.gather(*(asyncio.to_thread(n.start) for n in others))
             await asyncio.gather(*(asyncio.to_thread(n.wait_ready) for n in others))
-            async with asyncio.timeout(60):
+            # Quorum queues elect leaders again once a majority is back: 24 s on an idle
+            # machine, over 60 s on a loaded one; the bound is what a test can wait.
+            async with asyncio.timeout(180):
                 while (after := await call(http, url, 0)).status != 202:
                     await asyncio.sleep(0.5)
             async with asyncio.timeout(60):
