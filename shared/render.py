@@ -305,6 +305,8 @@ def audit_table(entries: list[AuditEntry], width: int | None = None) -> list[Tex
         _Column("STATUS", rank=1),
         _Column("TRIGGER"),
         _Column("REASON", flexible=True),
+        # What a wait=N call waited for (succeeded, failed, skipped, timed_out).
+        _Column("WAITED", rank=2),
         _Column("JOB", rank=2),
         _Column("METHOD", rank=4),
         _Column("REMOTE", rank=3),
@@ -317,6 +319,7 @@ def audit_table(entries: list[AuditEntry], width: int | None = None) -> list[Tex
             _plain(e.status),
             _plain(e.trigger_id),
             _plain(e.reason),
+            _plain(e.wait_outcome),
             _plain(e.job_id[:12] if e.job_id else None),
             _plain(e.method),
             _plain(e.remote),

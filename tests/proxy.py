@@ -23,6 +23,9 @@ class TcpProxy:
         self.port = 0
         # Seconds to hold each chunk coming back from the target: a slow broker.
         self.delay = 0.0
+        # Chunks from the target held back by `delay` so far: a test waits for one to know
+        # that the client's request reached the target and its answer is on hold.
+        self.held = 0
 
     async def start(self, port: int = 0) -> None:
         """Listen (on `port`, or a free one the first time)."""
@@ -67,6 +70,7 @@ class TcpProxy:
         try:
             while data := await reader.read(65536):
                 if back and self.delay:
+                    self.held += 1
                     await asyncio.sleep(self.delay)
                 writer.write(data)
                 await writer.drain()

@@ -145,6 +145,27 @@ async def test_list_and_audit_fit_80_columns(store: TriggerStore, cli: Any) -> N
     assert "[bold]x[/bold]" in (await cli("audit", "--wide")).output
 
 
+async def test_audit_table_shows_what_a_waiting_call_waited_for(
+    store: TriggerStore, cli: Any
+) -> None:
+    """An accepted wait=N call's outcome (here: failed) has its own WAITED column."""
+    await store.record_audit(
+        [
+            AuditEntry(
+                at=datetime.now(UTC),
+                outcome="accepted",
+                status=422,
+                trigger_id="t" * 26,
+                job_id="j" * 32,
+                wait_outcome="failed",
+            )
+        ]
+    )
+    header, row = (await cli("audit", "--wide")).output.splitlines()[:2]
+    assert "WAITED" in header.split()
+    assert row.split()[header.split().index("WAITED") + 1] == "failed"  # TIME is two words
+
+
 def test_dlq_table_fits_80_columns() -> None:
     """dlq list at 80 columns: id, target and time of death, the reason on its own line."""
     dead = DeadMessage(
