@@ -89,6 +89,8 @@ class FakeKube:
     # Simulated API latency, so that concurrent clients really interleave.
     latency: float = 0.0
     rollout: str = "complete"
+    # Replicas the controller reports as not ready yet (pods pending, images pulling).
+    ready_lag: int = 0
     _rv: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
 
     def add(
@@ -250,12 +252,12 @@ class FakeKube:
         if new.get("spec") != obj.get("spec"):
             new["metadata"]["generation"] = obj["metadata"]["generation"] + 1
         new["metadata"]["resourceVersion"] = str(next(self._rv))
-        self._control(new, self.rollout)
+        self._control(new, self.rollout, self.ready_lag)
         key = (request.match_info["plural"], request.match_info["ns"], request.match_info["name"])
         self.objects[key] = new
 
     @staticmethod
-    def _control(obj: dict[str, Any], rollout: str) -> None:
+    def _control(obj: dict[str, Any], rollout: str, ready_lag: int = 0) -> None:
         """Set the status the workload's controller reports after acting on the spec."""
         wanted = obj["spec"].get("replicas", 1)
         generation = obj["metadata"]["generation"]
@@ -264,7 +266,7 @@ class FakeKube:
             "observedGeneration": generation,
             "replicas": wanted if rollout == "complete" else wanted + 1,
             "updatedReplicas": updated,
-            "readyReplicas": wanted,
+            "readyReplicas": max(wanted - ready_lag, 0),
             "availableReplicas": wanted if rollout == "complete" else wanted - updated,
         }
         if obj["kind"] == "StatefulSet":

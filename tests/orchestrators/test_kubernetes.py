@@ -186,6 +186,21 @@ async def test_scale_goes_through_the_scale_subresource(
     assert change.after["web"].revision == fake.get("web")["metadata"]["generation"]
 
 
+async def test_scale_result_says_whether_the_new_replicas_are_ready(
+    fake_kube: tuple[FakeKube, Path], k8s: KubernetesOrchestrator
+) -> None:
+    """A scale result says the replicas are ready, or that they were requested and how many run."""
+    fake, _ = fake_kube
+    ready = await k8s.scale("job-ready", WEB, delta=1)
+    assert ready.detail is not None
+    assert ready.detail.endswith("3 replicas ready")
+    fake.ready_lag = 2
+    pending = await k8s.scale("job-pending", WEB, delta=2)
+    assert pending.status == "succeeded"
+    assert pending.detail is not None
+    assert pending.detail.endswith("5 replicas requested, 3 ready so far")
+
+
 async def test_scale_a_statefulset(
     fake_kube: tuple[FakeKube, Path], k8s: KubernetesOrchestrator
 ) -> None:

@@ -294,8 +294,27 @@ class KubernetesOrchestrator:
                         _Workload(written),
                         change.after[workload.name].replicas,
                     )
-                    return change
+                    return await self._with_readiness(cluster, namespace, workload, change)
             raise ConflictError(_conflict_message(target, namespace, self._retries))
+
+    async def _with_readiness(
+        self, cluster: _Cluster, namespace: str, workload: _Workload, change: Change
+    ) -> Change:
+        """Say whether the replicas asked for are ready yet, as the controller reports now.
+
+        The scale itself succeeded once written; a caller learns whether the new pods run
+        or were only requested (an image pull, a pending pod) without waiting for them.
+        """
+        wanted = change.after[workload.name].replicas
+        read = await cluster.client.get(workload.kind, workload.name, namespace=namespace)
+        ready = (read.status.readyReplicas if read.status else None) or 0
+        note = (
+            f"{wanted} replicas ready"
+            if ready >= wanted
+            else f"{wanted} replicas requested, {ready} ready so far"
+        )
+        detail = f"{change.detail}; {note}" if change.detail else note
+        return msgspec.structs.replace(change, detail=detail)
 
     async def close(self) -> None:
         """Close every cluster's HTTP client."""
