@@ -12,12 +12,15 @@ from typing import Any
 import click
 import msgspec
 import pytest
+import structlog
 from click.testing import CliRunner, Result
 
+from shared import cli as cli_module
 from shared.audit import AuditEntry
 from shared.cli import main
 from shared.dlq import DeadMessage
 from shared.jobs import JobRecord, JobStore
+from shared.logging import configure_logging
 from shared.render import dlq_table
 from shared.settings import Settings
 from shared.store import TriggerStore
@@ -36,9 +39,22 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def cli(env: dict[str, str]) -> Any:
+def cli(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """`triggers ARGS` through click's runner, in a terminal of `columns` columns; in a
-    thread, so a gateway on this test's loop can answer it."""
+    thread, so a gateway on this test's loop can answer it.
+
+    The command configures logging as it does, but without caching loggers, and the
+    configuration is restored afterwards: a logger cached in this process would keep the
+    command's processors, and later tests' `capture_logs` would see nothing.
+    """
+    configure = configure_logging
+
+    def uncached(*args: Any, **kwargs: Any) -> None:
+        configure(*args, **kwargs)
+        structlog.configure(cache_logger_on_first_use=False)
+
+    monkeypatch.setattr(cli_module, "configure_logging", uncached)
+    saved = structlog.get_config()
 
     async def invoke(*args: str, columns: int = 80, code: int = 0) -> Result:
         runner = CliRunner()
@@ -48,7 +64,8 @@ def cli(env: dict[str, str]) -> Any:
         assert result.exit_code == code, (result.output, result.exception)
         return result
 
-    return invoke
+    yield invoke
+    structlog.configure(**saved)
 
 
 def widest(text: str) -> int:

@@ -288,7 +288,7 @@ async def test_sink_down_retries_then_dead_letters(
         elapsed = time.monotonic() - started
         code, out, err = await run_cli(env, "dlq", "list", "--json")
         assert code == 0, err
-        (dead,) = [json.loads(line) for line in out.splitlines()]
+        (dead,) = json.loads(out)  # a list is one JSON array
         down.status = 200
         async with running_notifier(settings):
             code, _, err = await run_cli(env, "dlq", "replay", dead["id"])
