@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
+from typing import Any
 
 import structlog
 
@@ -62,33 +63,34 @@ async def _prune(store: TriggerStore, retention: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def follow_changes(
+async def _in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run `work` as a task while the context is open; cancel it on the way out."""
+    task = asyncio.create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def follow_changes(
     store: TriggerStore, cache: TriggerCache, interval: float = CHANGE_POLL_INTERVAL
-) -> AsyncIterator[None]:
+) -> contextlib.AbstractAsyncContextManager[None]:
     """Evict changed triggers from `cache` while the context is open."""
-    task = asyncio.create_task(_follow(store, cache, interval))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return _in_background(_follow(store, cache, interval))
 
 
-@contextlib.asynccontextmanager
-async def prune_audit_forever(store: TriggerStore, retention: float) -> AsyncIterator[None]:
+def prune_audit_forever(
+    store: TriggerStore, retention: float
+) -> contextlib.AbstractAsyncContextManager[None]:
     """Delete audit entries older than `retention` seconds while the context is open."""
-    task = asyncio.create_task(_prune(store, retention))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return _in_background(_prune(store, retention))
 
 
-@contextlib.asynccontextmanager
-async def periodically(interval: float, tick: Callable[[], None]) -> AsyncIterator[None]:
+def periodically(
+    interval: float, tick: Callable[[], None]
+) -> contextlib.AbstractAsyncContextManager[None]:
     """Call `tick` every `interval` seconds while the context is open."""
 
     async def loop() -> None:
@@ -96,10 +98,4 @@ async def periodically(interval: float, tick: Callable[[], None]) -> AsyncIterat
             await asyncio.sleep(interval)
             tick()
 
-    task = asyncio.create_task(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return _in_background(loop())
