@@ -517,17 +517,15 @@ def _manage(
     ctx: click.Context, server: str | None, token: str | None, operation: Operation[T]
 ) -> T:
     """Run one operation on the local store, or remotely with --server."""
-    from shared.admin import AdminError, HttpAdmin, StoreAdmin  # noqa: PLC0415
+    from shared.admin import AdminError, StoreAdmin  # noqa: PLC0415
     from shared.store import open_store  # noqa: PLC0415
 
-    settings = _settings(ctx)
+    settings = _settings(ctx)  # read (and checked) with --server too
+    if server:
+        return _remote(server, token, operation)
 
     async def run() -> T:
-        admin: TriggerAdmin
-        if server:
-            admin = HttpAdmin(server, token)
-        else:
-            admin = StoreAdmin(open_store(settings.database), settings.public_url)
+        admin = StoreAdmin(open_store(settings.database), settings.public_url)
         try:
             return await operation(admin)
         finally:
