@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.cli import main
+from triggers.cli import main
 
 if __name__ == "__main__":
     main(["bench", *__import__("sys").argv[1:]])

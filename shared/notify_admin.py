@@ -1,8 +1,8 @@
 """Sinks, routes and approvals: the same operations on the local store or a remote gateway.
 
 As `shared/admin.py` does for triggers: `StoreNotifyAdmin` works on the database (the CLI
-on this machine, and the gateway's admin API itself), `HttpNotifyAdmin` calls a gateway's
-admin API (``--server``); both raise `AdminError` with the status, code and detail the
+on this machine, and the gateway's admin API itself), `triggers.remote.HttpNotifyAdmin` calls a
+gateway's admin API (``--server``); both raise `AdminError` with the status, code and detail the
 API gives, so the CLI behaves the same either way.
 """
 
@@ -12,7 +12,7 @@ from typing import Protocol
 
 import msgspec
 
-from shared.admin import AdminError, HttpAdmin
+from shared.admin import AdminError
 from shared.approvals import ApprovalList, ApprovalView, Decisions, approval_view
 from shared.bus import Bus
 from shared.jobs import JobStore
@@ -32,7 +32,6 @@ from shared.store import TriggerStore
 
 __all__ = [
     "ApproveRequest",
-    "HttpNotifyAdmin",
     "NotifyAdmin",
     "RejectRequest",
     "RouteList",
@@ -264,51 +263,3 @@ class StoreNotifyAdmin:
         await self._triggers.close()
         if self._bus is not None:
             await self._bus.close()
-
-
-class HttpNotifyAdmin(HttpAdmin):
-    """The operations through a gateway's admin API."""
-
-    async def create_sink(self, request: SinkCreate) -> SinkView:
-        """POST /v1/sinks."""
-        return await self._call("POST", "/v1/sinks", SinkView, body=request)
-
-    async def list_sinks(self) -> SinkList:
-        """GET /v1/sinks."""
-        return await self._call("GET", "/v1/sinks", SinkList)
-
-    async def delete_sink(self, name: str) -> SinkView:
-        """DELETE /v1/sinks/{name}."""
-        return await self._call("DELETE", f"/v1/sinks/{name}", SinkView)
-
-    async def test_sink(self, name: str) -> SinkTest:
-        """POST /v1/sinks/{name}/test."""
-        return await self._call("POST", f"/v1/sinks/{name}/test", SinkTest)
-
-    async def add_route(self, request: RouteCreate) -> RouteView:
-        """POST /v1/routes."""
-        return await self._call("POST", "/v1/routes", RouteView, body=request)
-
-    async def list_routes(self) -> RouteList:
-        """GET /v1/routes."""
-        return await self._call("GET", "/v1/routes", RouteList)
-
-    async def delete_route(self, route_id: int) -> RouteView:
-        """DELETE /v1/routes/{id}."""
-        return await self._call("DELETE", f"/v1/routes/{route_id}", RouteView)
-
-    async def list_approvals(self, state: ApprovalState | None) -> ApprovalList:
-        """GET /v1/approvals."""
-        return await self._call(
-            "GET", "/v1/approvals", ApprovalList, params={"state": state or "all"}
-        )
-
-    async def approve(self, job_id: str, approver: str) -> ApprovalView:
-        """POST /v1/approvals/{job_id}/approve."""
-        body = ApproveRequest(approver=approver)
-        return await self._call("POST", f"/v1/approvals/{job_id}/approve", ApprovalView, body=body)
-
-    async def reject(self, job_id: str, approver: str, reason: str) -> ApprovalView:
-        """POST /v1/approvals/{job_id}/reject."""
-        body = RejectRequest(reason=reason, approver=approver)
-        return await self._call("POST", f"/v1/approvals/{job_id}/reject", ApprovalView, body=body)

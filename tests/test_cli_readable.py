@@ -15,16 +15,16 @@ import pytest
 import structlog
 from click.testing import CliRunner, Result
 
-from shared import cli as cli_module
 from shared.audit import AuditEntry
-from shared.cli import main
 from shared.dlq import DeadMessage
 from shared.jobs import JobRecord, JobStore
 from shared.logging import configure_logging
-from shared.render import dlq_table
 from shared.settings import Settings
 from shared.store import TriggerStore
 from tests.conftest import ADMIN_TOKEN, Gateway, result_event, run_cli
+from triggers import cli as cli_module
+from triggers.cli import main
+from triggers.render import dlq_table
 
 LONG_ERROR = (
     "the orchestrator refused the change: deployment web-frontend in namespace storefront "

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 
-from shared.render import event_line
 from shared.store import SqliteTriggerStore
 from shared.triggers import TriggerOptions
 from tests.conftest import Gateway, Results, queue_depth
 from tests.test_event_calls import JSON, image_trigger, published
 from tests.test_sources import raw
+from triggers.render import event_line
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
 

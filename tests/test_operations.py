@@ -20,7 +20,6 @@ from shared.errors import ConflictError
 from shared.jobs import JobRecord, JobStore, SqliteJobStore, open_job_store
 from shared.messages import Target, utcnow
 from shared.metrics import serve_metrics
-from shared.render import event_line
 from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.triggers import trigger_call_url
@@ -42,6 +41,7 @@ from tests.conftest import (
     triggers_cli,
 )
 from tests.proxy import TcpProxy
+from triggers.render import event_line
 from workers.orchestrators.base import Change
 from workers.orchestrators.local import LocalOrchestrator
 from workers.recorder import Recorder

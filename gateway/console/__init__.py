@@ -21,7 +21,7 @@ from gateway.console import _auth, _pages
 from gateway.console._keys import LIVE, SESSIONS, TEMPLATES
 from gateway.console._live import LiveResults
 from gateway.keys import SETTINGS
-from shared.render import origin_text
+from shared.describe import origin_text
 from shared.sessions import open_sessions
 
 __all__ = ["add_console", "templates"]

@@ -28,11 +28,11 @@ from gateway.notify import notify_admin
 from shared.admin import AdminError, ListFilter, StoreAdmin
 from shared.api import DEFAULT_GRACE, TriggerCreate, TriggerView
 from shared.bus import AmqpBus
+from shared.describe import curl_lines, policy_summary
 from shared.dlq import list_dead, replay_dead
 from shared.jobs import JOB_STATUSES, JobRecord, parse_since
 from shared.messages import ResultEvent, utcnow
 from shared.policy import PolicyChanges
-from shared.render import curl_lines, policy_summary
 from shared.triggers import NAME_PATTERN
 
 __all__ = [

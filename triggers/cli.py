@@ -17,8 +17,9 @@ from shared.loop import run, tune_gc
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from shared.admin import AdminError, HttpAdmin, TriggerAdmin
+    from shared.admin import AdminError, TriggerAdmin
     from shared.api import TriggerView
+    from triggers.remote import HttpAdmin
 
 __all__ = ["main"]
 
@@ -48,7 +49,7 @@ _wide = click.option(
 
 def _width(wide: bool) -> int | None:
     """The width to fit tables to: the terminal's (or $COLUMNS), None with --wide."""
-    from shared.render import console  # noqa: PLC0415
+    from triggers.render import console  # noqa: PLC0415
 
     return None if wide else console().width
 
@@ -262,7 +263,7 @@ def history(
 ) -> None:
     """Jobs the recorder kept, newest first (from the store, or a gateway with --server)."""
     from shared.jobs import JobRecord, job_json, opened_job_store  # noqa: PLC0415
-    from shared.render import job_table, print_lines  # noqa: PLC0415
+    from triggers.render import job_table, print_lines  # noqa: PLC0415
 
     filters: dict[str, Any] = {"cluster": cluster, "app": app, "service": service}
     filters.update(action=action, status=status)
@@ -306,7 +307,7 @@ def job(
         job_json,
         opened_job_store,
     )
-    from shared.render import job_detail, print_lines  # noqa: PLC0415
+    from triggers.render import job_detail, print_lines  # noqa: PLC0415
 
     async def read() -> JobRecord:
         async with opened_job_store(_settings(ctx).database) as store:
@@ -339,7 +340,7 @@ def job(
 @click.pass_context
 def dev(ctx: click.Context, host: str, port: int, log_file: str, verbose: bool) -> None:
     """Everything in one process on a seeded local cluster, for a first try."""
-    from shared.dev import run_dev  # noqa: PLC0415
+    from triggers.dev import run_dev  # noqa: PLC0415
 
     settings = _settings(ctx)
     log_path = None if verbose else log_file
@@ -416,7 +417,7 @@ class _Duration(_Limit):
 
 def _seconds(value: float) -> str:
     """Seconds the way the CLI takes them: 90s, 2m, 12h, 30d."""
-    from shared.render import duration_text  # noqa: PLC0415
+    from shared.describe import duration_text  # noqa: PLC0415
 
     return duration_text(value)
 
@@ -547,7 +548,8 @@ def _refused(exc: AdminError) -> click.ClickException:
 
 def _remote(server: str, token: str | None, operation: Callable[[HttpAdmin], Awaitable[T]]) -> T:
     """Run one operation through a gateway's admin API (--server)."""
-    from shared.admin import AdminError, HttpAdmin  # noqa: PLC0415
+    from shared.admin import AdminError  # noqa: PLC0415
+    from triggers.remote import HttpAdmin  # noqa: PLC0415
 
     async def run() -> T:
         admin = HttpAdmin(server, token)
@@ -563,7 +565,7 @@ def _remote(server: str, token: str | None, operation: Callable[[HttpAdmin], Awa
 
 
 def _echo_view(view: TriggerView, as_json: bool, headline: str) -> None:
-    from shared.render import trigger_lines  # noqa: PLC0415
+    from triggers.render import trigger_lines  # noqa: PLC0415
 
     if as_json:
         click.echo(msgspec.json.encode(view).decode())
@@ -573,7 +575,7 @@ def _echo_view(view: TriggerView, as_json: bool, headline: str) -> None:
 
 
 def _echo_url(view: TriggerView) -> None:
-    from shared.render import curl_lines  # noqa: PLC0415
+    from shared.describe import curl_lines  # noqa: PLC0415
 
     lines = curl_lines(view)
     if lines:
@@ -752,7 +754,7 @@ def list_(
 ) -> None:
     """List triggers (secrets are never shown again)."""
     from shared.admin import ListFilter  # noqa: PLC0415
-    from shared.render import print_lines, trigger_table  # noqa: PLC0415
+    from triggers.render import print_lines, trigger_table  # noqa: PLC0415
 
     selection = _convert(
         {
@@ -914,7 +916,7 @@ def audit(
     as_json: bool,
 ) -> None:
     """The trigger calls, newest first: outcome, reason, caller (never the secret)."""
-    from shared.render import audit_table, print_lines  # noqa: PLC0415
+    from triggers.render import audit_table, print_lines  # noqa: PLC0415
 
     chosen: Any = outcome
     page = _manage(
@@ -963,7 +965,7 @@ def tail(
     wide: bool,
 ) -> None:
     """Print result events as workers publish them."""
-    from shared.tail import run_tail  # noqa: PLC0415
+    from triggers.tail import run_tail  # noqa: PLC0415
 
     code = _run(
         run_tail(
@@ -1078,7 +1080,7 @@ def dlq_list(
 ) -> None:
     """Show dead messages and why each died; they stay in the queue."""
     from shared.dlq import list_dead  # noqa: PLC0415
-    from shared.render import dlq_table, print_lines  # noqa: PLC0415
+    from triggers.render import dlq_table, print_lines  # noqa: PLC0415
 
     if server:
         dead = _remote(server, token, lambda admin: admin.dead(limit))
@@ -1195,4 +1197,4 @@ def local_show(ctx: click.Context, as_json: bool) -> None:
 
 
 # Notifications and approvals live in their own module; importing it adds its commands.
-import shared.notify_cli  # noqa: E402, F401
+import triggers.notify_cli  # noqa: E402, F401

@@ -20,9 +20,9 @@ from shared.bus import AmqpBus
 from shared.errors import BrokerUnavailable
 from shared.jobs import JobRecord, opened_job_store
 from shared.messages import ResultEvent, encode
-from shared.render import console, event_lines, job_lines
 from shared.settings import Settings
 from shared.topology import result_binding
+from triggers.render import console, event_lines, job_lines
 
 __all__ = ["run_tail"]
 

@@ -15,10 +15,10 @@ from shared.bus import AmqpBus, Bus, MemoryBus
 from shared.errors import BrokerUnavailable
 from shared.jobs import open_job_store
 from shared.messages import ResultEvent
-from shared.render import event_line
 from shared.settings import Settings
 from shared.store import open_store
 from shared.triggers import trigger_call_url
+from triggers.render import event_line
 
 __all__ = ["DEMO_CLUSTER", "run_dev"]
 

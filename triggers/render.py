@@ -15,6 +15,7 @@ from rich.text import Text
 
 from shared.api import TriggerView
 from shared.audit import AuditEntry
+from shared.describe import duration_text, origin_text, policy_summary, when_text
 from shared.jobs import JobRecord
 from shared.messages import ResultEvent, ServiceState, Source
 
@@ -24,17 +25,13 @@ if TYPE_CHECKING:
 __all__ = [
     "audit_table",
     "console",
-    "curl_lines",
     "dlq_table",
-    "duration_text",
     "event_line",
     "event_lines",
     "event_text",
     "job_detail",
     "job_lines",
     "job_table",
-    "origin_text",
-    "policy_summary",
     "print_lines",
     "trigger_lines",
     "trigger_table",
@@ -158,37 +155,6 @@ def _plain(value: object) -> Text:
     return Text("-" if value is None or value == "" else str(value))
 
 
-def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if value else "-"
-
-
-def duration_text(seconds: float) -> str:
-    """Seconds the way the CLI takes a duration: ``90s``, ``5m``, ``12h``, ``30d``, ``2w``."""
-    whole = round(seconds)
-    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
-        if whole and whole % size == 0:
-            return f"{whole // size}{unit}"
-    return f"{whole}s"
-
-
-def policy_summary(view: TriggerView) -> str:
-    """The trigger's limits in a few words, ``-`` when it has none."""
-    parts = []
-    if view.min_replicas is not None or view.max_replicas is not None:
-        low = view.min_replicas if view.min_replicas is not None else 0
-        high = view.max_replicas if view.max_replicas is not None else "∞"
-        parts.append(f"replicas {low}..{high}")
-    if view.cooldown:
-        parts.append(f"cooldown {duration_text(view.cooldown)}")
-    if view.rate_limit:
-        parts.append(f"{view.rate_limit}/min")
-    if view.allowed_methods != ["GET", "POST"]:
-        parts.append(",".join(view.allowed_methods) + " only")
-    if view.expires_at:
-        parts.append(f"expires {_when(view.expires_at)}")
-    return ", ".join(parts) or "-"
-
-
 def trigger_table(views: list[TriggerView], width: int | None = None) -> list[Text]:
     """One trigger a row; when narrow, policy and creation time drop first."""
     columns = (
@@ -206,7 +172,7 @@ def trigger_table(views: list[TriggerView], width: int | None = None) -> list[Te
             _plain(v.action + (" (image)" if v.image_update else "")),
             _plain(v.status),
             _plain(policy_summary(v)),
-            _plain(_when(v.created_at)),
+            _plain(when_text(v.created_at)),
         ]
         for v in views
     ]
@@ -281,20 +247,6 @@ def trigger_lines(view: TriggerView) -> str:
         name = _FLAG_NAMES.get(key, key.replace("_", "-"))
         lines.append(f"{name + ':':27} {_cli_value(key, value)}")
     return "\n".join(lines)
-
-
-def curl_lines(view: TriggerView) -> list[str]:
-    """The ready curl commands of a trigger just created or rotated (its URL is in the view)."""
-    if not isinstance(view.url, str):
-        return []
-    curl = f"curl -X POST '{view.url}"
-    if view.options.get("header_secret_only"):
-        # This trigger refuses the secret in the URL: show it in a header instead.
-        bare, _, _ = view.url.partition("&secret=")
-        curl = f"curl -X POST -H 'X-Trigger-Secret: {view.secret}' '{bare}"
-    if view.action == "scale":
-        return [f"{curl}&type=scale_out&step=1'", f"{curl}&type=scale_in&step=1'"]
-    return [f"{curl}'"]
 
 
 def audit_table(entries: list[AuditEntry], width: int | None = None) -> list[Text]:
@@ -400,19 +352,6 @@ def _change(before: dict[str, ServiceState], after: dict[str, ServiceState], act
 def _source(source: Source) -> str:
     parts = [p for p in (source.user_agent, source.remote and f"from {source.remote}") if p]
     return " ".join(parts)
-
-
-def origin_text(source: Source) -> str:
-    """``via dockerhub acme/api:1.2`` or ``via alertmanager HighLoad firing``."""
-    origin = source.origin
-    if origin is None:
-        return ""
-    what = origin.alert or origin.repository or ""
-    if origin.alert_status:
-        what += f" {origin.alert_status}"
-    elif origin.tag:
-        what += f":{origin.tag}"
-    return f"via {origin.source} {what}".rstrip()
 
 
 def _target(cluster: str, app: str, service: str | None) -> str:

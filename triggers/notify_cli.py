@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import msgspec
 
-from shared.cli import (
+from shared.loop import tune_gc
+from triggers.cli import (
     _convert,
     _Duration,
     _metrics_host,
@@ -27,7 +28,6 @@ from shared.cli import (
     _settings,
     main,
 )
-from shared.loop import tune_gc
 
 if TYPE_CHECKING:
     from shared.approvals import ApprovalView
@@ -51,9 +51,10 @@ def _notify_manage(
     from shared.bus import AmqpBus  # noqa: PLC0415
     from shared.errors import BrokerUnavailable  # noqa: PLC0415
     from shared.jobs import open_job_store  # noqa: PLC0415
-    from shared.notify_admin import HttpNotifyAdmin, StoreNotifyAdmin  # noqa: PLC0415
+    from shared.notify_admin import StoreNotifyAdmin  # noqa: PLC0415
     from shared.notify_store import open_notify_store  # noqa: PLC0415
     from shared.store import open_store  # noqa: PLC0415
+    from triggers.remote import HttpNotifyAdmin  # noqa: PLC0415
 
     settings = _settings(ctx)
 
