@@ -22,7 +22,7 @@ from gateway.client import client_address
 from gateway.errors import ApiError, json_response
 from gateway.keys import AUDIT, AUTH_LIMITER, SETTINGS, STORE, TRIGGER_CACHE
 from gateway.openapi import openapi_document
-from shared.admin import AdminError, ListFilter, StoreAdmin
+from shared.admin import ListFilter, StoreAdmin
 from shared.api import RotateRequest, TriggerCreate, TriggerView
 from shared.policy import PolicyChanges
 from shared.triggers import NAME_PATTERN
@@ -179,15 +179,13 @@ Operation = Callable[[web.Request, StoreAdmin], Awaitable[web.Response]]
 
 
 def _admin(operation: Operation) -> Route:
-    """Authorize, run the operation on the store, map `AdminError` to the JSON error."""
+    """Authorize, run the operation on the store (an `AdminError` is answered by the
+    error middleware, as every `RequestError`)."""
 
     async def route(request: web.Request) -> web.Response:
         require_admin(request)
         settings = request.app[SETTINGS]
-        try:
-            return await operation(request, StoreAdmin(request.app[STORE], settings.public_url))
-        except AdminError as exc:
-            raise ApiError(exc.status, exc.code, exc.detail) from None
+        return await operation(request, StoreAdmin(request.app[STORE], settings.public_url))
 
     route.__doc__ = operation.__doc__
     return route

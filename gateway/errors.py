@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import msgspec
 import structlog
@@ -12,13 +13,66 @@ from aiohttp import web
 from gateway.client import client_address
 from gateway.keys import ERROR, LOG_FIELDS
 from gateway.shared_state import RedisOutage
-from shared.errors import BrokerUnavailable, StoreUnavailable
+from shared.errors import BrokerUnavailable, RequestError, StoreUnavailable
 
-__all__ = ["ApiError", "error_middleware", "json_error", "json_response"]
+__all__ = [
+    "ApiError",
+    "ErrorAnswer",
+    "error_answer",
+    "error_middleware",
+    "json_error",
+    "json_response",
+]
 
 log = structlog.get_logger("triggers.gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(RequestError):
+    """An error answer: status, stable code, and a detail that says how to fix it."""
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """What an error is answered with: ``{"error": code, "detail": detail}`` and headers."""
+
+    status: int
+    code: str
+    detail: str
+    headers: dict[str, str] | None = None
+
+
+# An outage is one warning line when it starts and one per 30 s after it, with a count,
+# not a line (or a traceback) per call; each request still has its summary line.
+_BROKER_OUTAGE = RedisOutage("gateway.broker_unavailable", pause=0)
+_STORE_OUTAGE = RedisOutage("gateway.store_unavailable", pause=0)
+
+# The one table: every error a handler may raise, and its answer. A `RequestError`
+# (`ApiError`, `AdminError`) carries its own; anything else not listed is a 500.
+_TABLE: tuple[tuple[type[Exception], ErrorAnswer, RedisOutage | None], ...] = (
+    (
+        BrokerUnavailable,
+        ErrorAnswer(
+            503,
+            "broker_unavailable",
+            "the message broker cannot take the command right now; retry after a few seconds",
+            {"Retry-After": "5"},
+        ),
+        _BROKER_OUTAGE,
+    ),
+    (
+        StoreUnavailable,
+        ErrorAnswer(
+            503,
+            "store_unavailable",
+            "the database does not answer right now; retry after a few seconds",
+            {"Retry-After": "5"},
+        ),
+        _STORE_OUTAGE,
+    ),
+)
+_INTERNAL = ErrorAnswer(500, "internal_error", "unexpected error; it has been logged")
 
 # aiohttp's own HTTP errors (routing, body size) get a stable code and a useful detail.
 _AIOHTTP_ERRORS: dict[int, tuple[str, str]] = {
@@ -31,28 +85,25 @@ _AIOHTTP_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-class ApiError(Exception):
-    """An error answer: status, stable code, and a detail that says how to fix it."""
+def error_answer(exc: Exception, path: str = "") -> ErrorAnswer:
+    """The answer to `exc` from the table; an outage or an unexpected error is logged.
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        detail: str,
-        *,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.headers = headers or {}
+    Called while `exc` is being handled, so that an unexpected error's traceback is logged.
+    """
+    if isinstance(exc, RequestError):
+        return ErrorAnswer(exc.status, exc.code, exc.detail, exc.headers or None)
+    for kind, answer, outage in _TABLE:
+        if isinstance(exc, kind):
+            if outage is not None:
+                outage.failed(path, exc)
+            return answer
+    if isinstance(exc, web.HTTPException):
+        code, detail = _AIOHTTP_ERRORS.get(exc.status, ("http_error", exc.reason))
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return ErrorAnswer(exc.status, code, detail, headers)
+    log.exception("gateway.unhandled_error", path=path)
+    return _INTERNAL
 
-
-# An outage is one warning line when it starts and one per 30 s after it, with a count,
-# not a line (or a traceback) per call; each request still has its summary line.
-_BROKER_OUTAGE = RedisOutage("gateway.broker_unavailable", pause=0)
-_STORE_OUTAGE = RedisOutage("gateway.store_unavailable", pause=0)
 
 # Built once: msgspec encodes a response body several times faster than json.dumps.
 _json = msgspec.json.Encoder()
@@ -85,38 +136,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """
     started = time.monotonic()
     response: web.StreamResponse
-    failure: tuple[int, str, str, dict[str, str] | None] | None = None
     try:
         response = await handler(request)
-    except ApiError as exc:
-        failure = (exc.status, exc.code, exc.detail, exc.headers)
-    except BrokerUnavailable as exc:
-        _BROKER_OUTAGE.failed(request.path, exc)
-        failure = (
-            503,
-            "broker_unavailable",
-            "the message broker cannot take the command right now; retry after a few seconds",
-            {"Retry-After": "5"},
-        )
-    except StoreUnavailable as exc:
-        _STORE_OUTAGE.failed(request.path, exc)
-        failure = (
-            503,
-            "store_unavailable",
-            "the database does not answer right now; retry after a few seconds",
-            {"Retry-After": "5"},
-        )
-    except web.HTTPException as exc:
-        code, detail = _AIOHTTP_ERRORS.get(exc.status, ("http_error", exc.reason))
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        failure = (exc.status, code, detail, headers)
-    except Exception:
-        log.exception("gateway.unhandled_error", path=request.path)
-        failure = (500, "internal_error", "unexpected error; it has been logged", None)
-    if failure is not None:
-        status, code, detail, headers = failure
-        request[ERROR] = (code, detail)
-        response = json_error(status, code, detail, headers)
+    except Exception as exc:
+        answer = error_answer(exc, request.path)
+        request[ERROR] = (answer.code, answer.detail)
+        response = json_error(answer.status, answer.code, answer.detail, answer.headers)
     log.info(
         "gateway.request",
         method=request.method,

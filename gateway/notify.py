@@ -106,15 +106,11 @@ Operation = Callable[[web.Request, StoreNotifyAdmin], Awaitable[web.Response]]
 
 
 def _admin(operation: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """Authorize, run on the store, map `AdminError` to the JSON error."""
+    """Authorize, run on the store (an `AdminError` is answered by the error middleware)."""
 
     async def route(request: web.Request) -> web.Response:
         require_admin(request)
-        admin = notify_admin(request)
-        try:
-            return await operation(request, admin)
-        except AdminError as exc:
-            raise ApiError(exc.status, exc.code, exc.detail) from None
+        return await operation(request, notify_admin(request))
 
     route.__doc__ = operation.__doc__
     return route

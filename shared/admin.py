@@ -22,6 +22,7 @@ from shared.api import (
 )
 from shared.audit import Outcome
 from shared.dlq import DeadMessage
+from shared.errors import RequestError
 from shared.jobs import JobRecord
 from shared.messages import Action, utcnow
 from shared.policy import PolicyChanges, PolicyError, merge_options
@@ -33,14 +34,8 @@ __all__ = ["AdminError", "ListFilter", "StoreAdmin", "TriggerAdmin"]
 T = TypeVar("T")
 
 
-class AdminError(Exception):
+class AdminError(RequestError):
     """A refused operation: the HTTP status, a stable code and a detail saying how to fix it."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
 
 
 # Aliases: inside HttpAdmin, `list` is its own method, not the builtin.

@@ -11,6 +11,7 @@ __all__ = [
     "ConflictError",
     "NotFoundError",
     "PermanentError",
+    "RequestError",
     "RetryableError",
     "StoreUnavailable",
     "TriggersError",
@@ -19,6 +20,23 @@ __all__ = [
 
 class TriggersError(Exception):
     """Root of every error this project raises on purpose."""
+
+
+class RequestError(TriggersError):
+    """A refused request: an HTTP status, a stable code, and a detail that says how to fix it.
+
+    The gateway's one error middleware answers it as ``{"error": code, "detail": detail}``
+    (`gateway.errors`); the CLI prints the detail.
+    """
+
+    def __init__(
+        self, status: int, code: str, detail: str, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers or {}
 
 
 class RetryableError(TriggersError):
