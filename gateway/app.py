@@ -53,7 +53,7 @@ from gateway.shared_state import open_redis
 from gateway.waiter import ResultWaiter
 from shared.audit import AuditLog, UnauthenticatedTally
 from shared.batch import WriteBehind
-from shared.bus import AmqpBus, Bus
+from shared.broker import AmqpBus, Bus
 from shared.errors import ConfigError
 from shared.http import name_server
 from shared.jobs import JobStore, open_job_store

@@ -14,7 +14,7 @@ from gateway.recent import RecentEvents
 from gateway.waiter import ResultWaiter
 from shared.audit import AuditLog, UnauthenticatedTally
 from shared.batch import WriteBehind
-from shared.bus import Bus
+from shared.broker import Bus
 from shared.jobs import JobRecord, JobStore
 from shared.settings import Settings
 from shared.store import TriggerStore

@@ -18,7 +18,6 @@ from aiohttp import web
 
 from gateway.gauges import SharedGauges
 from gateway.keys import BUS, JOBS, LOG_FIELDS, METRICS_GAUGES, SETTINGS
-from shared.bus import AmqpBus
 from shared.http import name_server
 from shared.jobs import JOB_STATUSES
 from shared.metrics import GATEWAY_CALLS, JOBS_BY_STATUS, QUEUE_MESSAGES, metrics_response
@@ -73,11 +72,12 @@ def open_gauges(app: web.Application) -> SharedGauges:
 
 async def _read(app: web.Application) -> None:
     bus = app[BUS]
-    if isinstance(bus, AmqpBus) and bus.ready:
+    if bus.ready:
         try:
             async with asyncio.timeout(_READ_BOUND):
-                for queue, depth in (await bus.queue_depths()).items():
-                    QUEUE_MESSAGES.labels(queue).set(depth)
+                depths = await bus.queue_depths()
+            for queue, depth in (depths or {}).items():
+                QUEUE_MESSAGES.labels(queue).set(depth)
         except Exception as exc:  # a scrape must answer even when the broker does not
             log.warning("gateway.metrics_queue_depths_failed", error=repr(exc))
     try:

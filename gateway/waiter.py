@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import structlog
 
-from shared.bus import AmqpBus, Bus
+from shared.broker import Bus
 from shared.messages import ResultEvent
 
 __all__ = ["ResultWaiter"]
@@ -65,7 +65,7 @@ class ResultWaiter:
         self._bus = bus
         log.info("gateway.results_subscribed", bus=bus.name)
 
-    def start_when_connected(self, bus: AmqpBus, retry_every: float = 2.0) -> None:
+    def start_when_connected(self, bus: Bus, retry_every: float = 2.0) -> None:
         """Subscribe once the bus (connecting in the background) first connects.
 
         After that, the robust channel brings the queue and its consumer back by itself.

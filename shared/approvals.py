@@ -29,7 +29,7 @@ import msgspec
 import structlog
 
 from shared.admin import AdminError
-from shared.bus import Bus
+from shared.broker import Bus
 from shared.errors import BrokerUnavailable
 from shared.jobs import JobRecord, JobStore
 from shared.messages import ResultEvent, utcnow

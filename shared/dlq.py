@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from shared.amqp_transport import connect_any, redact
-from shared.bus import ATTEMPT_HEADER, ERROR_HEADER, copy_message
+from shared.broker import ATTEMPT_HEADER, ERROR_HEADER, copy_message
 from shared.errors import BrokerUnavailable
 from shared.messages import (
     Action,

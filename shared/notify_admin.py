@@ -14,7 +14,7 @@ import msgspec
 
 from shared.admin import AdminError
 from shared.approvals import ApprovalList, ApprovalView, Decisions, approval_view
-from shared.bus import Bus
+from shared.broker import Bus
 from shared.jobs import JobStore
 from shared.messages import NotificationDelivery, ResultEvent, ServiceState, Source, new_job_id
 from shared.notify_store import (

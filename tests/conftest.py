@@ -34,7 +34,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.jobs import JobRecord, JobStore, open_job_store
 from shared.messages import (
     CommandEnvelope,

@@ -171,7 +171,7 @@ async def purge_notifier_queues(amqp_url: str) -> None:
 @contextlib.asynccontextmanager
 async def running_notifier(settings: Any) -> AsyncIterator[Any]:
     """A notifier in this process, on its own connections, with emptied queues."""
-    from shared.bus import AmqpBus  # noqa: PLC0415
+    from shared.broker import AmqpBus  # noqa: PLC0415
     from shared.notify_store import open_notify_store  # noqa: PLC0415
     from shared.store import open_store  # noqa: PLC0415
     from workers.notifier import Notifier  # noqa: PLC0415

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore, TriggerStore
 from shared.triggers import Trigger, new_secret, new_trigger_id

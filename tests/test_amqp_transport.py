@@ -15,7 +15,7 @@ import structlog
 from yarl import URL
 
 from shared.amqp_transport import CoalescingConnection, CoalescingTransportFactory
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.settings import Settings
 from tests.conftest import BROKER, free_port, scale_command
 

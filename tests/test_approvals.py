@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.jobs import JobStore
 from shared.notify_store import NotifyStore, SinkCreate, open_notify_store
 from shared.settings import Settings

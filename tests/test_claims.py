@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.errors import BrokerUnavailable
 from shared.messages import CommandEnvelope
 from shared.policy import PolicyChanges

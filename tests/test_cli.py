@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from tests.conftest import eventually, free_port, triggers_cli
 from tests.test_console import sign_in as console_sign_in
 

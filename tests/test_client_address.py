@@ -11,7 +11,7 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.jobs import JobStore
 from shared.settings import Settings, parse_networks
 from shared.store import TriggerStore

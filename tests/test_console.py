@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.messages import new_job_id
 from shared.settings import Settings
 from shared.store import TriggerStore

@@ -395,7 +395,7 @@ async def test_a_broker_password_with_url_characters_connects(amqp_url: str) -> 
     """TRIGGERS_AMQP_USERNAME/PASSWORD with @ / : % # ? reach RabbitMQ unchanged."""
     import uuid  # noqa: PLC0415
 
-    from shared.bus import AmqpBus  # noqa: PLC0415
+    from shared.broker import AmqpBus  # noqa: PLC0415
     from tests.conftest import _rabbitmqctl  # noqa: PLC0415
 
     user, password = f"triggers-test-{uuid.uuid4().hex[:8]}", "p@ss/w:rd%#?x"

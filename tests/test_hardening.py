@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from gateway.app import create_app
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.jobs import JobRecord, JobStore
 from shared.messages import new_job_id
 from shared.settings import Settings

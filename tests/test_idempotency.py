@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.messages import CommandEnvelope, Redeploy, Target, new_job_id
 from shared.store import SqliteTriggerStore
 from tests.conftest import Gateway, Results, scale_command, scale_out_and_crash, start_worker

@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.topology import COMMAND_QUEUES

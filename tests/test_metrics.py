@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.jobs import JobStore
 from shared.metrics import serve_metrics
 from shared.policy import PolicyChanges

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.messages import JobNotice, new_job_id
 from shared.notify_store import NotifyStore, RouteCreate, SinkCreate, open_notify_store
 from shared.policy import PolicyChanges

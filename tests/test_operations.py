@@ -15,7 +15,7 @@ import structlog
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.errors import ConflictError
 from shared.jobs import JobRecord, JobStore, SqliteJobStore, open_job_store
 from shared.messages import Target, utcnow

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 from structlog.testing import capture_logs
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.messages import Redeploy, Scale
 from shared.policy import PolicyChanges
 from shared.settings import Settings

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from gateway.recent import PENDING, MemoryRecentEvents, RecentEvents, RedisRecentEvents
 from gateway.shared_state import RedisOutage, open_redis
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.policy import PolicyChanges
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.messages import ResultEvent
 from shared.settings import Settings
 from tests.conftest import result_event

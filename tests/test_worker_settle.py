@@ -12,7 +12,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.errors import RetryableError
 from shared.messages import (
     CommandEnvelope,

@@ -11,7 +11,7 @@ import click
 from aiohttp import web
 
 from shared.amqp_transport import redact
-from shared.bus import AmqpBus, Bus, MemoryBus
+from shared.broker import AmqpBus, Bus, MemoryBus
 from shared.errors import BrokerUnavailable
 from shared.jobs import open_job_store
 from shared.messages import ResultEvent
@@ -55,7 +55,7 @@ def _dev_settings(settings: Settings, host: str, port: int) -> tuple[Settings, s
 
 def _broker_line(settings: Settings, bus: Bus) -> str:
     """Which bus dev uses, calmly: falling back is expected on a machine without RabbitMQ."""
-    if isinstance(bus, MemoryBus):
+    if not bus.durable:
         return (
             f"an in-process bus: RabbitMQ is not reachable at {redact(settings.amqp_url)}, "
             "so commands live only in this process\n(`triggers tail --since 1h` "

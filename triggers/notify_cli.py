@@ -48,7 +48,7 @@ def _notify_manage(
 ) -> T:
     """Run one operation locally (the database, and the broker when deciding) or remotely."""
     from shared.admin import AdminError  # noqa: PLC0415
-    from shared.bus import AmqpBus  # noqa: PLC0415
+    from shared.broker import AmqpBus  # noqa: PLC0415
     from shared.errors import BrokerUnavailable  # noqa: PLC0415
     from shared.jobs import open_job_store  # noqa: PLC0415
     from shared.notify_admin import StoreNotifyAdmin  # noqa: PLC0415

@@ -16,7 +16,7 @@ from datetime import datetime
 import click
 
 from shared.amqp_transport import redact
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.errors import BrokerUnavailable
 from shared.jobs import JobRecord, opened_job_store
 from shared.messages import ResultEvent, encode

@@ -18,7 +18,7 @@ from datetime import timedelta
 import msgspec
 import structlog
 
-from shared.bus import Bus, Delivery
+from shared.broker import Bus, Delivery
 from shared.jobs import JobRecord, JobStore
 from shared.messages import decode_job_event, utcnow
 from shared.metrics import JOBS_RECORDED

@@ -7,7 +7,7 @@ from datetime import timedelta
 import structlog
 from aiohttp import web
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.jobs import open_job_store
 from shared.messages import utcnow
 from shared.metrics import serve_metrics

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 import msgspec
 import structlog
 
-from shared.bus import Bus, Delivery
+from shared.broker import Bus, Delivery
 from shared.errors import BrokerUnavailable, PermanentError, RetryableError
 from shared.messages import (
     Action,

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import msgspec
 import structlog
 
-from shared.bus import Bus
+from shared.broker import Bus
 from shared.messages import ResultEvent
 
 __all__ = ["Listener", "LiveEvent", "LiveResults", "parse_event_id"]

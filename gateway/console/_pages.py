@@ -27,7 +27,6 @@ from gateway.keys import AUDIT, BUS, JOBS, SETTINGS, STORE, TRIGGER_CACHE
 from gateway.notify import notify_admin
 from shared.admin import AdminError, ListFilter, StoreAdmin
 from shared.api import DEFAULT_GRACE, TriggerCreate, TriggerView
-from shared.bus import AmqpBus
 from shared.describe import curl_lines, policy_summary
 from shared.dlq import list_dead, replay_dead
 from shared.jobs import JOB_STATUSES, JobRecord, parse_since
@@ -496,7 +495,7 @@ async def revoke_trigger(request: web.Request, form: MultiDictProxy[str]) -> web
 
 async def dead_letters(request: web.Request) -> web.StreamResponse:
     """GET /ui/dead-letters: dead commands and why each died (they stay in the queue)."""
-    if not isinstance(request.app[BUS], AmqpBus):
+    if not request.app[BUS].durable:
         return render(
             request,
             "dead_letters.html",

@@ -8,7 +8,7 @@ import subprocess
 
 import aio_pika
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.errors import RetryableError
 from shared.jobs import JobStore
 from shared.messages import CommandEnvelope, Redeploy, Target, encode, new_job_id

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.messages import CommandEnvelope, Scale, Target, new_job_id
 from tests.conftest import Results
 from tests.faults.harness import WorkerPool, applied_jobs

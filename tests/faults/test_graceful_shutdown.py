@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.settings import Settings
 from shared.topology import COMMAND_QUEUES
 from tests.conftest import Results, free_port, queue_depth, scale_command, triggers_cli, wait_ready

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.triggers import new_secret
 from tests.conftest import Results, free_port, triggers_cli, wait_ready
 from tests.faults.harness import WorkerPool

@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.messages import Target
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.errors import ConfigError
 from shared.images import image_registry, registry_host
 from shared.messages import Command, CommandEnvelope, Redeploy, Scale, Target, new_job_id

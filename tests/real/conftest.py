@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Generator, Iterator
 
 import pytest
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.settings import Settings
 from tests.support.dockerd import Dockerd, DockerdUnavailable, running_swarm
 from workers.applied import AppliedJobs, open_applied_jobs

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.bus import AmqpBus
+from shared.broker import AmqpBus
 from shared.messages import CommandEnvelope, Redeploy, Scale, Target, new_job_id
 from tests.conftest import Results
 from tests.real.conftest import TINY, create_service

@@ -1,0 +1,25 @@
+"""The transport behind a small interface: RabbitMQ in production, in-process for `dev`.
+
+Handlers never import the transport; they get a `Delivery` and decide ack, requeue or
+dead-letter through it. Callers use `Bus` only; which implementation runs is the
+composition root's choice.
+"""
+
+from __future__ import annotations
+
+from shared.broker._amqp import AmqpBus
+from shared.broker._memory import MemoryBus
+from shared.broker._protocol import Bus, Delivery, DeliveryHandler, ResultHandler
+from shared.broker._publisher import ATTEMPT_HEADER, ERROR_HEADER, copy_message
+
+__all__ = [
+    "ATTEMPT_HEADER",
+    "ERROR_HEADER",
+    "AmqpBus",
+    "Bus",
+    "Delivery",
+    "DeliveryHandler",
+    "MemoryBus",
+    "ResultHandler",
+    "copy_message",
+]

@@ -1,0 +1,117 @@
+"""The interfaces: what the gateway and the workers need from a message broker.
+
+Handlers never import a transport; they get a `Delivery` and decide ack, requeue or
+dead-letter through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from shared.messages import CommandEnvelope, JobNotice, ResultEvent
+
+__all__ = ["Bus", "Delivery", "DeliveryHandler", "ResultHandler"]
+
+
+class Delivery(Protocol):
+    """One delivery of a command; settle it exactly once."""
+
+    @property
+    def body(self) -> bytes:
+        """The raw message body."""
+        ...
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first delivery, then 2, 3, ... as the broker counts them."""
+        ...
+
+    async def ack(self) -> None:
+        """Done: the broker forgets the message."""
+        ...
+
+    async def requeue(self) -> None:
+        """Give it back untouched, for this or another worker (counts against the delivery limit)."""
+        ...
+
+    async def retry(self, delay: float, error: str) -> None:
+        """Try again in `delay` seconds as attempt + 1; the wait happens in the broker."""
+        ...
+
+    async def dead_letter(self, reason: str) -> None:
+        """Give up: the message goes to the dead-letter queue with `reason` beside it."""
+        ...
+
+
+DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+ResultHandler = Callable[[ResultEvent], Awaitable[None]]
+
+
+class Bus(Protocol):
+    """What the gateway and the workers need from a message broker."""
+
+    name: str
+
+    @property
+    def ready(self) -> bool:
+        """Whether a publish can succeed now."""
+        ...
+
+    @property
+    def node(self) -> str | None:
+        """The broker node in use ("host:port"), or None while not connected."""
+        ...
+
+    @property
+    def durable(self) -> bool:
+        """Whether queued messages outlive the process (and dead letters are kept)."""
+        ...
+
+    async def start(self) -> None:
+        """Connect and declare the topology."""
+        ...
+
+    async def wait_started(self) -> None:
+        """Return once the first connection is up."""
+        ...
+
+    async def publish_command(self, envelope: CommandEnvelope) -> None:
+        """Publish and wait for the broker's confirm; raise `BrokerUnavailable` otherwise."""
+        ...
+
+    async def publish_result(self, event: ResultEvent, *, cc: str | None = None) -> None:
+        """Publish a result event (also to the routing key `cc`) and wait for the confirm."""
+        ...
+
+    async def publish_notice(self, notice: JobNotice) -> None:
+        """Publish a job's progress notice (`running`) and wait for the confirm."""
+        ...
+
+    async def consume_commands(self, handler: DeliveryHandler, *, prefetch: int) -> None:
+        """Start delivering commands to `handler`, at most `prefetch` unsettled per queue."""
+        ...
+
+    async def stop_consuming(self) -> None:
+        """Stop taking new commands; deliveries in hand may still be settled."""
+        ...
+
+    async def check_consumers(self) -> list[str]:
+        """Re-create consumers that did not survive a reconnect; the queues restored."""
+        ...
+
+    async def subscribe_results(self, handler: ResultHandler, *, binding: str = "#") -> None:
+        """Call `handler` for every result event matching a topic binding key."""
+        ...
+
+    async def consume_job_events(self, handler: DeliveryHandler, *, prefetch: int) -> None:
+        """Deliver every result event and progress notice, durably, to one recorder."""
+        ...
+
+    async def queue_depths(self) -> dict[str, int] | None:
+        """Messages ready per broker queue, or None for a bus without broker queues."""
+        ...
+
+    async def close(self) -> None:
+        """Disconnect."""
+        ...
