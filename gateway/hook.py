@@ -265,14 +265,20 @@ async def _admit(
     return admission
 
 
-def _idempotency_key(request: web.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
+def _idempotency_key(request: web.Request, trigger: Trigger) -> str | None:
+    """The call's ``Idempotency-Key``, or its ``X-Request-ID`` when the trigger says so."""
+    header = "Idempotency-Key"
+    key = request.headers.get(header)
+    if key is None and trigger.request_id_idempotency:
+        header = "X-Request-ID"
+        key = request.headers.get(header)
     if key is None:
         return None
     if not _IDEMPOTENCY_KEY.fullmatch(key):
+        # Refused rather than ignored: a retry the caller believes safe must not run twice.
         raise _bad(
             "invalid_idempotency_key",
-            "Idempotency-Key must be 1 to 255 printable ASCII characters (a UUID is a good one)",
+            f"{header} must be 1 to 255 printable ASCII characters (a UUID is a good one)",
         )
     return key
 
@@ -281,7 +287,7 @@ async def _claim_idempotency_key(
     request: web.Request, trigger: Trigger, claims: CallClaims
 ) -> web.Response | None:
     """Claim the caller's key; the same job's answer when the key was used before."""
-    key = _idempotency_key(request)
+    key = _idempotency_key(request, trigger)
     if key is None:
         return None
     digest = hashlib.sha256(key.encode()).hexdigest()

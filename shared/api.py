@@ -98,6 +98,8 @@ class TriggerView(msgspec.Struct, kw_only=True):
     notify: list[str] = msgspec.field(default_factory=list)
     approvals: int | None = None
     approval_timeout: int | None = None
+    # X-Request-ID serves as the Idempotency-Key when a call sends none.
+    request_id_idempotency: bool = False
     url: str | UnsetType = UNSET
     secret: str | UnsetType = UNSET
     signing_secret: str | UnsetType = UNSET
@@ -167,6 +169,7 @@ def trigger_view(
         notify=list(trigger.notify),
         approvals=trigger.approvals,
         approval_timeout=trigger.approval_timeout,
+        request_id_idempotency=trigger.request_id_idempotency,
         url=url if url is not None else UNSET,
         secret=secret if secret is not None else UNSET,
     )

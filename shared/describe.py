@@ -40,6 +40,8 @@ def policy_summary(view: TriggerView) -> str:
         parts.append(",".join(view.allowed_methods) + " only")
     if view.expires_at:
         parts.append(f"expires {when_text(view.expires_at)}")
+    if view.request_id_idempotency:
+        parts.append("X-Request-ID is the idempotency key")
     return ", ".join(parts) or "-"
 
 

@@ -296,6 +296,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at)",
         ),
     ),
+    # A trigger whose callers send X-Request-ID as their idempotency key (issue 13).
+    Migration(
+        24,
+        "request id as idempotency key",
+        ("ALTER TABLE triggers ADD COLUMN request_id_idempotency {bool} NOT NULL DEFAULT {false}",),
+    ),
 )
 
 

@@ -48,6 +48,7 @@ POLICY_FIELDS = (
     "notify",
     "approvals",
     "approval_timeout",
+    "request_id_idempotency",
 )
 # The alert options a change may set: its field here -> the `TriggerOptions` field.
 ALERT_OPTIONS = {
@@ -87,6 +88,8 @@ class PolicyChanges(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     approvals: Annotated[int, Meta(ge=0, le=10)] | UnsetType | None = UNSET
     # Seconds a held call waits for approval before it expires.
     approval_timeout: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | UnsetType | None = UNSET
+    # X-Request-ID counts as the call's Idempotency-Key when it sends none.
+    request_id_idempotency: bool | UnsetType = UNSET
 
 
 def _expiry(changes: PolicyChanges, current: datetime | None, now: datetime) -> datetime | None:
@@ -122,6 +125,7 @@ def merge_policy(
         "notify": (),
         "approvals": None,
         "approval_timeout": None,
+        "request_id_idempotency": False,
     }
     if current is not None:
         merged = {name: getattr(current, name) for name in POLICY_FIELDS}

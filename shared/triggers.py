@@ -179,6 +179,8 @@ class Trigger(msgspec.Struct, frozen=True, kw_only=True):
     notify: tuple[str, ...] = ()
     approvals: int | None = None
     approval_timeout: int | None = None
+    # Migration 24: X-Request-ID serves as the Idempotency-Key when a call sends none.
+    request_id_idempotency: bool = False
 
     @property
     def revoked(self) -> bool:

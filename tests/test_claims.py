@@ -17,9 +17,9 @@ from shared.errors import BrokerUnavailable
 from shared.messages import CommandEnvelope
 from shared.policy import PolicyChanges
 from shared.settings import Settings
-from shared.store import SqliteTriggerStore
+from shared.store import SqliteTriggerStore, TriggerStore
 from shared.triggers import TriggerOptions
-from tests.conftest import Gateway, Results, running_gateways
+from tests.conftest import Gateway, Results, on_both_databases, running_gateways
 from tests.test_event_calls import JSON, image_trigger, post, published
 from tests.test_sources import raw
 from workers.orchestrators.local import LocalOrchestrator
@@ -202,3 +202,42 @@ async def test_a_malformed_idempotency_key_is_400(
     status, answer = await _keyed(gateway, gateway.call_url(trigger, secret), "k" * 300)
     assert (status, answer["error"]) == (400, "invalid_idempotency_key")
     assert await published(gateway.settings.amqp_url) == []
+
+
+@on_both_databases
+async def test_x_request_id_is_the_idempotency_key_when_the_trigger_says_so(
+    gateway: Gateway, store: TriggerStore
+) -> None:
+    """With --request-id-idempotency, a repeated X-Request-ID answers the same job; without, two."""
+    keyed, secret = await store.create(
+        cluster="demo",
+        app="shop",
+        action="redeploy",
+        policy=PolicyChanges(request_id_idempotency=True),
+    )
+    plain, plain_secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    request_id = str(uuid.uuid4())
+
+    async def call(url: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        async with gateway.http.post(url, headers=headers) as response:
+            return response.status, await response.json()
+
+    url = gateway.call_url(keyed, secret)
+    first = await call(url, {"X-Request-ID": request_id})
+    again = await call(url, {"X-Request-ID": request_id})
+    assert (first[0], again[0]) == (202, 202), (first, again)
+    assert again[1]["job_id"] == first[1]["job_id"]
+    assert again[1]["idempotent_replay"] is True
+    # An Idempotency-Key, when sent, is the key: the same request id with another key is new.
+    other = await call(url, {"X-Request-ID": request_id, "Idempotency-Key": str(uuid.uuid4())})
+    assert other[0] == 202
+    assert other[1]["job_id"] != first[1]["job_id"]
+    status, refused = await call(url, {"X-Request-ID": "k" * 300})
+    assert (status, refused["error"]) == (400, "invalid_idempotency_key")
+    assert "X-Request-ID" in refused["detail"]
+
+    plain_url = gateway.call_url(plain, plain_secret)
+    one = await call(plain_url, {"X-Request-ID": request_id})
+    two = await call(plain_url, {"X-Request-ID": request_id})
+    assert one[1]["job_id"] != two[1]["job_id"]
+    assert len(await published(gateway.settings.amqp_url)) == 4

@@ -139,3 +139,28 @@ async def test_remote_server_lifecycle(env: dict[str, str], gateway: Gateway) ->
     )
     assert code == 1
     assert "TRIGGERS_ADMIN_TOKEN" in err
+
+
+async def test_request_id_idempotency_is_set_by_cli_and_admin_api(
+    env: dict[str, str], gateway: Gateway
+) -> None:
+    """`--request-id-idempotency` and the API's `request_id_idempotency` set, show and clear it."""
+    created = await _json(
+        env, "create", "--cluster=demo", "--app=shop", "--action=redeploy",
+        "--request-id-idempotency",
+    )  # fmt: skip
+    assert created["request_id_idempotency"] is True
+    shown = await _json(env, "show", created["id"])
+    assert shown["request_id_idempotency"] is True
+    code, table, _ = await run_cli(env, "list")
+    assert code == 0
+    assert "X-Request-ID is the idempotency key" in table
+    cleared = await _json(env, "update", created["id"], "--no-request-id-idempotency")
+    assert cleared["request_id_idempotency"] is False
+    path = f"/v1/triggers/{created['id']}"
+    status, patched = await gateway.admin("PATCH", path, {"request_id_idempotency": True})
+    assert (status, patched["request_id_idempotency"]) == (200, True)
+    _, other = await gateway.admin(
+        "POST", "/v1/triggers", {"cluster": "demo", "app": "shop", "action": "redeploy"}
+    )
+    assert other["request_id_idempotency"] is False

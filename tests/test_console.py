@@ -341,3 +341,25 @@ async def test_a_held_call_is_approved_from_the_console_by_two_people(
     assert approval["state"] == "approved"
     async with browser.get(f"{gateway.url}/ui/approvals") as page:
         assert job_id[:8] not in await page.text()
+
+
+async def test_the_policy_form_sets_and_clears_request_id_idempotency(
+    gateway: Gateway, browser: aiohttp.ClientSession, store: TriggerStore
+) -> None:
+    """The trigger page's policy form shows the X-Request-ID box and saves it checked and not."""
+    trigger, _ = await store.create(cluster="demo", app="shop", action="redeploy")
+    token = await csrf_of(browser, gateway.url)
+    url = f"{gateway.url}/ui/triggers/{trigger.id}/policy"
+    headers = {"Origin": gateway.url}
+    for checked in (True, False):
+        data = {"csrf": token, "enabled": "on", "allowed_methods": "GET"}
+        if checked:
+            data["request_id_idempotency"] = "on"
+        async with browser.post(url, data=data, headers=headers, allow_redirects=False) as answer:
+            assert answer.status == 303, await answer.text()
+        saved = await store.get(trigger.id)
+        assert saved is not None
+        assert saved.request_id_idempotency is checked
+        async with browser.get(f"{gateway.url}/ui/triggers/{trigger.id}") as page:
+            text = await page.text()
+        assert ('name="request_id_idempotency" checked' in text) is checked

@@ -483,6 +483,11 @@ def _policy_options(fn: F) -> F:
             type=_Duration(),
             help="How long a call waits for approval (e.g. 1h; default 1h), then expires.",
         ),
+        option(
+            "--request-id-idempotency/--no-request-id-idempotency",
+            default=None,
+            help="A call's X-Request-ID serves as its Idempotency-Key when it sends none.",
+        ),
     ]
     for add in reversed(options):
         fn = add(fn)

@@ -354,6 +354,7 @@ def _policy(form: MultiDictProxy[str]) -> dict[str, Any]:
         for key in ("min_replicas", "max_replicas", "cooldown", "rate_limit")
     }
     policy["allowed_methods"] = methods or ["GET", "POST"]
+    policy["request_id_idempotency"] = form.get("request_id_idempotency") == "on"
     return policy
 
 
