@@ -9,7 +9,7 @@ from shared.broker import AmqpBus
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore, TriggerStore
 from shared.triggers import Trigger, new_secret, new_trigger_id
-from tests.conftest import Gateway, running_gateways
+from tests.support.gateways import Gateway, running_gateways
 
 
 async def test_wrong_secrets_past_the_limit_get_429_and_the_right_secret_still_works(

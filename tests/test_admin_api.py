@@ -10,7 +10,7 @@ from gateway.app import create_app
 from shared.broker import AmqpBus
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
-from tests.conftest import ADMIN_TOKEN, Gateway
+from tests.support.gateways import ADMIN_TOKEN, Gateway
 
 
 @pytest.fixture

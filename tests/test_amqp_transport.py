@@ -17,7 +17,9 @@ from yarl import URL
 from shared.amqp_transport import CoalescingConnection, CoalescingTransportFactory
 from shared.broker import AmqpBus
 from shared.settings import Settings
-from tests.conftest import BROKER, free_port, scale_command
+from tests.support.broker import BROKER
+from tests.support.messages import scale_command
+from tests.support.processes import free_port
 
 
 @pytest.fixture

@@ -18,17 +18,12 @@ from shared.notify_store import NotifyStore, SinkCreate, open_notify_store
 from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.topology import COMMAND_QUEUES
-from tests.conftest import (
-    ADMIN_TOKEN,
-    Gateway,
-    Results,
-    on_both_databases,
-    queue_depth,
-    recorded,
-    run_cli,
-    running_gateways,
-)
 from tests.notify_support import receiver, running_notifier
+from tests.support.broker import queue_depth
+from tests.support.cli import run_cli
+from tests.support.databases import on_both_databases
+from tests.support.gateways import ADMIN_TOKEN, Gateway, running_gateways
+from tests.support.workers import Results, recorded
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import triggers_cli
+from tests.support.cli import triggers_cli
 
 CALLS = 120
 

@@ -11,8 +11,8 @@ from gateway.app import create_app
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.triggers import trigger_call_url
-from tests.conftest import through_proxy
 from tests.proxy import TcpProxy
+from tests.support.broker import through_proxy
 
 
 async def _call(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, str], str]:

@@ -19,7 +19,9 @@ from shared.policy import PolicyChanges
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore, TriggerStore
 from shared.triggers import TriggerOptions
-from tests.conftest import Gateway, Results, on_both_databases, running_gateways
+from tests.support.databases import on_both_databases
+from tests.support.gateways import Gateway, running_gateways
+from tests.support.workers import Results
 from tests.test_event_calls import JSON, image_trigger, post, published
 from tests.test_sources import raw
 from workers.orchestrators.local import LocalOrchestrator
@@ -59,7 +61,7 @@ async def flaky(
 ) -> AsyncIterator[tuple[Gateway, FlakyBus]]:
     """A gateway publishing through a `FlakyBus`."""
     wrapped = FlakyBus(bus)
-    async with running_gateways(settings, store, wrapped, 1) as (gateway,):  # type: ignore[arg-type]
+    async with running_gateways(settings, store, wrapped, 1) as (gateway,):
         yield gateway, wrapped
 
 

@@ -13,7 +13,9 @@ import aiohttp
 import pytest
 
 from shared.broker import AmqpBus
-from tests.conftest import eventually, free_port, triggers_cli
+from tests.support.cli import triggers_cli
+from tests.support.processes import free_port
+from tests.support.waiting import eventually
 from tests.test_console import sign_in as console_sign_in
 
 

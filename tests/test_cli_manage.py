@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from shared.settings import Settings
-from tests.conftest import ADMIN_TOKEN, Gateway, run_cli
+from tests.support.cli import run_cli
+from tests.support.gateways import ADMIN_TOKEN, Gateway
 
 
 @pytest.fixture

@@ -21,7 +21,9 @@ from shared.jobs import JobRecord, JobStore
 from shared.logging import configure_logging
 from shared.settings import Settings
 from shared.store import TriggerStore
-from tests.conftest import ADMIN_TOKEN, Gateway, result_event, run_cli
+from tests.support.cli import run_cli
+from tests.support.gateways import ADMIN_TOKEN, Gateway
+from tests.support.messages import result_event
 from triggers import cli as cli_module
 from triggers.cli import main
 from triggers.render import dlq_table

@@ -16,7 +16,7 @@ from shared.jobs import JobStore
 from shared.settings import Settings, parse_networks
 from shared.store import TriggerStore
 from shared.triggers import new_secret
-from tests.conftest import Gateway, running_gateways
+from tests.support.gateways import Gateway, running_gateways
 
 
 async def _status(gateway: Gateway, url: str, headers: dict[str, str]) -> int:

@@ -14,7 +14,7 @@ import pytest
 
 from shared.store import TriggerStore
 from shared.triggers import new_secret
-from tests.conftest import ServiceProcess, service_process
+from tests.support.processes import ServiceProcess, service_process
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,9 @@ from shared.broker import AmqpBus
 from shared.messages import new_job_id
 from shared.settings import Settings
 from shared.store import TriggerStore
-from tests.conftest import ADMIN_TOKEN, Gateway, broker_queues, result_event
+from tests.support.broker import broker_queues
+from tests.support.gateways import ADMIN_TOKEN, Gateway
+from tests.support.messages import result_event
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from shared.topology import (
     declare,
     declare_recorder_queue,
 )
-from tests.conftest import broker_list, private_vhost
+from tests.support.broker import broker_list, private_vhost
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 ALLOWED_VERBS = {"get", "list", "patch"}
@@ -396,13 +396,13 @@ async def test_a_broker_password_with_url_characters_connects(amqp_url: str) -> 
     import uuid  # noqa: PLC0415
 
     from shared.broker import AmqpBus  # noqa: PLC0415
-    from tests.conftest import _rabbitmqctl  # noqa: PLC0415
+    from tests.support.broker import rabbitmqctl  # noqa: PLC0415
 
     user, password = f"triggers-test-{uuid.uuid4().hex[:8]}", "p@ss/w:rd%#?x"
     vhost = amqp_url.rsplit("/", 1)[1]
-    _rabbitmqctl("add_user", user, password)
+    rabbitmqctl("add_user", user, password)
     try:
-        _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
         bare = "amqp://127.0.0.1:" + amqp_url.split("@", 1)[1].split(":", 1)[1]
         settings = Settings.from_env(
             {
@@ -417,14 +417,14 @@ async def test_a_broker_password_with_url_characters_connects(amqp_url: str) -> 
         assert bus.ready
         await bus.close()
     finally:
-        _rabbitmqctl("delete_user", user)
+        rabbitmqctl("delete_user", user)
 
 
 async def test_worker_metrics_port_answers_the_probes(env: dict[str, str]) -> None:
     """A worker's metrics port answers /healthz and, connected to RabbitMQ, /readyz."""
     import aiohttp  # noqa: PLC0415
 
-    from tests.conftest import service_process  # noqa: PLC0415
+    from tests.support.processes import service_process  # noqa: PLC0415
 
     async with service_process(env, "worker") as worker, aiohttp.ClientSession() as http:
         for path in ("/healthz", "/readyz", "/metrics"):

@@ -18,7 +18,7 @@ from shared.messages import CommandEnvelope, Redeploy, Scale, decode_command
 from shared.store import SqliteTriggerStore
 from shared.topology import COMMAND_QUEUES
 from shared.triggers import Trigger, TriggerOptions
-from tests.conftest import Gateway
+from tests.support.gateways import Gateway
 from tests.test_sources import DELETE, fixture, mutated, raw
 
 JSON = {"Content-Type": "application/json"}

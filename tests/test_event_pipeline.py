@@ -7,7 +7,9 @@ import json
 
 from shared.store import SqliteTriggerStore
 from shared.triggers import TriggerOptions
-from tests.conftest import Gateway, Results, queue_depth
+from tests.support.broker import queue_depth
+from tests.support.gateways import Gateway
+from tests.support.workers import Results
 from tests.test_event_calls import JSON, image_trigger, published
 from tests.test_sources import raw
 from triggers.render import event_line

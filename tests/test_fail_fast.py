@@ -12,7 +12,9 @@ import pytest
 
 from shared.jobs import JobRecord, opened_job_store
 from shared.settings import Settings
-from tests.conftest import free_port, result_event, triggers_cli
+from tests.support.cli import triggers_cli
+from tests.support.messages import result_event
+from tests.support.processes import free_port
 
 
 def run(env: dict[str, str], *args: str, **overrides: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,8 @@ import pytest
 from shared.store import SqliteTriggerStore
 from shared.topology import COMMAND_QUEUES
 from shared.triggers import Trigger, encode_trigger_url, new_secret
-from tests.conftest import Gateway, queue_depth
+from tests.support.broker import queue_depth
+from tests.support.gateways import Gateway
 
 
 async def _published(gateway: Gateway) -> int:

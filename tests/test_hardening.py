@@ -20,7 +20,9 @@ from shared.messages import new_job_id
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.triggers import TriggerOptions, new_secret, new_trigger_id
-from tests.conftest import ADMIN_TOKEN, Gateway, result_event, run_cli, running_gateways
+from tests.support.cli import run_cli
+from tests.support.gateways import ADMIN_TOKEN, Gateway, running_gateways
+from tests.support.messages import result_event
 from tests.test_event_calls import JSON, image_trigger, post, published
 from tests.test_sources import mutated
 

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conftest import created_scale_trigger, free_port, triggers_cli, wait_ready
 from tests.hostile import legit
+from tests.support.cli import created_scale_trigger, triggers_cli
+from tests.support.gateways import wait_ready
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.slow
 

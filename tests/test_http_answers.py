@@ -6,7 +6,7 @@ import re
 
 from shared.policy import PolicyChanges
 from shared.store import TriggerStore
-from tests.conftest import Gateway
+from tests.support.gateways import Gateway
 
 
 async def test_answers_name_no_versions_and_json_ends_with_a_newline(

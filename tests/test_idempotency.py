@@ -11,7 +11,10 @@ import pytest
 from shared.broker import AmqpBus
 from shared.messages import CommandEnvelope, Redeploy, Target, new_job_id
 from shared.store import SqliteTriggerStore
-from tests.conftest import Gateway, Results, scale_command, scale_out_and_crash, start_worker
+from tests.support.gateways import Gateway
+from tests.support.messages import scale_command
+from tests.support.processes import scale_out_and_crash, start_worker
+from tests.support.workers import Results
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
 

@@ -22,7 +22,8 @@ from shared.jobs import (
 )
 from shared.messages import ResultEvent, Status, utcnow
 from shared.migrations import MIGRATIONS
-from tests.conftest import each_backend, result_event, schema_versions
+from tests.support.databases import each_backend, schema_versions
+from tests.support.messages import result_event
 
 # Every test here that uses a database runs on SQLite and on PostgreSQL.
 backend = each_backend

@@ -19,17 +19,13 @@ from shared.broker import AmqpBus
 from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.topology import COMMAND_QUEUES
-from tests.conftest import (
-    Gateway,
-    Results,
-    WrappedOrchestrator,
-    broker_queues,
-    created_scale_trigger,
-    eventually,
-    on_both_databases,
-    queue_depth,
-    service_process,
-)
+from tests.support.broker import broker_queues, queue_depth
+from tests.support.cli import created_scale_trigger
+from tests.support.databases import on_both_databases
+from tests.support.gateways import Gateway
+from tests.support.processes import service_process
+from tests.support.waiting import eventually
+from tests.support.workers import Results, WrappedOrchestrator
 from workers.orchestrators.local import LocalOrchestrator
 from workers.recorder import Recorder
 from workers.worker import Worker

@@ -20,7 +20,9 @@ from shared.policy import PolicyChanges
 from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.triggers import new_secret, trigger_call_url
-from tests.conftest import Gateway, Samples, free_port, metric_samples, triggers_cli
+from tests.support.cli import triggers_cli
+from tests.support.gateways import Gateway, Samples, metric_samples
+from tests.support.processes import free_port
 
 
 async def _scrape(http: aiohttp.ClientSession, url: str) -> tuple[Samples, str]:

@@ -25,16 +25,12 @@ from shared.policy import PolicyChanges
 from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.topology import DEAD_QUEUE
-from tests.conftest import (
-    ADMIN_TOKEN,
-    Gateway,
-    on_both_databases,
-    queue_depth,
-    result_event,
-    run_cli,
-    triggers_cli,
-)
 from tests.notify_support import receiver, running_notifier, smtp_server
+from tests.support.broker import queue_depth
+from tests.support.cli import run_cli, triggers_cli
+from tests.support.databases import on_both_databases
+from tests.support.gateways import ADMIN_TOKEN, Gateway
+from tests.support.messages import result_event
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,9 @@ import asyncio
 from pathlib import Path
 
 from gateway.openapi import openapi_document
-from tests.conftest import ADMIN_TOKEN, Gateway, free_port, triggers_cli, wait_ready
+from tests.support.cli import triggers_cli
+from tests.support.gateways import ADMIN_TOKEN, Gateway, wait_ready
+from tests.support.processes import free_port
 
 # Checks left out, and why:
 # - positive_data_acceptance: some rules cannot be said in JSON Schema (min_replicas <=

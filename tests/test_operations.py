@@ -23,24 +23,15 @@ from shared.metrics import serve_metrics
 from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.triggers import trigger_call_url
-from tests.conftest import (
-    Gateway,
-    Results,
-    Samples,
-    ServiceProcess,
-    WrappedOrchestrator,
-    created_scale_trigger,
-    eventually,
-    free_port,
-    metric_samples,
-    on_both_databases,
-    recorded,
-    result_event,
-    service_process,
-    through_proxy,
-    triggers_cli,
-)
 from tests.proxy import TcpProxy
+from tests.support.broker import through_proxy
+from tests.support.cli import created_scale_trigger, triggers_cli
+from tests.support.databases import on_both_databases
+from tests.support.gateways import Gateway, Samples, metric_samples
+from tests.support.messages import result_event
+from tests.support.processes import ServiceProcess, free_port, service_process
+from tests.support.waiting import eventually
+from tests.support.workers import Results, WrappedOrchestrator, recorded
 from triggers.render import event_line
 from workers.orchestrators.base import Change
 from workers.orchestrators.local import LocalOrchestrator

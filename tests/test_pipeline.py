@@ -12,7 +12,9 @@ from shared.jobs import JobStore
 from shared.messages import CommandEnvelope, Redeploy, ResultEvent, Source, Target, new_job_id
 from shared.store import SqliteTriggerStore
 from shared.triggers import trigger_call_url
-from tests.conftest import Gateway, Results, triggers_cli
+from tests.support.cli import triggers_cli
+from tests.support.gateways import Gateway
+from tests.support.workers import Results
 from workers.handlers import apply_command
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker

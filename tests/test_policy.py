@@ -17,7 +17,10 @@ from shared.policy import PolicyChanges
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.triggers import Trigger
-from tests.conftest import ADMIN_TOKEN, REDIS, Gateway, Results, eventually
+from tests.support.gateways import ADMIN_TOKEN, Gateway
+from tests.support.redis_keys import REDIS
+from tests.support.waiting import eventually
+from tests.support.workers import Results
 from workers.orchestrators.base import scale_change
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker

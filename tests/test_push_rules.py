@@ -28,7 +28,7 @@ from shared.policy import PolicyChanges
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.triggers import TriggerOptions
-from tests.conftest import Gateway, running_gateways
+from tests.support.gateways import Gateway, running_gateways
 from tests.test_event_calls import JSON, image_trigger, post, published
 from tests.test_sources import fixture, mutated, raw
 

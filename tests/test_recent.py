@@ -24,7 +24,10 @@ from shared.policy import PolicyChanges
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.triggers import Trigger, TriggerOptions
-from tests.conftest import REDIS, Gateway, eventually, free_port, running_gateways
+from tests.support.gateways import Gateway, running_gateways
+from tests.support.processes import free_port
+from tests.support.redis_keys import REDIS
+from tests.support.waiting import eventually
 from tests.test_event_calls import GITHUB_KEY, JSON, image_trigger, post, published
 from tests.test_sources import mutated, raw
 

@@ -7,7 +7,7 @@ import asyncio
 from shared.broker import AmqpBus
 from shared.messages import ResultEvent
 from shared.settings import Settings
-from tests.conftest import result_event
+from tests.support.messages import result_event
 
 
 async def test_a_reply_key_receives_only_results_cc_d_to_it(settings: Settings) -> None:

@@ -12,7 +12,9 @@ from structlog.testing import capture_logs
 from shared.messages import utcnow
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
-from tests.conftest import ADMIN_TOKEN, Gateway, eventually, run_cli
+from tests.support.cli import run_cli
+from tests.support.gateways import ADMIN_TOKEN, Gateway
+from tests.support.waiting import eventually
 
 
 @pytest.fixture

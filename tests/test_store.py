@@ -23,7 +23,9 @@ from shared.store import (
     open_store,
 )
 from shared.triggers import hash_secret
-from tests.conftest import each_backend, eventually, result_event, schema_versions
+from tests.support.databases import each_backend, schema_versions
+from tests.support.messages import result_event
+from tests.support.waiting import eventually
 
 # Every test here that uses a database runs on SQLite and on PostgreSQL.
 backend = each_backend

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import free_port, triggers_cli
+from tests.support.cli import triggers_cli
+from tests.support.processes import free_port
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from shared.store import SqliteTriggerStore
-from tests.conftest import triggers_cli
+from tests.support.cli import triggers_cli
 
 _OLD_SCHEMA = """
 CREATE TABLE triggers (

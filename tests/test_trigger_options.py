@@ -9,7 +9,7 @@ from pathlib import Path
 
 from shared.store import SqliteTriggerStore
 from shared.triggers import TriggerOptions
-from tests.conftest import triggers_cli
+from tests.support.cli import triggers_cli
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

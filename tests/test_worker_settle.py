@@ -25,14 +25,10 @@ from shared.messages import (
 )
 from shared.settings import Settings
 from shared.topology import COMMAND_QUEUES, DEAD_QUEUE, PROGRESS_EXCHANGE, RESULTS_EXCHANGE
-from tests.conftest import (
-    Results,
-    WrappedOrchestrator,
-    broker_list,
-    eventually,
-    queue_depth,
-    scale_command,
-)
+from tests.support.broker import broker_list, queue_depth
+from tests.support.messages import scale_command
+from tests.support.waiting import eventually
+from tests.support.workers import Results, WrappedOrchestrator
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
 

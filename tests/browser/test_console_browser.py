@@ -23,7 +23,8 @@ import pytest
 from aiohttp import web
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
-from tests.conftest import ADMIN_TOKEN, free_port, service_process
+from tests.support.gateways import ADMIN_TOKEN
+from tests.support.processes import free_port, service_process
 from workers.orchestrators.local import LocalOrchestrator
 
 pytestmark = pytest.mark.slow

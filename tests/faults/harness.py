@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import triggers_cli
+from tests.support.cli import triggers_cli
 
 __all__ = ["Accepted", "WorkerPool", "applied_jobs", "fire"]
 

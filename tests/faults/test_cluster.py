@@ -25,9 +25,9 @@ from shared.settings import Settings
 from shared.store import TriggerStore
 from shared.topology import COMMAND_QUEUES
 from shared.triggers import trigger_call_url
-from tests.conftest import ServiceProcess, service_process
 from tests.faults.harness import WorkerPool, applied_jobs
 from tests.rabbitmq_nodes import RabbitNode, rabbit_cluster
+from tests.support.processes import ServiceProcess, service_process
 from workers.orchestrators.local import LocalOrchestrator
 
 # Three nodes boot and 1,000 calls take minutes on a small, busy machine.

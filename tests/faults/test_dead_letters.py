@@ -14,14 +14,11 @@ from shared.jobs import JobStore
 from shared.messages import CommandEnvelope, Redeploy, Target, encode, new_job_id
 from shared.settings import Settings
 from shared.topology import COMMANDS_EXCHANGE, DEAD_QUEUE
-from tests.conftest import (
-    Results,
-    eventually,
-    queue_depth,
-    recorded,
-    scale_command,
-    triggers_cli,
-)
+from tests.support.broker import queue_depth
+from tests.support.cli import triggers_cli
+from tests.support.messages import scale_command
+from tests.support.waiting import eventually
+from tests.support.workers import Results, recorded
 from workers.orchestrators.base import Change
 from workers.orchestrators.local import LocalOrchestrator
 from workers.recorder import Recorder

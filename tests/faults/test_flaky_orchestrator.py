@@ -10,8 +10,8 @@ import pytest
 
 from shared.broker import AmqpBus
 from shared.messages import CommandEnvelope, Scale, Target, new_job_id
-from tests.conftest import Results
 from tests.faults.harness import WorkerPool, applied_jobs
+from tests.support.workers import Results
 from workers.orchestrators.local import LocalOrchestrator
 
 COMMANDS = 100

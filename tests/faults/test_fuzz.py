@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from shared.store import SqliteTriggerStore
 from shared.topology import COMMAND_QUEUES
 from shared.triggers import Trigger, encode_trigger_url, new_secret
-from tests.conftest import Gateway, queue_depth
+from tests.support.broker import queue_depth
+from tests.support.gateways import Gateway
 
 KNOWN = ("triggerUrl", "secret", "type", "step", "source", "wait")
 _WAIT = re.compile(r"^[0-9]{1,4}(?:\.[0-9]{1,3})?$")  # the documented format

@@ -16,9 +16,14 @@ import pytest
 from shared.broker import AmqpBus
 from shared.settings import Settings
 from shared.topology import COMMAND_QUEUES
-from tests.conftest import Results, free_port, queue_depth, scale_command, triggers_cli, wait_ready
 from tests.faults.harness import WorkerPool
 from tests.proxy import TcpProxy
+from tests.support.broker import queue_depth
+from tests.support.cli import triggers_cli
+from tests.support.gateways import wait_ready
+from tests.support.messages import scale_command
+from tests.support.processes import free_port
+from tests.support.workers import Results
 from workers.orchestrators.local import LocalOrchestrator
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from shared.store import SqliteTriggerStore
-from tests.conftest import Gateway, Results
 from tests.faults.harness import WorkerPool, applied_jobs, fire
+from tests.support.gateways import Gateway
+from tests.support.workers import Results
 from workers.orchestrators.local import LocalOrchestrator
 
 CALLS = 500

@@ -12,8 +12,11 @@ import pytest
 
 from shared.broker import AmqpBus
 from shared.triggers import new_secret
-from tests.conftest import Results, free_port, triggers_cli, wait_ready
 from tests.faults.harness import WorkerPool
+from tests.support.cli import triggers_cli
+from tests.support.gateways import wait_ready
+from tests.support.processes import free_port
+from tests.support.workers import Results
 
 
 @pytest.mark.slow

@@ -16,15 +16,12 @@ from shared.broker import AmqpBus
 from shared.messages import Target
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
-from tests.conftest import (
-    Gateway,
-    Results,
-    scale_command,
-    scale_out_and_crash,
-    start_worker,
-    triggers_cli,
-)
 from tests.orchestrators.fake_kube import FakeKube, running_fake_kube, write_kubeconfig
+from tests.support.cli import triggers_cli
+from tests.support.gateways import Gateway
+from tests.support.messages import scale_command
+from tests.support.processes import scale_out_and_crash, start_worker
+from tests.support.workers import Results
 from workers.orchestrators import open_orchestrator
 from workers.orchestrators.kubernetes import RESTARTED_AT
 from workers.worker import Worker

@@ -20,8 +20,9 @@ from shared.errors import ConfigError
 from shared.images import image_registry, registry_host
 from shared.messages import Command, CommandEnvelope, Redeploy, Scale, Target, new_job_id
 from shared.settings import Settings
-from tests.conftest import Results, triggers_cli
 from tests.orchestrators.fake_docker import FakeDocker
+from tests.support.cli import triggers_cli
+from tests.support.workers import Results
 from workers.orchestrators import open_orchestrator
 from workers.orchestrators.registry_auth import RegistryAuth
 from workers.orchestrators.swarm import SwarmOrchestrator

@@ -17,9 +17,10 @@ import pytest
 
 from shared.store import SqliteTriggerStore
 from shared.triggers import TriggerOptions
-from tests.conftest import Gateway, Results
 from tests.real.daemons import HookCalls, hook_calls, running_daemon
 from tests.support.dockerd import free_port_below_ephemeral
+from tests.support.gateways import Gateway
+from tests.support.workers import Results
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
 

@@ -19,10 +19,11 @@ import pytest
 
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
-from tests.conftest import ADMIN_TOKEN, Gateway, Results
 from tests.real.daemons import HookCalls, hook_calls, running_daemon
 from tests.real.oci import oci_layout
 from tests.support.dockerd import free_port_below_ephemeral
+from tests.support.gateways import ADMIN_TOKEN, Gateway
+from tests.support.workers import Results
 from tests.test_event_calls import image_trigger
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker

@@ -9,7 +9,8 @@ import subprocess
 import aiohttp
 import pytest
 
-from tests.conftest import created_scale_trigger, service_process
+from tests.support.cli import created_scale_trigger
+from tests.support.processes import service_process
 from workers.orchestrators.local import LocalOrchestrator
 
 pytestmark = pytest.mark.skipif(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from shared.broker import AmqpBus
 from shared.messages import CommandEnvelope, Redeploy, Scale, Target, new_job_id
-from tests.conftest import Results
 from tests.real.conftest import TINY, create_service
 from tests.support.dockerd import Dockerd
+from tests.support.workers import Results
 from workers.orchestrators.ledger import read_ledger
 from workers.worker import Worker
 

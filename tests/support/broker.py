@@ -1,0 +1,126 @@
+"""RabbitMQ fixtures: a private vhost per session, the gateway's bus, queue depths and a
+cuttable proxy to the broker.
+
+Tests talk to the real RabbitMQ on 127.0.0.1 (started by .ci/run when it is not running);
+a missing server fails the tests rather than skipping them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import aio_pika
+import pytest
+
+from shared.broker import AmqpBus
+from shared.settings import Settings
+from shared.topology import COMMAND_QUEUES, DEAD_QUEUE, RECORDER_QUEUE
+from tests.proxy import TcpProxy
+
+__all__ = [
+    "BROKER",
+    "broker_list",
+    "broker_queues",
+    "private_vhost",
+    "queue_depth",
+    "rabbitmqctl",
+    "through_proxy",
+]
+
+BROKER = os.environ.get("TRIGGERS_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672")
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run `rabbitmqctl ARGS` against the shared broker; its output."""
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    done = subprocess.run([ctl, *args], check=True, capture_output=True, timeout=60, text=True)
+    return done.stdout
+
+
+def broker_list(amqp_url: str, kind: str, *columns: str) -> list[dict[str, Any]]:
+    """`rabbitmqctl list_<kind> <columns>` of the URL's vhost: one dict a row."""
+    vhost = amqp_url.rsplit("/", 1)[1]
+    out = rabbitmqctl("--quiet", f"list_{kind}", "-p", vhost, *columns, "--formatter", "json")
+    rows: list[dict[str, Any]] = json.loads(out)
+    return rows
+
+
+def broker_queues(amqp_url: str) -> list[str]:
+    """Every queue of the URL's vhost, as the broker lists them."""
+    return sorted(row["name"] for row in broker_list(amqp_url, "queues", "name"))
+
+
+@contextlib.contextmanager
+def private_vhost() -> Iterator[str]:
+    """The AMQP URL of a new vhost of the shared broker, deleted afterwards."""
+    vhost = f"triggers-test-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"{BROKER}/{vhost}"
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A vhost of its own, so tests never see another run's messages."""
+    with private_vhost() as url:
+        yield url
+
+
+async def _purge(amqp_url: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in [*COMMAND_QUEUES.values(), DEAD_QUEUE, RECORDER_QUEUE]:
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except aio_pika.exceptions.ChannelClosed:
+                channel = await connection.channel()
+                continue
+            await queue.purge()
+
+
+@pytest.fixture
+async def bus(settings: Settings) -> AsyncIterator[AmqpBus]:
+    """The gateway's bus, connected, with empty command queues."""
+    amqp = AmqpBus.from_settings(settings, "test-gateway")
+    await amqp.start()
+    await _purge(settings.amqp_url)
+    yield amqp
+    await amqp.close()
+
+
+async def queue_depth(amqp_url: str, name: str) -> int:
+    """Messages ready in a queue, by passive declare."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        return queue.declaration_result.message_count or 0
+
+
+@pytest.fixture
+async def proxy(settings: Settings) -> AsyncIterator[TcpProxy]:
+    """A cuttable path to the test's RabbitMQ (see tests/proxy.py)."""
+    parts = urlsplit(settings.amqp_url)
+    tcp = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
+    await tcp.start()
+    yield tcp
+    await tcp.close()
+
+
+def through_proxy(settings: Settings, proxy: TcpProxy) -> Settings:
+    """The settings with the broker reached through the proxy, and a short publish timeout."""
+    parts = urlsplit(settings.amqp_url)
+    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
+    return settings.with_(amqp_url=parts._replace(netloc=netloc).geturl(), publish_timeout=2.0)
