@@ -185,7 +185,7 @@ class MemoryBus:
         """Register a subscriber."""
         self._subscribers.append((binding, handler))
 
-    async def queue_depths(self) -> None:
+    async def queue_depths(self) -> dict[str, int] | None:
         """No broker queues to count."""
         return None
 
