@@ -23,7 +23,7 @@ from shared.messages import (
     encode,
 )
 from shared.topology import DEAD_QUEUE
-from tests.conftest import result_event, scale_command
+from tests.support.messages import result_event, scale_command
 
 # A delay the RabbitMQ half's settings declare a retry queue for (retry_delays[0]).
 RETRY_DELAY = 0.05

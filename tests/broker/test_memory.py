@@ -9,7 +9,7 @@ import pytest
 from shared.broker import Delivery, MemoryBus
 from shared.broker._memory import topic_matches
 from shared.messages import CommandEnvelope, Redeploy, ResultEvent, decode_command, encode
-from tests.conftest import result_event, scale_command
+from tests.support.messages import result_event, scale_command
 
 pytestmark = pytest.mark.unit
 
