@@ -27,6 +27,8 @@ from shared.messages import utcnow
 from shared.migrations import MIGRATION_LOCK, MIGRATIONS, Dialect, render
 
 __all__ = [
+    "LISTENER_NAME",
+    "Listener",
     "PostgresDriver",
     "Row",
     "SqlBackend",
@@ -411,6 +413,38 @@ def _numbered(sql: str) -> str:
     return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
 
 
+# The listening connections' application_name, so an operator sees them in pg_stat_activity.
+LISTENER_NAME = "triggers-changes"
+
+
+class Listener:
+    """One `LISTEN`ing connection: `lost` is set when it closes or stops answering."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self.lost = asyncio.Event()
+        conn.add_termination_listener(lambda _c: self.lost.set())
+
+    async def watch(self, every: float) -> None:
+        """Return once the connection is lost; a probe every `every` seconds notices a
+        connection that went silent without closing (a dead peer, a cut network)."""
+        while not self.lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.lost.wait(), every)
+                return
+            try:
+                await self._conn.fetchval("SELECT 1", timeout=min(every, 5.0))
+            except Exception:  # whatever the failure, the push is gone until reconnected
+                self.lost.set()
+
+    async def close(self) -> None:
+        """Close the connection, abruptly when it does not answer."""
+        try:
+            await asyncio.wait_for(self._conn.close(), 2)
+        except Exception:  # already broken: nothing to say goodbye to
+            self._conn.terminate()
+
+
 class PostgresDriver:
     """An asyncpg pool, opened on first use."""
 
@@ -475,6 +509,24 @@ class PostgresDriver:
         """Run a statement once per row, in one transaction."""
         pool = await self._open()
         await pool.executemany(_numbered(sql), rows)
+
+    async def listen(self, channel: str, on_payload: Callable[[str], None]) -> Listener:
+        """A connection of its own, outside the pool, that `LISTEN`s on `channel`."""
+        import asyncpg  # noqa: PLC0415 - only PostgreSQL deployments need the driver
+
+        conn = await asyncpg.connect(
+            self._dsn,
+            timeout=5,
+            command_timeout=5,
+            server_settings={"application_name": LISTENER_NAME},
+        )
+        listener = Listener(conn)
+        try:
+            await conn.add_listener(channel, lambda _c, _pid, _ch, payload: on_payload(payload))
+        except BaseException:
+            await listener.close()
+            raise
+        return listener
 
     async def close(self) -> None:
         """Close the pool (it reopens on next use)."""

@@ -9,7 +9,7 @@ with ``?`` placeholders); the schema is migrated at start (`shared/migrations.py
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +20,14 @@ from shared.audit import AuditEntry, Outcome
 from shared.errors import PermanentError
 from shared.messages import Action, utcnow
 from shared.policy import POLICY_FIELDS, PolicyChanges, PolicyError, merge_options, merge_policy
-from shared.sql import PostgresDriver, Row, SqlBackend, SqliteDriver, parse_database
+from shared.sql import (
+    Listener,
+    PostgresDriver,
+    Row,
+    SqlBackend,
+    SqliteDriver,
+    parse_database,
+)
 from shared.triggers import (
     Trigger,
     TriggerOptions,
@@ -33,6 +40,7 @@ from shared.triggers import (
 )
 
 __all__ = [
+    "CHANGES_CHANNEL",
     "PostgresTriggerStore",
     "SqliteTriggerStore",
     "TriggerRevokedError",
@@ -40,6 +48,10 @@ __all__ = [
     "encode_options",
     "open_store",
 ]
+
+
+# The PostgreSQL channel every change to a trigger is notified on; the payload is its id.
+CHANGES_CHANNEL = "triggers_changes"
 
 
 class TriggerRevokedError(PermanentError):
@@ -122,6 +134,10 @@ class TriggerStore(Protocol):
 
     async def changes_since(self, after: int | None) -> tuple[int, builtins.list[str]]:
         """The latest change number and the triggers changed after `after` (None: just the number)."""
+        ...
+
+    async def listen_changes(self, on_change: Callable[[str], None]) -> Listener | None:
+        """Call `on_change(trigger_id)` as changes commit; None when the store cannot push."""
         ...
 
     async def close(self) -> None:
@@ -354,9 +370,25 @@ class SqlTriggerStore(SqlBackend):
 
     async def _changed(self, trigger_id: str) -> None:
         # What gateways follow to evict their cached copy (`gateway.invalidation`).
+        if isinstance(self._db, PostgresDriver):
+            # One statement, so one transaction: the row and its notification, delivered
+            # to every listening gateway when it commits (and never without the row).
+            await self._fetch(
+                "WITH change AS (INSERT INTO trigger_changes (trigger_id, at) VALUES (?, ?)"
+                " RETURNING trigger_id) SELECT pg_notify(?, trigger_id) FROM change",
+                (trigger_id, utcnow(), CHANGES_CHANNEL),
+            )
+            return
         await self._execute(
             "INSERT INTO trigger_changes (trigger_id, at) VALUES (?, ?)", (trigger_id, utcnow())
         )
+
+    async def listen_changes(self, on_change: Callable[[str], None]) -> Listener | None:
+        """Call `on_change(trigger_id)` as changes commit, on a connection of its own;
+        None when the database cannot push them (SQLite: follow `changes_since`)."""
+        if not isinstance(self._db, PostgresDriver):
+            return None
+        return await self._db.listen(CHANGES_CHANNEL, on_change)
 
     async def changes_since(self, after: int | None) -> tuple[int, builtins.list[str]]:
         """The latest change number and the triggers changed after `after` (None: just the number)."""
