@@ -38,6 +38,7 @@ from bench.flows import EndToEnd, broker_ceiling, end_to_end
 from bench.load import LoadResult, http_load
 from bench.procs import Service, broker_process, free_port, usage, wait_port
 from bench.straight import QUEUE as STRAIGHT_QUEUE
+from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.topology import COMMAND_QUEUES, declare
 from shared.triggers import hash_secret, new_secret, trigger_call_url
@@ -799,7 +800,7 @@ async def run_bench(config: BenchConfig, say: Callable[[str], None] = print) -> 
             bench.report.vhost = amqp_url.rsplit("/", 1)[-1]
             connection = await aio_pika.connect(amqp_url)
             async with connection:
-                await declare(await connection.channel())
+                await declare(await connection.channel(), Settings().retry_delays)
                 underlay = connection.transport
                 server = underlay.connection.server_properties if underlay is not None else {}
                 bench.report.machine = _machine(dict(server))

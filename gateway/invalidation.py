@@ -25,6 +25,7 @@ import structlog
 from gateway.lookup import TriggerCache
 from gateway.shared_state import RedisOutage
 from shared.messages import utcnow
+from shared.settings import prune_interval
 from shared.store import TriggerStore
 
 __all__ = ["CHANGE_POLL_INTERVAL", "follow_changes", "periodically", "prune_audit_forever"]
@@ -116,8 +117,7 @@ async def _listen(store: TriggerStore, cache: TriggerCache, push: _Push) -> None
 
 
 async def _prune(store: TriggerStore, retention: float) -> None:
-    # Often enough that the table never holds much more than the retention.
-    every = min(max(retention / 10, 1.0), 3600.0)
+    every = prune_interval(retention)
     while True:
         try:
             removed = await store.prune_audit(utcnow() - timedelta(seconds=retention))

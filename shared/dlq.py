@@ -135,7 +135,7 @@ async def _dead_queue(settings: Settings) -> AsyncIterator[tuple[AbstractChannel
         raise BrokerUnavailable(msg) from None
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        replication = Replication(settings.quorum_group_size, settings.queue_leader_locator)
+        replication = Replication.of(settings)
         topology = await declare(channel, settings.retry_delays, replication)
         yield channel, topology.dead_queue
 
@@ -211,7 +211,7 @@ async def _replay_notification(
     delivery: NotificationDelivery,
 ) -> None:
     """Back to the notifier's queue (declared here, so it waits for a notifier) as attempt 1."""
-    replication = Replication(settings.quorum_group_size, settings.queue_leader_locator)
+    replication = Replication.of(settings)
     topology = await declare_notifier_topology(channel, settings.notify_retry_delays, replication)
     fresh = aio_pika.Message(
         body=encode(msgspec.structs.replace(delivery, attempt=1)),

@@ -9,7 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-__all__ = ["MIN_ADMIN_TOKEN", "Network", "Settings", "parse_networks", "with_credentials"]
+__all__ = [
+    "MIN_ADMIN_TOKEN",
+    "Network",
+    "Settings",
+    "parse_networks",
+    "prune_interval",
+    "with_credentials",
+]
 
 # The admin token guards every trigger: a short one could be guessed over the network.
 MIN_ADMIN_TOKEN = 16
@@ -18,6 +25,14 @@ LogFormat = Literal["console", "json"]
 OrchestratorName = Literal["local", "kubernetes", "swarm"]
 ProxyHeader = Literal["x-forwarded-for", "forwarded"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def prune_interval(retention: float) -> float:
+    """How often rows older than `retention` seconds are pruned (jobs, audit entries).
+
+    Often enough that the table never holds much more than the retention.
+    """
+    return min(max(retention / 10, 1.0), 3600.0)
 
 
 def parse_networks(text: str, variable: str = "TRIGGERS_TRUSTED_PROXIES") -> tuple[Network, ...]:

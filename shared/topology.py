@@ -37,6 +37,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 from aiormq.exceptions import ChannelPreconditionFailed
 
 from shared.messages import Action
+from shared.settings import Settings
 
 __all__ = [
     "COMMANDS_EXCHANGE",
@@ -102,8 +103,13 @@ class Replication:
     (on the declaring node); "" leaves it to the broker.
     """
 
-    group_size: int = 3
-    leader_locator: str = "balanced"
+    group_size: int = Settings.quorum_group_size
+    leader_locator: str = Settings.queue_leader_locator
+
+    @classmethod
+    def of(cls, settings: Settings) -> Replication:
+        """The replication the settings ask for."""
+        return cls(settings.quorum_group_size, settings.queue_leader_locator)
 
     def arguments(self) -> dict[str, Any]:
         """The queue arguments that say so."""
@@ -193,10 +199,13 @@ async def declare_queue(
 
 async def declare(
     channel: AbstractChannel,
-    retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0),
+    retry_delays: tuple[float, ...],
     replication: Replication = Replication(),
 ) -> Topology:
-    """Declare every exchange, queue and binding; idempotent, safe from any process."""
+    """Declare every exchange, queue and binding; idempotent, safe from any process.
+
+    `retry_delays`: the settings' (`Settings.retry_delays`), one retry queue each.
+    """
     declared: dict[str, dict[str, Any]] = {}
     commands = await channel.declare_exchange(
         COMMANDS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True

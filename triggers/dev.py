@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import signal
 import sys
 
 import click
@@ -16,6 +15,7 @@ from shared.errors import BrokerUnavailable
 from shared.jobs import open_job_store
 from shared.messages import ResultEvent
 from shared.settings import Settings
+from shared.signals import on_stop_signal
 from shared.store import open_store
 from shared.triggers import trigger_call_url
 from triggers.render import event_line
@@ -136,16 +136,15 @@ Results appear below. Ctrl-C to stop.
 """
     )
     done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
-    try:
-        await done.wait()
-    finally:
-        await runner.cleanup()
-        await worker.stop()
-        await recorder.stop()
-        await bus.close()
-        await orchestrator.close()
-        await jobs.close()
-        await store.close()
+    # Held through the clean-up too: a second Ctrl-C while it runs changes nothing.
+    with on_stop_signal(done.set):
+        try:
+            await done.wait()
+        finally:
+            await runner.cleanup()
+            await worker.stop()
+            await recorder.stop()
+            await bus.close()
+            await orchestrator.close()
+            await jobs.close()
+            await store.close()

@@ -8,7 +8,6 @@ again when its (duplicate) result shows up live.
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from collections import Counter
 from datetime import datetime
@@ -21,6 +20,7 @@ from shared.errors import BrokerUnavailable
 from shared.jobs import JobRecord, opened_job_store
 from shared.messages import ResultEvent, encode
 from shared.settings import Settings
+from shared.signals import on_stop_signal
 from shared.topology import result_binding
 from triggers.render import console, event_lines, job_lines
 
@@ -146,23 +146,21 @@ async def run_tail(
         else:
             printer.event(event)
 
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, printer.done.set)
     binding = result_binding(status=status, action=action, cluster=cluster, app=app)
-    try:
-        await bus.subscribe_results(on_event, binding=binding)
-        if since is not None and held is not None:
-            await _replay(settings, printer, since, selection)
-            while held:
-                printer.event(held.pop(0))
-            held = None
-        if not as_json:
-            click.echo(f"Waiting for results ({binding}); Ctrl-C to stop.", err=True)
-        if count is None or count > 0:
-            await printer.done.wait()
-    finally:
-        await bus.close()
+    with on_stop_signal(printer.done.set):
+        try:
+            await bus.subscribe_results(on_event, binding=binding)
+            if since is not None and held is not None:
+                await _replay(settings, printer, since, selection)
+                while held:
+                    printer.event(held.pop(0))
+                held = None
+            if not as_json:
+                click.echo(f"Waiting for results ({binding}); Ctrl-C to stop.", err=True)
+            if count is None or count > 0:
+                await printer.done.wait()
+        finally:
+            await bus.close()
     if not as_json:
         click.echo(printer.summary(), err=True)
     return 0

@@ -116,7 +116,7 @@ class Notifier:
             msg = f"cannot reach RabbitMQ: {exc!r}"
             raise BrokerUnavailable(msg) from exc
         publisher = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        replication = Replication(settings.quorum_group_size, settings.queue_leader_locator)
+        replication = Replication.of(settings)
         await declare(publisher, settings.retry_delays, replication)
         self._topology = await declare_notifier_topology(
             publisher, settings.notify_retry_delays, replication
@@ -135,10 +135,7 @@ class Notifier:
         channel: AbstractChannel = await self._connection.channel()
         await channel.set_qos(prefetch_count=self._settings.prefetch)
         # Declared on this channel so the robust channel re-declares it after a reconnect.
-        replication = Replication(
-            self._settings.quorum_group_size, self._settings.queue_leader_locator
-        )
-        queue = await declare_queue(channel, name, arguments, replication)
+        queue = await declare_queue(channel, name, arguments, Replication.of(self._settings))
         tag = await queue.consume(handler)
         self._consumers.append((queue, tag))
 

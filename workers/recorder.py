@@ -22,7 +22,7 @@ from shared.broker import Bus, Delivery
 from shared.jobs import JobRecord, JobStore
 from shared.messages import decode_job_event, utcnow
 from shared.metrics import JOBS_RECORDED
-from shared.settings import Settings
+from shared.settings import Settings, prune_interval
 from shared.signals import until_signalled
 
 __all__ = ["Recorder"]
@@ -71,8 +71,7 @@ class Recorder:
         return removed
 
     async def _prune_forever(self) -> None:
-        # Often enough that the table never holds much more than the retention.
-        every = min(max(self._settings.job_retention / 10, 1.0), 3600.0)
+        every = prune_interval(self._settings.job_retention)
         while True:
             try:
                 await self.prune()

@@ -27,6 +27,9 @@ __all__ = ["AmqpBus"]
 
 log = structlog.get_logger("triggers.bus")
 
+# The defaults of a bus made without settings (tests, tools) are the settings' own.
+_DEFAULTS = Settings()
+
 
 def _describe(error: BaseException | None) -> str:
     """One line for a lost connection: the exception's type and text, no traceback."""
@@ -56,10 +59,10 @@ class AmqpBus:
         self,
         url: str,
         *,
-        publish_timeout: float = 5.0,
+        publish_timeout: float = _DEFAULTS.publish_timeout,
         connect_timeout: float = 5.0,
         role: str = "triggers",
-        retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0),
+        retry_delays: tuple[float, ...] = _DEFAULTS.retry_delays,
         replication: Replication = Replication(),  # noqa: B008 - frozen, safe to share
         shuffle: bool = True,
         reconnect_interval: float = 1.0,
@@ -91,7 +94,7 @@ class AmqpBus:
             "publish_timeout": settings.publish_timeout,
             "retry_delays": settings.retry_delays,
             "role": role,
-            "replication": Replication(settings.quorum_group_size, settings.queue_leader_locator),
+            "replication": Replication.of(settings),
         }
         options.update(overrides)
         return cls(settings.amqp_url, **options)
