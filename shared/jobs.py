@@ -28,6 +28,7 @@ from shared.messages import (
     JobNotice,
     JobStatus,
     ResultEvent,
+    RolloutProgress,
     Source,
     utcnow,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "opened_job_store",
     "parse_duration",
     "parse_since",
+    "progress_text",
 ]
 
 JOB_STATUSES: tuple[JobStatus, ...] = (
@@ -90,6 +92,8 @@ _COLUMNS = (
     "attempt",
     "error",
     "result",
+    "progress",
+    "progress_at",
     "updated_at",
 )
 
@@ -101,6 +105,11 @@ _COLUMNS = (
 _LATER = (
     "(jobs.status = 'failed' AND excluded.rank = 2 AND excluded.finished_at IS NOT NULL"
     " AND (jobs.finished_at IS NULL OR excluded.finished_at > jobs.finished_at))"
+)
+# A rollout's progress: the most recently read wins (notices may arrive out of order).
+_NEWER_PROGRESS = (
+    "(excluded.progress_at IS NOT NULL"
+    " AND (jobs.progress_at IS NULL OR excluded.progress_at > jobs.progress_at))"
 )
 _UPSERT = f"""
 INSERT INTO jobs ({", ".join(_COLUMNS)})
@@ -123,6 +132,9 @@ ON CONFLICT (job_id) DO UPDATE SET
     error = CASE WHEN {_LATER} THEN excluded.error ELSE COALESCE(jobs.error, excluded.error) END,
     result = CASE WHEN {_LATER} THEN excluded.result
                   ELSE COALESCE(jobs.result, excluded.result) END,
+    progress = CASE WHEN {_NEWER_PROGRESS} THEN excluded.progress ELSE jobs.progress END,
+    progress_at = CASE WHEN {_NEWER_PROGRESS} THEN excluded.progress_at
+                       ELSE jobs.progress_at END,
     updated_at = excluded.updated_at
 """  # noqa: S608 - built from the constant column names above
 
@@ -156,6 +168,9 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 1
     error: str | None = None
     result: ResultEvent | None = None
+    # A redeploy's rollout, per service, as its latest `running` notice reported it.
+    progress: dict[str, RolloutProgress] = {}
+    progress_at: datetime | None = None
 
     @classmethod
     def accepted(cls, envelope: CommandEnvelope) -> JobRecord:
@@ -191,7 +206,13 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
         }
         if isinstance(event, JobNotice):
             started = event.at if event.status == "running" else None
-            return cls(**common, issued_at=event.issued_at or event.at, started_at=started)
+            return cls(
+                **common,
+                issued_at=event.issued_at or event.at,
+                started_at=started,
+                progress=event.progress,
+                progress_at=event.progress_at if event.progress else None,
+            )
         # A job that finished within TRIGGERS_RUNNING_NOTICE_AFTER had no `running` notice:
         # it started when its worker took it, `duration_ms` before it finished.
         started = (
@@ -213,6 +234,7 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
 _encoder = msgspec.json.Encoder()
 _source_decoder = msgspec.json.Decoder(Source)
 _result_decoder = msgspec.json.Decoder(ResultEvent)
+_progress_decoder = msgspec.json.Decoder(dict[str, RolloutProgress])
 
 
 def _dt(value: str | datetime | None) -> datetime | None:
@@ -243,6 +265,8 @@ def _row_to_job(row: Row) -> JobRecord:
         attempt=row["attempt"],
         error=row["error"],
         result=_result_decoder.decode(row["result"]) if row["result"] else None,
+        progress=_progress_decoder.decode(row["progress"]) if row["progress"] else {},
+        progress_at=_dt(row["progress_at"]),
     )
 
 
@@ -325,6 +349,8 @@ class SqlJobStore(SqlBackend):
             "attempt": job.attempt,
             "error": job.error,
             "result": _encoder.encode(job.result).decode() if job.result else None,
+            "progress": _encoder.encode(job.progress).decode() if job.progress else None,
+            "progress_at": job.progress_at if job.progress else None,
             "updated_at": utcnow(),
         }
         await self._execute(_UPSERT, [values[c] for c in _COLUMNS])
@@ -483,6 +509,18 @@ async def job_by_prefix(jobs: JobStore, id_or_prefix: str) -> JobRecord:
         msg = f"{wanted} is the start of several job ids; give more characters"
         raise JobLookupError(msg, ambiguous=True)
     return found[0]
+
+
+def progress_text(progress: dict[str, RolloutProgress], service: str | None = None) -> str:
+    """A rollout's progress in words: ``2/3 updated`` for the one service a job names
+    (`service`), else ``api 1/1, web 2/3 updated``; "" when there is none."""
+    if not progress:
+        return ""
+    if service is not None and list(progress) == [service]:
+        only = progress[service]
+        return f"{only.updated}/{only.total} updated"
+    counts = ", ".join(f"{name} {p.updated}/{p.total}" for name, p in sorted(progress.items()))
+    return f"{counts} updated"
 
 
 def job_json(job: JobRecord, *, status_url: str | None = None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ __all__ = [
     "Origin",
     "Redeploy",
     "ResultEvent",
+    "RolloutProgress",
     "Scale",
     "ServiceState",
     "Source",
@@ -201,6 +202,14 @@ class ResultEvent(msgspec.Struct, frozen=True, kw_only=True):
     schema: str = "triggers.result.v1"
 
 
+class RolloutProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """How far a redeploy's rollout got on one service: `updated` of `total` tasks
+    (Swarm) or replicas (Kubernetes) run the new spec."""
+
+    updated: int
+    total: int
+
+
 class JobNotice(msgspec.Struct, frozen=True, kw_only=True):
     """Progress of a job before its result: published on `triggers.progress`.
 
@@ -208,6 +217,11 @@ class JobNotice(msgspec.Struct, frozen=True, kw_only=True):
     expect. The recorder turns notices into the job's `running` state, or
     `pending_approval` for a call held until people approve it (`approvals` of them,
     before `expires_at`); the notifier sends those to the trigger's sinks with links.
+
+    While a redeploy rolls out, its worker publishes `running` again as the rollout
+    moves: `progress` per service being rolled out, read at `progress_at`; `seq` counts
+    the notices of one attempt (0 announces `running`, 1, 2... are progress updates).
+    Older readers ignore the three fields.
     """
 
     job_id: str
@@ -225,6 +239,9 @@ class JobNotice(msgspec.Struct, frozen=True, kw_only=True):
     worker: str | None = None
     approvals: int | None = None
     expires_at: datetime | None = None
+    progress: dict[str, RolloutProgress] = {}
+    progress_at: datetime | None = None
+    seq: int = 0
     schema: str = "triggers.notice.v1"
 
 

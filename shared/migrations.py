@@ -302,6 +302,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         "request id as idempotency key",
         ("ALTER TABLE triggers ADD COLUMN request_id_idempotency {bool} NOT NULL DEFAULT {false}",),
     ),
+    # A running redeploy's rollout progress (JSON, per service) and when it was read: the
+    # latest of its `running` notices, however they arrive.
+    Migration(
+        25,
+        "job progress",
+        (
+            "ALTER TABLE jobs ADD COLUMN progress TEXT",
+            "ALTER TABLE jobs ADD COLUMN progress_at {ts}",
+        ),
+    ),
 )
 
 

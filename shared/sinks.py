@@ -29,6 +29,7 @@ import aiohttp
 import aiosmtplib
 import msgspec
 
+from shared.jobs import progress_text
 from shared.messages import JobNotice, NotificationDelivery, ResultEvent, ServiceState
 from shared.notify_store import Sink
 
@@ -117,6 +118,8 @@ def describe(
     if isinstance(event, JobNotice) and event.status == "running":
         title = f"{mark} {event.action} of {target} running"
         facts.append(("attempt", str(event.attempt)))
+        if event.progress:
+            facts.append(("progress", progress_text(event.progress, event.service)))
     elif isinstance(event, JobNotice):
         title = f"{mark} Approval needed: {event.action} of {target}"
         facts.append(("approvals needed", str(event.approvals or 1)))

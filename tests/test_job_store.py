@@ -20,7 +20,15 @@ from shared.jobs import (
     SqlJobStore,
     open_job_store,
 )
-from shared.messages import ResultEvent, Status, utcnow
+from shared.messages import (
+    JobNotice,
+    ResultEvent,
+    RolloutProgress,
+    Status,
+    decode_job_event,
+    encode,
+    utcnow,
+)
 from shared.migrations import MIGRATIONS
 from tests.support.databases import each_backend, schema_versions
 from tests.support.messages import result_event
@@ -156,3 +164,67 @@ def test_open_job_store_picks_the_backend_from_the_url(tmp_path: Path) -> None:
     assert isinstance(open_job_store("postgresql://u@127.0.0.1/db"), PostgresJobStore)
     with pytest.raises(ValueError, match="TRIGGERS_DATABASE must be sqlite"):
         open_job_store("mysql://x")
+
+
+async def test_progress_keeps_the_latest_reading_whatever_the_arrival_order(
+    history: SqlJobStore,
+) -> None:
+    """A running job's rollout progress is the most recently read one, even when an older notice arrives last, and stays with the job once its result is in."""
+    event = result_event("c" * 32, status="succeeded")
+    read = utcnow()
+
+    def notice(updated: int, seconds: float) -> JobRecord:
+        return msgspec.structs.replace(
+            _before_result(event, "running"),
+            progress={"web": RolloutProgress(updated=updated, total=3)},
+            progress_at=read + timedelta(seconds=seconds),
+        )
+
+    await history.record(notice(0, 0))
+    await history.record(notice(2, 2))
+    await history.record(notice(1, 1))  # read before the 2/3 notice, delivered after it
+    running = await history.get(event.job_id)
+    assert running is not None
+    assert (running.status, running.progress) == (
+        "running",
+        {"web": RolloutProgress(updated=2, total=3)},
+    )
+    assert running.progress_at == read + timedelta(seconds=2)
+    await history.record(JobRecord.from_event(event))
+    await history.record(_before_result(event, "running"))  # the announcement, no counts
+    done = await history.get(event.job_id)
+    assert done is not None
+    assert (done.status, done.progress) == ("succeeded", running.progress)
+
+
+def test_notices_with_and_without_progress_read_both_ways() -> None:
+    """A notice from a worker before rollout progress decodes with none, and a notice with progress decodes for a reader that predates it (the fields are optional, with defaults)."""
+
+    class OldNotice(msgspec.Struct, kw_only=True):
+        job_id: str
+        status: str
+        schema: str
+
+    old = msgspec.json.encode(
+        OldNotice(job_id="a" * 32, status="running", schema="triggers.notice.v1")
+    )
+    old = (
+        old[:-1]
+        + b', "trigger_id": "t", "action": "redeploy", "cluster": "c", "app": "a", "service": null}'
+    )
+    notice = decode_job_event(old)
+    assert isinstance(notice, JobNotice)
+    assert (notice.progress, notice.progress_at, notice.seq) == ({}, None, 0)
+    current = JobNotice(
+        job_id="b" * 32,
+        trigger_id="t",
+        action="redeploy",
+        cluster="c",
+        app="a",
+        service=None,
+        progress={"web": RolloutProgress(updated=1, total=3)},
+        progress_at=utcnow(),
+        seq=2,
+    )
+    read = msgspec.json.decode(encode(current), type=OldNotice)
+    assert (read.job_id, read.status) == ("b" * 32, "running")

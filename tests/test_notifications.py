@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
 from shared.broker import AmqpBus
-from shared.messages import JobNotice, new_job_id
+from shared.messages import JobNotice, RolloutProgress, new_job_id
 from shared.notify_store import NotifyStore, RouteCreate, SinkCreate, open_notify_store
 from shared.policy import PolicyChanges
 from shared.settings import Settings
@@ -179,7 +180,8 @@ async def test_global_route_sends_only_matching_statuses(
     settings: Settings, store: TriggerStore, notify_store: NotifyStore, bus: AmqpBus
 ) -> None:
     """A route for failures of demo/* gets the failed result and not the succeeded one; a
-    route naming `running` gets running notices, which the trigger's own sinks do not."""
+    route naming `running` gets running notices (with the rollout's progress), which the
+    trigger's own sinks do not, and not the progress updates that follow one."""
     async with receiver() as everything, receiver() as failures, receiver() as progress:
         await notify_store.create_sink(SinkCreate(name="all", type="slack", url=everything.url))
         await notify_store.create_sink(SinkCreate(name="oncall", type="slack", url=failures.url))
@@ -191,13 +193,15 @@ async def test_global_route_sends_only_matching_statuses(
         trigger_id = await _trigger_notifying(store, "all")
         ok, bad = _result(trigger_id, "succeeded"), _result(trigger_id, "failed")
         notice = JobNotice(
-            job_id=new_job_id(), trigger_id=trigger_id, action="scale", cluster="demo",
-            app="shop", service="web",
+            job_id=new_job_id(), trigger_id=trigger_id, action="redeploy", cluster="demo",
+            app="shop", service="web", progress={"web": RolloutProgress(updated=1, total=3)},
         )  # fmt: skip
+        update = msgspec.structs.replace(notice, job_id=new_job_id(), seq=1)
         with capture_logs() as logs:
             async with running_notifier(settings):
                 await bus.publish_result(ok)
                 await bus.publish_result(bad)
+                await bus.publish_notice(update)  # before the one awaited below
                 await bus.publish_notice(notice)
                 await asyncio.gather(
                     everything.wait_for(2), failures.wait_for(1), progress.wait_for(1)
@@ -205,7 +209,10 @@ async def test_global_route_sends_only_matching_statuses(
     routed = {e["job_id"]: e["sinks"] for e in logs if e["event"] == "notifier.routed"}
     assert routed == {ok.job_id: ["all"], bad.job_id: ["all", "oncall"], notice.job_id: ["live"]}
     assert failures.job_ids() == [bad.job_id]
-    assert "running" in progress.bodies()[0]["attachments"][0]["content"]["body"][0]["text"]
+    assert progress.job_ids() == [notice.job_id]
+    card = progress.bodies()[0]["attachments"][0]["content"]
+    assert "running" in card["body"][0]["text"]
+    assert {"title": "progress", "value": "1/3 updated"} in card["body"][1]["facts"]
 
 
 async def test_email_over_starttls_with_login(

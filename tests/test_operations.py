@@ -33,7 +33,7 @@ from tests.support.processes import ServiceProcess, free_port, service_process
 from tests.support.waiting import eventually
 from tests.support.workers import Results, WrappedOrchestrator, recorded
 from triggers.render import event_line
-from workers.orchestrators.base import Change
+from workers.orchestrators.base import Change, ProgressReport
 from workers.orchestrators.local import LocalOrchestrator
 from workers.recorder import Recorder
 from workers.worker import Worker
@@ -149,13 +149,16 @@ class ConflictOnce(WrappedOrchestrator):
         *,
         image: str | None = None,
         issued_at: datetime | None = None,
+        progress: ProgressReport | None = None,
     ) -> Change:
         """Conflict once, then redeploy."""
         if job_id not in self.failed:
             self.failed.add(job_id)
             msg = "the service was changed concurrently"
             raise ConflictError(msg)
-        return await super().redeploy(job_id, target, image=image, issued_at=issued_at)
+        return await super().redeploy(
+            job_id, target, image=image, issued_at=issued_at, progress=progress
+        )
 
 
 @on_both_databases

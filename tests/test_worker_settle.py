@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-import aio_pika
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 
 from shared.broker import AmqpBus
 from shared.errors import RetryableError
@@ -19,16 +17,18 @@ from shared.messages import (
     JobNotice,
     Redeploy,
     ResultEvent,
+    RolloutProgress,
     Target,
-    decode_job_event,
     new_job_id,
 )
 from shared.settings import Settings
-from shared.topology import COMMAND_QUEUES, DEAD_QUEUE, PROGRESS_EXCHANGE, RESULTS_EXCHANGE
+from shared.topology import COMMAND_QUEUES, DEAD_QUEUE
 from tests.support.broker import broker_list, queue_depth
+from tests.support.events import job_events, rollout_sequence
 from tests.support.messages import scale_command
 from tests.support.waiting import eventually
 from tests.support.workers import Results, WrappedOrchestrator
+from workers.orchestrators.base import Change, ProgressReport
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
 
@@ -43,6 +43,7 @@ class SelectiveOrchestrator(WrappedOrchestrator):
         self.gates: dict[str, asyncio.Event] = {}
         self.inside: set[str] = set()
         self.flaky: set[str] = set()
+        self.rollout: list[dict[str, RolloutProgress]] = []
 
     def hold(self, *job_ids: str) -> asyncio.Event:
         """A gate the jobs wait at inside the adapter until it is set."""
@@ -57,6 +58,23 @@ class SelectiveOrchestrator(WrappedOrchestrator):
             return True if len(self.inside) >= count else None
 
         await eventually(probe, what=f"{count} jobs inside the adapter")
+
+    async def redeploy(
+        self,
+        job_id: str,
+        target: Target,
+        *,
+        image: str | None = None,
+        issued_at: datetime | None = None,
+        progress: ProgressReport | None = None,
+    ) -> Change:
+        """Report the scripted rollout counts (`rollout`) to `progress`, then redeploy."""
+        for counts in self.rollout:
+            if progress is not None:
+                await progress(counts)
+        return await super().redeploy(
+            job_id, target, image=image, issued_at=issued_at, progress=progress
+        )
 
     async def before_change(self, job_id: str) -> None:
         """Wait at the job's gate, if it has one; fail once if it is flaky."""
@@ -176,24 +194,6 @@ async def test_a_burst_of_successes_failures_and_retries_settles_each_command_on
     assert await queue_depth(settings.amqp_url, SCALE_QUEUE) == 0
 
 
-@contextlib.asynccontextmanager
-async def _job_events(amqp_url: str) -> AsyncIterator[list[ResultEvent | JobNotice]]:
-    """Every notice and result, in the order the broker routed them."""
-    seen: list[ResultEvent | JobNotice] = []
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(PROGRESS_EXCHANGE, routing_key="#")
-        await queue.bind(RESULTS_EXCHANGE, routing_key="#")
-
-        async def on_event(message: AbstractIncomingMessage) -> None:
-            seen.append(decode_job_event(message.body))
-
-        await queue.consume(on_event, no_ack=True)
-        yield seen
-
-
 async def _arrived(seen: list[ResultEvent | JobNotice], count: int) -> None:
     async def probe() -> bool | None:
         return True if len(seen) >= count else None
@@ -209,7 +209,7 @@ async def test_running_notice_only_for_a_command_that_outlasts_the_setting(
     (not 0.2 s later, when the notice went out), then its result follows."""
     configured = settings.with_(running_notice_after=0.2)
     async with (
-        _job_events(settings.amqp_url) as seen,
+        job_events(settings.amqp_url) as seen,
         _selective_worker(configured, cluster) as (_, orchestrator),
     ):
         fast, slow = scale_command(), scale_command()
@@ -243,7 +243,7 @@ async def test_running_notice_after_zero_announces_every_command_before_applying
     configured = Settings.from_env({"TRIGGERS_RUNNING_NOTICE_AFTER": "0"}).running_notice_after
     assert configured == 0
     async with (
-        _job_events(settings.amqp_url) as seen,
+        job_events(settings.amqp_url) as seen,
         _selective_worker(settings.with_(running_notice_after=configured), cluster),
     ):
         envelope = scale_command()
@@ -260,3 +260,37 @@ def test_a_negative_running_notice_delay_is_refused() -> None:
     """A negative TRIGGERS_RUNNING_NOTICE_AFTER fails at start-up, naming the variable."""
     with pytest.raises(ValueError, match="TRIGGERS_RUNNING_NOTICE_AFTER must be 0 or more"):
         Settings.from_env({"TRIGGERS_RUNNING_NOTICE_AFTER": "-1"})
+
+
+async def test_rollout_progress_goes_out_when_it_changes_at_most_once_per_interval(
+    settings: Settings, bus: AmqpBus, cluster: LocalOrchestrator, results: Results
+) -> None:
+    """A rollout reported 0/3, 0/3, 1/3, 2/3, 3/3 follows the announcement with one notice per change (not the repeat) when the interval allows; with a long interval only the announcement goes out."""
+
+    def redeploy() -> CommandEnvelope:
+        return CommandEnvelope(
+            job_id=new_job_id(),
+            trigger_id="t" * 26,
+            target=Target(cluster="demo", app="shop"),
+            command=Redeploy(),
+        )
+
+    async with (
+        job_events(settings.amqp_url) as seen,
+        _selective_worker(settings.with_(running_notice_after=0), cluster) as (worker, adapter),
+    ):
+        adapter.rollout = [{"web": RolloutProgress(updated=n, total=3)} for n in (0, 0, 1, 2, 3)]
+        worker.progress_every = 0
+        eager, lazy = redeploy(), redeploy()
+        await bus.publish_command(eager)
+        await results.wait_for(eager.job_id)
+        worker.progress_every = 3600
+        await bus.publish_command(lazy)
+        await results.wait_for(lazy.job_id)
+        await _arrived(seen, 8)
+    counts, result = await rollout_sequence(seen, eager.job_id, "web")
+    assert counts == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert result.status == "succeeded"
+    counts, result = await rollout_sequence(seen, lazy.job_id, "web")
+    assert counts == []
+    assert [e.status for e in seen if e.job_id == lazy.job_id] == ["running", "succeeded"]

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from shared.errors import RetryableError
 from shared.messages import ServiceState, Target
-from workers.orchestrators.base import Change, Orchestrator
+from workers.orchestrators.base import Change, Orchestrator, ProgressReport
 
 __all__ = ["FlakyOrchestrator", "crash_now", "with_faults"]
 
@@ -66,10 +66,13 @@ class FlakyOrchestrator:
         *,
         image: str | None = None,
         issued_at: datetime | None = None,
+        progress: ProgressReport | None = None,
     ) -> Change:
         """Redeploy, perhaps failing before or after."""
         return await self._faulty(
-            lambda: self._inner.redeploy(job_id, target, image=image, issued_at=issued_at)
+            lambda: self._inner.redeploy(
+                job_id, target, image=image, issued_at=issued_at, progress=progress
+            )
         )
 
     async def scale(

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from shared.images import normalize_repository, same_repository
 from shared.messages import CommandEnvelope, Redeploy, Scale, Target
-from workers.orchestrators.base import Change, Orchestrator
+from workers.orchestrators.base import Change, Orchestrator, ProgressReport
 
 __all__ = ["apply_command"]
 
 
-async def apply_command(envelope: CommandEnvelope, orchestrator: Orchestrator) -> Change:
-    """Apply one command through the orchestrator, once per job id."""
+async def apply_command(
+    envelope: CommandEnvelope,
+    orchestrator: Orchestrator,
+    progress: ProgressReport | None = None,
+) -> Change:
+    """Apply one command through the orchestrator, once per job id; a redeploy's rollout
+    progress goes to `progress`."""
     match envelope.command:
         case Redeploy(image=image, only_matching=only_matching):
             if image is not None and only_matching:
@@ -22,7 +27,11 @@ async def apply_command(envelope: CommandEnvelope, orchestrator: Orchestrator) -
                 if skipped is not None:
                     return skipped
             return await orchestrator.redeploy(
-                envelope.job_id, envelope.target, image=image, issued_at=envelope.issued_at
+                envelope.job_id,
+                envelope.target,
+                image=image,
+                issued_at=envelope.issued_at,
+                progress=progress,
             )
         case Scale(direction=direction, step=step) as scale:
             delta = step if direction == "scale_out" else -step

@@ -167,8 +167,12 @@ class Notifier:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await self._dead(message, f"undecodable job event: {exc}"[:500], attempt=1)
             return
-        if isinstance(event, ResultEvent) and event.duplicate:
-            # A redelivered command's second result: its first was notified already.
+        if (isinstance(event, ResultEvent) and event.duplicate) or (
+            isinstance(event, JobNotice) and event.seq > 0
+        ):
+            # A redelivered command's second result: its first was notified already. A
+            # rollout's progress after `running`: sinks hear of a job's state once each
+            # (their receivers key on the job); history, tail and the console show it.
             await message.ack()
             return
         try:

@@ -32,6 +32,7 @@ from shared.messages import (
     CommandEnvelope,
     JobNotice,
     ResultEvent,
+    RolloutProgress,
     Scale,
     Source,
     Status,
@@ -45,13 +46,16 @@ from shared.signals import until_signalled
 from workers.applied import AppliedJobs
 from workers.faults import crash_now
 from workers.handlers import apply_command
-from workers.orchestrators.base import Change, Orchestrator
+from workers.orchestrators.base import Change, Orchestrator, ProgressReport
 
-__all__ = ["Worker", "result_event"]
+__all__ = ["PROGRESS_EVERY", "Worker", "result_event"]
 
 log = structlog.get_logger("triggers.worker")
 
 Settle = Literal["ack", "requeue", "dead_letter"]
+
+# A rollout's progress goes out at most once a second per job, and only when it changed.
+PROGRESS_EVERY = 1.0
 
 
 class Worker:
@@ -75,6 +79,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        # At most one progress notice per job this often (seconds).
+        self.progress_every = PROGRESS_EVERY
 
     async def start(self) -> None:
         """Begin consuming, and keep checking that the consumers are there."""
@@ -159,7 +165,7 @@ class Worker:
         error: str | None = None
         notice = await self._announce_if_slow(envelope, attempt, started)
         try:
-            change = await self._apply(envelope)
+            change = await self._apply(envelope, notice.progress)
         except PermanentError as exc:
             error = str(exc)
         except Exception as exc:
@@ -181,11 +187,9 @@ class Worker:
                 reason = reason.removesuffix("; will retry")
                 error = f"gave up after {attempt} attempts: {reason}"
         finally:
-            if notice is not None:
-                notice.cancel()
-        if notice is not None:
-            # A notice being published goes first, so `running` never follows the result.
-            await notice.sent()
+            notice.cancel()
+        # A notice being published goes first, so `running` never follows the result.
+        await notice.sent()
 
         if change is not None and "crash-after-apply" in self._settings.faults:
             crash_now()
@@ -249,7 +253,7 @@ class Worker:
             log.warning("worker.ledger_unreadable", error=repr(exc))
             return None
 
-    async def _apply(self, envelope: CommandEnvelope) -> Change:
+    async def _apply(self, envelope: CommandEnvelope, progress: ProgressReport) -> Change:
         """Apply through the orchestrator once per job, timed whether it succeeds or raises.
 
         With the durable record, a job found there is answered from it (a duplicate) and
@@ -260,12 +264,12 @@ class Worker:
         started = time.perf_counter()
         try:
             if self._applied is None:
-                return await apply_command(envelope, self._orchestrator)
+                return await apply_command(envelope, self._orchestrator, progress)
             with _store_errors():
                 found = await self._applied.get(envelope.job_id)
             if found is not None:
                 return msgspec.structs.replace(found, duplicate=True)
-            change = await apply_command(envelope, self._orchestrator)
+            change = await apply_command(envelope, self._orchestrator, progress)
             with _store_errors():
                 await asyncio.shield(
                     self._applied.record(
@@ -280,21 +284,34 @@ class Worker:
 
     async def _announce_if_slow(
         self, envelope: CommandEnvelope, attempt: int, started: float
-    ) -> _LateNotice | None:
-        """Announce the job as running once it outlasts `running_notice_after`.
+    ) -> _RunningNotices:
+        """Announce the job as running once it outlasts `running_notice_after`, then its
+        rollout's progress as it changes.
 
         Most commands finish well within it: they go from accepted straight to their
         result, which saves a confirmed publish (and, with a recorder, a quorum-queue
         write) per command. With 0 the notice is published first, before applying.
         """
+        notices = _RunningNotices(
+            partial(self._announce, envelope, attempt, started), every=self.progress_every
+        )
         after = self._settings.running_notice_after
         if after <= 0:
-            await self._announce(envelope, attempt, started)
-            return None
-        return _LateNotice(after, partial(self._announce, envelope, attempt, started))
+            await notices.announce()
+        else:
+            notices.announce_after(after)
+        return notices
 
-    async def _announce(self, envelope: CommandEnvelope, attempt: int, started: float) -> None:
-        """Tell the recorder the job is running; advisory, so a failure only logs.
+    async def _announce(
+        self,
+        envelope: CommandEnvelope,
+        attempt: int,
+        started: float,
+        seq: int,
+        progress: dict[str, RolloutProgress],
+    ) -> None:
+        """Tell the recorder the job is running (and how far its rollout got); advisory,
+        so a failure only logs.
 
         `at` is when the worker took the job (`started`, on the monotonic clock), not when
         the notice goes out, so a late notice still dates the start right.
@@ -312,6 +329,9 @@ class Worker:
             source=envelope.source,
             issued_at=envelope.issued_at,
             worker=self.name,
+            progress=progress,
+            progress_at=utcnow() if progress else None,
+            seq=seq,
         )
         try:
             await self._bus.publish_notice(notice)
@@ -355,40 +375,79 @@ def _store_errors() -> Iterator[None]:
         raise RetryableError(msg) from None
 
 
-class _LateNotice:
-    """A job's `running` notice, published only if it is still due after `after` seconds.
+class _RunningNotices:
+    """A job's `running` notices: the announcement, published only if the job is still
+    going after `after` seconds, then its rollout's progress.
 
-    The timer's callback runs in the context it was scheduled from, so the notice task
-    logs with the job's bound context.
+    Progress goes out only after the announcement, only when the counts changed since the
+    last notice, and at most one notice per `every` seconds; a change held back by that
+    goes out with the next report after it (the adapters report on every poll). Notices
+    are published one at a time, in order. The timer's callback runs in the context it
+    was scheduled from, so the notice task logs with the job's bound context.
     """
 
-    __slots__ = ("_publish", "_task", "_timer")
+    __slots__ = ("_every", "_last", "_lock", "_progress", "_publish", "_seq", "_task", "_timer")
 
-    def __init__(self, after: float, publish: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def __init__(self, publish: _Publish, *, every: float) -> None:
         self._publish = publish
+        self._every = every
+        self._lock = asyncio.Lock()
+        self._seq = 0  # notices published (or being published)
+        self._last: tuple[float, dict[str, RolloutProgress]] | None = None
+        self._progress: dict[str, RolloutProgress] = {}
         self._task: asyncio.Task[None] | None = None
-        self._timer = asyncio.get_running_loop().call_later(after, self._fire)
+        self._timer: asyncio.TimerHandle | None = None
 
     # Strong references to the notices being published: the loop keeps only weak ones.
     _publishing: ClassVar[set[asyncio.Task[None]]] = set()
 
+    def announce_after(self, after: float) -> None:
+        """Publish the announcement in `after` seconds unless cancelled before."""
+        self._timer = asyncio.get_running_loop().call_later(after, self._fire)
+
     def _fire(self) -> None:
-        self._task = task = asyncio.get_running_loop().create_task(self._publish())
+        self._task = task = asyncio.get_running_loop().create_task(self.announce())
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
+    async def announce(self) -> None:
+        """Publish the announcement (with the progress known so far)."""
+        await self._send()
+
+    async def progress(self, counts: dict[str, RolloutProgress]) -> None:
+        """The rollout's latest counts (the adapters' `ProgressReport`)."""
+        self._progress = counts
+        last = self._last
+        if last is None or last[1] == counts or time.monotonic() - last[0] < self._every:
+            return
+        try:
+            await self._send()
+        except Exception as exc:  # advisory: never in the way of the rollout
+            log.warning("worker.notice_unpublished", error=repr(exc))
+
+    async def _send(self) -> None:
+        async with self._lock:
+            seq, self._seq = self._seq, self._seq + 1
+            counts = self._progress
+            self._last = (time.monotonic(), counts)
+            await self._publish(seq, counts)
+
     def cancel(self) -> None:
         """Not due any more (the job is done or handed back); one in flight goes on."""
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
 
     async def sent(self) -> None:
-        """Wait for a notice being published (bounded by the publish timeout)."""
+        """Wait for an announcement being published (bounded by the publish timeout)."""
         if self._task is None:
             return
         try:
             await self._task
         except Exception as exc:  # advisory: never in the way of the result
             log.warning("worker.notice_unpublished", error=repr(exc))
+
+
+_Publish = Callable[[int, dict[str, RolloutProgress]], Coroutine[Any, Any, None]]
 
 
 def result_event(

@@ -10,7 +10,11 @@ It also plays the controllers, enough for ``kubectl rollout status``: after ever
 a workload's ``status`` is what its controller would report once it acted. With
 `rollout` ``complete`` (the default) every replica is updated and available at once;
 ``stuck`` is a Deployment whose new pods never become available and whose Progressing
-condition says ProgressDeadlineExceeded; ``progressing`` is a rollout that is still going.
+condition says ProgressDeadlineExceeded; ``progressing`` is a rollout that is still going;
+``rolling`` replaces one replica at a time (maxSurge 1, maxUnavailable 0): after a write
+no replica is updated, and every read of the workload advances its controller by one more
+updated replica after answering, until the rollout is complete, so a poller sees each count
+in turn whatever its timing.
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ class FakeKube:
     # Replicas the controller reports as not ready yet (pods pending, images pulling).
     ready_lag: int = 0
     _rv: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
+    # Workloads a `rolling` rollout is replacing: their updated replicas so far.
+    _rolling: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     def add(
         self,
@@ -227,7 +233,25 @@ class FakeKube:
 
     async def _get(self, request: web.Request) -> web.Response:
         obj = self._lookup(request)
-        return _json(obj) if obj is not None else self._not_found(request)
+        if obj is None:
+            return self._not_found(request)
+        response = _json(obj)
+        key = (request.match_info["plural"], request.match_info["ns"], request.match_info["name"])
+        if key in self._rolling:
+            self._roll_one(key, obj)
+        return response
+
+    def _roll_one(self, key: tuple[str, str, str], obj: dict[str, Any]) -> None:
+        """A `rolling` controller's next step: one more replica updated and available."""
+        updated = self._rolling[key] + 1
+        wanted = obj["spec"].get("replicas", 1)
+        if updated >= wanted:
+            del self._rolling[key]
+            self._control(obj, "complete")
+            return
+        self._rolling[key] = updated
+        status = obj["status"]
+        status.update(updatedReplicas=updated, replicas=wanted + 1, availableReplicas=wanted)
 
     async def _read_patch(self, request: web.Request, obj: dict[str, Any]) -> Any:
         if request.content_type != "application/merge-patch+json":
@@ -252,8 +276,16 @@ class FakeKube:
         if new.get("spec") != obj.get("spec"):
             new["metadata"]["generation"] = obj["metadata"]["generation"] + 1
         new["metadata"]["resourceVersion"] = str(next(self._rv))
-        self._control(new, self.rollout, self.ready_lag)
         key = (request.match_info["plural"], request.match_info["ns"], request.match_info["name"])
+        if self.rollout != "rolling":
+            self._control(new, self.rollout, self.ready_lag)
+        elif new["spec"].get("template") != obj["spec"].get("template"):
+            self._control(new, "progressing", self.ready_lag)
+            wanted = new["spec"].get("replicas", 1)
+            new["status"].update(updatedReplicas=0, availableReplicas=wanted)
+            self._rolling[key] = 0
+        elif key not in self._rolling:  # a scale: no pod changes its spec
+            self._control(new, "complete", self.ready_lag)
         self.objects[key] = new
 
     @staticmethod

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shared.errors import ConflictError, NotFoundError, PermanentError, RetryableError
-from shared.messages import Target
+from shared.messages import RolloutProgress, Target
 from tests.orchestrators.fake_kube import FakeKube, running_fake_kube, write_kubeconfig
 from workers.orchestrators.kubernetes import RESTARTED_AT, KubernetesOrchestrator
 from workers.orchestrators.ledger import LEDGER_KEY, read_ledger
@@ -443,3 +443,29 @@ async def test_redeploy_still_rolling_out_after_the_timeout_fails(
     assert "deployment web: rollout not finished after 0.3 s (1 of 2 updated)" in slow.error
     assert "statefulset db: rollout not finished" in slow.error
     assert done.status == "succeeded"
+
+
+async def test_redeploy_reports_the_updated_replicas_as_the_rollout_goes(
+    fake_kube: tuple[FakeKube, Path],
+) -> None:
+    """A one-at-a-time rollout of 3 replicas is reported 0/3, 1/3, 2/3, then 3/3 (updatedReplicas of spec.replicas), and then succeeds."""
+    fake, kubeconfig = fake_kube
+    fake.add("front", labels={"app.kubernetes.io/part-of": "site"}, replicas=3)
+    fake.rollout = "rolling"
+    seen: list[dict[str, RolloutProgress]] = []
+
+    async def report(counts: dict[str, RolloutProgress]) -> None:
+        seen.append(counts)
+
+    k8s = KubernetesOrchestrator(kubeconfig=str(kubeconfig), poll_interval=0.01)
+    try:
+        change = await k8s.redeploy("job-roll", Target(cluster="prod", app="site"), progress=report)
+    finally:
+        await k8s.close()
+    assert change.status == "succeeded", change.error
+    assert [(c["front"].updated, c["front"].total) for c in seen] == [
+        (0, 3),
+        (1, 3),
+        (2, 3),
+        (3, 3),
+    ]

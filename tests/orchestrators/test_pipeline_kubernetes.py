@@ -18,6 +18,7 @@ from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from tests.orchestrators.fake_kube import FakeKube, running_fake_kube, write_kubeconfig
 from tests.support.cli import triggers_cli
+from tests.support.events import redeploy_in_steps
 from tests.support.gateways import Gateway
 from tests.support.messages import scale_command
 from tests.support.processes import scale_out_and_crash, start_worker
@@ -193,3 +194,20 @@ async def test_job_redelivered_after_kubectl_replace_is_not_applied_again(
     _, second = await results.wait_for(envelope.job_id, count=2, within=30)
     assert (second.duplicate, second.after) == (True, first.after)
     assert fake.get("web")["spec"]["replicas"] == 2
+
+
+async def test_running_notices_carry_the_rollout_progress_before_the_result(
+    settings: Settings,
+    kube_env: tuple[FakeKube, dict[str, str]],
+    kube_worker: Worker,
+    bus: AmqpBus,
+) -> None:
+    """A redeploy of 3 replicas rolled one at a time is `running` with updated/total from the controller, at least once below 3/3, never going back, and then succeeded."""
+    fake, _ = kube_env
+    fake.add("front", labels={"app.kubernetes.io/part-of": "site"}, replicas=3)
+    fake.rollout = "rolling"
+    site = Target(cluster="prod", app="site")
+    counts = await redeploy_in_steps(
+        bus, settings.amqp_url, site, service="front", total=3, within=60
+    )
+    assert counts[-1] == (3, 3)

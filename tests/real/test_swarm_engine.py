@@ -33,7 +33,7 @@ def _running(daemon: Dockerd, stack: str, name: str) -> int:
     return sum(1 for line in out.splitlines() if line.startswith("Running"))
 
 
-async def _eventually_running(daemon: Dockerd, stack: str, name: str, count: int) -> None:
+async def eventually_running(daemon: Dockerd, stack: str, name: str, count: int) -> None:
     async with asyncio.timeout(150):  # a loaded machine starts containers slowly
         while _running(daemon, stack, name) != count:
             await asyncio.sleep(0.3)
@@ -52,7 +52,7 @@ async def test_scale_applies_once_and_tasks_follow(
     again = await adapter.scale("job-s", web, delta=2)
     assert again.duplicate is True
     assert _spec(real_swarm, stack, "web")["Mode"] == {"Replicated": {"Replicas": 3}}
-    await _eventually_running(real_swarm, stack, "web", 3)
+    await eventually_running(real_swarm, stack, "web", 3)
 
 
 async def test_scale_respects_bounds_on_the_engine(
@@ -73,7 +73,7 @@ async def test_redeploy_succeeds_once_the_rollout_completed(
 ) -> None:
     """A redeploy replaces the tasks and answers succeeded only when Swarm says the update completed."""
     create_service(real_swarm, stack, "web", replicas=2, args=FAST_ROLLOUT)
-    await _eventually_running(real_swarm, stack, "web", 2)
+    await eventually_running(real_swarm, stack, "web", 2)
     change = await adapter.redeploy("job-r", Target(cluster="real", app=stack))
     assert change.status == "succeeded", change.error
     service = real_swarm.inspect("service", f"{stack}_web")
@@ -88,7 +88,7 @@ async def test_redeploy_to_an_image_no_node_can_pull_fails_with_the_rollback(
     nowhere = f"127.0.0.1:{free_port_below_ephemeral()}/shop/web"
     real_swarm.docker("tag", TINY, f"{nowhere}:1")
     create_service(real_swarm, stack, "web", image=f"{nowhere}:1", args=FAST_ROLLOUT)
-    await _eventually_running(real_swarm, stack, "web", 1)
+    await eventually_running(real_swarm, stack, "web", 1)
     change = await adapter.redeploy(
         "job-bad", Target(cluster="real", app=stack), image=f"{nowhere}:2"
     )

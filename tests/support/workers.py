@@ -14,7 +14,7 @@ from shared.jobs import JobRecord, JobStore
 from shared.messages import ResultEvent, ServiceState, Target
 from shared.settings import Settings
 from tests.support.waiting import eventually
-from workers.orchestrators.base import Change, Orchestrator
+from workers.orchestrators.base import Change, Orchestrator, ProgressReport
 from workers.orchestrators.local import LocalOrchestrator
 from workers.recorder import Recorder
 from workers.worker import Worker
@@ -131,10 +131,13 @@ class WrappedOrchestrator:
         *,
         image: str | None = None,
         issued_at: datetime | None = None,
+        progress: ProgressReport | None = None,
     ) -> Change:
         """Redeploy through the inner orchestrator."""
         await self.before_change(job_id)
-        return await self.inner.redeploy(job_id, target, image=image, issued_at=issued_at)
+        return await self.inner.redeploy(
+            job_id, target, image=image, issued_at=issued_at, progress=progress
+        )
 
     async def scale(
         self,

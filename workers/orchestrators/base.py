@@ -7,16 +7,27 @@ repeat with the recorded change marked ``duplicate``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Literal, Protocol
 
 import msgspec
 
 from shared.images import normalize_repository
-from shared.messages import ServiceState, Target
+from shared.messages import RolloutProgress, ServiceState, Target
 
-__all__ = ["Change", "Orchestrator", "image_repository", "redeploy_plan", "scale_change"]
+__all__ = [
+    "Change",
+    "Orchestrator",
+    "ProgressReport",
+    "image_repository",
+    "redeploy_plan",
+    "scale_change",
+]
+
+# How a rollout is going, per service being rolled out; called on every poll of it (the
+# caller decides what to publish), never raises.
+ProgressReport = Callable[[dict[str, RolloutProgress]], Awaitable[None]]
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,12 +74,14 @@ class Orchestrator(Protocol):
         *,
         image: str | None = None,
         issued_at: datetime | None = None,
+        progress: ProgressReport | None = None,
     ) -> Change:
         """Restart every service of the application (only the target's service when it
         names one); with `image`, roll that image out where it matches.
 
         `issued_at` is the command's timestamp: adapters that stamp a restart (Kubernetes'
         ``restartedAt``) use it, so a redelivered command writes the same value again.
+        Adapters that wait for the rollout tell `progress` how far it got as they poll.
         """
         ...
 

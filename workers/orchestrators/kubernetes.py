@@ -47,8 +47,14 @@ from shared.errors import (
     RetryableError,
     TriggersError,
 )
-from shared.messages import ServiceState, Target
-from workers.orchestrators.base import Change, image_repository, redeploy_plan, scale_change
+from shared.messages import RolloutProgress, ServiceState, Target
+from workers.orchestrators.base import (
+    Change,
+    ProgressReport,
+    image_repository,
+    redeploy_plan,
+    scale_change,
+)
 from workers.orchestrators.ledger import (
     LEDGER_KEY,
     Ledger,
@@ -59,7 +65,13 @@ from workers.orchestrators.ledger import (
     record_change,
 )
 
-__all__ = ["PART_OF", "RESTARTED_AT", "KubernetesOrchestrator", "rollout_status"]
+__all__ = [
+    "PART_OF",
+    "RESTARTED_AT",
+    "KubernetesOrchestrator",
+    "rollout_counts",
+    "rollout_status",
+]
 
 PART_OF = "app.kubernetes.io/part-of"
 NAME = "app.kubernetes.io/name"
@@ -195,9 +207,11 @@ class KubernetesOrchestrator:
         *,
         image: str | None = None,
         issued_at: datetime | None = None,
+        progress: ProgressReport | None = None,
     ) -> Change:
         """What ``kubectl rollout restart`` does, stamped with the command's time, on the
-        application's workloads (or the one a service-bound trigger names)."""
+        application's workloads (or the one a service-bound trigger names); then waits
+        for the rollout, telling `progress` the updated replicas on every poll."""
         cluster = self._cluster(target.cluster)
         namespace = target.namespace or cluster.namespace
         stamp = issued_at.isoformat() if issued_at is not None else job_id
@@ -229,7 +243,9 @@ class KubernetesOrchestrator:
             change = as_change(records, duplicate=not written)
             if not written:
                 return change
-            return await self._rolled_out(cluster, namespace, workloads, written, change)
+            return await self._rolled_out(
+                cluster, namespace, workloads, written, change, report=progress
+            )
 
     async def scale(
         self,
@@ -464,6 +480,8 @@ class KubernetesOrchestrator:
         workloads: dict[str, _Workload],
         names: list[str],
         change: Change,
+        *,
+        report: ProgressReport | None = None,
     ) -> Change:
         """`change` once every restarted workload finished rolling out, as ``kubectl
         rollout status`` judges it; failed when a Deployment exceeded its progress
@@ -472,15 +490,19 @@ class KubernetesOrchestrator:
         pending = list(names)
         problems: list[str] = []
         progress: dict[str, str] = {}
+        counts: dict[str, RolloutProgress] = {}
         while pending:
             for name in list(pending):
                 workload = workloads[name]
-                obj = await cluster.client.get(workload.kind, name, namespace=namespace)
-                done, failure, progress[name] = rollout_status(obj.to_dict())
+                obj = (await cluster.client.get(workload.kind, name, namespace=namespace)).to_dict()
+                done, failure, progress[name] = rollout_status(obj)
+                counts[name] = rollout_counts(obj, done=done)
                 if failure is not None:
                     problems.append(f"{workload.kind_name} {name}: {failure}")
                 if done or failure is not None:
                     pending.remove(name)
+            if report is not None:
+                await report(dict(counts))
             if not pending:
                 break
             if time.monotonic() >= deadline:
@@ -598,6 +620,18 @@ def rollout_status(obj: dict[str, Any]) -> tuple[bool, str | None, str]:  # noqa
     if status.get("availableReplicas", 0) < updated:
         return False, None, f"{status.get('availableReplicas', 0)} of {updated} available"
     return True, None, progress
+
+
+def rollout_counts(obj: dict[str, Any], *, done: bool = False) -> RolloutProgress:
+    """The workload's updated replicas of those it wants, as the controller reports them
+    (all of them once the rollout is done; none while the controller has not seen the
+    change, whose count is still the previous rollout's)."""
+    wanted = int((obj.get("spec") or {}).get("replicas", 1))
+    status = obj.get("status") or {}
+    generation = (obj.get("metadata") or {}).get("generation", 0)
+    seen = status.get("observedGeneration") or 0
+    updated = int(status.get("updatedReplicas") or 0) if seen >= generation else 0
+    return RolloutProgress(updated=wanted if done else min(updated, wanted), total=wanted)
 
 
 def _pending_scale(ledger: Ledger, current: ServiceState) -> tuple[str, Record] | None:

@@ -20,7 +20,7 @@ import msgspec
 from shared.errors import NotFoundError
 from shared.group_commit import GroupCommit, Write
 from shared.messages import ServiceState, Target, utcnow
-from workers.orchestrators.base import Change, redeploy_plan, scale_change
+from workers.orchestrators.base import Change, ProgressReport, redeploy_plan, scale_change
 
 __all__ = ["LocalCluster", "LocalOrchestrator"]
 
@@ -312,8 +312,10 @@ class LocalOrchestrator:
         *,
         image: str | None = None,
         issued_at: datetime | None = None,
+        progress: ProgressReport | None = None,
     ) -> Change:
-        """Raise every service's revision (and roll `image` where it matches)."""
+        """Raise every service's revision (and roll `image` where it matches); there is
+        no rollout to wait for, so no `progress` either."""
         return await self._batches.run(_redeploy_job(job_id, target, image))
 
     async def scale(

@@ -53,8 +53,14 @@ from shared.errors import (
     RetryableError,
     TriggersError,
 )
-from shared.messages import ServiceState, Target
-from workers.orchestrators.base import Change, image_repository, redeploy_plan, scale_change
+from shared.messages import RolloutProgress, ServiceState, Target
+from workers.orchestrators.base import (
+    Change,
+    ProgressReport,
+    image_repository,
+    redeploy_plan,
+    scale_change,
+)
 from workers.orchestrators.ledger import (
     LEDGER_KEY,
     LEDGER_SIZE,
@@ -232,9 +238,11 @@ class SwarmOrchestrator:
         *,
         image: str | None = None,
         issued_at: datetime | None = None,
+        progress: ProgressReport | None = None,
     ) -> Change:
         """Force an update of every service of the stack, or of the target's service (and
-        set the image where it matches), then wait for Swarm to finish rolling it out.
+        set the image where it matches), then wait for Swarm to finish rolling it out,
+        telling `progress` how many tasks run the new spec on every poll.
 
         ``ForceUpdate`` is a counter, so `issued_at` is not needed to make it idempotent.
         Job-mode services are left alone unless the target names one.
@@ -268,7 +276,7 @@ class SwarmOrchestrator:
             change = as_change(records, duplicate=not written)
             if not written:
                 return change
-            return await self._rolled_out(docker, target, written, change)
+            return await self._rolled_out(docker, target, written, change, progress=progress)
 
     async def scale(
         self,
@@ -517,22 +525,35 @@ class SwarmOrchestrator:
             job.done.set_result(outcome)
 
     async def _rolled_out(
-        self, docker: aiodocker.Docker, target: Target, written: dict[str, str], change: Change
+        self,
+        docker: aiodocker.Docker,
+        target: Target,
+        written: dict[str, str],
+        change: Change,
+        *,
+        progress: ProgressReport | None = None,
     ) -> Change:
         """`change` once Swarm finished rolling it out on the `written` services; failed
         when it paused, rolled back, or is still going after the rollout timeout."""
         deadline = time.monotonic() + self._rollout_timeout
         pending = list(written)
         problems: list[str] = []
+        counts: dict[str, RolloutProgress] = {}
         while pending:
             for name in list(pending):
                 service = await self._service(docker, target, name)
                 outcome = _rollout(service, written[name])
+                if progress is not None:
+                    counts[name] = await self._updated_tasks(
+                        docker, service, change.after[name].revision, done=outcome == ""
+                    )
                 if outcome is None:
                     continue
                 pending.remove(name)
                 if outcome:
                     problems.append(f"{target.app}_{name}: {outcome}")
+            if progress is not None:
+                await progress(dict(counts))
             if not pending:
                 break
             if time.monotonic() >= deadline:
@@ -550,6 +571,26 @@ class SwarmOrchestrator:
         return msgspec.structs.replace(
             change, status="failed", error="rollout failed: " + "; ".join(problems)
         )
+
+    async def _updated_tasks(
+        self, docker: aiodocker.Docker, service: _Service, revision: int, *, done: bool
+    ) -> RolloutProgress:
+        """How many of the service's tasks run the spec of `revision` (its ``ForceUpdate``),
+        of the replicas it wants (a global service: of its tasks meant to run)."""
+        tasks = [
+            t for t in await self._tasks(docker, service.id) if t.get("DesiredState") == "running"
+        ]
+        total = service.replicas if service.mode == "replicated" else None
+        if total is None:
+            total = len(tasks)
+        updated = sum(
+            1
+            for t in tasks
+            if (t.get("Status") or {}).get("State") == "running"
+            and int((t.get("Spec") or {}).get("ForceUpdate", 0)) == revision
+        )
+        # Completed is completed, whatever the task list says a moment later.
+        return RolloutProgress(updated=total if done else min(updated, total), total=total)
 
     def _auth_headers(self, spec: Mapping[str, Any]) -> dict[str, str]:
         """``X-Registry-Auth`` for the image the spec deploys (the new one, or the current).
