@@ -19,6 +19,7 @@ from shared.audit import AuditEntry
 from shared.dlq import DeadMessage
 from shared.jobs import JobRecord, JobStore
 from shared.logging import configure_logging
+from shared.messages import RolloutProgress
 from shared.settings import Settings
 from shared.store import TriggerStore
 from tests.support.cli import run_cli
@@ -314,3 +315,47 @@ async def test_lists_are_json_arrays_and_streams_are_lines(
     streamed = out.splitlines()
     assert len(streamed) == 2
     assert all(isinstance(json.loads(line), dict) for line in streamed)
+
+
+async def test_a_rollout_in_progress_shows_in_job_history_tail_and_the_api(
+    jobs: JobStore, gateway: Gateway, cli: Any, env: dict[str, str]
+) -> None:
+    """Redeploys still rolling out read `RUNNING ... 2/3 updated` (a service's) and `api 1/1, web 2/3 updated` (an app's) in job, history (locally and with --server) and tail --since; /v1/jobs/{id} and --json carry the counts."""
+    started = datetime.now(UTC)
+    one = JobRecord(
+        job_id="abce1" + "0" * 27, status="running", trigger_id="t" * 16, action="redeploy",
+        cluster="demo", app="shop", service="web", issued_at=started, started_at=started,
+        progress={"web": RolloutProgress(updated=2, total=3)}, progress_at=started,
+    )  # fmt: skip
+    app = msgspec.structs.replace(
+        one,
+        job_id="abce2" + "0" * 27,
+        service=None,
+        progress={
+            "web": RolloutProgress(updated=2, total=3),
+            "api": RolloutProgress(updated=1, total=1),
+        },
+    )
+    for job in (one, app):
+        await jobs.record(job)
+
+    shown = (await cli("job", "abce1")).output.splitlines()
+    assert "RUNNING" in shown[0]
+    assert "2/3 updated" in shown[0]
+    assert any(line.startswith("progress:") and "2/3 updated (as of " in line for line in shown)
+    assert "api 1/1, web 2/3 updated" in (await cli("job", "abce2")).output
+    server = ("--server", gateway.url, "--token", ADMIN_TOKEN)
+    for history in ((await cli("history")).output, (await cli("history", *server)).output):
+        row = next(line for line in history.splitlines() if one.job_id[:8] in line)
+        assert "RUNNING" in row
+        assert "2/3 updated" in row
+    counts = {"web": {"updated": 2, "total": 3}}
+    assert json.loads((await cli("job", "abce1", *server, "--json")).stdout)["progress"] == counts
+    async with gateway.http.get(f"{gateway.url}/v1/jobs/{one.job_id}") as response:
+        assert response.status == 200
+        assert (await response.json())["progress"] == counts
+
+    code, out, err = await run_cli(env, "tail", "--since", "1h", "--count", "2")
+    assert code == 0, err
+    assert any(one.job_id[:12] in line and "2/3 updated" in line for line in out.splitlines())
+    assert any(app.job_id[:12] in line and "web 2/3 updated" in line for line in out.splitlines())

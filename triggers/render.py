@@ -16,7 +16,7 @@ from rich.text import Text
 from shared.api import TriggerView
 from shared.audit import AuditEntry
 from shared.describe import duration_text, origin_text, policy_summary, when_text
-from shared.jobs import JobRecord
+from shared.jobs import JobRecord, progress_text
 from shared.messages import ResultEvent, ServiceState, Source
 
 if TYPE_CHECKING:
@@ -452,11 +452,18 @@ def job_lines(job: JobRecord, width: int | None) -> list[Text]:
         (_ACTION_RANK, Text(f"{job.action:8}")),
         (0, Text(_target(job.cluster, job.app, job.service), style="bold")),
     ]
+    if job.progress:
+        parts.append((0, _progress(job)))
     source = _source(job.source)
     if source:
         parts.append((5, Text(source, style="dim")))
     parts.append((0, Text(f"job {job.job_id[:12]}", style="dim")))
     return [_joined(parts, width)]
+
+
+def _progress(job: JobRecord) -> Text:
+    """``2/3 updated``: how far the job's rollout got, as its last `running` notice said."""
+    return Text(progress_text(job.progress, job.service), style="cyan")
 
 
 def event_line(event: ResultEvent, *, colour: bool = True) -> str:
@@ -486,6 +493,11 @@ def job_detail(job: JobRecord, width: int | None = None) -> list[Text]:
         ("action", _plain(job.action)),
         ("target", _plain(_target(job.cluster, job.app, job.service))),
         ("change", change if change else _plain(None)),
+    ]
+    if job.progress:
+        read = f" (as of {moment(job.progress_at)})" if job.progress_at else ""
+        fields.append(("progress", _progress(job).append(read, style="dim")))
+    fields += [
         ("issued", _plain(moment(job.issued_at))),
         ("accepted", _plain(moment(job.accepted_at))),
         ("started", _plain(moment(job.started_at))),
@@ -527,6 +539,8 @@ def job_table(jobs: list[JobRecord], width: int | None = None) -> list[Text]:
     for job in jobs:
         result = job.result
         change = _change(result.before, result.after, job.action) if result else Text()
+        if result is None and job.progress:
+            change = _progress(job)
         rows.append(
             [
                 Text(job.issued_at.astimezone().strftime(moment)),
