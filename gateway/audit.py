@@ -17,12 +17,12 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 
-import msgspec
 from aiohttp import web
 
 from gateway.client import client_address
-from gateway.keys import AUDIT, AUTHENTICATED, ERROR, LOG_FIELDS, UNAUTHENTICATED
-from shared.audit import WAIT_OUTCOMES, AuditEntry, Outcome, WaitOutcome
+from gateway.keys import AUDIT, AUTHENTICATED, ERROR, LOG_FIELDS, OUTCOME, UNAUTHENTICATED
+from gateway.outcomes import Accepted, CallOutcome, Ignored
+from shared.audit import AuditEntry, Outcome, WaitOutcome
 from shared.messages import utcnow
 
 __all__ = ["audit_middleware"]
@@ -38,41 +38,19 @@ def _masked(detail: str | None) -> str | None:
     return _HEX_RUN.sub("[hex value masked]", detail) if detail else detail
 
 
-def _outcome(status: int, fields: dict[str, str]) -> tuple[Outcome, WaitOutcome | None]:
+def _outcome(status: int, outcome: CallOutcome | None) -> tuple[Outcome, WaitOutcome | None]:
     """The call's outcome, and for a call with wait=N what it waited for.
 
     A call whose command was published is `accepted`, whatever its job's result (a call
-    with wait=N answers 200 for a success and 422 for a failure). Any other 2xx means it
-    was authenticated but held back (a cooldown, an event the trigger does not act on).
+    with wait=N answers 200 for a success and 422 for a failure); so is a held call and
+    an idempotent replay. Any other 2xx means it was authenticated but held back (a
+    cooldown, an event the trigger does not act on).
     """
-    called = fields.get("outcome")
-    if "job_id" in fields:
-        if called == "accepted":
-            return "accepted", None
-        for waited in WAIT_OUTCOMES:
-            if called == waited:
-                return "accepted", waited
-    if called == "ignored" or (200 <= status < 300 and status != 202):
+    if isinstance(outcome, Accepted) and (outcome.wait <= 0 or outcome.waited is not None):
+        return "accepted", outcome.waited
+    if isinstance(outcome, Ignored) or (200 <= status < 300 and status != 202):
         return "ignored", None
     return ("accepted" if status < 300 else "rejected"), None
-
-
-def _ignored_reason(response: web.StreamResponse) -> tuple[str | None, str | None]:
-    # Event sources answer {"status": "ignored", "reason": ...}; read it back for the trail.
-    body = response.body if isinstance(response, web.Response) else None
-    if not isinstance(body, bytes):
-        return None, None
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return None, None
-    if not isinstance(data, dict):
-        return None, None
-    reason, detail = data.get("reason"), data.get("detail")
-    return (
-        reason if isinstance(reason, str) else None,
-        detail if isinstance(detail, str) else None,
-    )
 
 
 @web.middleware
@@ -82,17 +60,18 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
     if not request.path.startswith("/hook/"):
         return response
     fields = request.get(LOG_FIELDS, {})
+    called = request.get(OUTCOME)
     code, detail = request.get(ERROR, (None, None))
-    outcome, waited = _outcome(response.status, fields)
-    if outcome == "ignored" and "reason" not in fields:
-        code, detail = _ignored_reason(response)
+    if isinstance(called, Ignored):
+        code, detail = called.reason, called.detail
+    outcome, waited = _outcome(response.status, called)
     entry = AuditEntry(
         at=utcnow(),
         outcome=outcome,
         status=response.status,
         trigger_id=fields.get("trigger_id"),
-        reason=code or fields.get("reason"),
-        detail=_masked(detail or fields.get("detail")),
+        reason=code,
+        detail=_masked(detail),
         method=request.method,
         remote=client_address(request),
         user_agent=request.headers.get("User-Agent", "")[:200] or None,

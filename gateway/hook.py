@@ -1,58 +1,54 @@
-"""``GET|POST /hook/trigger``: authenticate, validate, publish, answer.
+"""``GET|POST /hook/trigger``: read the call, hand it to the pipeline, answer its outcome.
 
 Order matters: the call's shape is checked first (400), then the trigger and secret (403,
 the same answer for an unknown trigger, a revoked one, a mismatched `triggerUrl` and a
-wrong secret; during a rotation's grace period the previous secret counts too), then
-signatures and a registry or alert body (`gateway.sources`: 401, 409, 422, or 200
-"ignored"), then the parameters the trigger's action needs (400), then the trigger's
-policy (`gateway.policy`: 403/405/429, or 200 "ignored" within a cooldown). Only then is
-a command published, and 202 is answered only after the broker confirmed it.
+wrong secret; during a rotation's grace period the previous secret counts too), then the
+call's parameters (400). The secret is checked from the query string or headers before
+the body is read.
 
-The secret is checked from the query string or headers before the body is read. A call's
-keys (an ``Idempotency-Key``, a signature, a body's de-duplication keys: `gateway.recent`,
-shared by the gateways through Redis when ``TRIGGERS_REDIS_URL`` is set) are claimed
-before the policy and settled on every path (`gateway.claims`): confirmed with the job id
-after the broker's confirm, released when nothing was sent, and kept as "unconfirmed"
-when the broker may have the command, so that a retry publishes the same job id.
+`gateway.calls` then decides with no HTTP in it: signatures and a registry or alert body
+(401, 409, 422, or 200 "ignored"), the parameters the trigger's action needs (400), the
+trigger's policy (403/405/429, or 200 "ignored" within a cooldown), and only then the
+publish: 202 is answered only after the broker confirmed the command. Its keys and the
+cooldown are held by one reservation (`gateway.claims`), settled on every path.
+
+This module is the one place that turns an outcome (`gateway.outcomes`) into an HTTP
+answer and fills the request's log fields; it leaves the outcome on the request
+(`gateway.keys.OUTCOME`) for the audit and metrics middlewares.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
-from typing import Literal
+from typing import Any
 
 import msgspec
 from aiohttp import ClientConnectionError, web
 
-from gateway.claims import CallClaims
+from gateway.calls import Call, Services, run_call
 from gateway.client import client_address
-from gateway.errors import ApiError
-from gateway.jobs import parse_wait, run_job, same_job
+from gateway.errors import ApiError, json_response
+from gateway.jobs import job_status, parse_wait, public_job, safe_error, status_url
 from gateway.keys import (
+    ACCEPTED,
     AUTH_LIMITER,
     AUTHENTICATED,
     BUS,
+    JOBS,
+    LIMITS,
     LOG_FIELDS,
+    OUTCOME,
     RECENT_EVENTS,
     SETTINGS,
     TRIGGER_CACHE,
     WAITER,
 )
-from gateway.notify import hold_call
-from gateway.policy import Admission, admit
-from gateway.sources import EventCall, inspect_call, presented_secret
-from shared.messages import (
-    Command,
-    CommandEnvelope,
-    Redeploy,
-    Scale,
-    Source,
-    Target,
-    new_job_id,
-    utcnow,
-)
+from gateway.notify import NOTIFY
+from gateway.outcomes import Accepted, CallOutcome, Held, Ignored, Progress, Refused, Replayed
+from gateway.sources import presented_secret
+from shared.jobs import JobRecord
+from shared.messages import Direction, Scale, utcnow
 from shared.triggers import (
     Trigger,
     TriggerRef,
@@ -66,7 +62,6 @@ __all__ = ["ALLOWED_PARAMETERS", "handle_trigger"]
 ALLOWED_PARAMETERS = ("triggerUrl", "secret", "type", "step", "source", "wait")
 _STEP = re.compile(r"^[0-9]{1,3}$")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _FORBIDDEN = ApiError(
     403,
     "forbidden",
@@ -101,9 +96,6 @@ def _query(request: web.Request) -> dict[str, list[str]]:
     return query
 
 
-Direction = Literal["scale_in", "scale_out"]
-
-
 def _scale_parameters(query: dict[str, list[str]]) -> tuple[Direction | None, int | None]:
     """`type` and `step` when given, validated; an alert body makes both optional."""
     direction = _single(query, "type")
@@ -120,15 +112,6 @@ def _scale_parameters(query: dict[str, list[str]]) -> tuple[Direction | None, in
     if direction is None:
         return None, step
     return ("scale_in" if direction == "scale_in" else "scale_out"), step
-
-
-def _scale_command(query: dict[str, list[str]]) -> Scale:
-    direction, step = _scale_parameters(query)
-    if direction is None:
-        raise _bad("missing_type", "a scaling trigger needs type=scale_in or type=scale_out")
-    if step is None:
-        raise _bad("missing_step", "a scaling trigger needs step=N, a whole number from 1 to 100")
-    return Scale(direction=direction, step=step)
 
 
 # Compared against when no trigger was found, so that an unknown id takes as long to
@@ -190,11 +173,6 @@ async def _authenticate(request: web.Request, ref: TriggerRef, secret: str) -> T
     raise _FORBIDDEN
 
 
-def _correlation_id(request: web.Request, job_id: str) -> str:
-    given = request.headers.get("X-Request-ID", "")
-    return given if _REQUEST_ID.fullmatch(given) else job_id
-
-
 def _check_length(request: web.Request) -> None:
     # A declared oversize body is refused with 413 before anything is read.
     limit = request.app[SETTINGS].max_body_bytes
@@ -234,37 +212,6 @@ def _call_parameters(
     return None, None
 
 
-def _command(trigger: Trigger, query: dict[str, list[str]], event: EventCall | None) -> Command:
-    if event is not None:
-        command = event.command
-    elif trigger.action == "scale":
-        command = _scale_command(query)
-    else:
-        command = Redeploy()
-    if isinstance(command, Scale):
-        # The worker clamps to the bounds against the live replica count.
-        command = msgspec.structs.replace(
-            command, min_replicas=trigger.min_replicas, max_replicas=trigger.max_replicas
-        )
-    return command
-
-
-async def _admit(
-    request: web.Request, trigger: Trigger, event: EventCall | None, claims: CallClaims
-) -> Admission:
-    """The trigger's policy; a retry of a job already sent does not claim the cooldown again."""
-    admission = await admit(
-        request,
-        trigger,
-        utcnow(),
-        sender=event.origin.source if event else None,
-        cooldown=claims.retry_of is None,
-    )
-    if admission.ignored is None and claims.retry_of is None:
-        claims.release_cooldown = admission.release
-    return admission
-
-
 def _idempotency_key(request: web.Request, trigger: Trigger) -> str | None:
     """The call's ``Idempotency-Key``, or its ``X-Request-ID`` when the trigger says so."""
     header = "Idempotency-Key"
@@ -281,29 +228,6 @@ def _idempotency_key(request: web.Request, trigger: Trigger) -> str | None:
             f"{header} must be 1 to 255 printable ASCII characters (a UUID is a good one)",
         )
     return key
-
-
-async def _claim_idempotency_key(
-    request: web.Request, trigger: Trigger, claims: CallClaims
-) -> web.Response | None:
-    """Claim the caller's key; the same job's answer when the key was used before."""
-    key = _idempotency_key(request, trigger)
-    if key is None:
-        return None
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    window = request.app[SETTINGS].idempotency_window
-    earlier = await claims.claim(f"idempotency:{trigger.id}:{digest}", window)
-    if earlier is None or earlier.unconfirmed:
-        return None
-    if earlier.pending or earlier.job_id is None:
-        raise ApiError(
-            409,
-            "idempotency_key_in_use",
-            "a call with this Idempotency-Key is still in progress; retry in a moment",
-            headers={"Retry-After": "1"},
-        )
-    request[LOG_FIELDS].update(job_id=earlier.job_id, outcome="replayed")
-    return await same_job(request, earlier.job_id, trigger.id)
 
 
 async def handle_trigger(request: web.Request) -> web.Response:
@@ -334,90 +258,117 @@ async def handle_trigger(request: web.Request) -> web.Response:
     request[LOG_FIELDS]["action"] = trigger.action
     request[AUTHENTICATED] = True
     body = await _read_body(request)
-    # Every claim made from here on is settled on every path (`gateway.claims`).
-    claims = CallClaims(request.app[RECENT_EVENTS])
+    call = _call(request, trigger, query, body, secret_in_query=secret_in_query)
+    progress = Progress()
     try:
-        response = await _run(
-            request, trigger, query, body, claims=claims, secret_in_query=secret_in_query
-        )
-    except BaseException as exc:
-        refused = isinstance(exc, ApiError) and exc.status < 500
-        await claims.not_published(refused=refused)
-        raise
-    await claims.not_published(refused=True)  # an answer without a publish: held back
-    return response
+        outcome = await run_call(call, _services(request.app), progress)
+    finally:
+        _note_progress(request[LOG_FIELDS], progress)
+    request[OUTCOME] = outcome
+    return await _answer(request, trigger, outcome)
 
 
-async def _run(
+def _call(
     request: web.Request,
     trigger: Trigger,
     query: dict[str, list[str]],
     body: bytes,
     *,
-    claims: CallClaims,
     secret_in_query: bool,
-) -> web.Response:
-    wait_s = parse_wait(_single(query, "wait"), request.app[SETTINGS])
+) -> Call:
+    """The call's parameters, checked in the order the answers promise (400s)."""
+    wait = parse_wait(_single(query, "wait"), request.app[SETTINGS])
     direction, step = _call_parameters(trigger, query)
-    same = await _claim_idempotency_key(request, trigger, claims)
-    if same is not None:
-        return same
-    event = await inspect_call(
-        request,
-        trigger,
-        body,
+    idempotency_key = _idempotency_key(request, trigger)
+    return Call(
+        trigger=trigger,
+        method=request.method,
+        headers=request.headers,
+        body=body,
+        remote=client_address(request),
         source=_single(query, "source"),
         direction=direction,
         step=step,
+        wait=wait,
+        idempotency_key=idempotency_key,
         secret_in_query=secret_in_query,
-        claims=claims,
     )
-    if isinstance(event, web.Response):
-        return event  # a valid event this trigger does not act on
-    command = _command(trigger, query, event)
-    admission = await _admit(request, trigger, event, claims)
-    if admission.ignored is not None:
-        return admission.ignored
 
-    job_id = claims.job_id(new_job_id)
-    envelope = CommandEnvelope(
-        job_id=job_id,
-        trigger_id=trigger.id,
-        target=Target(
-            cluster=trigger.cluster,
-            app=trigger.app,
-            service=trigger.service,
-            namespace=trigger.namespace,
-        ),
-        command=command,
-        source=Source(
-            kind="http",
-            remote=client_address(request),
-            user_agent=request.headers.get("User-Agent", "")[:200] or None,
-            method=request.method,
-            origin=event.origin if event else None,
-        ),
-        correlation_id=_correlation_id(request, job_id),
-        reply_to=request.app[WAITER].reply_to if wait_s > 0 else None,
+
+def _services(app: web.Application) -> Services:
+    return Services(
+        settings=app[SETTINGS],
+        bus=app[BUS],
+        recent=app[RECENT_EVENTS],
+        limits=app[LIMITS],
+        jobs=app[JOBS],
+        accepted=app[ACCEPTED],
+        waiter=app[WAITER],
+        holds=app[NOTIFY],
     )
-    request[LOG_FIELDS]["job_id"] = job_id
-    if claims.retry_of is not None:
-        request[LOG_FIELDS]["retry_of"] = claims.retry_of
 
-    async def publish() -> None:
-        try:
-            await request.app[BUS].publish_command(envelope)
-        except BaseException:
-            # Maybe persisted (a lost confirm looks like any other failure): a retry with
-            # the same keys publishes the same job id, which runs at most once.
-            await claims.maybe_published(job_id)
-            raise
-        await claims.published(job_id)
-        if event:
-            await event.published(job_id)
 
-    answer: dict[str, object] = {
+def _note_progress(fields: dict[str, str], progress: Progress) -> None:
+    """The log line says what was known of the call, even when it failed after that."""
+    fields.update({name: value for name, value in vars(progress).items() if value is not None})
+
+
+# --- the HTTP answer to each outcome ----------------------------------------------------
+
+
+async def _answer(request: web.Request, trigger: Trigger, outcome: CallOutcome) -> web.Response:
+    fields = request[LOG_FIELDS]
+    match outcome:
+        case Refused(error=error):
+            raise error
+        case Ignored():
+            fields.update(outcome="ignored", reason=outcome.reason, detail=outcome.detail)
+            return json_response(_ignored_body(outcome), status=200)
+        case Replayed(job_id=job_id):
+            fields.update(job_id=job_id, outcome="replayed")
+            return await _replayed(request, trigger, job_id)
+        case Held():
+            fields.update(job_id=outcome.job_id, outcome="pending_approval")
+            return _held(request, trigger, outcome)
+        case Accepted(wait=wait):
+            fields["outcome"] = outcome.label
+            if wait > 0:
+                return await _waited(request, trigger, outcome)
+            return _accepted(request, trigger, outcome)
+
+
+def _ignored_body(outcome: Ignored) -> dict[str, object]:
+    """200 ``{"status": "ignored", "reason": code, "detail": text}``: nothing was done."""
+    body: dict[str, object] = {
+        "status": "ignored",
+        "reason": outcome.reason,
+        "detail": outcome.detail,
+        "job_id": outcome.job_id,  # the earlier job an event repeats
+        "trigger_id": outcome.trigger_id,  # the policy's answers name the trigger
+        "cooldown_remaining": outcome.cooldown_remaining,
+    }
+    return {name: value for name, value in body.items() if value is not None}
+
+
+async def _replayed(request: web.Request, trigger: Trigger, job_id: str) -> web.Response:
+    """The answer to a call whose Idempotency-Key was used before: that job, as it is now."""
+    url = status_url(request.app[SETTINGS], job_id)
+    body: dict[str, Any] = {
         "job_id": job_id,
+        "status": await job_status(request, job_id),
+        "trigger_id": trigger.id,
+        "status_url": url,
+        "idempotent_replay": True,
+    }
+    headers = {"Location": url, "Idempotent-Replayed": "true"}
+    return json_response(body, status=202, headers=headers)
+
+
+def _call_body(trigger: Trigger, outcome: Accepted | Held) -> dict[str, Any]:
+    """What an accepted or held call says of its job."""
+    envelope = outcome.envelope
+    body: dict[str, Any] = {
+        "job_id": outcome.job_id,
         "status": "accepted",
         "trigger_id": trigger.id,
         "action": trigger.action,
@@ -427,13 +378,65 @@ async def _run(
         "correlation_id": envelope.correlation_id,
         "issued_at": envelope.issued_at.isoformat(),
     }
-    if isinstance(command, Scale):
-        answer["type"] = command.direction
-        answer["step"] = command.step
-    if event:
-        answer["event"] = event.summary
-    if trigger.approvals:
-        # Held for approval (gateway/notify.py): nothing is published until people approve.
-        return await hold_call(request, trigger, envelope, answer, event=event, claims=claims)
-    # With wait=N, the job's result within N seconds instead of the 202 (gateway/jobs.py).
-    return await run_job(request, envelope, answer, publish, wait=wait_s)
+    if isinstance(envelope.command, Scale):
+        body["type"] = envelope.command.direction
+        body["step"] = envelope.command.step
+    if outcome.event is not None:
+        body["event"] = outcome.event
+    return body
+
+
+def _job_headers(outcome: Accepted | Held, url: str) -> dict[str, str]:
+    return {"X-Request-ID": outcome.envelope.correlation_id, "Location": url}
+
+
+def _held(request: web.Request, trigger: Trigger, outcome: Held) -> web.Response:
+    """202 ``pending_approval``: kept until people approve (`gateway.notify`)."""
+    url = status_url(request.app[SETTINGS], outcome.job_id)
+    body = _call_body(trigger, outcome)
+    body.update(
+        status="pending_approval",
+        approvals_required=outcome.approvals_required,
+        expires_at=outcome.expires_at.isoformat(),
+        status_url=url,
+    )
+    return json_response(body, status=202, headers=_job_headers(outcome, url))
+
+
+def _accepted(request: web.Request, trigger: Trigger, outcome: Accepted) -> web.Response:
+    """202 with the job id and where to poll it."""
+    url = status_url(request.app[SETTINGS], outcome.job_id)
+    body = _call_body(trigger, outcome)
+    body["status_url"] = url
+    return json_response(body, status=202, headers=_job_headers(outcome, url))
+
+
+async def _waited(request: web.Request, trigger: Trigger, outcome: Accepted) -> web.Response:
+    """A call with wait=N: 200 with the job when it succeeded or was skipped, 422
+    ``job_failed`` when it failed (not 502: ``curl --retry`` would run it again), 202 with
+    ``status_url`` when N seconds passed first (`gateway.jobs`)."""
+    settings = request.app[SETTINGS]
+    url = status_url(settings, outcome.job_id)
+    headers = _job_headers(outcome, url)
+    event = outcome.result
+    if event is None:
+        # One read, to say whether a worker has started it; the caller polls status_url next.
+        body = _call_body(trigger, outcome)
+        body["status_url"] = url
+        body["status"] = await job_status(request, outcome.job_id)
+        body["waited"] = outcome.wait
+        body["detail"] = (
+            f"no result within {outcome.wait:g} s; the job goes on: "
+            "poll status_url or watch `triggers tail`"
+        )
+        return json_response(body, status=202, headers=headers)
+    finished = msgspec.structs.replace(
+        JobRecord.from_event(event), accepted_at=outcome.record.accepted_at
+    )
+    job = public_job(finished, settings)
+    if outcome.event is not None:
+        job["event"] = outcome.event  # what a registry push or an alert was recognised as
+    if event.status == "failed":
+        job = {"error": "job_failed", "detail": safe_error(event.error) or "the job failed", **job}
+        return json_response(job, status=422, headers=headers)
+    return json_response(job, status=200, headers=headers)

@@ -1,5 +1,5 @@
-"""Jobs over HTTP: publish a trigger's command and answer (optionally after its result),
-``GET /v1/jobs/{job_id}`` and ``GET /v1/jobs``.
+"""Jobs over HTTP: ``GET /v1/jobs/{job_id}`` and ``GET /v1/jobs``, and what a trigger
+call's answer says of its job (`gateway.hook`).
 
 Answers of a call with ``wait=N``:
 - 200 with the job when it succeeded or was skipped (nothing to do is not an error);
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -21,7 +20,7 @@ from aiohttp import web
 
 from gateway.admin import is_admin, require_admin
 from gateway.errors import ApiError, json_response
-from gateway.keys import ACCEPTED, JOBS, LOG_FIELDS, SETTINGS, UNSEEN_WAITERS, WAITER
+from gateway.keys import ACCEPTED, JOBS, SETTINGS, UNSEEN_WAITERS
 from shared.jobs import (
     JOB_STATUSES,
     JobLookupError,
@@ -30,8 +29,6 @@ from shared.jobs import (
     job_json,
     parse_since,
 )
-from shared.messages import CommandEnvelope, ResultEvent
-from shared.metrics import WAITING
 from shared.settings import Settings
 
 __all__ = [
@@ -39,10 +36,10 @@ __all__ = [
     "find_job",
     "handle_job",
     "handle_jobs",
+    "job_status",
     "parse_wait",
-    "run_job",
+    "public_job",
     "safe_error",
-    "same_job",
     "status_url",
 ]
 
@@ -57,8 +54,6 @@ _WAIT = re.compile(r"^[0-9]{1,4}(?:\.[0-9]{1,3})?$")
 # and holds no more than that many requests.
 _UNSEEN_RETRY = 0.15
 UNSEEN_WAITERS_LIMIT = 16
-# How long a call with wait=N waits at most for the results subscription to come back.
-_READY_GRACE = 5.0
 _LIST_FILTERS = ("cluster", "app", "service", "action", "status", "since", "limit")
 
 
@@ -104,7 +99,7 @@ def safe_error(error: str | None) -> str | None:
     return error[:300]
 
 
-def _public(job: JobRecord, settings: Settings, *, admin: bool = False) -> dict[str, Any]:
+def public_job(job: JobRecord, settings: Settings, *, admin: bool = False) -> dict[str, Any]:
     data = job_json(job, status_url=status_url(settings, job.job_id))
     # The top level `error` of an answer is always a code (see gateway/errors.py); the
     # job's own error message is in `result.error`.
@@ -125,22 +120,6 @@ def _public(job: JobRecord, settings: Settings, *, admin: bool = False) -> dict[
                 state.pop("image", None)
         result.pop("image", None)
     return data
-
-
-async def _publish(
-    request: web.Request, envelope: CommandEnvelope, publish: Callable[[], Awaitable[None]]
-) -> JobRecord:
-    """Publish the command, then queue its `accepted` record for the history.
-
-    The record is written behind, in batches (`shared.batch.WriteBehind`): no store round
-    trip on the way to the 202. Until it is written this process answers `status_url`
-    from the queue, and other gateways wait a moment for it (`handle_job`). A gateway that
-    dies before the write loses only that record: the recorder still writes the result.
-    """
-    await publish()
-    job = JobRecord.accepted(envelope)
-    request.app[ACCEPTED].record(job)
-    return job
 
 
 async def find_job(request: web.Request, job_id: str) -> JobRecord | None:
@@ -167,118 +146,13 @@ async def _find(request: web.Request, job_id: str) -> JobRecord | None:
     return job
 
 
-async def run_job(
-    request: web.Request,
-    envelope: CommandEnvelope,
-    body: dict[str, Any],
-    publish: Callable[[], Awaitable[None]],
-    *,
-    wait: float,
-) -> web.Response:
-    """Publish the command (`publish` returns once it is confirmed); answer 202, or the
-    job's result when it comes within `wait` seconds."""
-    settings = request.app[SETTINGS]
-    fields = request[LOG_FIELDS]
-    fields["action"] = envelope.action
-    fields["correlation_id"] = envelope.correlation_id
-    body["status_url"] = status_url(settings, envelope.job_id)
-    headers = {"X-Request-ID": envelope.correlation_id, "Location": body["status_url"]}
-    waiter = request.app[WAITER]
-    if wait <= 0:
-        await _publish(request, envelope, publish)
-        fields["outcome"] = "accepted"
-        return json_response(body, status=202, headers=headers)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    # Just after a broker blip the results subscription may still be coming back: a
-    # caller who said it would wait gets a little of that time for it before a 503.
-    if not await waiter.until_ready(min(wait, _READY_GRACE)):
-        raise ApiError(
-            503,
-            "wait_unavailable",
-            "the gateway is not receiving results right now; retry in a few seconds",
-            headers={"Retry-After": "2"},
-        )
-    # Expect the result before publishing: a fast worker may answer before the confirm.
-    with waiter.expect(envelope.job_id) as future:
-        accepted = await _publish(request, envelope, publish)
-        WAITING.inc()
-        try:
-            async with asyncio.timeout_at(deadline):
-                event = await future
-        except TimeoutError:
-            fields["outcome"] = "timed_out"
-            return await _timed_out(request, envelope, body, wait, headers)
-        finally:
-            WAITING.dec()
-    return _result_answer(
-        event, accepted, origin=body.get("event"), settings=settings, headers=headers, fields=fields
-    )
-
-
-async def _timed_out(
-    request: web.Request,
-    envelope: CommandEnvelope,
-    body: dict[str, Any],
-    wait: float,
-    headers: dict[str, str],
-) -> web.Response:
-    # One read, to say whether a worker has started it; the caller polls status_url next.
-    try:
-        job = await request.app[JOBS].get(envelope.job_id)
-    except Exception:  # the store is optional here; `accepted` is still true
-        job = None
-    body["status"] = job.status if job is not None else "accepted"
-    body["waited"] = wait
-    body["detail"] = (
-        f"no result within {wait:g} s; the job goes on: poll status_url or watch `triggers tail`"
-    )
-    return json_response(body, status=202, headers=headers)
-
-
-def _result_answer(
-    event: ResultEvent,
-    accepted: JobRecord,
-    *,
-    origin: object,
-    settings: Settings,
-    headers: dict[str, str],
-    fields: dict[str, str],
-) -> web.Response:
-    fields["outcome"] = event.status
-    finished = msgspec.structs.replace(
-        JobRecord.from_event(event), accepted_at=accepted.accepted_at
-    )
-    job = _public(finished, settings)
-    if origin is not None:
-        job["event"] = origin  # what a registry push or an alert was recognised as
-    if event.status == "failed":
-        job = {
-            "error": "job_failed",
-            "detail": safe_error(event.error) or "the job failed",
-            **job,
-        }
-        return json_response(job, status=422, headers=headers)
-    return json_response(job, status=200, headers=headers)
-
-
-async def same_job(request: web.Request, job_id: str, trigger_id: str) -> web.Response:
-    """The answer to a call whose Idempotency-Key was used before: that job, as it is now."""
-    settings = request.app[SETTINGS]
-    url = status_url(settings, job_id)
+async def job_status(request: web.Request, job_id: str) -> str:
+    """The job's status as this gateway knows it; "accepted" when it is not recorded yet."""
     try:
         job = await _find(request, job_id)
     except Exception:  # the history is optional here: the job id is what the caller needs
         job = None
-    body: dict[str, Any] = {
-        "job_id": job_id,
-        "status": job.status if job is not None else "accepted",
-        "trigger_id": trigger_id,
-        "status_url": url,
-        "idempotent_replay": True,
-    }
-    headers = {"Location": url, "Idempotent-Replayed": "true"}
-    return json_response(body, status=202, headers=headers)
+    return job.status if job is not None else "accepted"
 
 
 async def handle_job(request: web.Request) -> web.Response:
@@ -306,7 +180,7 @@ async def handle_job(request: web.Request) -> web.Response:
             "job_not_found",
             f"no job {job_id}: unknown, or older than the history keeps ({days:g} days)",
         )
-    return json_response(_public(job, settings, admin=is_admin(request)))
+    return json_response(public_job(job, settings, admin=is_admin(request)))
 
 
 async def _job_by_prefix(request: web.Request, prefix: str) -> web.Response:
@@ -319,7 +193,7 @@ async def _job_by_prefix(request: web.Request, prefix: str) -> web.Response:
         if exc.ambiguous:
             raise ApiError(409, "ambiguous_job_id", str(exc)) from None
         raise ApiError(404, "job_not_found", str(exc)) from None
-    return json_response(_public(job, request.app[SETTINGS], admin=True))
+    return json_response(public_job(job, request.app[SETTINGS], admin=True))
 
 
 async def handle_jobs(request: web.Request) -> web.Response:
@@ -353,5 +227,5 @@ async def handle_jobs(request: web.Request) -> web.Response:
         limit=int(limit_text),
     )
     settings = request.app[SETTINGS]
-    jobs_json = [_public(job, settings, admin=True) for job in jobs]
+    jobs_json = [public_job(job, settings, admin=True) for job in jobs]
     return json_response({"jobs": jobs_json, "count": len(jobs)})

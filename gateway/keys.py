@@ -10,6 +10,7 @@ from gateway.abuse import FailedAuthLimiter
 from gateway.gauges import SharedGauges
 from gateway.limits import CallLimits
 from gateway.lookup import TriggerCache
+from gateway.outcomes import CallOutcome
 from gateway.recent import RecentEvents
 from gateway.waiter import ResultWaiter
 from shared.audit import AuditLog, UnauthenticatedTally
@@ -31,6 +32,7 @@ __all__ = [
     "LIMITS",
     "LOG_FIELDS",
     "METRICS_GAUGES",
+    "OUTCOME",
     "RECENT_EVENTS",
     "SETTINGS",
     "STORE",
@@ -69,3 +71,5 @@ CLIENT_ADDRESS = web.RequestKey("client_address", str)
 AUTHENTICATED = web.RequestKey("authenticated", bool)
 # The error code and detail of a non-2xx answer, set by the error middleware for the audit.
 ERROR = web.RequestKey("error", tuple[str, str])
+# What became of an authenticated trigger call (gateway/calls.py), for the audit and metrics.
+OUTCOME: web.RequestKey[CallOutcome] = web.RequestKey("outcome")

@@ -17,7 +17,8 @@ import structlog
 from aiohttp import web
 
 from gateway.gauges import SharedGauges
-from gateway.keys import BUS, JOBS, LOG_FIELDS, METRICS_GAUGES, SETTINGS
+from gateway.keys import BUS, JOBS, LOG_FIELDS, METRICS_GAUGES, OUTCOME, SETTINGS
+from gateway.outcomes import Refused
 from shared.http import name_server
 from shared.jobs import JOB_STATUSES
 from shared.metrics import GATEWAY_CALLS, JOBS_BY_STATUS, QUEUE_MESSAGES, metrics_response
@@ -36,8 +37,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _TRIGGER_PATH = "/hook/trigger"
 _READ_BOUND = 2.0
-# Outcomes of answers that are not a job's (those set "outcome" themselves: accepted,
-# succeeded, failed, skipped, timed_out, ignored, pending_approval). docs/operating.md lists them all.
+# Outcomes of answers without a call outcome (refused, failed, or before authentication);
+# the others are labelled by their outcome (`gateway.outcomes`: accepted, succeeded,
+# failed, skipped, timed_out, ignored, pending_approval, replayed). docs/operating.md lists them all.
 OUTCOME_BY_STATUS = {
     200: "ignored",  # a valid event this trigger does not act on
     202: "accepted",
@@ -59,9 +61,13 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Count every trigger call once, by action (once the trigger is known) and outcome."""
     response = await handler(request)
     if request.path == _TRIGGER_PATH:
-        fields = request.get(LOG_FIELDS, {})
-        outcome = fields.get("outcome") or OUTCOME_BY_STATUS.get(response.status, "error")
-        GATEWAY_CALLS.labels(fields.get("action", "unknown"), outcome).inc()
+        called = request.get(OUTCOME)
+        outcome = (
+            called.label
+            if called is not None and not isinstance(called, Refused)
+            else OUTCOME_BY_STATUS.get(response.status, "error")
+        )
+        GATEWAY_CALLS.labels(request.get(LOG_FIELDS, {}).get("action", "unknown"), outcome).inc()
     return response
 
 

@@ -1,8 +1,8 @@
 """Approvals and notifications on the gateway.
 
-- `hold_call`: a call to a trigger with ``approvals`` is kept in the store (not in
-  memory) and announced with a ``pending_approval`` notice instead of being published;
-  the caller gets 202 with ``"status": "pending_approval"``.
+- A call to a trigger with ``approvals`` is kept in the store (not in memory) and
+  announced with a ``pending_approval`` notice instead of being published
+  (`gateway.calls`); the caller gets 202 with ``"status": "pending_approval"``.
 - The admin API for sinks (``/v1/sinks``), global routes (``/v1/routes``) and approvals
   (``/v1/approvals``, ``.../approve``, ``.../reject``), behind the admin token.
 - The page an approval link in a notification opens (``/approvals/link?token=``): it
@@ -21,85 +21,20 @@ import structlog
 from aiohttp import web
 
 from gateway.admin import _body, _json, require_admin
-from gateway.claims import CallClaims
-from gateway.errors import ApiError, json_response
-from gateway.jobs import status_url
-from gateway.keys import BUS, JOBS, LOG_FIELDS, SETTINGS, STORE
-from gateway.sources import EventCall
+from gateway.errors import ApiError
+from gateway.keys import BUS, JOBS, SETTINGS, STORE
 from shared.admin import AdminError
 from shared.approvals import Decisions, LinkClaims, verify_link
-from shared.jobs import JobRecord
-from shared.messages import CommandEnvelope, JobNotice
 from shared.notify_admin import ApproveRequest, RejectRequest, StoreNotifyAdmin
 from shared.notify_store import NotifyStore, RouteCreate, SinkCreate, open_notify_store
-from shared.policy import DEFAULT_APPROVAL_TIMEOUT
-from shared.triggers import Trigger
 
-__all__ = ["NOTIFY", "add_notify_routes", "hold_call", "notify_admin"]
+__all__ = ["NOTIFY", "add_notify_routes", "notify_admin"]
 
 log = structlog.get_logger("triggers.gateway")
 
 NOTIFY = web.AppKey("notify", NotifyStore)
 _JOB_REF = re.compile(r"^[0-9a-f]{4,32}$")
 _STATES = ("pending", "approved", "rejected", "expired", "all")
-
-
-async def hold_call(
-    request: web.Request,
-    trigger: Trigger,
-    envelope: CommandEnvelope,
-    answer: dict[str, object],
-    *,
-    event: EventCall | None,
-    claims: CallClaims,
-) -> web.Response:
-    """Keep the call for approval and announce it; 202 ``pending_approval``.
-
-    The hold is written first and the notice confirmed after: a notice that cannot be
-    published drops the hold again, and the caller gets the broker's 503 as for any call.
-    """
-    store = request.app[NOTIFY]
-    required = trigger.approvals or 1
-    timeout = trigger.approval_timeout or DEFAULT_APPROVAL_TIMEOUT
-    approval = await store.hold(envelope, required, timeout)
-    notice = JobNotice(
-        job_id=envelope.job_id,
-        trigger_id=envelope.trigger_id,
-        action=envelope.action,
-        cluster=envelope.target.cluster,
-        app=envelope.target.app,
-        service=envelope.target.service,
-        status="pending_approval",
-        correlation_id=envelope.correlation_id,
-        source=envelope.source,
-        issued_at=envelope.issued_at,
-        approvals=required,
-        expires_at=approval.expires_at,
-    )
-    try:
-        await request.app[BUS].publish_notice(notice)
-    except BaseException:
-        # The call's claims are released by its caller (`gateway.claims`).
-        await store.forget(envelope.job_id)
-        raise
-    await claims.published(envelope.job_id)
-    if event:
-        await event.published(envelope.job_id)
-    try:
-        # At once, so status_url shows the hold; the recorder writes the notice too.
-        await request.app[JOBS].record(JobRecord.from_event(notice))
-    except Exception as exc:  # the hold stands either way; only this early copy is lost
-        log.warning("gateway.pending_unrecorded", job_id=envelope.job_id, error=repr(exc))
-    request[LOG_FIELDS].update(job_id=envelope.job_id, outcome="pending_approval")
-    url = status_url(request.app[SETTINGS], envelope.job_id)
-    answer.update(
-        status="pending_approval",
-        approvals_required=required,
-        expires_at=approval.expires_at.isoformat(),
-        status_url=url,
-    )
-    headers = {"X-Request-ID": envelope.correlation_id, "Location": url}
-    return json_response(answer, status=202, headers=headers)
 
 
 Operation = Callable[[web.Request, StoreNotifyAdmin], Awaitable[web.Response]]

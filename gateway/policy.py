@@ -3,7 +3,7 @@
 1. disabled -> 403 ``trigger_disabled``; expired -> 403 ``trigger_expired``;
 2. a method the trigger does not allow -> 405 with ``Allow``;
 3. over its rate limit -> 429 with ``Retry-After`` (every authenticated call counts);
-4. within its cooldown -> 200 ``{"status": "ignored", "reason": "cooldown"}``: nothing is
+4. within its cooldown -> `Ignored` (200 ``{"status": "ignored", "reason": "cooldown"}``): nothing is
    published. A 200 rather than an error, because the caller did nothing wrong and a
    monitoring system retrying a 4xx/5xx would only prolong an alert storm.
 
@@ -24,34 +24,17 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from aiohttp import web
-
 from gateway.abuse import FailedAuthLimiter
-from gateway.errors import ApiError, json_response
-from gateway.keys import LIMITS, LOG_FIELDS
+from gateway.errors import ApiError
+from gateway.limits import CallLimits
+from gateway.outcomes import Ignored
 from shared.triggers import Trigger
 
-__all__ = ["RETRYING_SENDERS", "Admission", "admit"]
+__all__ = ["RETRYING_SENDERS", "admit"]
 
 # Event sources (`gateway.sources`) whose sender retries every error answer forever.
 RETRYING_SENDERS = frozenset({"distribution", "gar"})
 _DROPPED = frozenset({"trigger_disabled", "trigger_expired", "rate_limited"})
-
-
-class Admission:
-    """The policy's answer: go ahead, or a response that says why nothing was done."""
-
-    def __init__(
-        self, request: web.Request, trigger: Trigger, *, ignored: web.Response | None = None
-    ) -> None:
-        self._request = request
-        self._trigger = trigger
-        self.ignored = ignored
-
-    async def release(self) -> None:
-        """The command was not accepted after all: free the cooldown it claimed."""
-        if self._trigger.cooldown and self.ignored is None:
-            await self._request.app[LIMITS].release_cooldown(self._trigger.id)
 
 
 def _check_state(trigger: Trigger, now: datetime) -> None:
@@ -72,21 +55,23 @@ def _check_state(trigger: Trigger, now: datetime) -> None:
 
 
 async def admit(
-    request: web.Request,
     trigger: Trigger,
     now: datetime,
     *,
+    method: str,
+    limits: CallLimits,
     sender: str | None = None,
     cooldown: bool = True,
-) -> Admission:
-    """Check the policy for this call; raises `ApiError` for a violation.
+) -> Ignored | None:
+    """Check the policy for this call: None to go ahead (the cooldown, if any, is then
+    claimed), `Ignored` to do nothing; raises `ApiError` for a violation.
 
     `sender` is the event source of the call's body, if any: a sender in
     `RETRYING_SENDERS` is answered 200 "ignored" where others get 403/429.
     ``cooldown=False`` for the retry of a job already sent: it started the cooldown itself.
     """
     try:
-        return await _admit(request, trigger, now, cooldown=cooldown)
+        return await _admit(trigger, now, method=method, limits=limits, cooldown=cooldown)
     except ApiError as exc:
         if sender not in RETRYING_SENDERS or exc.code not in _DROPPED:
             raise
@@ -94,16 +79,14 @@ async def admit(
             f"{exc.detail}; the event is dropped (answered 200, so that the sender, which "
             "retries every error, neither replays it later nor holds back its next events)"
         )
-        request[LOG_FIELDS].update(outcome="ignored", reason=exc.code, detail=detail)
-        body = {"status": "ignored", "reason": exc.code, "detail": detail, "trigger_id": trigger.id}
-        return Admission(request, trigger, ignored=json_response(body, status=200))
+        return Ignored(exc.code, detail, trigger_id=trigger.id)
 
 
 async def _admit(
-    request: web.Request, trigger: Trigger, now: datetime, *, cooldown: bool
-) -> Admission:
+    trigger: Trigger, now: datetime, *, method: str, limits: CallLimits, cooldown: bool
+) -> Ignored | None:
     _check_state(trigger, now)
-    if request.method not in trigger.allowed_methods:
+    if method not in trigger.allowed_methods:
         allowed = ", ".join(trigger.allowed_methods)
         raise ApiError(
             405,
@@ -111,7 +94,6 @@ async def _admit(
             f"trigger {trigger.id} accepts {allowed} only",
             headers={"Allow": allowed},
         )
-    limits = request.app[LIMITS]
     if trigger.rate_limit:
         wait = await limits.take_rate(trigger.id, trigger.rate_limit)
         if wait is not None:
@@ -130,13 +112,7 @@ async def _admit(
                 f"trigger {trigger.id} ran less than {trigger.cooldown} s ago; "
                 f"nothing was done (cooldown ends in {math.ceil(remaining)} s)"
             )
-            request[LOG_FIELDS].update(outcome="ignored", reason="cooldown", detail=detail)
-            body = {
-                "status": "ignored",
-                "reason": "cooldown",
-                "detail": detail,
-                "trigger_id": trigger.id,
-                "cooldown_remaining": math.ceil(remaining),
-            }
-            return Admission(request, trigger, ignored=json_response(body, status=200))
-    return Admission(request, trigger)
+            return Ignored(
+                "cooldown", detail, trigger_id=trigger.id, cooldown_remaining=math.ceil(remaining)
+            )
+    return None

@@ -10,14 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from aiohttp import web
-
-from gateway.claims import CallClaims, earlier_job
-from gateway.errors import ApiError, json_response
-from gateway.keys import LOG_FIELDS, RECENT_EVENTS, SETTINGS
+from gateway.claims import Reservation, earlier_job
+from gateway.errors import ApiError
+from gateway.outcomes import Ignored, Progress
 from gateway.recent import PENDING, RecentEvents
 from gateway.sources._event import (
     Alert,
+    Headers,
     ImagePush,
     Parsed,
     UnrecognisedBody,
@@ -30,8 +29,10 @@ from gateway.sources.auth import (
     verify_signature,
 )
 from gateway.sources.detect import SOURCES, parse_event
-from gateway.sources.plan import EPISODE_TTL, Ignored, Planned, plan_event
+from gateway.sources.plan import EPISODE_TTL, Planned, plan_event
+from gateway.sources.plan import Ignored as NotActedOn
 from shared.messages import Command, Origin
+from shared.settings import Settings
 from shared.triggers import Trigger
 
 __all__ = [
@@ -55,55 +56,35 @@ __all__ = [
 _DELIVERY_TTL = 24 * 3600.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class EventCall:
-    """A command made from a body; its keys are claimed in the call's `CallClaims`."""
+    """A command made from a body; its keys are claimed in the call's `Reservation`."""
 
     command: Command
     origin: Origin
     summary: dict[str, object]
-    _recent: RecentEvents
-    _forget: tuple[str, ...]
-
-    async def published(self, job_id: str) -> None:
-        """The broker confirmed the command: forget what it supersedes."""
-        for key in self._forget:
-            await self._recent.forget(key)
-
-
-def _ignored(
-    request: web.Request, reason: str, detail: str, job_id: str | None = None
-) -> web.Response:
-    """200 ``{"status": "ignored", "reason": code, "detail": text}``, and the same on the
-    request's log line and audit entry."""
-    body: dict[str, object] = {"status": "ignored", "reason": reason, "detail": detail}
-    if job_id is not None:
-        body["job_id"] = job_id
-    log_fields = request.get(LOG_FIELDS)
-    if log_fields is not None:
-        log_fields.update(outcome="ignored", reason=reason, detail=detail)
-    return json_response(body, status=200)
 
 
 async def inspect_call(
-    request: web.Request,
     trigger: Trigger,
+    headers: Headers,
     body: bytes,
     *,
     source: str | None,
     direction: Literal["scale_in", "scale_out"] | None,
     step: int | None,
     secret_in_query: bool,
-    claims: CallClaims,
-) -> EventCall | web.Response | None:
+    settings: Settings,
+    reservation: Reservation,
+    progress: Progress,
+) -> EventCall | Ignored | None:
     """Authenticate beyond the secret, then read the body.
 
     Returns None for a plain call (no body, or ``source=plain``), an `EventCall` whose
-    command replaces the plain one, or a 200 "ignored" response. Raises `ApiError`
-    (400, 401, 409, 422) when the call must be refused. Keys are claimed in `claims`.
+    command replaces the plain one, or `Ignored`. Raises `ApiError` (400, 401, 409, 422)
+    when the call must be refused. Keys are claimed in `reservation`; the body's source
+    is noted in `progress` as soon as it is recognised.
     """
-    settings = request.app[SETTINGS]
-    recent = request.app[RECENT_EVENTS]
     options = trigger.options
     if secret_in_query and options.header_secret_only:
         raise ApiError(
@@ -115,29 +96,27 @@ async def inspect_call(
     await verify_signature(
         options,
         trigger.id,
-        request.headers,
+        headers,
         body,
-        claims=claims,
+        claims=reservation,
         tolerance=settings.signature_tolerance,
         jwks_url=settings.oidc_jwks_url,
     )
     if source == "plain" or (source is None and not body.strip()):
         return None
-    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
     try:
-        parsed = parse_event(request.headers, content_type, body, source)
+        parsed = parse_event(headers, content_type, body, source)
     except (UnrecognisedBody, UnusableBody) as exc:
         code = "unrecognised_body" if isinstance(exc, UnrecognisedBody) else "unusable_body"
         raise ApiError(422, code, str(exc)) from None
     label = SOURCES[parsed.source].label
-    log_fields = request.get(LOG_FIELDS)
-    if log_fields is not None:
-        log_fields["event_source"] = parsed.source
+    progress.event_source = parsed.source
+    recent = reservation.recent
     delivery_key = f"delivery:{trigger.id}:{parsed.source}:{parsed.event_id}"
     earlier = earlier_job(await recent.seen(delivery_key)) if parsed.event_id else None
     if earlier is not None and not earlier.unconfirmed:
-        return _ignored(
-            request,
+        return Ignored(
             "duplicate_delivery",
             f"{label} delivery {parsed.event_id} was already received",
             earlier.job_id,
@@ -154,26 +133,24 @@ async def inspect_call(
         )
     except UnusableBody as exc:
         raise ApiError(422, "unusable_body", str(exc)) from None
-    if isinstance(plan, Ignored):
+    if isinstance(plan, NotActedOn):
         for key in plan.forget:
             await recent.forget(key)
-        return _ignored(request, plan.reason, plan.detail, plan.job_id)
+        return Ignored(plan.reason, plan.detail, plan.job_id)
     return await _claim(
-        request, recent, claims, plan, delivery_key if parsed.event_id is not None else None
+        recent, reservation, plan, delivery_key if parsed.event_id is not None else None
     )
 
 
 async def _claim(
-    request: web.Request,
     recent: RecentEvents,
-    claims: CallClaims,
+    claims: Reservation,
     plan: Planned,
     delivery_key: str | None,
-) -> EventCall | web.Response:
+) -> EventCall | Ignored:
     for key in plan.requires:
         if await recent.seen(key) in (None, PENDING):
-            return _ignored(
-                request,
+            return Ignored(
                 "no_open_episode",
                 "the alert resolved, but no scale-out of this firing episode is on record "
                 "(it was held back, is still in progress, or is older than the episode memory); "
@@ -190,36 +167,27 @@ async def _claim(
         alert = key.startswith("alert:")
         if found.pending:
             what = "alert" if alert else "image"
-            return _ignored(
-                request,
+            return Ignored(
                 "in_progress",
                 f"the same {what} is being acted on by a call still in progress",
             )
         if alert and ":firing:" in key and ttl >= EPISODE_TTL:
-            return _ignored(
-                request,
+            return Ignored(
                 "alert_repeat",
                 "this alert group already scaled out in its current firing episode; "
                 "it acts again after it resolves",
                 earlier,
             )
         if alert:
-            return _ignored(
-                request,
+            return Ignored(
                 "alert_repeat",
                 f"the same alert already acted within the last {ttl:.0f} s",
                 earlier,
             )
-        return _ignored(
-            request,
+        return Ignored(
             "duplicate_image",
             f"the same image already deployed within the last {ttl:.0f} s",
             earlier,
         )
-    return EventCall(
-        command=plan.command,
-        origin=plan.origin,
-        summary=plan.summary,
-        _recent=recent,
-        _forget=plan.forget,
-    )
+    claims.supersedes = plan.forget
+    return EventCall(command=plan.command, origin=plan.origin, summary=plan.summary)

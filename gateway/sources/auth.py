@@ -11,7 +11,7 @@ import hmac
 import re
 import time
 
-from gateway.claims import CallClaims
+from gateway.claims import Reservation
 from gateway.errors import ApiError
 from gateway.sources._event import Headers
 from gateway.sources.oidc import OidcError, verify_google_token
@@ -112,7 +112,7 @@ async def verify_signature(
     headers: Headers,
     body: bytes,
     *,
-    claims: CallClaims,
+    claims: Reservation,
     tolerance: float,
     jwks_url: str = "",
     now: float | None = None,
