@@ -2,7 +2,9 @@
 
 Live events are subscribed to *before* history is read, and held until the replay is
 printed, so nothing falls between the two; a job printed from history is not printed
-again when its (duplicate) result shows up live.
+again when its (duplicate) result shows up live, unless what was printed was the job in
+flight. People (not --json) also see the `running` notices of jobs as they come, with a
+rollout's progress (``▶ RUNNING redeploy demo/shop/web 2/3 updated``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from shared.amqp_transport import redact
 from shared.broker import AmqpBus
 from shared.errors import BrokerUnavailable
 from shared.jobs import JobRecord, opened_job_store
-from shared.messages import ResultEvent, encode
+from shared.messages import JobNotice, ResultEvent, encode
 from shared.settings import Settings
 from shared.signals import on_stop_signal
 from shared.topology import result_binding
@@ -27,6 +29,8 @@ from triggers.render import console, event_lines, job_lines
 __all__ = ["run_tail"]
 
 _REPLAY_LIMIT = 10_000
+# A job shown in one of these states is shown again once its result comes.
+_IN_FLIGHT = frozenset({"pending_approval", "accepted", "running"})
 
 
 class _Printer:
@@ -39,6 +43,7 @@ class _Printer:
         self._width = None if wide else self._console.width
         self.printed: dict[str, str] = {}  # job id: the status shown
         self.statuses: Counter[str] = Counter()
+        self._in_flight: dict[str, str] = {}  # jobs counted in flight: the status counted
         self.done = asyncio.Event()
 
     def _full(self) -> bool:
@@ -48,7 +53,7 @@ class _Printer:
         # A job is shown once, unless what was shown was `failed` and a later result came
         # (a job replayed from the dead-letter queue): its latest outcome is shown too.
         shown = self.printed.get(event.job_id)
-        if self._full() or (shown is not None and shown != "failed"):
+        if self._full() or (shown is not None and shown not in {"failed", *_IN_FLIGHT}):
             return
         if shown is not None and event.status == "failed" and event.duplicate:
             return
@@ -69,8 +74,26 @@ class _Printer:
                 self._console.print(line)
             self._seen(job.job_id, job.status)
 
+    def notice(self, notice: JobNotice) -> None:
+        """A job's `running` notice, for people: shown while the job has no result shown.
+
+        Not counted toward `count`: the job's result will be.
+        """
+        shown = self.printed.get(notice.job_id)
+        if self._as_json or self._full() or (shown is not None and shown not in _IN_FLIGHT):
+            return
+        for line in job_lines(JobRecord.from_event(notice), self._width):
+            self._console.print(line)
+        self.printed.setdefault(notice.job_id, notice.status)
+
     def _seen(self, job_id: str, status: str) -> None:
         self.printed[job_id] = status
+        # A job counted in flight (from history) counts once: as what it became.
+        if (counted := self._in_flight.pop(job_id, None)) is not None:
+            self.statuses[counted] -= 1
+            self.statuses += Counter()  # drops the zero
+        if status in _IN_FLIGHT:
+            self._in_flight[job_id] = status
         self.statuses[status] += 1
         if self._full():
             self.done.set()
@@ -135,25 +158,33 @@ async def run_tail(
         if not as_json:
             click.echo(printer.summary(), err=True)
         return 0
-    held: list[ResultEvent] | None = [] if since is not None else None
+    held: list[ResultEvent | JobNotice] | None = [] if since is not None else None
 
-    async def on_event(event: ResultEvent) -> None:
+    async def on_event(event: ResultEvent | JobNotice) -> None:
         # The service is not in the routing key; it is filtered here.
         if service is not None and event.service != service:
             return
         if held is not None:
             held.append(event)
         else:
+            show(event)
+
+    def show(event: ResultEvent | JobNotice) -> None:
+        if isinstance(event, JobNotice):
+            printer.notice(event)
+        else:
             printer.event(event)
 
     binding = result_binding(status=status, action=action, cluster=cluster, app=app)
     with on_stop_signal(printer.done.set):
         try:
-            await bus.subscribe_results(on_event, binding=binding)
+            # Scripts (--json) get result events only, as before.
+            notices = None if as_json else on_event
+            await bus.subscribe_results(on_event, binding=binding, notices=notices)
             if since is not None and held is not None:
                 await _replay(settings, printer, since, selection)
                 while held:
-                    printer.event(held.pop(0))
+                    show(held.pop(0))
                 held = None
             if not as_json:
                 click.echo(f"Waiting for results ({binding}); Ctrl-C to stop.", err=True)

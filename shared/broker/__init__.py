@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from shared.broker._amqp import AmqpBus
 from shared.broker._memory import MemoryBus
-from shared.broker._protocol import Bus, Delivery, DeliveryHandler, ResultHandler
+from shared.broker._protocol import (
+    Bus,
+    Delivery,
+    DeliveryHandler,
+    NoticeHandler,
+    ResultHandler,
+)
 from shared.broker._publisher import ATTEMPT_HEADER, ERROR_HEADER, copy_message
 
 __all__ = [
@@ -20,6 +26,7 @@ __all__ = [
     "Delivery",
     "DeliveryHandler",
     "MemoryBus",
+    "NoticeHandler",
     "ResultHandler",
     "copy_message",
 ]

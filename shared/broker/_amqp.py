@@ -15,7 +15,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from shared.amqp_transport import BrokerNodes, CoalescingConnection, redact
 from shared.broker._admin import read_queue_depths
 from shared.broker._consumer import Consumers
-from shared.broker._protocol import DeliveryHandler, ResultHandler
+from shared.broker._protocol import DeliveryHandler, NoticeHandler, ResultHandler
 from shared.broker._publisher import Publisher
 from shared.broker._results import subscribe_results
 from shared.errors import BrokerUnavailable
@@ -248,12 +248,17 @@ class AmqpBus:
         if self._consumers is not None:
             await self._consumers.stop()
 
-    async def subscribe_results(self, handler: ResultHandler, *, binding: str = "#") -> None:
-        """An exclusive, auto-deleted queue bound to `triggers.results`."""
+    async def subscribe_results(
+        self, handler: ResultHandler, *, binding: str = "#", notices: NoticeHandler | None = None
+    ) -> None:
+        """An exclusive, auto-deleted queue bound to `triggers.results` (and, with
+        `notices`, to `triggers.progress`: one queue keeps a job's events in order)."""
         if self._connection is None:
             msg = "start() the bus before subscribing"
             raise BrokerUnavailable(msg)
-        channel = await subscribe_results(self._connection, self._role, handler, binding)
+        channel = await subscribe_results(
+            self._connection, self._role, handler, binding, notices=notices
+        )
         self._channels.append(channel)
 
     async def queue_depths(self) -> dict[str, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from shared.broker._protocol import DeliveryHandler, ResultHandler
+from shared.broker._protocol import DeliveryHandler, NoticeHandler, ResultHandler
 from shared.messages import Action, CommandEnvelope, JobNotice, ResultEvent, encode
 from shared.topology import COMMAND_QUEUES, result_routing_key
 
@@ -95,6 +95,7 @@ class MemoryBus:
             action: asyncio.Queue() for action in COMMAND_QUEUES
         }
         self._subscribers: list[tuple[str, ResultHandler]] = []
+        self._notice_subscribers: list[tuple[str, NoticeHandler]] = []
         self._recorders: list[DeliveryHandler] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.dead: list[tuple[bytes, str]] = []
@@ -129,7 +130,12 @@ class MemoryBus:
         await self._record(encode(event))
 
     async def publish_notice(self, notice: JobNotice) -> None:
-        """Hand the notice to the recorder, if one consumes."""
+        """Hand the notice to every subscriber of notices matching its key, then to the
+        recorder, if one consumes."""
+        key = result_routing_key(notice.status, notice.action, notice.cluster, notice.app)
+        for binding, handler in list(self._notice_subscribers):
+            if topic_matches(binding, key):
+                await handler(notice)
         await self._record(encode(notice))
 
     async def _record(self, body: bytes) -> None:
@@ -181,9 +187,13 @@ class MemoryBus:
         """In-process pumps cannot lose their consumer."""
         return []
 
-    async def subscribe_results(self, handler: ResultHandler, *, binding: str = "#") -> None:
-        """Register a subscriber."""
+    async def subscribe_results(
+        self, handler: ResultHandler, *, binding: str = "#", notices: NoticeHandler | None = None
+    ) -> None:
+        """Register a subscriber (of notices too, with `notices`)."""
         self._subscribers.append((binding, handler))
+        if notices is not None:
+            self._notice_subscribers.append((binding, notices))
 
     async def queue_depths(self) -> dict[str, int] | None:
         """No broker queues to count."""

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from shared.messages import CommandEnvelope, JobNotice, ResultEvent
 
-__all__ = ["Bus", "Delivery", "DeliveryHandler", "ResultHandler"]
+__all__ = ["Bus", "Delivery", "DeliveryHandler", "NoticeHandler", "ResultHandler"]
 
 
 class Delivery(Protocol):
@@ -46,6 +46,7 @@ class Delivery(Protocol):
 
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]
 ResultHandler = Callable[[ResultEvent], Awaitable[None]]
+NoticeHandler = Callable[[JobNotice], Awaitable[None]]
 
 
 class Bus(Protocol):
@@ -100,8 +101,12 @@ class Bus(Protocol):
         """Re-create consumers that did not survive a reconnect; the queues restored."""
         ...
 
-    async def subscribe_results(self, handler: ResultHandler, *, binding: str = "#") -> None:
-        """Call `handler` for every result event matching a topic binding key."""
+    async def subscribe_results(
+        self, handler: ResultHandler, *, binding: str = "#", notices: NoticeHandler | None = None
+    ) -> None:
+        """Call `handler` for every result event matching a topic binding key; with
+        `notices`, that one for every progress notice matching it too, in publish order
+        with the results (a job's `running` notices before its result)."""
         ...
 
     async def consume_job_events(self, handler: DeliveryHandler, *, prefetch: int) -> None:

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import msgspec
 import pytest
 
 from shared.broker import AmqpBus, Bus, Delivery, MemoryBus
@@ -234,6 +235,46 @@ async def test_the_recorder_gets_every_notice_and_result(broker: Broker) -> None
     events = [decode_job_event(body) for _, body in handled.deliveries]
     assert [type(e) for e in events] == [JobNotice, ResultEvent]
     assert {e.job_id for e in events} == {command.job_id}
+
+
+async def test_a_subscriber_of_notices_gets_them_in_order_with_the_results(
+    broker: Broker,
+) -> None:
+    """With `notices`, a subscription gets the matching `running` notices before the job's result, in publish order; without, results only; a status binding keeps notices out."""
+    seen: list[ResultEvent | JobNotice] = []
+    results_only: list[ResultEvent | JobNotice] = []
+    succeeded: list[ResultEvent | JobNotice] = []
+
+    def into(
+        events: list[ResultEvent | JobNotice],
+    ) -> Callable[[ResultEvent | JobNotice], Awaitable[None]]:
+        async def handler(event: ResultEvent | JobNotice) -> None:
+            events.append(event)
+
+        return handler
+
+    await broker.bus.subscribe_results(into(seen), binding="#", notices=into(seen))
+    await broker.bus.subscribe_results(into(results_only), binding="#")
+    await broker.bus.subscribe_results(
+        into(succeeded), binding="succeeded.#", notices=into(succeeded)
+    )
+    job = scale_command().job_id
+    notice = JobNotice(
+        job_id=job, trigger_id="t", action="redeploy", cluster="demo", app="shop", service=None
+    )
+    await broker.bus.publish_notice(notice)
+    await broker.bus.publish_notice(msgspec.structs.replace(notice, seq=1))
+    await broker.bus.publish_result(result_event(job))
+    async with asyncio.timeout(10):
+        while len(seen) < 3 or not results_only or not succeeded:
+            await asyncio.sleep(0.02)
+    assert [(type(e), getattr(e, "seq", None)) for e in seen] == [
+        (JobNotice, 0),
+        (JobNotice, 1),
+        (ResultEvent, None),
+    ]
+    assert [type(e) for e in results_only] == [ResultEvent]
+    assert [type(e) for e in succeeded] == [ResultEvent]
 
 
 async def test_close_ends_consumers_and_subscriptions_and_can_be_repeated(broker: Broker) -> None:

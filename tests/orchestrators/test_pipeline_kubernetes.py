@@ -17,7 +17,7 @@ from shared.messages import Target
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from tests.orchestrators.fake_kube import FakeKube, running_fake_kube, write_kubeconfig
-from tests.support.cli import triggers_cli
+from tests.support.cli import tailing, triggers_cli
 from tests.support.events import redeploy_in_steps
 from tests.support.gateways import Gateway
 from tests.support.messages import scale_command
@@ -202,12 +202,22 @@ async def test_running_notices_carry_the_rollout_progress_before_the_result(
     kube_worker: Worker,
     bus: AmqpBus,
 ) -> None:
-    """A redeploy of 3 replicas rolled one at a time is `running` with updated/total from the controller, at least once below 3/3, never going back, and then succeeded."""
-    fake, _ = kube_env
+    """A redeploy of 3 replicas rolled one at a time is `running` with updated/total from the controller, at least once below 3/3, never going back, and then succeeded; `triggers tail` prints those running lines before the result's."""
+    fake, environ = kube_env
     fake.add("front", labels={"app.kubernetes.io/part-of": "site"}, replicas=3)
     fake.rollout = "rolling"
-    site = Target(cluster="prod", app="site")
-    counts = await redeploy_in_steps(
-        bus, settings.amqp_url, site, service="front", total=3, within=60
-    )
+    async with tailing({**environ, "COLUMNS": "200"}, "--app", "site", "--count", "1") as tail:
+        site = Target(cluster="prod", app="site")
+        counts = await redeploy_in_steps(
+            bus, settings.amqp_url, site, service="front", total=3, within=60
+        )
+        async with asyncio.timeout(30):
+            out, _ = await tail.communicate()
     assert counts[-1] == (3, 3)
+    *running, done = out.decode().splitlines()
+    assert running, out.decode()
+    assert all("RUNNING" in line and "prod/site" in line for line in running)
+    shown = [f"front {u}/{t} updated" for u, t in counts]
+    with_counts = [line for line in running if "updated" in line]
+    assert [next(s for s in shown if s in line) for line in with_counts] == shown, running
+    assert "SUCCEEDED" in done

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-__all__ = ["created_scale_trigger", "run_cli", "triggers_cli"]
+__all__ = ["created_scale_trigger", "run_cli", "tailing", "triggers_cli"]
 
 
 def triggers_cli() -> list[str]:
@@ -38,3 +40,23 @@ async def created_scale_trigger(env: dict[str, str]) -> str:
     )  # fmt: skip
     assert code == 0, err
     return str(json.loads(out)["url"].split("?", 1)[1])
+
+
+@contextlib.asynccontextmanager
+async def tailing(env: dict[str, str], *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`triggers tail ARGS` once it says it is waiting for results (subscribed); killed on
+    the way out if it has not ended. Read what it printed with ``communicate()``."""
+    tail = await asyncio.create_subprocess_exec(
+        *triggers_cli(), "tail", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert tail.stderr is not None
+        async with asyncio.timeout(30):
+            while b"Waiting for results" not in await tail.stderr.readline():
+                pass
+        yield tail
+    finally:
+        if tail.returncode is None:
+            tail.kill()
+            await tail.wait()
