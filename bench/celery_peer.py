@@ -3,7 +3,8 @@
 The way many teams would build this service: Flask checks the secret and sends a task
 over the same RabbitMQ, with publisher confirms (``confirm_publish``) and late acks;
 the task applies the same change to a local cluster file and publishes the same result
-event on ``triggers.results``. Configured by ``BENCH_*`` variables set by the harness.
+event on ``triggers.results``. Configured by ``BENCH_*`` variables set by the harness
+(``BENCH_AMQP_URL``: one URL, or a cluster's nodes as Celery's failover list, ``;``-separated).
 """
 
 from __future__ import annotations

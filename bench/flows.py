@@ -12,6 +12,7 @@ from aiormq.abc import DeliveredMessage
 
 from bench.client import HttpError, KeepAliveClient
 from bench.load import percentile
+from shared.amqp_transport import connect_any
 from shared.topology import COMMAND_QUEUE_ARGUMENTS, RESULTS_EXCHANGE
 
 __all__ = ["BrokerCeiling", "EndToEnd", "broker_ceiling", "end_to_end"]
@@ -39,7 +40,7 @@ async def broker_ceiling(amqp_url: str, *, seconds: float, in_flight: int) -> Br
     One confirm channel, `in_flight` publishes outstanding: what the broker itself can
     confirm, which bounds any gateway that answers only after the confirm.
     """
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_any(amqp_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         queue = await channel.declare_queue(
@@ -111,7 +112,7 @@ async def end_to_end(  # noqa: PLR0915 - one closed-loop driver reads best whole
     # The driver's own subscriber is as cheap as it can be (no acks, only the job id
     # decoded, aiormq's delivery without aio-pika's message object on top): its CPU is
     # taken from the machine the measured processes run on.
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_any(amqp_url)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=1000)
     results = await channel.declare_queue(exclusive=True, auto_delete=True)

@@ -33,11 +33,13 @@ from typing import Any
 import aio_pika
 import aiohttp
 import psutil
+from yarl import URL
 
 from bench.flows import EndToEnd, broker_ceiling, end_to_end
 from bench.load import LoadResult, http_load
-from bench.procs import Service, broker_process, free_port, usage, wait_port
+from bench.procs import Service, broker_processes, free_port, usage, wait_port
 from bench.straight import QUEUE as STRAIGHT_QUEUE
+from shared.amqp_transport import BrokerNodes, connect_any, split_urls
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.topology import COMMAND_QUEUES, declare
@@ -158,13 +160,23 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run([ctl, *args], check=True, capture_output=True, timeout=60)  # noqa: S603 - fixed argv
 
 
+def _on_vhost(broker: str, vhost: str) -> str:
+    """Every node's URL of `broker` (one AMQP URL, or a cluster's, comma-separated) on `vhost`."""
+    return ",".join(str(URL(url).with_path(f"/{vhost}")) for url in split_urls(broker))
+
+
 @contextmanager
-def _private_vhost(broker: str) -> Iterator[str]:
+def _private_vhost() -> Iterator[str]:
+    """The name of a vhost of the run's own, deleted afterwards.
+
+    Made with `rabbitmqctl` (this machine's node, or `RABBITMQ_NODENAME`'s): a cluster's
+    vhosts are the same on every node, so any of them serves, whichever URLs are down.
+    """
     vhost = f"bench-{uuid.uuid4().hex[:8]}"
     _rabbitmqctl("add_vhost", vhost)
     try:
         _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield f"{broker.rstrip('/')}/{vhost}"
+        yield vhost
     finally:
         # The broker is shared: if someone restarts it mid-run, wait for it to come back
         # rather than leave the vhost behind.
@@ -218,7 +230,7 @@ async def _wait_ready(url: str, within: float) -> None:
 
 async def _wait_consumer(amqp_url: str, queue: str, within: float) -> None:
     deadline = time.monotonic() + within
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_any(amqp_url)
     async with connection:
         while True:
             channel = await connection.channel()
@@ -238,7 +250,7 @@ async def _wait_consumer(amqp_url: str, queue: str, within: float) -> None:
 
 
 async def _purge(amqp_url: str, *queues: str) -> None:
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_any(amqp_url)
     async with connection:
         for name in queues:
             channel = await connection.channel()
@@ -311,7 +323,12 @@ class _Bench:
         self.report = Report()
         self.services: list[Service] = []
         self.work = Path(tempfile.mkdtemp(prefix="triggers-bench-"))
+        # Every node's URL on the run's vhost, comma-separated.
         self.amqp_url = ""
+
+    def brokers(self) -> list[psutil.Process]:
+        """The RabbitMQ nodes behind the run's URLs, for the CPU meter."""
+        return broker_processes({port for _, port in BrokerNodes(self.amqp_url).addresses})
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Service:
         service = Service(name, argv, {**os.environ, **(env or {})}, self.work / f"{name}.log")
@@ -372,7 +389,7 @@ class _Bench:
         )
         for service in [s for s in self.services if s.name.startswith("noop-")]:
             service.stop()
-        meter = _Meter({"broker": broker_process})
+        meter = _Meter({"broker": self.brokers})
         ceiling = await broker_ceiling(
             self.amqp_url, seconds=self.config.seconds, in_flight=self.config.in_flight
         )
@@ -507,7 +524,7 @@ class _Bench:
         queues: Iterable[str],
     ) -> None:
         """Load a gateway that publishes, with the CPU of it and the broker; then purge."""
-        meter = _Meter({**measured, "broker": broker_process})
+        meter = _Meter({**measured, "broker": self.brokers})
         result = await self.load(url)
         self.report.add_load(name, result, note)
         self.report.cpu_per_command_us[phase] = meter.per_command_us(
@@ -531,7 +548,7 @@ class _Bench:
         }
         for _ in range(self.config.rounds):
             for pipeline in pipelines:
-                meter = _Meter({**pipeline.measured, "broker": broker_process})
+                meter = _Meter({**pipeline.measured, "broker": self.brokers})
                 e2e = await end_to_end(
                     pipeline.url,
                     self.amqp_url,
@@ -620,7 +637,8 @@ class _Bench:
         LocalCluster(state).set_service(CLUSTER, APP, SERVICE, replicas=1, image="nginx:1.27")
         env = {
             **env,
-            "BENCH_AMQP_URL": self.amqp_url,
+            # Celery's own failover list: the same nodes, separated by semicolons.
+            "BENCH_AMQP_URL": ";".join(split_urls(self.amqp_url)),
             "BENCH_LOCAL_STATE": str(state),
             "BENCH_SECRET_HASH": secret_hash,
             "BENCH_SERVICE": SERVICE,
@@ -659,7 +677,7 @@ class _Bench:
             )
             return
         web, url, _ = await self._celery_web()
-        meter = _Meter({"gunicorn": web.processes, "broker": broker_process})
+        meter = _Meter({"gunicorn": web.processes, "broker": self.brokers})
         result = await self.load(url)
         self.report.add_load(
             "celery peer gateway (flask+gunicorn)", result, "2 workers, confirm_publish"
@@ -795,10 +813,11 @@ async def run_bench(config: BenchConfig, say: Callable[[str], None] = print) -> 
         _apt_setup({"wrk": "wrk", "webhook": "webhook"}, say)
     bench = _Bench(config, say)
     try:
-        with _private_vhost(config.broker) as amqp_url:
-            bench.amqp_url = amqp_url
-            bench.report.vhost = amqp_url.rsplit("/", 1)[-1]
-            connection = await aio_pika.connect(amqp_url)
+        with _private_vhost() as vhost:
+            bench.amqp_url = _on_vhost(config.broker, vhost)
+            bench.report.vhost = vhost
+            # The first node that answers; the processes started get every node's URL.
+            connection = await connect_any(bench.amqp_url)
             async with connection:
                 await declare(await connection.channel(), Settings().retry_delays)
                 underlay = connection.transport

@@ -8,13 +8,13 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-__all__ = ["Service", "Usage", "broker_process", "free_port", "usage", "wait_port"]
+__all__ = ["Service", "Usage", "broker_processes", "free_port", "usage", "wait_port"]
 
 
 def free_port() -> int:
@@ -133,9 +133,16 @@ def usage(processes: Sequence[psutil.Process]) -> Usage:
     return Usage(cpu=cpu, peak_rss_mb=peak, processes=alive)
 
 
-def broker_process() -> list[psutil.Process]:
-    """The RabbitMQ node on this machine (read-only: its CPU time), if it can be seen."""
-    for process in psutil.process_iter(["name"]):
-        if process.info["name"] == "beam.smp":
-            return [process]
-    return []
+def broker_processes(ports: Collection[int]) -> list[psutil.Process]:
+    """The RabbitMQ nodes on this machine listening on one of `ports` (read-only: their CPU
+    time), or the first node seen when none can be matched (its sockets may be hidden)."""
+    nodes = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "beam.smp"]
+    listening = []
+    for node in nodes:
+        try:
+            sockets = node.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        if any(s.status == psutil.CONN_LISTEN and s.laddr.port in ports for s in sockets):
+            listening.append(node)
+    return listening or nodes[:1]

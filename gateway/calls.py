@@ -35,7 +35,7 @@ from gateway.outcomes import Accepted, CallOutcome, Held, Ignored, Progress, Ref
 from gateway.policy import admit
 from gateway.recent import RecentEvents
 from gateway.sources import EventCall, inspect_call
-from gateway.waiter import ResultWaiter
+from gateway.waiter import ResultWaiter, recorded_result
 from shared.batch import WriteBehind
 from shared.broker import Bus
 from shared.errors import RequestError
@@ -46,6 +46,7 @@ from shared.messages import (
     Direction,
     JobNotice,
     Redeploy,
+    ResultEvent,
     Scale,
     Source,
     Target,
@@ -284,17 +285,25 @@ async def _publish(
             headers={"Retry-After": "2"},
         )
     # Expect the result before publishing: a fast worker may answer before the confirm.
+    since = waiter.disconnects
+    result: ResultEvent | None
     with waiter.expect(envelope.job_id) as future:
         record = await _send(services, envelope, reservation)
         WAITING.inc()
         try:
             async with asyncio.timeout_at(deadline):
-                result = await future
+                result, recorded = await waiter.result(
+                    future, envelope.job_id, since=since, history=services.jobs
+                )
         except TimeoutError:
-            return Accepted(envelope.job_id, envelope, record, event, wait=wait)
+            # One more read: a result that missed the reply queue may be in the history.
+            result = await recorded_result(services.jobs, envelope.job_id)
+            recorded = result is not None
         finally:
             WAITING.dec()
-    return Accepted(envelope.job_id, envelope, record, event, wait=wait, result=result)
+    return Accepted(
+        envelope.job_id, envelope, record, event, wait=wait, result=result, recorded=recorded
+    )
 
 
 async def _hold(

@@ -332,6 +332,8 @@ async def _answer(request: web.Request, trigger: Trigger, outcome: CallOutcome) 
             return _held(request, trigger, outcome)
         case Accepted(wait=wait):
             fields["outcome"] = outcome.label
+            if outcome.recorded:
+                fields["result_from"] = "history"
             if wait > 0:
                 return await _waited(request, trigger, outcome)
             return _accepted(request, trigger, outcome)

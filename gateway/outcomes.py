@@ -51,6 +51,8 @@ class Accepted:
     event: dict[str, object] | None  # what a registry push or an alert was recognised as
     wait: float = 0.0
     result: ResultEvent | None = None
+    # The result was read from the history: the reply queue missed it (a broker node died).
+    recorded: bool = False
 
     @property
     def label(self) -> str:

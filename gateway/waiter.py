@@ -8,6 +8,11 @@ header: the broker routes a copy to this queue only, so gateways do not receive 
 decode) the results of jobs nobody waits on. The queue hands each event to the request
 waiting for that job id. A request registers its future *before* the command is
 published, so a result that comes back faster than the publish confirm is not missed.
+
+A result can still miss the queue: it lives on this process's broker node, and when that
+node dies it is declared again on the next one, so a result routed in between is lost.
+The requests waiting then (`disconnects` changed) read the history, which the recorder's
+replicated queue fills, until their result comes or their wait ends (`ResultWaiter.result`).
 """
 
 from __future__ import annotations
@@ -20,11 +25,27 @@ from collections.abc import Iterator
 import structlog
 
 from shared.broker import Bus
+from shared.jobs import JobStore
 from shared.messages import ResultEvent
 
-__all__ = ["ResultWaiter"]
+__all__ = ["ResultWaiter", "recorded_result"]
 
 log = structlog.get_logger("triggers.gateway")
+
+# How often a request whose reply queue may have missed its result reads the history.
+LOOKUP_INTERVAL = 0.5
+# The statuses a result event brings.
+_FINAL = frozenset({"succeeded", "failed", "skipped"})
+
+
+async def recorded_result(history: JobStore, job_id: str) -> ResultEvent | None:
+    """The job's result as the history has it, once it finished; None before, or when the
+    store cannot say (it is optional on this path)."""
+    try:
+        job = await history.get(job_id)
+    except Exception:
+        return None
+    return job.result if job is not None and job.status in _FINAL else None
 
 
 class ResultWaiter:
@@ -53,6 +74,13 @@ class ResultWaiter:
                 return False
             await asyncio.sleep(0.05)
         return True
+
+    @property
+    def disconnects(self) -> int:
+        """The bus's connection losses so far. The reply queue is exclusive, so it dies
+        with its node and is declared again on the next one: a result published in
+        between reaches nobody, and a request that saw this change looks in the history."""
+        return self._bus.disconnects if self._bus is not None else 0
 
     @property
     def waiting(self) -> int:
@@ -101,6 +129,21 @@ class ResultWaiter:
         finally:
             self._pending.pop(job_id, None)
             future.cancel()
+
+    async def result(
+        self, future: asyncio.Future[ResultEvent], job_id: str, *, since: int, history: JobStore
+    ) -> tuple[ResultEvent, bool]:
+        """The job's result from `future` (see `expect`) or, once the connection dropped
+        after `since` (a `disconnects` count), from `history`, read every half second; and
+        whether it came from there. The caller bounds the wait."""
+        while True:
+            await asyncio.wait([future], timeout=LOOKUP_INTERVAL)
+            if future.done():
+                return future.result(), False
+            if self.disconnects != since:
+                event = await recorded_result(history, job_id)
+                if event is not None:
+                    return event, True
 
     async def _on_result(self, event: ResultEvent) -> None:
         future = self._pending.get(event.job_id)

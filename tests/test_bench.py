@@ -7,8 +7,10 @@ otherwise; our own figures must always be there.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,10 +19,9 @@ from tests.support.cli import triggers_cli
 CALLS = 120
 
 
-def test_bench_smoke_run_measures_our_gateway_and_end_to_end(tmp_path: Path) -> None:
-    """`triggers bench` in a tiny configuration prints the table and measures our figures."""
-    out = tmp_path / "bench.json"
-    done = subprocess.run(
+def run_bench(out: Path, *options: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    """`triggers bench` in a tiny configuration, its report written to `out`."""
+    return subprocess.run(
         [
             *triggers_cli(),
             "bench",
@@ -28,24 +29,33 @@ def test_bench_smoke_run_measures_our_gateway_and_end_to_end(tmp_path: Path) -> 
             "1",
             "--connections",
             "8",
-            "--calls",
-            str(CALLS),
             "--in-flight",
             "8",
-            "--rounds",
-            "2",
-            "--processes",
-            "2",
             "--no-setup",
             "--python-load",
             "--json",
             str(out),
+            *options,
         ],
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=timeout,
         check=False,
     )
+
+
+def vhost_gone(report: dict[str, Any]) -> bool:
+    """Whether the run's private vhost was deleted."""
+    vhosts = subprocess.run(
+        ["rabbitmqctl", "list_vhosts", "-q"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return str(report["vhost"]).startswith("bench-") and report["vhost"] not in vhosts
+
+
+def test_bench_smoke_run_measures_our_gateway_and_end_to_end(tmp_path: Path) -> None:
+    """`triggers bench` in a tiny configuration prints the table and measures our figures."""
+    out = tmp_path / "bench.json"
+    done = run_bench(out, "--calls", str(CALLS), "--rounds", "2", "--processes", "2")
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     rows = {row["name"]: row for row in report["rows"]}
@@ -90,8 +100,32 @@ def test_bench_smoke_run_measures_our_gateway_and_end_to_end(tmp_path: Path) -> 
         assert celery["met"] == (report["ratios"]["end to end / celery end to end"] >= 2.5)
     assert "| target | this run | |" in done.stdout
     # Its private vhost is gone.
-    vhosts = subprocess.run(
-        ["rabbitmqctl", "list_vhosts", "-q"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert report["vhost"].startswith("bench-")
-    assert report["vhost"] not in vhosts
+    assert vhost_gone(report)
+
+
+def test_bench_takes_a_cluster_list_and_skips_a_node_that_is_down(tmp_path: Path) -> None:
+    """`--broker` with two nodes' URLs, the first one a closed port: every phase (the
+    Celery peer's too, when installed) reaches the node that answers and reports."""
+    out = tmp_path / "bench.json"
+    with socket.socket() as closed:
+        # Bound, never listening: connections to it are refused, and no one else takes it.
+        closed.bind(("127.0.0.1", 0))
+        down = closed.getsockname()[1]
+        broker = f"amqp://guest:guest@127.0.0.1:{down},amqp://guest:guest@127.0.0.1:5672"
+        done = run_bench(
+            out, "--calls", "60", "--rounds", "1", "--processes", "1", "--broker", broker
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    for name in ("broker confirmed publishes", "our gateway, 1 process", "our end to end"):
+        assert rows[name]["rate"] > 0, rows[name]
+    assert rows["our end to end"]["errors"] == 0, rows["our end to end"]
+    assert rows["our end to end"]["note"].startswith("60 of 60 results")
+    assert "celery peer end to end" in rows or "celery" in report["skipped"]
+    if "celery peer end to end" in rows:
+        assert rows["celery peer end to end"]["rate"] > 0, rows["celery peer end to end"]
+    # The broker's CPU was metered on the node that answered.
+    assert report["cpu_per_command_us"]["end to end (ours)"]["broker"] is not None
+    assert "| our end to end |" in done.stdout
+    assert vhost_gone(report)

@@ -1015,7 +1015,7 @@ def tail(
     "--broker",
     default="amqp://guest:guest@127.0.0.1:5672",
     show_default=True,
-    help="RabbitMQ the end-to-end runs use.",
+    help="RabbitMQ the runs use: one AMQP URL, or a cluster's nodes, comma-separated.",
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON here.")
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep the logs in this directory.")

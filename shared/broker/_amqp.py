@@ -86,6 +86,7 @@ class AmqpBus:
         # channel, queue and consumer: `connected` alone comes back before that.
         self._restored = False
         self._closing = False
+        self._disconnects = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, role: str, **overrides: Any) -> AmqpBus:
@@ -113,6 +114,11 @@ class AmqpBus:
     def node(self) -> str | None:
         """The node ("host:port") this process is connected to, while it is."""
         return self._nodes.current if self.ready else None
+
+    @property
+    def disconnects(self) -> int:
+        """Connections lost so far (a failed reconnect attempt is not another one)."""
+        return self._disconnects
 
     async def start(self) -> None:
         """Connect now; raise `BrokerUnavailable` if no node can be reached."""
@@ -151,6 +157,7 @@ class AmqpBus:
         if self._closing:
             return
         if self._restored:
+            self._disconnects += 1
             log.warning(
                 "bus.disconnected",
                 node=self._nodes.current,

@@ -88,6 +88,7 @@ class MemoryBus:
 
     name = "in-process"
     node = "in-process"
+    disconnects = 0
     durable = False
 
     def __init__(self) -> None:

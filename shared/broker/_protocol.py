@@ -65,6 +65,11 @@ class Bus(Protocol):
         ...
 
     @property
+    def disconnects(self) -> int:
+        """Connections lost so far: a result published meanwhile may have reached nobody."""
+        ...
+
+    @property
     def durable(self) -> bool:
         """Whether queued messages outlive the process (and dead letters are kept)."""
         ...

@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import json
 import signal
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -26,6 +28,7 @@ from shared.store import TriggerStore
 from shared.topology import COMMAND_QUEUES
 from shared.triggers import trigger_call_url
 from tests.faults.harness import WorkerPool, applied_jobs
+from tests.proxy import TcpProxy
 from tests.rabbitmq_nodes import RabbitNode, rabbit_cluster
 from tests.support.processes import ServiceProcess, service_process
 from workers.orchestrators.local import LocalOrchestrator
@@ -351,12 +354,165 @@ async def test_minority_answers_503_then_recovers(
             except TimeoutError:
                 logs = worker_logs(tmp_path)
                 pytest.fail(f"job {after.job_id} not applied within 180 s; worker logs:\n{logs}")
+            applied = time.monotonic() - after.answered
             assert all(p.returncode is None for p in pool.processes)
             slowest = max(a.answered - a.started for a in answers)
             print(
                 f"\nminority: {len(answers)} calls answered 503 in at most {slowest:.1f} s "
                 f"(publish timeout {PUBLISH_TIMEOUT:g} s); 202 again "
-                f"{after.answered - restarted:.1f} s after the two nodes were started"
+                f"{after.answered - restarted:.1f} s after the two nodes were started, "
+                f"applied {applied:.1f} s after that 202"
             )
     finally:
         await pool.stop_all()
+
+
+WAIT = 20.0
+# Past its wait, what a loaded machine may add: the publish, a store read, the answer.
+WAIT_BOUND = 5.0
+WAITING_CALLS = 20
+# From a worker's result to its record in the history (the recorder may be moving nodes).
+RECORD_LAG = 5.0
+
+
+@dataclass(frozen=True)
+class Waited:
+    """One `wait=N` call and its answer."""
+
+    wall: float  # time.time() when it started
+    started: float
+    answered: float
+    status: int  # 0: the connection failed
+    body: dict[str, Any]
+    retry_after: str | None
+
+
+async def waiting_call(http: aiohttp.ClientSession, url: str) -> Waited:
+    """POST one scale_out step=1 call with wait=WAIT; a connection error is status 0."""
+    wall, started = time.time(), time.monotonic()
+    try:
+        async with http.post(f"{url}&type=scale_out&step=1&wait={WAIT:g}") as response:
+            body = await response.json(content_type=None)
+            status, retry_after = response.status, response.headers.get("Retry-After")
+    except (aiohttp.ClientError, TimeoutError):
+        return Waited(wall, started, time.monotonic(), 0, {}, None)
+    return Waited(wall, started, time.monotonic(), status, body, retry_after)
+
+
+def queue_messages(nodes: list[RabbitNode], vhost: str, queue: str) -> int:
+    """Messages in a queue (ready and unacked), as a node that is up reports them."""
+    up = next(n for n in nodes if n.accepting())
+    rows = json.loads(up.ctl("list_queues", "-p", vhost, "name", "messages", "--formatter", "json"))
+    return next((int(row["messages"]) for row in rows if row["name"] == queue), 0)
+
+
+async def judge_waited(
+    calls: list[Waited], jobs: JobStore
+) -> tuple[list[Waited], list[Waited], list[Waited]]:
+    """Each call answered within its wait and the bound: with its result, or 202 with
+    status_url (and not when the history had its result well before), or 503 with
+    Retry-After. The three lists, in that order."""
+    results = [c for c in calls if c.status in (200, 422)]
+    timed_out = [c for c in calls if c.status == 202]
+    refused = [c for c in calls if c.status not in (200, 202, 422)]
+    for c in calls:
+        assert c.answered - c.started <= WAIT + WAIT_BOUND, c
+    for c in results:
+        assert c.body["status"] == "succeeded", c
+        assert c.body["result"]["after"], c
+    for c in timed_out:
+        assert c.body["status_url"].endswith(f"/v1/jobs/{c.body['job_id']}"), c
+        job = await jobs.get(c.body["job_id"])
+        finished = job.finished_at if job is not None else None
+        assert finished is None or finished.timestamp() > c.wall + WAIT - RECORD_LAG, (c, job)
+    for c in refused:
+        assert c.status == 503, c
+        assert c.retry_after, c
+    return results, timed_out, refused
+
+
+async def test_waiting_calls_answer_when_their_gateways_node_dies(
+    nodes: list[RabbitNode],
+    vhost: str,
+    store: TriggerStore,
+    jobs: JobStore,
+    env: dict[str, str],
+    settings: Settings,
+    cluster: LocalOrchestrator,
+    tmp_path: Path,
+) -> None:
+    """`wait=N` calls in flight when the gateway's node is SIGKILLed (their reply queue
+    dies with it, and their results come before the gateway is on another node) answer
+    with their result, or 202 with status_url if it has not come, within N plus a small
+    bound; nothing else, no 5xx without Retry-After."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="scale", service="web")
+    victim, *others = nodes
+    # The gateway reaches the other nodes through proxies this test holds closed after the
+    # kill: the results come while it has no node, deterministically, not by a race with
+    # its reconnect. The worker and the recorder use the other nodes directly.
+    proxies = [TcpProxy("127.0.0.1", n.amqp_port) for n in others]
+    for proxy in proxies:
+        await proxy.start()
+        await proxy.cut()
+    through = [victim.vhost_url(vhost)]
+    through += [f"amqp://guest:guest@127.0.0.1:{p.port}/{vhost}" for p in proxies]
+    gateway_env = {**cluster_env(env, nodes, vhost), "TRIGGERS_AMQP_URL": ",".join(through)}
+    environment = cluster_env(env, others, vhost)
+    pool = WorkerPool(env=environment, log_dir=tmp_path)
+    await pool.start()
+    # The worker takes the commands and waits for the cluster file this test holds: the
+    # calls wait with their commands on the queue, and the results all come at once, when
+    # the file is let go, just after the gateway's node died.
+    lock = sqlite3.connect(settings.local_state, isolation_level=None)
+    try:
+        async with (
+            service_process(gateway_env, "gateway") as gateway,
+            service_process(environment, "recorder"),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT * 3)) as http,
+        ):
+            url = trigger_call_url(gateway.url, trigger, secret)
+            first = await waiting_call(http, url)
+            assert first.status == 200, first  # the worker consumes, the results come back
+            lock.execute("BEGIN IMMEDIATE")
+            in_flight = [asyncio.create_task(waiting_call(http, url)) for _ in range(WAITING_CALLS)]
+            scale_queue = COMMAND_QUEUES["scale"]
+            async with asyncio.timeout(60):
+                while await asyncio.to_thread(queue_messages, others, vhost, scale_queue) < (
+                    WAITING_CALLS
+                ):
+                    await asyncio.sleep(0.2)
+            victim.kill(signal.SIGKILL)
+            lock.execute("ROLLBACK")
+            killed = time.monotonic()
+            # Calls made while the gateway has no node: 503 + Retry-After.
+            after = []
+            for _ in range(5):
+                after.append(asyncio.create_task(waiting_call(http, url)))
+                await asyncio.sleep(0.2)
+            # Every result recorded in the history, then the gateway may move on.
+            async with asyncio.timeout(60):
+                while (await jobs.counts()).get("succeeded", 0) < 1 + WAITING_CALLS:
+                    await asyncio.sleep(0.2)
+            recorded = time.monotonic()
+            for proxy in proxies:
+                await proxy.restore()
+            calls = [*(await asyncio.gather(*in_flight)), *(await asyncio.gather(*after))]
+    finally:
+        lock.close()
+        await pool.stop_all()
+        for proxy in proxies:
+            await proxy.close()
+    results, timed_out, refused = await judge_waited(calls, jobs)
+    # Their results were all in the history before the gateway was on a node again.
+    assert all(c.status == 200 for c in calls[:WAITING_CALLS]), calls[:WAITING_CALLS]
+    longest = max(c.answered - c.started for c in calls)
+    # The results its reply queue missed, read from the history instead.
+    from_history = sum(1 for line in gateway.lines if line.get("result_from") == "history")
+    print(
+        f"\nwaiting calls: {len(calls)} calls with wait={WAIT:g} ({WAITING_CALLS} in flight "
+        f"when the gateway's node was SIGKILLed, 5 made just after), {len(results)} answered "
+        f"with the result ({from_history} of them read from the history), {len(timed_out)} "
+        f"answered 202 with status_url, {len(refused)} answered 503 with Retry-After; "
+        f"longest answer {longest:.1f} s (the gateway had no node for "
+        f"{recorded - killed:.1f} s after the kill, while the results came)"
+    )
