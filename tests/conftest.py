@@ -9,6 +9,7 @@ import importlib
 from typing import Any
 
 pytest_plugins = [
+    "pytester",
     "tests.support.unit_lane",
     "tests.support.broker",
     "tests.support.databases",

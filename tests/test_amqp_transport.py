@@ -46,6 +46,7 @@ async def _read_all(received: asyncio.Queue[bytes]) -> bytes:
     return data
 
 
+@pytest.mark.unit
 async def test_writes_of_one_turn_reach_the_transport_as_one_write(
     sink: tuple[int, asyncio.Queue[bytes]],
 ) -> None:
@@ -76,6 +77,7 @@ async def test_writes_of_one_turn_reach_the_transport_as_one_write(
     assert await _read_all(received) == b"frame-1;frame-2;frame-3;frame-4;frame-5;last"
 
 
+@pytest.mark.unit
 async def test_a_refused_connection_raises_the_client_error() -> None:
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -127,6 +129,7 @@ async def test_a_bus_given_several_nodes_skips_one_that_refuses_and_names_the_on
     assert bus.node is None
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "complaint"),
     [

@@ -90,6 +90,7 @@ async def _history(jobs: JobStore) -> tuple[str, str]:
     return ok.job_id, failed.job_id
 
 
+@pytest.mark.unit
 async def test_history_fits_80_columns_and_wraps_the_error(jobs: JobStore, cli: Any) -> None:
     """history at 80 columns keeps time, status, target, change and job id; the error
     wraps on its own lines; --wide shows every column."""
@@ -126,6 +127,7 @@ async def test_tail_since_fits_80_columns(jobs: JobStore, env: dict[str, str]) -
     assert "progress deadline" in out
 
 
+@pytest.mark.unit
 async def test_list_and_audit_fit_80_columns(store: TriggerStore, cli: Any) -> None:
     """list keeps id, target, action, status; audit keeps time, outcome, trigger, reason."""
     await cli(
@@ -165,6 +167,7 @@ async def test_list_and_audit_fit_80_columns(store: TriggerStore, cli: Any) -> N
     assert "[bold]x[/bold]" in (await cli("audit", "--wide")).output
 
 
+@pytest.mark.unit
 async def test_audit_table_shows_what_a_waiting_call_waited_for(
     store: TriggerStore, cli: Any
 ) -> None:
@@ -186,6 +189,7 @@ async def test_audit_table_shows_what_a_waiting_call_waited_for(
     assert row.split()[header.split().index("WAITED") + 1] == "failed"  # TIME is two words
 
 
+@pytest.mark.unit
 def test_dlq_table_fits_80_columns() -> None:
     """dlq list at 80 columns: id, target and time of death, the reason on its own line."""
     dead = DeadMessage(
@@ -209,6 +213,7 @@ def test_dlq_table_fits_80_columns() -> None:
     assert any("progress deadline" in line for line in lines[2:])
 
 
+@pytest.mark.unit
 async def test_job_by_prefix_locally(jobs: JobStore, cli: Any) -> None:
     """`triggers job` takes a unique prefix; an ambiguous or unknown one is one line."""
     ok, failed = await _history(jobs)
@@ -252,6 +257,7 @@ async def test_a_job_prefix_needs_the_admin_token_over_http(
     assert (status, body["error"]) == (409, "ambiguous_job_id")
 
 
+@pytest.mark.unit
 async def test_durations_take_units_and_show_prints_them_back(cli: Any) -> None:
     """--cooldown 2m, --expires-in 30d, --grace 5m; show prints cooldown: 2m, methods: GET,POST."""
     created = json.loads(
@@ -281,6 +287,7 @@ async def test_durations_take_units_and_show_prints_them_back(cli: Any) -> None:
     assert "expected a duration" in refused.output
 
 
+@pytest.mark.unit
 async def test_version_and_every_option_explained(cli: Any) -> None:
     """--version prints one; every option has help, and those read from the environment name it."""
     assert (await cli("--version")).output.startswith("triggers, version ")

@@ -126,6 +126,7 @@ async def test_proxy_header_is_read_as_configured(
         assert await _audited_remotes(store, trigger.id, 1) == [client]
 
 
+@pytest.mark.unit
 def test_trusted_proxies_setting_names_a_bad_entry() -> None:
     """A value that is not an address or CIDR fails at start, naming the variable and entry."""
     env = {"TRIGGERS_TRUSTED_PROXIES": "127.0.0.1/32, ingress"}

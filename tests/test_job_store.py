@@ -142,6 +142,7 @@ INSERT INTO jobs (job_id, trigger_id, action, cluster, app, service, status, ran
 """
 
 
+@pytest.mark.unit
 async def test_sqlite_history_from_before_migrations_is_adopted(tmp_path: Path) -> None:
     """A SQLite file whose jobs table job history made itself keeps its jobs, and takes
     new ones, once the migrations have run."""
@@ -158,6 +159,7 @@ async def test_sqlite_history_from_before_migrations_is_adopted(tmp_path: Path) 
     assert await schema_versions(f"sqlite:///{path}") == [m.version for m in MIGRATIONS]
 
 
+@pytest.mark.unit
 def test_open_job_store_picks_the_backend_from_the_url(tmp_path: Path) -> None:
     """sqlite:/// and postgresql:// URLs pick their backend; anything else says what to set."""
     assert isinstance(open_job_store(f"sqlite:///{tmp_path / 'x.db'}"), SqliteJobStore)

@@ -10,6 +10,8 @@ from shared.errors import NotFoundError
 from shared.messages import Target
 from workers.orchestrators.local import LocalOrchestrator
 
+pytestmark = pytest.mark.unit
+
 WEB = Target(cluster="demo", app="shop", service="web")
 
 

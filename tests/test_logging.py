@@ -8,7 +8,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from shared.logging import LoopFlushedLogger
+
+pytestmark = pytest.mark.unit
 
 
 class _CountingFile(io.StringIO):

@@ -531,6 +531,7 @@ async def test_tail_replays_history_then_follows_live_with_filters(
     assert replayed["schema"] == "triggers.result.v1"
 
 
+@pytest.mark.unit
 def test_event_line_shows_status_change_duration_and_source() -> None:
     """A tail line reads: time, status, action, target, before → after, duration, source, ids."""
     plain = event_line(result_event("9" * 32, "shop"), colour=False)

@@ -7,6 +7,7 @@ import signal
 import socket
 
 import aiohttp
+import pytest
 
 from shared.jobs import JobStore
 from shared.messages import CommandEnvelope, Redeploy, ResultEvent, Source, Target, new_job_id
@@ -99,6 +100,7 @@ async def test_redeploy_trigger_bound_to_a_service_restarts_only_it(
     assert job.service == "api"
 
 
+@pytest.mark.unit
 async def test_image_update_bound_to_a_service_skips_a_push_of_another_repository(
     cluster: LocalOrchestrator,
 ) -> None:

@@ -230,6 +230,7 @@ async def test_allowed_methods_are_enforced(gateway: Gateway, store: SqliteTrigg
         assert response.status == 202
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("current", "delta", "low", "high", "expected", "clamped"),
     [

@@ -140,6 +140,7 @@ async def test_redis_down_falls_back_to_this_process_and_logs_once(redis_prefix:
     assert (line["log_level"], line["operation"], line["failures"]) == ("warning", "claim", 1)
 
 
+@pytest.mark.unit
 def test_redis_outage_is_logged_once_per_interval_with_a_count() -> None:
     """The first failure logs at once; the next line, an interval later, counts the rest."""
     now = [100.0]
@@ -307,6 +308,7 @@ async def test_redis_down_trigger_calls_still_succeed_deduplicated_per_gateway(
         assert len([e for e in logs if e["event"] == event]) == 1, event
 
 
+@pytest.mark.unit
 def test_a_failed_redis_call_pauses_redis_for_a_while() -> None:
     """After a failure Redis is left alone for `pause` seconds, then tried again."""
     now = [100.0]

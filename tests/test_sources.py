@@ -23,6 +23,8 @@ from gateway.sources.plan import is_artifact_tag, tag_allowed
 from shared.images import familiar_repository, image_reference, normalize_repository
 from shared.triggers import TriggerOptions
 
+pytestmark = pytest.mark.unit
+
 FIXTURES = Path(__file__).parent / "fixtures" / "sources"
 JSON = "application/json"
 

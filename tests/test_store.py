@@ -276,6 +276,7 @@ INSERT INTO triggers (id, cluster, app, action, secret_hash, created_at) VALUES
 """
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("namespace_column", ["", "namespace TEXT,"])
 async def test_sqlite_file_from_before_migrations_is_adopted(
     tmp_path: Path, namespace_column: str
@@ -300,6 +301,7 @@ async def test_sqlite_file_from_before_migrations_is_adopted(
     assert (await store.get(created.id)) == created
 
 
+@pytest.mark.unit
 def test_open_store_picks_the_backend_from_the_url(tmp_path: Path) -> None:
     """sqlite:/// and postgresql:// URLs pick their backend; anything else says what to set."""
     assert isinstance(open_store(f"sqlite:///{tmp_path / 'x.db'}"), SqliteTriggerStore)

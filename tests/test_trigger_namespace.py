@@ -8,6 +8,8 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from shared.store import SqliteTriggerStore
 from tests.support.cli import triggers_cli
 
@@ -28,6 +30,7 @@ VALUES ('oldtrigger0000000000000000', 'prod', 'shop', 'redeploy', 'x', '2026-01-
 """
 
 
+@pytest.mark.unit
 async def test_store_file_from_before_namespaces_gains_the_column(tmp_path: Path) -> None:
     """A store created before --namespace existed keeps its triggers (namespace None) and takes new ones."""
     path = tmp_path / "old.db"

@@ -7,6 +7,8 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from shared.store import SqliteTriggerStore
 from shared.triggers import TriggerOptions
 from tests.support.cli import triggers_cli
@@ -68,6 +70,7 @@ def test_create_refuses_options_that_do_not_fit(env: dict[str, str]) -> None:
     assert json.loads(listed.stdout) == []
 
 
+@pytest.mark.unit
 async def test_store_adds_the_options_column_to_an_older_file(tmp_path: Path) -> None:
     """A trigger file from before options gains the column on open and keeps its triggers."""
     path = tmp_path / "old.db"

@@ -20,6 +20,8 @@ from shared.triggers import (
     trigger_call_url,
 )
 
+pytestmark = pytest.mark.unit
+
 SEED_REDEPLOY = "YzI4YTk5NzFkZWZkYzQ2MTJiOWZkNTM1MzY2ZDU1M2NifGNvbGxlY3RkLWJlbmNobWFya3xyZWRlcGxveXwxOGlxbjc1Z25uMmVzfA=="
 SEED_SCALING = "Y2IxZjI5YzhhYjIwMzRlMjBiYjc2OGUzYTlmZDgyNDAyfHdvcmRwcmVzcy10ZXN0fHNjYWxpbmd8MTkzZmEyMXFwZXVwMXw="
 

@@ -256,6 +256,7 @@ async def test_running_notice_after_zero_announces_every_command_before_applying
     ]
 
 
+@pytest.mark.unit
 def test_a_negative_running_notice_delay_is_refused() -> None:
     """A negative TRIGGERS_RUNNING_NOTICE_AFTER fails at start-up, naming the variable."""
     with pytest.raises(ValueError, match="TRIGGERS_RUNNING_NOTICE_AFTER must be 0 or more"):

@@ -16,6 +16,8 @@ from tests.orchestrators.fake_kube import FakeKube, running_fake_kube, write_kub
 from workers.orchestrators.kubernetes import RESTARTED_AT, KubernetesOrchestrator
 from workers.orchestrators.ledger import LEDGER_KEY, read_ledger
 
+pytestmark = pytest.mark.unit
+
 PART_OF = {"app.kubernetes.io/part-of": "shop"}
 SHOP = Target(cluster="prod", app="shop")
 WEB = Target(cluster="prod", app="shop", service="web")

@@ -22,6 +22,8 @@ from workers.orchestrators import open_orchestrator
 from workers.orchestrators.ledger import read_ledger
 from workers.orchestrators.swarm import SwarmOrchestrator, parse_docker_hosts
 
+pytestmark = pytest.mark.unit
+
 SHOP = Target(cluster="prod", app="shop")
 WEB = Target(cluster="prod", app="shop", service="web")
 

@@ -77,6 +77,7 @@ def swarm_with(fake_docker: tuple[FakeDocker, str]) -> Swarm:
     return opened
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("image", "registry"),
     [
@@ -95,6 +96,7 @@ def test_registry_of_an_image_as_docker_resolves_it(image: str, registry: str) -
     assert image_registry(image) == registry
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("key", "host"),
     [
@@ -111,6 +113,7 @@ def test_config_keys_match_with_or_without_scheme_and_path(key: str, host: str) 
     assert registry_host(key) == host
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("key", ["ghcr.io", "https://ghcr.io/v2/"])
 async def test_private_image_redeploy_sends_that_registrys_credentials(
     fake_docker: tuple[FakeDocker, str], swarm_with: Swarm, tmp_path: Path, key: str
@@ -130,6 +133,7 @@ async def test_private_image_redeploy_sends_that_registrys_credentials(
     )
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("key", [HUB, "docker.io", "index.docker.io"])
 async def test_docker_hub_image_picks_the_hub_entry(
     fake_docker: tuple[FakeDocker, str], swarm_with: Swarm, tmp_path: Path, key: str
@@ -145,6 +149,7 @@ async def test_docker_hub_image_picks_the_hub_entry(
     ]
 
 
+@pytest.mark.unit
 async def test_redeploy_sends_each_service_the_credentials_of_its_current_image(
     fake_docker: tuple[FakeDocker, str], swarm_with: Swarm, tmp_path: Path
 ) -> None:
@@ -159,6 +164,7 @@ async def test_redeploy_sends_each_service_the_credentials_of_its_current_image(
     assert users == {"shop_web": "hub", "shop_agent": "hub", "shop_api": "ci-bot"}
 
 
+@pytest.mark.unit
 async def test_registry_without_an_entry_gets_no_header(
     fake_docker: tuple[FakeDocker, str], swarm_with: Swarm, tmp_path: Path
 ) -> None:
@@ -171,6 +177,7 @@ async def test_registry_without_an_entry_gets_no_header(
     assert fake.registry_auths == [("shop_api", None), ("shop_web", None)]
 
 
+@pytest.mark.unit
 async def test_identity_token_is_sent_instead_of_a_password(
     fake_docker: tuple[FakeDocker, str], swarm_with: Swarm, tmp_path: Path
 ) -> None:
@@ -186,6 +193,7 @@ async def test_identity_token_is_sent_instead_of_a_password(
     ]
 
 
+@pytest.mark.unit
 async def test_rotated_credentials_are_used_by_the_next_update(
     fake_docker: tuple[FakeDocker, str], swarm_with: Swarm, tmp_path: Path
 ) -> None:
@@ -199,6 +207,7 @@ async def test_rotated_credentials_are_used_by_the_next_update(
     assert [auth and auth["password"] for auth in sent(fake, "shop_api")] == ["old-pw", "new-pw"]
 
 
+@pytest.mark.unit
 async def test_unreadable_rewrite_keeps_the_credentials_read_before(
     fake_docker: tuple[FakeDocker, str], swarm_with: Swarm, tmp_path: Path
 ) -> None:
@@ -221,6 +230,7 @@ async def test_unreadable_rewrite_keeps_the_credentials_read_before(
     assert all(str(config) in w["error"] for w in warnings)
 
 
+@pytest.mark.unit
 async def test_registry_only_a_credential_helper_knows_gets_a_warning_once(
     fake_docker: tuple[FakeDocker, str], swarm_with: Swarm, tmp_path: Path
 ) -> None:
@@ -245,6 +255,7 @@ async def test_registry_only_a_credential_helper_knows_gets_a_warning_once(
     )
 
 
+@pytest.mark.unit
 async def test_fake_engine_rejects_a_header_that_is_not_base64url_json(
     fake_docker: tuple[FakeDocker, str],
 ) -> None:
@@ -321,6 +332,7 @@ async def test_credentials_never_reach_logs_results_or_the_ledger(
         assert secret not in visible
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("content", "words"),
     [

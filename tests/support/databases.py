@@ -66,10 +66,14 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(getattr(request, "param", "sqlite"))
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[pytest.param("sqlite", marks=pytest.mark.unit), "postgresql"])
 def each_backend(request: pytest.FixtureRequest) -> str:
     """Each database in turn: a module whose every database test runs on both says
-    `backend = each_backend` (tests that use no database run once)."""
+    `backend = each_backend` (tests that use no database run once).
+
+    For modules of store tests, which need nothing but the database: their SQLite runs are
+    in the unit lane.
+    """
     return str(request.param)
 
 

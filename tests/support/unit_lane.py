@@ -45,6 +45,7 @@ _URL_VARIABLES = (
 )
 _dialled = pytest.StashKey[list[str]]()
 _reported = pytest.StashKey[bool]()
+_running = pytest.StashKey[pytest.Item | None]()
 
 
 def is_unit(node: pytest.Item | Any) -> bool:
@@ -86,8 +87,9 @@ def pytest_fixture_setup(
 ) -> None:
     """A service fixture a unit test reaches at run time (`getfixturevalue`) fails too."""
     name = fixturedef.argname
-    if name in SERVICE_FIXTURES and is_unit(request.node):
-        _refuse(request.node, SERVICE_FIXTURES[name], f"fixture `{name}`, at run time")
+    item = request.config.stash.get(_running, None)
+    if name in SERVICE_FIXTURES and item is not None and is_unit(item):
+        _refuse(item, SERVICE_FIXTURES[name], f"fixture `{name}`, at run time")
 
 
 class _Guard:
@@ -128,12 +130,16 @@ def pytest_runtest_protocol(
     item: pytest.Item, nextitem: pytest.Item | None
 ) -> Generator[None, object, object]:
     """Around a unit test's setup, call and teardown: no connection to a service port."""
-    if not is_unit(item):
-        return (yield)
-    dialled = item.stash.setdefault(_dialled, [])
-    with pytest.MonkeyPatch.context() as patch:
-        _Guard(service_ports(), dialled).install(patch)
-        return (yield)
+    item.config.stash[_running] = item
+    try:
+        if not is_unit(item):
+            return (yield)
+        dialled = item.stash.setdefault(_dialled, [])
+        with pytest.MonkeyPatch.context() as patch:
+            _Guard(service_ports(), dialled).install(patch)
+            return (yield)
+    finally:
+        item.config.stash[_running] = None
 
 
 @pytest.hookimpl(wrapper=True)
