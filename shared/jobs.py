@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from shared.encoding import json_text
+from shared.errors import PermanentError
 from shared.messages import (
     Action,
     CommandEnvelope,
@@ -231,7 +233,6 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-_encoder = msgspec.json.Encoder()
 _source_decoder = msgspec.json.Decoder(Source)
 _result_decoder = msgspec.json.Decoder(ResultEvent)
 _progress_decoder = msgspec.json.Decoder(dict[str, RolloutProgress])
@@ -340,7 +341,7 @@ class SqlJobStore(SqlBackend):
             "status": job.status,
             "rank": _RANK[job.status],
             "correlation_id": job.correlation_id,
-            "source": _encoder.encode(job.source).decode(),
+            "source": json_text(job.source),
             "issued_at": job.issued_at,
             "accepted_at": job.accepted_at,
             "started_at": job.started_at,
@@ -348,8 +349,8 @@ class SqlJobStore(SqlBackend):
             "duration_ms": job.duration_ms,
             "attempt": job.attempt,
             "error": job.error,
-            "result": _encoder.encode(job.result).decode() if job.result else None,
-            "progress": _encoder.encode(job.progress).decode() if job.progress else None,
+            "result": json_text(job.result) if job.result else None,
+            "progress": json_text(job.progress) if job.progress else None,
             "progress_at": job.progress_at if job.progress else None,
             "updated_at": utcnow(),
         }
@@ -374,7 +375,7 @@ class SqlJobStore(SqlBackend):
                         job.app,
                         job.service,
                         job.correlation_id,
-                        _encoder.encode(job.source).decode(),
+                        json_text(job.source),
                         job.issued_at,
                         job.accepted_at,
                         now,
@@ -487,7 +488,7 @@ async def opened_job_store(database: str) -> AsyncIterator[JobStore]:
         await store.close()
 
 
-class JobLookupError(LookupError):
+class JobLookupError(PermanentError, LookupError):
     """No job, or several (`ambiguous`), match an id prefix; the message says which."""
 
     def __init__(self, message: str, *, ambiguous: bool = False) -> None:

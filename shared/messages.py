@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from shared.encoding import encode_json
+
 __all__ = [
     "COMMAND_CONTENT_TYPE",
     "NOTICE_CONTENT_TYPE",
@@ -20,6 +22,7 @@ __all__ = [
     "Action",
     "Command",
     "CommandEnvelope",
+    "Direction",
     "JobNotice",
     "JobStatus",
     "NotificationDelivery",
@@ -269,7 +272,6 @@ class _Schema(msgspec.Struct):
     schema: str = "triggers.result.v1"
 
 
-_encoder = msgspec.json.Encoder()
 _command_decoder = msgspec.json.Decoder(CommandEnvelope)
 _result_decoder = msgspec.json.Decoder(ResultEvent)
 
@@ -281,7 +283,7 @@ _schema_decoder = msgspec.json.Decoder(_Schema)
 
 def encode(message: CommandEnvelope | ResultEvent | JobNotice | NotificationDelivery) -> bytes:
     """JSON bytes of a message."""
-    return _encoder.encode(message)
+    return encode_json(message)
 
 
 def decode_command(data: bytes) -> CommandEnvelope:

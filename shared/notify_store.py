@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from shared.encoding import json_text
 from shared.messages import CommandEnvelope, NotificationDelivery, utcnow
 from shared.sql import PostgresDriver, Row, SqlBackend, SqliteDriver, parse_database
 
@@ -207,7 +208,6 @@ class Approval(msgspec.Struct, frozen=True, kw_only=True):
 
 _envelope_decoder = msgspec.json.Decoder(CommandEnvelope)
 _delivery_decoder = msgspec.json.Decoder(NotificationDelivery)
-_encoder = msgspec.json.Encoder()
 
 
 def _dt(value: Any) -> Any:
@@ -282,7 +282,7 @@ class NotifyStore(SqlBackend):
         count = await self._execute(
             "INSERT INTO sinks (name, type, url, secret, config, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
-            (sink.name, sink.type, sink.url, sink.secret, _encoder.encode(config).decode(),
+            (sink.name, sink.type, sink.url, sink.secret, json_text(config),
              sink.created_at),
         )  # fmt: skip
         return sink if count == 1 else None
@@ -341,7 +341,7 @@ class NotifyStore(SqlBackend):
         await self._execute(
             "INSERT INTO approvals (job_id, trigger_id, envelope, required, approvers, state,"
             " created_at, expires_at) VALUES (?, ?, ?, ?, '[]', 'pending', ?, ?)",
-            (approval.job_id, approval.trigger_id, _encoder.encode(envelope).decode(), required,
+            (approval.job_id, approval.trigger_id, json_text(envelope), required,
              now, approval.expires_at),
         )  # fmt: skip
         return approval
@@ -383,8 +383,8 @@ class NotifyStore(SqlBackend):
     ) -> bool:
         """Record one more approver (and the approval itself when `decide`), only if nobody
         changed the call since `current` was read; False when someone did."""
-        approvers = _encoder.encode([*current.approvers, approver]).decode()
-        old = _encoder.encode(list(current.approvers)).decode()
+        approvers = json_text([*current.approvers, approver])
+        old = json_text(list(current.approvers))
         if decide:
             sql = (
                 "UPDATE approvals SET approvers = ?, state = 'approved', decided_by = ?,"
@@ -453,7 +453,7 @@ class NotifyStore(SqlBackend):
         """Keep a delivery for the next digest of its sink."""
         await self._execute(
             "INSERT INTO notify_digest (sink, job_id, delivery, queued_at) VALUES (?, ?, ?, ?)",
-            (delivery.sink, delivery.job_id, _encoder.encode(delivery).decode(), utcnow()),
+            (delivery.sink, delivery.job_id, json_text(delivery), utcnow()),
         )
 
     async def claim_digest(

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from shared.errors import PermanentError
 from shared.messages import Action
 from shared.triggers import HTTP_METHODS, Trigger, TriggerOptions
 
@@ -62,7 +63,7 @@ DEFAULT_APPROVAL_TIMEOUT = 3600
 SinkName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 
 
-class PolicyError(ValueError):
+class PolicyError(PermanentError, ValueError):
     """A policy that cannot hold (min above max, bounds on a redeploy trigger, ...)."""
 
 

@@ -29,6 +29,7 @@ import aiohttp
 import aiosmtplib
 import msgspec
 
+from shared.errors import TriggersError
 from shared.jobs import progress_text
 from shared.messages import JobNotice, NotificationDelivery, ResultEvent, ServiceState
 from shared.notify_store import Sink
@@ -56,7 +57,7 @@ _COLOUR = {"succeeded": "Good", "failed": "Attention", "rejected": "Attention"}
 _RETRYABLE_STATUS = {408, 425, 429}
 
 
-class DeliveryFailed(Exception):
+class DeliveryFailed(TriggersError):
     """A delivery that did not go through; `retryable` says whether to try again."""
 
     def __init__(self, reason: str, *, retryable: bool) -> None:

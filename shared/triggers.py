@@ -20,6 +20,7 @@ from urllib.parse import quote
 import msgspec
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+from shared.errors import PermanentError
 from shared.messages import Action
 
 __all__ = [
@@ -62,7 +63,7 @@ HTTP_METHODS: tuple[str, ...] = ("GET", "POST")
 TriggerState = Literal["active", "disabled", "expired", "revoked"]
 
 
-class TriggerUrlError(ValueError):
+class TriggerUrlError(PermanentError, ValueError):
     """`triggerUrl` is not base64 of ``cluster|app|action|id|``; the message says how."""
 
 

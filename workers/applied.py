@@ -19,13 +19,13 @@ from pathlib import Path
 
 import msgspec
 
+from shared.encoding import json_text
 from shared.messages import Target, utcnow
 from shared.sql import PostgresDriver, SqlBackend, SqliteDriver, parse_database
 from workers.orchestrators.base import Change
 
 __all__ = ["AppliedJobs", "open_applied_jobs"]
 
-_encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Change)
 
 _INSERT = """
@@ -53,7 +53,7 @@ class AppliedJobs(SqlBackend):
                 target.cluster,
                 target.app,
                 target.service,
-                _encoder.encode(change).decode(),
+                json_text(change),
                 utcnow(),
             ],
         )

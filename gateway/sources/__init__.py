@@ -8,7 +8,6 @@ of headers, content type and bytes); `plan` turns it into a command for the trig
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from gateway.claims import Reservation, earlier_job
 from gateway.errors import ApiError
@@ -31,7 +30,7 @@ from gateway.sources.auth import (
 from gateway.sources.detect import SOURCES, parse_event
 from gateway.sources.plan import EPISODE_TTL, Planned, plan_event
 from gateway.sources.plan import Ignored as NotActedOn
-from shared.messages import Command, Origin
+from shared.messages import Command, Direction, Origin
 from shared.settings import Settings
 from shared.triggers import Trigger
 
@@ -71,7 +70,7 @@ async def inspect_call(
     body: bytes,
     *,
     source: str | None,
-    direction: Literal["scale_in", "scale_out"] | None,
+    direction: Direction | None,
     step: int | None,
     secret_in_query: bool,
     settings: Settings,

@@ -10,6 +10,8 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from shared.errors import PermanentError
+
 __all__ = [
     "Alert",
     "Headers",
@@ -28,11 +30,11 @@ Headers = Mapping[str, str]
 PushAction = Literal["push", "pull", "delete", "other"]
 
 
-class UnrecognisedBody(ValueError):
+class UnrecognisedBody(PermanentError, ValueError):
     """The body is in no format the gateway knows (422)."""
 
 
-class UnusableBody(ValueError):
+class UnusableBody(PermanentError, ValueError):
     """The body is in a known format but lacks what a command needs (422)."""
 
 

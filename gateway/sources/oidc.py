@@ -15,6 +15,8 @@ from typing import Any
 import aiohttp
 import jwt
 
+from shared.errors import PermanentError
+
 __all__ = ["OidcError", "verify_google_token"]
 
 _ISSUERS = ("accounts.google.com", "https://accounts.google.com")
@@ -22,7 +24,7 @@ _KEEP = 3600.0
 _REFRESH_AT_MOST = 60.0
 
 
-class OidcError(ValueError):
+class OidcError(PermanentError, ValueError):
     """The token is missing, malformed, unsigned by a known key, expired or not ours."""
 
 

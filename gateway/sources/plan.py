@@ -8,7 +8,6 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from typing import Literal
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -21,12 +20,11 @@ from shared.images import (
     parse_image,
     same_repository,
 )
-from shared.messages import Command, Origin, Redeploy, Scale
+from shared.messages import Command, Direction, Origin, Redeploy, Scale
 from shared.triggers import Trigger, TriggerOptions
 
 __all__ = ["Ignored", "Planned", "is_artifact_tag", "plan_event", "tag_allowed"]
 
-Direction = Literal["scale_in", "scale_out"]
 _OPPOSITE: dict[Direction, Direction] = {"scale_in": "scale_out", "scale_out": "scale_in"}
 _ARTIFACT_TAG = re.compile(r"^sha256-[0-9a-f]{64}(?:\.[a-z0-9]+)*$")
 

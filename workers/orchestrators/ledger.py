@@ -17,6 +17,7 @@ from typing import Literal
 
 import msgspec
 
+from shared.encoding import json_text
 from shared.messages import ServiceState
 from workers.orchestrators.base import Change
 
@@ -51,7 +52,6 @@ class Record(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 Ledger = dict[str, Record]
 
 _decoder = msgspec.json.Decoder(Ledger)
-_encoder = msgspec.json.Encoder()
 
 
 def read_ledger(metadata: Mapping[str, str] | None) -> Ledger:
@@ -73,7 +73,7 @@ def record_change(ledger: Ledger, job_id: str, record: Record) -> str:
     """The ledger value with `job_id` appended, trimmed to the last `LEDGER_SIZE` jobs."""
     entries = [(k, v) for k, v in ledger.items() if k != job_id]
     entries.append((job_id, record))
-    return _encoder.encode(dict(entries[-LEDGER_SIZE:])).decode()
+    return json_text(dict(entries[-LEDGER_SIZE:]))
 
 
 def as_record(service: str, change: Change, action: Literal["redeploy", "scale"]) -> Record:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from shared.encoding import encode_json
 from shared.errors import NotFoundError
 from shared.group_commit import GroupCommit, Write
 from shared.messages import ServiceState, Target, utcnow
@@ -45,7 +46,6 @@ CREATE TABLE IF NOT EXISTS applied_jobs (
 """
 
 _change_decoder = msgspec.json.Decoder(Change)
-_encoder = msgspec.json.Encoder()
 
 Services = dict[str, ServiceState]
 
@@ -263,7 +263,7 @@ def _recorded(conn: sqlite3.Connection, job_id: str) -> Change | None:
 def _record(conn: sqlite3.Connection, job_id: str, change: Change) -> None:
     conn.execute(
         "INSERT INTO applied_jobs (job_id, change, applied_at) VALUES (?, ?, ?)",
-        (job_id, _encoder.encode(change), utcnow().isoformat()),
+        (job_id, encode_json(change), utcnow().isoformat()),
     )
 
 
