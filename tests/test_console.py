@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from shared.broker import AmqpBus
-from shared.messages import new_job_id
+from shared.messages import JobNotice, RolloutProgress, new_job_id, utcnow
 from shared.settings import Settings
 from shared.store import TriggerStore
 from tests.support.broker import broker_queues
@@ -365,3 +365,33 @@ async def test_the_policy_form_sets_and_clears_request_id_idempotency(
         async with browser.get(f"{gateway.url}/ui/triggers/{trigger.id}") as page:
             text = await page.text()
         assert ('name="request_id_idempotency" checked' in text) is checked
+
+
+async def test_the_live_view_shows_a_rollout_running_then_its_result(
+    gateway: Gateway, browser: aiohttp.ClientSession, bus: AmqpBus, jobs: Any
+) -> None:
+    """A job's `running` notices reach the live stream as a running row with the rollout's progress (`2/3 updated`), then its result replaces that row; a page opened mid-rollout lists the job running with its last progress, and so does the job's page."""
+    from shared.jobs import JobRecord  # noqa: PLC0415
+
+    tab = await _open(browser, f"{gateway.url}/ui/events")
+    event = msgspec.structs.replace(result_event(new_job_id()), action="redeploy", service="web")
+    notice = JobNotice(
+        job_id=event.job_id, trigger_id=event.trigger_id, action="redeploy", cluster="demo",
+        app="shop", service="web", progress={"web": RolloutProgress(updated=2, total=3)},
+        progress_at=utcnow(),
+    )  # fmt: skip
+    await bus.publish_notice(notice)
+    _, running = await tab.next()
+    assert (running["job"], running["status"]) == (event.job_id, "running")
+    assert "s-running" in running["row"]
+    assert "2/3 updated" in running["row"]
+    await jobs.record(JobRecord.from_event(notice))
+    for path in ("/ui", f"/ui/jobs/{event.job_id}"):
+        async with browser.get(f"{gateway.url}{path}") as response:
+            page = await response.text()
+        assert response.status == 200, path
+        assert "2/3 updated" in page, path
+    await bus.publish_result(event)
+    _, done = await tab.next()
+    assert (done["job"], done["status"]) == (event.job_id, "succeeded")
+    tab.response.close()

@@ -22,6 +22,7 @@ from gateway.console._keys import LIVE, SESSIONS, TEMPLATES
 from gateway.console._live import LiveResults
 from gateway.keys import SETTINGS
 from shared.describe import origin_text
+from shared.jobs import progress_text
 from shared.sessions import open_sessions
 
 __all__ = ["add_console", "templates"]
@@ -45,6 +46,7 @@ def templates() -> jinja2.Environment:
     env.filters["utc"] = _utc
     env.filters["hms"] = lambda value: _utc(value, "%H:%M:%S")
     env.filters["origin"] = lambda source: origin_text(source).removeprefix("via ")
+    env.filters["progress"] = lambda notice: progress_text(notice.progress, notice.service)
     env.filters["iso"] = lambda value: value.astimezone(UTC).isoformat() if value else ""
     return env
 
@@ -65,7 +67,11 @@ def add_console(app: web.Application) -> None:
     env = templates()
     row = env.get_template("_row.html")
     app[TEMPLATES] = env
-    app[LIVE] = LiveResults(lambda event: row.render(event=event))
+    running = env.get_template("_running_row.html")
+    app[LIVE] = LiveResults(
+        lambda event: row.render(event=event),
+        lambda notice: running.render(notice=notice),
+    )
     static = _static()
 
     async def sessions_ctx(app: web.Application) -> AsyncIterator[None]:

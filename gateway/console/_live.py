@@ -1,8 +1,10 @@
 """Live results for the browser: one subscription per gateway process, fanned out to tabs.
 
 The first console page a process serves subscribes it to every result (`#`) on
-`triggers.results`; every open tab then listens to that one subscription through
-Server-Sent Events, never a queue of its own. The process keeps the last events in a
+`triggers.results` and every `running` notice on `triggers.progress` (a job's row shows
+it running, with its rollout's progress, until its result replaces the row); every open
+tab then listens to that one subscription through Server-Sent Events, never a queue of
+its own. The process keeps the last events in a
 ring, numbered, so a tab that reconnects with ``Last-Event-ID`` gets what it missed. An
 event id is ``<boot>.<seq>.<finished_ms>``: a reconnect that lands on another process (or
 on this one after a restart, or past the ring) is answered from the job history instead,
@@ -22,7 +24,7 @@ import msgspec
 import structlog
 
 from shared.broker import Bus
-from shared.messages import ResultEvent
+from shared.messages import JobNotice, ResultEvent
 
 __all__ = ["Listener", "LiveEvent", "LiveResults", "parse_event_id"]
 
@@ -35,12 +37,20 @@ LISTENER_BACKLOG = 1000
 
 
 class LiveEvent(msgspec.Struct, frozen=True):
-    """One result as the tabs get it: its id, the event, and its table row, rendered once."""
+    """One result (or `running` notice) as the tabs get it: its id, the event, and its
+    table row, rendered once."""
 
     id: str
     seq: int
-    event: ResultEvent
+    event: ResultEvent | JobNotice
     row: str
+
+
+def _moment(event: ResultEvent | JobNotice) -> datetime:
+    """When the event happened: a result's finish, a notice's progress reading or start."""
+    if isinstance(event, ResultEvent):
+        return event.finished_at
+    return event.progress_at or event.at
 
 
 class Listener:
@@ -70,8 +80,14 @@ def parse_event_id(text: str) -> tuple[str, int, datetime] | None:
 class LiveResults:
     """The process's subscription to `triggers.results`, its ring and its listeners."""
 
-    def __init__(self, render: Callable[[ResultEvent], str], ring_size: int = RING_SIZE) -> None:
+    def __init__(
+        self,
+        render: Callable[[ResultEvent], str],
+        render_notice: Callable[[JobNotice], str],
+        ring_size: int = RING_SIZE,
+    ) -> None:
         self.render = render
+        self._render_notice = render_notice
         # Tells this process's ids from another's (or from before a restart).
         self.boot = secrets.token_hex(4)
         self._seq = 0
@@ -94,7 +110,7 @@ class LiveResults:
         """The id of the newest event (or of none yet): a page rendered now resumes there."""
         millis = 0
         if self._ring:
-            millis = int(self._ring[-1].event.finished_at.timestamp() * 1000)
+            millis = int(_moment(self._ring[-1].event).timestamp() * 1000)
         return f"{self.boot}.{self._seq}.{millis}"
 
     async def ensure_subscribed(self, bus: Bus, within: float = 3.0) -> bool:
@@ -112,7 +128,9 @@ class LiveResults:
                 return False
             try:
                 async with asyncio.timeout(within):
-                    await bus.subscribe_results(self._on_result, binding="#")
+                    await bus.subscribe_results(
+                        self._on_result, binding="#", notices=self._on_notice
+                    )
             except Exception as exc:  # the broker went away meanwhile: the next page retries
                 log.warning("console.subscribe_failed", error=repr(exc))
                 return False
@@ -121,9 +139,16 @@ class LiveResults:
             return True
 
     async def _on_result(self, event: ResultEvent) -> None:
+        self._add(event, self.render(event))
+
+    async def _on_notice(self, notice: JobNotice) -> None:
+        if notice.status == "running":  # approval requests have their own page
+            self._add(notice, self._render_notice(notice))
+
+    def _add(self, event: ResultEvent | JobNotice, row: str) -> None:
         self._seq += 1
-        millis = int(event.finished_at.timestamp() * 1000)
-        live = LiveEvent(f"{self.boot}.{self._seq}.{millis}", self._seq, event, self.render(event))
+        millis = int(_moment(event).timestamp() * 1000)
+        live = LiveEvent(f"{self.boot}.{self._seq}.{millis}", self._seq, event, row)
         self._ring.append(live)
         for listener in list(self._listeners):
             if not listener.put(live):

@@ -30,7 +30,7 @@ from shared.api import DEFAULT_GRACE, TriggerCreate, TriggerView
 from shared.describe import curl_lines, policy_summary
 from shared.dlq import list_dead, replay_dead
 from shared.jobs import JOB_STATUSES, JobRecord, parse_since
-from shared.messages import ResultEvent, utcnow
+from shared.messages import JobNotice, ResultEvent, utcnow
 from shared.policy import PolicyChanges
 from shared.triggers import NAME_PATTERN
 
@@ -107,7 +107,7 @@ def _live_filters(query: MultiMapping[str]) -> dict[str, str | None]:
     }
 
 
-def _matches(filters: dict[str, str | None], event: ResultEvent) -> bool:
+def _matches(filters: dict[str, str | None], event: ResultEvent | JobNotice) -> bool:
     return all(value is None or getattr(event, key) == value for key, value in filters.items())
 
 
@@ -125,7 +125,12 @@ async def live(request: web.Request) -> web.StreamResponse:
     recent = await request.app[JOBS].list(
         cluster=filters["cluster"], app=filters["app"], status=filters["status"], limit=LIVE_ROWS
     )
-    rows = [job.result for job in recent if job.result is not None]
+    # Finished jobs by their result; a job rolling out by its latest `running` notice.
+    rows = [
+        job.result if job.result is not None else _running(job)
+        for job in recent
+        if job.result is not None or job.status == "running"
+    ]
     return render(
         request,
         "live.html",
@@ -137,7 +142,26 @@ async def live(request: web.Request) -> web.StreamResponse:
     )
 
 
-def _sse(live: LiveEvent | None, event: ResultEvent, event_id: str) -> bytes:
+def _running(job: JobRecord) -> JobNotice:
+    """A running job as its latest `running` notice said it (the live rows' shape)."""
+    return JobNotice(
+        job_id=job.job_id,
+        trigger_id=job.trigger_id,
+        action=job.action,
+        cluster=job.cluster,
+        app=job.app,
+        service=job.service,
+        attempt=job.attempt,
+        correlation_id=job.correlation_id,
+        source=job.source,
+        issued_at=job.issued_at,
+        at=job.started_at or job.issued_at,
+        progress=job.progress,
+        progress_at=job.progress_at,
+    )
+
+
+def _sse(live: LiveEvent | None, event: ResultEvent | JobNotice, event_id: str) -> bytes:
     data = msgspec.json.encode(
         {"job": event.job_id, "status": event.status, "row": live.row if live else None}
     )
