@@ -100,6 +100,9 @@ def _outage_errors() -> tuple[type[BaseException], ...]:
         return tuple(errors)
     errors += [asyncpg.PostgresConnectionError, asyncpg.InterfaceError]
     errors += [asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError]
+    # A backend killed mid-query (pg_terminate_backend, a failover) can surface from the
+    # pool's release as "cannot switch to state ...; another operation is in progress".
+    errors += [asyncpg.exceptions.InternalClientError]
     return tuple(errors)
 
 
