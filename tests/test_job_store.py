@@ -199,6 +199,7 @@ async def test_progress_keeps_the_latest_reading_whatever_the_arrival_order(
     assert (done.status, done.progress) == ("succeeded", running.progress)
 
 
+@pytest.mark.unit
 def test_notices_with_and_without_progress_read_both_ways() -> None:
     """A notice from a worker before rollout progress decodes with none, and a notice with progress decodes for a reader that predates it (the fields are optional, with defaults)."""
 
