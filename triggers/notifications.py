@@ -1,9 +1,9 @@
 """The notification and approval commands of `triggers`.
 
-``triggers notifier``; ``triggers sink create|list|test|delete``; ``triggers notify test SINK``
-and ``triggers notify route add|list|delete``; ``triggers approvals``, ``triggers approve
-JOB_ID`` and ``triggers reject JOB_ID --reason TEXT``. Each works on the local database,
-or with ``--server`` through a gateway's admin API, like trigger management.
+``triggers sink create|list|test|delete``; ``triggers notify test SINK`` and ``triggers
+notify route add|list|delete``; ``triggers approvals``, ``triggers approve JOB_ID`` and
+``triggers reject JOB_ID --reason TEXT``. Each works on the local database, or with
+``--server`` through a gateway's admin API, like trigger management.
 """
 
 from __future__ import annotations
@@ -11,117 +11,28 @@ from __future__ import annotations
 import getpass
 import socket
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import click
-import msgspec
 
-from shared.loop import tune_gc
-from triggers.cli import (
-    _convert,
-    _Duration,
-    _metrics_host,
-    _metrics_port,
-    _remote_options,
-    _run,
-    _settings,
-    main,
+from shared.approvals import ApprovalView
+from shared.notify_store import RouteCreate, SinkCreate
+from triggers.operations import manage_notify
+from triggers.options import (
+    Duration,
+    convert,
+    echo_struct,
+    json_array,
+    json_option,
+    remote_options,
 )
 
-if TYPE_CHECKING:
-    from shared.approvals import ApprovalView
-    from shared.notify_admin import NotifyAdmin
+__all__ = ["approvals", "approve", "notify", "reject", "sink"]
 
-__all__ = ["approve", "notifier", "notify", "reject", "sink"]
-
-T = TypeVar("T")
+_json = json_option("Print JSON.")
 
 
-def _notify_manage(
-    ctx: click.Context,
-    server: str | None,
-    token: str | None,
-    operation: Callable[[NotifyAdmin], Awaitable[T]],
-    *,
-    needs_broker: bool = False,
-) -> T:
-    """Run one operation locally (the database, and the broker when deciding) or remotely."""
-    from shared.admin import AdminError  # noqa: PLC0415
-    from shared.broker import AmqpBus  # noqa: PLC0415
-    from shared.errors import BrokerUnavailable  # noqa: PLC0415
-    from shared.jobs import open_job_store  # noqa: PLC0415
-    from shared.notify_admin import StoreNotifyAdmin  # noqa: PLC0415
-    from shared.notify_store import open_notify_store  # noqa: PLC0415
-    from shared.store import open_store  # noqa: PLC0415
-    from triggers.remote import HttpNotifyAdmin  # noqa: PLC0415
-
-    settings = _settings(ctx)
-
-    async def run() -> T:
-        admin: NotifyAdmin
-        if server:
-            admin = HttpNotifyAdmin(server, token)
-        else:
-            bus = None
-            if needs_broker:
-                bus = AmqpBus.from_settings(settings, "cli")
-                await bus.start()
-            admin = StoreNotifyAdmin(
-                open_notify_store(settings.database),
-                open_store(settings.database),
-                bus,
-                public_url=settings.public_url,
-                jobs=open_job_store(settings.database) if needs_broker else None,
-                smtp_cafile=settings.smtp_cafile,
-            )
-        try:
-            return await operation(admin)
-        finally:
-            await admin.close()
-
-    try:
-        return _run(run())
-    except BrokerUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
-    except AdminError as exc:
-        if exc.status in (400, 422):
-            raise click.UsageError(exc.detail) from None
-        hint = " (set TRIGGERS_ADMIN_TOKEN or pass --token)" if exc.status == 401 else ""
-        raise click.ClickException(f"{exc.detail}{hint}") from None
-
-
-def _echo(data: msgspec.Struct) -> None:
-    click.echo(msgspec.json.encode(data).decode())
-
-
-@main.command()
-@_metrics_port
-@_metrics_host
-@click.pass_context
-def notifier(ctx: click.Context, metrics_port: int | None, metrics_host: str) -> None:
-    """Deliver results to sinks (webhook, Slack, Teams, e-mail); expire unapproved calls."""
-    from shared.metrics import serve_metrics  # noqa: PLC0415
-    from workers.notifier import run_notifier  # noqa: PLC0415
-
-    async def serve() -> None:
-        runner = (
-            await serve_metrics(metrics_host, metrics_port, "notifier") if metrics_port else None
-        )
-        try:
-            await run_notifier(_settings(ctx))
-        finally:
-            if runner is not None:
-                await runner.cleanup()
-
-    tune_gc()
-    _run(serve())
-
-
-# --- sinks ------------------------------------------------------------------------------
-
-
-@main.group()
+@click.group()
 def sink() -> None:
     """Where notifications go: signed webhooks, Slack, Teams, e-mail."""
 
@@ -144,11 +55,11 @@ def sink() -> None:
 @click.option("--from", "sender", help="email: the sender address.")
 @click.option(
     "--digest",
-    type=_Duration(),
+    type=Duration(),
     help="email: one mail per this interval (e.g. 15m) listing every result, not one each.",
 )
-@_remote_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with `secret`).")
+@remote_options
+@json_option("Print one JSON object (with `secret`).")
 @click.pass_context
 def sink_create(
     ctx: click.Context,
@@ -163,10 +74,8 @@ def sink_create(
     as_json: bool,
 ) -> None:
     """Create a sink. A webhook's signing secret (whsec_...) is shown only now."""
-    from shared.notify_store import SinkCreate  # noqa: PLC0415
-
     recipients = [address.strip() for entry in to for address in entry.split(",") if address]
-    request = _convert(
+    request = convert(
         {
             "name": name,
             "type": kind,
@@ -181,9 +90,9 @@ def sink_create(
         request.check()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    view = _notify_manage(ctx, server, token, lambda admin: admin.create_sink(request))
+    view = manage_notify(ctx, server, token, lambda admin: admin.create_sink(request))
     if as_json:
-        _echo(view)
+        echo_struct(view)
         return
     click.echo(f"Created {view.type} sink {view.name} ({view.url}).")
     if isinstance(view.secret, str):
@@ -191,14 +100,14 @@ def sink_create(
 
 
 @sink.command("list")
-@_remote_options
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@remote_options
+@json_array
 @click.pass_context
 def sink_list(ctx: click.Context, server: str | None, token: str | None, as_json: bool) -> None:
     """List sinks (their secrets are never shown again)."""
-    page = _notify_manage(ctx, server, token, lambda admin: admin.list_sinks())
+    page = manage_notify(ctx, server, token, lambda admin: admin.list_sinks())
     if as_json:
-        click.echo(msgspec.json.encode(page.sinks).decode())
+        echo_struct(page.sinks)
         return
     if not page.sinks:
         click.echo(
@@ -212,9 +121,9 @@ def sink_list(ctx: click.Context, server: str | None, token: str | None, as_json
 def _test_sink(
     ctx: click.Context, name: str, server: str | None, token: str | None, as_json: bool
 ) -> None:
-    outcome = _notify_manage(ctx, server, token, lambda admin: admin.test_sink(name))
+    outcome = manage_notify(ctx, server, token, lambda admin: admin.test_sink(name))
     if as_json:
-        _echo(outcome)
+        echo_struct(outcome)
     elif outcome.delivered:
         click.echo(f"Sent a test notification to {name} (job {outcome.job_id}).")
     else:
@@ -225,8 +134,8 @@ def _test_sink(
 
 @sink.command("test")
 @click.argument("name")
-@_remote_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@remote_options
+@_json
 @click.pass_context
 def sink_test(
     ctx: click.Context, name: str, server: str | None, token: str | None, as_json: bool
@@ -237,16 +146,16 @@ def sink_test(
 
 @sink.command("delete")
 @click.argument("name")
-@_remote_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@remote_options
+@_json
 @click.pass_context
 def sink_delete(
     ctx: click.Context, name: str, server: str | None, token: str | None, as_json: bool
 ) -> None:
     """Delete a sink and its routes (triggers naming it notify nobody there any more)."""
-    view = _notify_manage(ctx, server, token, lambda admin: admin.delete_sink(name))
+    view = manage_notify(ctx, server, token, lambda admin: admin.delete_sink(name))
     if as_json:
-        _echo(view)
+        echo_struct(view)
     else:
         click.echo(f"Deleted sink {view.name}.")
 
@@ -254,15 +163,15 @@ def sink_delete(
 # --- notify: test and global routes ------------------------------------------------------
 
 
-@main.group()
+@click.group()
 def notify() -> None:
     """Test sinks and route results to them by cluster, app and status."""
 
 
 @notify.command("test")
 @click.argument("sink_name", metavar="SINK")
-@_remote_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@remote_options
+@_json
 @click.pass_context
 def notify_test(
     ctx: click.Context, sink_name: str, server: str | None, token: str | None, as_json: bool
@@ -285,8 +194,8 @@ def route() -> None:
     "statuses",
     help="Only these statuses, comma-separated (failed,rejected,expired,pending_approval,...).",
 )
-@_remote_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@remote_options
+@_json
 @click.pass_context
 def route_add(
     ctx: click.Context,
@@ -299,9 +208,7 @@ def route_add(
     as_json: bool,
 ) -> None:
     """Send results matching cluster, app and status to a sink, whatever their trigger."""
-    from shared.notify_store import RouteCreate  # noqa: PLC0415
-
-    request = _convert(
+    request = convert(
         {
             "sink": sink_name,
             "cluster": cluster,
@@ -310,23 +217,23 @@ def route_add(
         },
         RouteCreate,
     )
-    view = _notify_manage(ctx, server, token, lambda admin: admin.add_route(request))
+    view = manage_notify(ctx, server, token, lambda admin: admin.add_route(request))
     if as_json:
-        _echo(view)
+        echo_struct(view)
     else:
         which = ",".join(view.statuses) or "every status"
         click.echo(f"Route {view.id}: {view.cluster}/{view.app} ({which}) -> {view.sink}")
 
 
 @route.command("list")
-@_remote_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@remote_options
+@_json
 @click.pass_context
 def route_list(ctx: click.Context, server: str | None, token: str | None, as_json: bool) -> None:
     """List the global routes."""
-    page = _notify_manage(ctx, server, token, lambda admin: admin.list_routes())
+    page = manage_notify(ctx, server, token, lambda admin: admin.list_routes())
     if as_json:
-        click.echo(msgspec.json.encode(page.routes).decode())
+        echo_struct(page.routes)
         return
     if not page.routes:
         click.echo("No routes. Add one with: triggers notify route add --sink S --status failed")
@@ -336,11 +243,11 @@ def route_list(ctx: click.Context, server: str | None, token: str | None, as_jso
 
 @route.command("delete")
 @click.argument("route_id", type=int)
-@_remote_options
+@remote_options
 @click.pass_context
 def route_delete(ctx: click.Context, route_id: int, server: str | None, token: str | None) -> None:
     """Delete a global route."""
-    _notify_manage(ctx, server, token, lambda admin: admin.delete_route(route_id))
+    manage_notify(ctx, server, token, lambda admin: admin.delete_route(route_id))
     click.echo(f"Deleted route {route_id}.")
 
 
@@ -366,7 +273,7 @@ _as = click.option(
 
 def _echo_approval(view: ApprovalView, as_json: bool, headline: str) -> None:
     if as_json:
-        _echo(view)
+        echo_struct(view)
         return
     click.echo(headline)
     target = "/".join(p for p in (view.cluster, view.app, view.service) if p)
@@ -379,11 +286,11 @@ def _echo_approval(view: ApprovalView, as_json: bool, headline: str) -> None:
         click.echo(f"  reason: {view.reason}")
 
 
-@main.command()
+@click.command()
 @click.argument("job_id")
 @_as
-@_remote_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@remote_options
+@_json
 @click.pass_context
 def approve(
     ctx: click.Context,
@@ -395,7 +302,7 @@ def approve(
 ) -> None:
     """Approve a call held for approval; the last approval needed runs it."""
     who = approver or _identity()
-    view = _notify_manage(
+    view = manage_notify(
         ctx, server, token, lambda admin: admin.approve(job_id, who), needs_broker=True
     )
     done = view.state == "approved"
@@ -408,12 +315,12 @@ def approve(
     _echo_approval(view, as_json, headline)
 
 
-@main.command()
+@click.command()
 @click.argument("job_id")
 @click.option("--reason", required=True, help="Why: shown to the caller and in notifications.")
 @_as
-@_remote_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@remote_options
+@_json
 @click.pass_context
 def reject(
     ctx: click.Context,
@@ -426,13 +333,13 @@ def reject(
 ) -> None:
     """Reject a call held for approval: it never runs; its result is `rejected`."""
     who = approver or _identity()
-    view = _notify_manage(
+    view = manage_notify(
         ctx, server, token, lambda admin: admin.reject(job_id, who, reason), needs_broker=True
     )
     _echo_approval(view, as_json, f"Rejected job {view.job_id}.")
 
 
-@main.command()
+@click.command()
 @click.option(
     "--state",
     type=click.Choice(["pending", "approved", "rejected", "expired", "all"]),
@@ -440,17 +347,17 @@ def reject(
     show_default=True,
     help="Only approvals in this state.",
 )
-@_remote_options
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@remote_options
+@json_array
 @click.pass_context
 def approvals(
     ctx: click.Context, state: str, server: str | None, token: str | None, as_json: bool
 ) -> None:
     """Calls held for approval, newest first."""
     chosen: Any = None if state == "all" else state
-    page = _notify_manage(ctx, server, token, lambda admin: admin.list_approvals(chosen))
+    page = manage_notify(ctx, server, token, lambda admin: admin.list_approvals(chosen))
     if as_json:
-        click.echo(msgspec.json.encode(page.approvals).decode())
+        echo_struct(page.approvals)
         return
     if not page.approvals:
         click.echo(f"No {state if state != 'all' else ''} approvals.".replace("  ", " "))
