@@ -7,7 +7,10 @@ told to answer an error or hang for the next requests. It records the ``X-Regist
 of each update, decoded, and like the Engine answers 400 when it is not base64url JSON.
 An update of the task template gets an ``UpdateStatus`` at once, in the state `rollout`
 says (``completed`` unless a test wants a rollback, a pause, or a rollout that never ends);
-``/tasks`` lists one running task per replica.
+``/tasks`` lists one running task per replica, with the spec it runs. ``rolling`` replaces
+one task at a time: ``updating`` after the write, and every listing of the service's
+tasks moves one more task to the new spec after answering, then the update is
+``completed``, so a poller sees each count in turn whatever its timing.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class FakeDocker:
     # UpdateStatus.State an update of the task template ends in; "updating" never ends.
     rollout: str = "completed"
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Services a `rolling` update is replacing the tasks of: how many run the new spec.
+    _rolling: dict[str, int] = field(default_factory=dict)
 
     def add(
         self,
@@ -212,11 +217,14 @@ class FakeDocker:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         updated["UpdatedAt"] = now
         if spec.get("TaskTemplate") != service["Spec"].get("TaskTemplate"):
+            state = "updating" if self.rollout == "rolling" else self.rollout
             updated["UpdateStatus"] = {
-                "State": self.rollout,
+                "State": state,
                 "StartedAt": now,
-                "Message": f"update {self.rollout}",
+                "Message": f"update {state}",
             }
+            if self.rollout == "rolling":
+                self._rolling[service["ID"]] = 0
         self.services[service["ID"]] = updated
         return _json({"Warnings": None})
 
@@ -224,13 +232,41 @@ class FakeDocker:
         filters = json.loads(request.query.get("filters") or "{}")
         wanted = filters.get("service", [])
         wanted = [wanted] if isinstance(wanted, str) else list(wanted)
-        tasks = [
-            {"ServiceID": s["ID"], "DesiredState": "running", "Status": {"State": "running"}}
+        listed = [
+            s
             for s in self.services.values()
             if not wanted or s["ID"] in wanted or s["Spec"]["Name"] in wanted
-            for _ in range(s["Spec"]["Mode"].get("Replicated", {}).get("Replicas", 1))
         ]
+        tasks = [task for s in listed for task in self._tasks_of(s)]
+        for service in listed:
+            self._roll_one(service)
         return _json(tasks)
+
+    def _tasks_of(self, service: dict[str, Any]) -> list[dict[str, Any]]:
+        """One running task per replica: those a rolling update replaced run the new spec."""
+        replicas = service["Spec"]["Mode"].get("Replicated", {}).get("Replicas", 1)
+        new = self._rolling.get(service["ID"], replicas)
+        old = (service.get("PreviousSpec") or service["Spec"])["TaskTemplate"]
+        return [
+            {
+                "ServiceID": service["ID"],
+                "DesiredState": "running",
+                "Status": {"State": "running"},
+                "Spec": service["Spec"]["TaskTemplate"] if n < new else old,
+            }
+            for n in range(replicas)
+        ]
+
+    def _roll_one(self, service: dict[str, Any]) -> None:
+        """A `rolling` update's next step: one more task on the new spec; then completed."""
+        if service["ID"] not in self._rolling:
+            return
+        self._rolling[service["ID"]] += 1
+        if self._rolling[service["ID"]] >= service["Spec"]["Mode"].get("Replicated", {}).get(
+            "Replicas", 1
+        ):
+            del self._rolling[service["ID"]]
+            service["UpdateStatus"] = {**service["UpdateStatus"], "State": "completed"}
 
 
 def running_fake_docker() -> AbstractAsyncContextManager[tuple[FakeDocker, str]]:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from shared.errors import ConflictError, NotFoundError, PermanentError, RetryableError
-from shared.messages import RolloutProgress, Target
+from shared.messages import Target
 from tests.orchestrators.fake_kube import FakeKube, running_fake_kube, write_kubeconfig
+from tests.support.events import Reported
 from workers.orchestrators.kubernetes import RESTARTED_AT, KubernetesOrchestrator
 from workers.orchestrators.ledger import LEDGER_KEY, read_ledger
 
@@ -454,20 +455,11 @@ async def test_redeploy_reports_the_updated_replicas_as_the_rollout_goes(
     fake, kubeconfig = fake_kube
     fake.add("front", labels={"app.kubernetes.io/part-of": "site"}, replicas=3)
     fake.rollout = "rolling"
-    seen: list[dict[str, RolloutProgress]] = []
-
-    async def report(counts: dict[str, RolloutProgress]) -> None:
-        seen.append(counts)
-
+    report = Reported()
     k8s = KubernetesOrchestrator(kubeconfig=str(kubeconfig), poll_interval=0.01)
     try:
         change = await k8s.redeploy("job-roll", Target(cluster="prod", app="site"), progress=report)
     finally:
         await k8s.close()
     assert change.status == "succeeded", change.error
-    assert [(c["front"].updated, c["front"].total) for c in seen] == [
-        (0, 3),
-        (1, 3),
-        (2, 3),
-        (3, 3),
-    ]
+    assert report.of("front") == [(0, 3), (1, 3), (2, 3), (3, 3)]

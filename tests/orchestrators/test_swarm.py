@@ -18,6 +18,7 @@ from shared.errors import (
 from shared.messages import Target
 from shared.settings import Settings
 from tests.orchestrators.fake_docker import FakeDocker
+from tests.support.events import Reported
 from workers.orchestrators import open_orchestrator
 from workers.orchestrators.ledger import read_ledger
 from workers.orchestrators.swarm import SwarmOrchestrator, parse_docker_hosts
@@ -273,6 +274,24 @@ async def test_redeploy_still_rolling_out_after_the_timeout_fails(
     assert change.status == "failed"
     assert change.error is not None
     assert "rollout not finished after 0.3 s" in change.error
+
+
+async def test_redeploy_reports_the_tasks_on_the_new_spec_as_the_rollout_goes(
+    fake_docker: tuple[FakeDocker, str],
+) -> None:
+    """A one-task-at-a-time update of 3 replicas is reported 0/3, 1/3, 2/3, then 3/3 (running tasks whose ForceUpdate is the job's), and then succeeds."""
+    fake, url = fake_docker
+    fake.add("site", "front", replicas=3)
+    fake.rollout = "rolling"
+    report = Reported()
+    orchestrator = SwarmOrchestrator(docker_host=url, poll_interval=0.01)
+    try:
+        site = Target(cluster="prod", app="site")
+        change = await orchestrator.redeploy("job-roll", site, progress=report)
+    finally:
+        await orchestrator.close()
+    assert change.status == "succeeded", change.error
+    assert report.of("front") == [(0, 3), (1, 3), (2, 3), (3, 3)]
 
 
 async def test_revision_never_goes_back_after_a_rollback(

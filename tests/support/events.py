@@ -14,6 +14,7 @@ from shared.messages import (
     JobNotice,
     Redeploy,
     ResultEvent,
+    RolloutProgress,
     Target,
     decode_job_event,
     new_job_id,
@@ -21,7 +22,22 @@ from shared.messages import (
 from shared.topology import PROGRESS_EXCHANGE, RESULTS_EXCHANGE
 from tests.support.waiting import eventually
 
-__all__ = ["job_events", "redeploy_in_steps", "rollout_sequence"]
+__all__ = ["Reported", "job_events", "redeploy_in_steps", "rollout_sequence"]
+
+
+class Reported:
+    """An adapter's `progress` callback that keeps every report, in order."""
+
+    def __init__(self) -> None:
+        self.reports: list[dict[str, RolloutProgress]] = []
+
+    async def __call__(self, counts: dict[str, RolloutProgress]) -> None:
+        """Keep one report."""
+        self.reports.append(counts)
+
+    def of(self, service: str) -> list[tuple[int, int]]:
+        """(updated, total) of `service` in each report that has it."""
+        return [(c[service].updated, c[service].total) for c in self.reports if service in c]
 
 
 @contextlib.asynccontextmanager

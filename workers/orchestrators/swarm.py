@@ -544,15 +544,19 @@ class SwarmOrchestrator:
                 service = await self._service(docker, target, name)
                 outcome = _rollout(service, written[name])
                 if progress is not None:
-                    counts[name] = await self._updated_tasks(
-                        docker, service, change.after[name].revision, done=outcome == ""
-                    )
+                    # Advisory: a task list that cannot be read now leaves the last count.
+                    with contextlib.suppress(
+                        aiodocker.DockerError, aiohttp.ClientError, TimeoutError
+                    ):
+                        counts[name] = await self._updated_tasks(
+                            docker, service, change.after[name].revision, done=outcome == ""
+                        )
                 if outcome is None:
                     continue
                 pending.remove(name)
                 if outcome:
                     problems.append(f"{target.app}_{name}: {outcome}")
-            if progress is not None:
+            if progress is not None and counts:
                 await progress(dict(counts))
             if not pending:
                 break
