@@ -286,8 +286,3 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_post("/v1/triggers/{trigger_id}/rotate", _admin(rotate_trigger))
     app.router.add_get("/v1/audit", _admin(list_audit), allow_head=False)
     app.router.add_get("/v1/openapi.json", openapi, allow_head=False)
-    # Sinks, routes, approvals and the approval link page (gateway/notify.py, which builds
-    # on this module, hence imported here).
-    from gateway.notify import add_notify_routes  # noqa: PLC0415
-
-    add_notify_routes(app)

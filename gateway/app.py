@@ -48,6 +48,7 @@ from gateway.keys import (
 from gateway.limits import CallLimits, open_limits
 from gateway.lookup import TriggerCache
 from gateway.metrics import metrics_handler, metrics_listener, metrics_middleware, open_gauges
+from gateway.notify import add_notify_routes
 from gateway.recent import open_recent
 from gateway.shared_state import open_redis
 from gateway.waiter import ResultWaiter
@@ -229,6 +230,7 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/jobs", handle_jobs)
     app.router.add_get("/v1/jobs/{job_id}", handle_job)
     add_admin_routes(app)
+    add_notify_routes(app)  # sinks, routes, approvals and the approval link page
     add_console(app)
     add_dlq_routes(app)
 

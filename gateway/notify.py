@@ -24,7 +24,7 @@ from gateway.admin import _body, _json, require_admin
 from gateway.errors import ApiError
 from gateway.keys import BUS, JOBS, SETTINGS, STORE
 from shared.admin import AdminError
-from shared.approvals import Decisions, LinkClaims, verify_link
+from shared.approvals import Decisions, LinkClaims, approval_view, verify_link
 from shared.notify_admin import ApproveRequest, RejectRequest, StoreNotifyAdmin
 from shared.notify_store import NotifyStore, RouteCreate, SinkCreate, open_notify_store
 
@@ -129,8 +129,6 @@ async def list_approvals(request: web.Request, admin: StoreNotifyAdmin) -> web.R
 
 async def get_approval(request: web.Request, admin: StoreNotifyAdmin) -> web.Response:
     """GET /v1/approvals/{job_id}."""
-    from shared.approvals import approval_view  # noqa: PLC0415
-
     found = await Decisions(admin.store, request.app[STORE], request.app[BUS]).resolve(
         _job_ref(request)
     )

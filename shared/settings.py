@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 __all__ = [
     "MIN_ADMIN_TOKEN",
@@ -55,8 +56,6 @@ def with_credentials(urls: str, username: str, password: str) -> str:
     A password from a Secret may hold ``@``, ``/``, ``:`` or ``%``; pasted into a URL as it
     is, it would change the host the URL names. Encoded, the broker gets it unchanged.
     """
-    from urllib.parse import quote, urlsplit, urlunsplit  # noqa: PLC0415
-
     out = []
     for url in urls.split(","):
         parts = urlsplit(url.strip())

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from shared.errors import StoreUnavailable
 from shared.group_commit import GroupCommit
@@ -175,8 +176,6 @@ class SqlBackend:
 
 def _postgres_where(dsn: str) -> str:
     """``host:port/db`` of a PostgreSQL URL, without user or password."""
-    from urllib.parse import urlsplit  # noqa: PLC0415
-
     parts = urlsplit(dsn)
     host = parts.hostname or "localhost"
     return f"{host}:{parts.port or 5432}{parts.path or '/'}"

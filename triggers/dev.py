@@ -9,6 +9,7 @@ import sys
 import click
 from aiohttp import web
 
+from gateway.app import create_app
 from shared.amqp_transport import redact
 from shared.broker import AmqpBus, Bus, MemoryBus
 from shared.errors import BrokerUnavailable
@@ -19,6 +20,9 @@ from shared.signals import on_stop_signal
 from shared.store import open_store
 from shared.triggers import trigger_call_url
 from triggers.render import event_line
+from workers.orchestrators.local import LocalOrchestrator
+from workers.recorder import Recorder
+from workers.worker import Worker
 
 __all__ = ["DEMO_CLUSTER", "run_dev"]
 
@@ -70,11 +74,6 @@ async def run_dev(settings: Settings, host: str, port: int, *, log_file: str | N
     The terminal gets the curl lines and one line per result; the services' log lines go
     to `log_file` (None: to stderr, as `--verbose` asks).
     """
-    from gateway.app import create_app  # noqa: PLC0415
-    from workers.orchestrators.local import LocalOrchestrator  # noqa: PLC0415
-    from workers.recorder import Recorder  # noqa: PLC0415
-    from workers.worker import Worker  # noqa: PLC0415
-
     settings, sign_in = _dev_settings(settings, host, port)
     orchestrator = LocalOrchestrator(settings.local_state)
     snapshot = orchestrator.cluster.snapshot()
