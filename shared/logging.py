@@ -12,6 +12,8 @@ from typing import Any, TextIO
 import msgspec
 import structlog
 
+from shared.settings import Settings
+
 __all__ = ["LoopFlushedLogger", "configure_logging"]
 
 
@@ -87,7 +89,7 @@ class _LoopFlushedLoggerFactory:
 
 
 def configure_logging(
-    log_format: str = "json", level: str = "info", stream: TextIO | None = None
+    log_format: str = "json", level: str = Settings.log_level, stream: TextIO | None = None
 ) -> None:
     """Route structlog and stdlib logging to stderr (or `stream`) in one format.
 

@@ -121,7 +121,12 @@ def _durations(env: Mapping[str, str]) -> dict[str, float]:
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Everything a process needs to know, from the environment (`TRIGGERS_*`) or flags."""
+    """Everything a process needs to know, from the environment (`TRIGGERS_*`) or flags.
+
+    The defaults live here only: a constructor that has one of these as a keyword default
+    names it (``timeout: float = Settings.orchestrator_timeout``), never the number. No
+    slots, so each field's default stays readable as a class attribute.
+    """
 
     # One AMQP URL, or a cluster's nodes separated by commas (same user, password, vhost).
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"

@@ -32,7 +32,10 @@ async def _metrics(service: str, host: str, port: int | None, bus: AmqpBus) -> w
 
 
 async def run_worker(
-    settings: Settings, *, metrics_host: str = "127.0.0.1", metrics_port: int | None = None
+    settings: Settings,
+    *,
+    metrics_host: str = Settings.metrics_host,
+    metrics_port: int | None = None,
 ) -> None:
     """Connect, consume until SIGTERM, stop gracefully.
 
@@ -63,7 +66,10 @@ async def run_worker(
 
 
 async def run_recorder(
-    settings: Settings, *, metrics_host: str = "127.0.0.1", metrics_port: int | None = None
+    settings: Settings,
+    *,
+    metrics_host: str = Settings.metrics_host,
+    metrics_port: int | None = None,
 ) -> None:
     """Record job events into the store until SIGTERM.
 

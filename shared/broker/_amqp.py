@@ -27,9 +27,6 @@ __all__ = ["AmqpBus"]
 
 log = structlog.get_logger("triggers.bus")
 
-# The defaults of a bus made without settings (tests, tools) are the settings' own.
-_DEFAULTS = Settings()
-
 
 def _describe(error: BaseException | None) -> str:
     """One line for a lost connection: the exception's type and text, no traceback."""
@@ -59,10 +56,10 @@ class AmqpBus:
         self,
         url: str,
         *,
-        publish_timeout: float = _DEFAULTS.publish_timeout,
+        publish_timeout: float = Settings.publish_timeout,
         connect_timeout: float = 5.0,
         role: str = "triggers",
-        retry_delays: tuple[float, ...] = _DEFAULTS.retry_delays,
+        retry_delays: tuple[float, ...] = Settings.retry_delays,
         replication: Replication = Replication(),  # noqa: B008 - frozen, safe to share
         shuffle: bool = True,
         reconnect_interval: float = 1.0,

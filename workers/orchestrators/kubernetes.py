@@ -48,6 +48,7 @@ from shared.errors import (
     TriggersError,
 )
 from shared.messages import RolloutProgress, ServiceState, Target
+from shared.settings import Settings
 from workers.orchestrators.base import (
     Change,
     ProgressReport,
@@ -155,10 +156,10 @@ class KubernetesOrchestrator:
         self,
         *,
         kubeconfig: str | None = None,
-        timeout: float = 10.0,
+        timeout: float = Settings.orchestrator_timeout,
         conflict_retries: int = 5,
         service_account: str = SERVICE_ACCOUNT,
-        rollout_timeout: float = 300.0,
+        rollout_timeout: float = Settings.rollout_timeout,
         poll_interval: float = 1.0,
     ) -> None:
         self._kubeconfig = kubeconfig

@@ -54,6 +54,7 @@ from shared.errors import (
     TriggersError,
 )
 from shared.messages import RolloutProgress, ServiceState, Target
+from shared.settings import Settings
 from workers.orchestrators.base import (
     Change,
     ProgressReport,
@@ -180,9 +181,9 @@ class SwarmOrchestrator:
         *,
         docker_host: str | None = None,
         docker_config: str | None = None,
-        timeout: float = 10.0,
+        timeout: float = Settings.orchestrator_timeout,
         conflict_retries: int = 5,
-        rollout_timeout: float = 300.0,
+        rollout_timeout: float = Settings.rollout_timeout,
         poll_interval: float = 0.5,
         backoff: tuple[float, float] = (0.05, 2.0),
     ) -> None:
