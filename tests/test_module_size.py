@@ -16,8 +16,6 @@ LIMIT = 600
 # when its split lands, and the test fails on an entry that is no longer needed.
 PENDING: dict[str, str] = {
     "gateway/console/_pages.py": "being split by page",
-    "workers/orchestrators/kubernetes.py": "being split",
-    "workers/orchestrators/swarm.py": "being split",
 }
 
 

@@ -32,21 +32,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import aiodocker
 import aiohttp
 import msgspec
 
 from shared.errors import (
-    ConfigError,
     ConflictError,
     NotFoundError,
     PermanentError,
@@ -72,91 +70,17 @@ from workers.orchestrators.ledger import (
     record_change,
 )
 from workers.orchestrators.registry_auth import AUTH_HEADER, RegistryAuth
+from workers.orchestrators.swarm_services import (
+    Service,
+    mapped_error,
+    parse_docker_hosts,
+    rollout_outcome,
+)
 
 __all__ = ["STACK_LABEL", "SwarmOrchestrator", "parse_docker_hosts"]
 
 STACK_LABEL = "com.docker.stack.namespace"
 _OUT_OF_SEQUENCE = "update out of sequence"
-
-
-def parse_docker_hosts(value: str | None) -> dict[str, str | None]:
-    """``TRIGGERS_DOCKER_HOST`` as {cluster: url}; key ``*`` serves every cluster."""
-    if not value:
-        return {"*": None}
-    if "=" not in value:
-        return {"*": value}
-    hosts: dict[str, str | None] = {}
-    for part in value.split(","):
-        name, sep, url = part.strip().partition("=")
-        if not sep or not name or not url:
-            msg = f"TRIGGERS_DOCKER_HOST must be a URL or cluster=url,...; got a part {part!r}"
-            raise ConfigError(msg)
-        hosts[name.strip()] = url.strip()
-    return hosts
-
-
-Mode = Literal["replicated", "global", "replicated-job", "global-job"]
-_MODES: dict[str, Mode] = {
-    "Replicated": "replicated",
-    "Global": "global",
-    "ReplicatedJob": "replicated-job",
-    "GlobalJob": "global-job",
-}
-# UpdateStatus.State values that end a rollout other than "completed".
-_ROLLOUT_FAILED = {
-    "paused": "paused",
-    "rollback_started": "rolled back",
-    "rollback_paused": "rolled back, and the rollback paused",
-    "rollback_completed": "rolled back",
-}
-
-
-class _Service:
-    """One inspected Swarm service."""
-
-    def __init__(self, data: Mapping[str, Any], stack: str) -> None:
-        self.data = data
-        self.id: str = data["ID"]
-        self.version: int = data["Version"]["Index"]
-        self.spec: dict[str, Any] = copy.deepcopy(dict(data["Spec"]))
-        full = str(self.spec.get("Name", ""))
-        self.name = full.removeprefix(f"{stack}_")
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return dict(self.spec.get("Labels") or {})
-
-    @property
-    def mode(self) -> Mode:
-        return next(
-            (m for k, m in _MODES.items() if k in (self.spec.get("Mode") or {})), "replicated"
-        )
-
-    @property
-    def is_job(self) -> bool:
-        return self.mode.endswith("-job")
-
-    @property
-    def replicas(self) -> int | None:
-        """The replicated count; for a replicated job, its total completions; else None."""
-        mode = self.spec.get("Mode") or {}
-        if (replicated := mode.get("Replicated")) is not None:
-            return int(replicated.get("Replicas", 1))
-        if (job := mode.get("ReplicatedJob")) is not None:
-            return int(job.get("TotalCompletions") or job.get("MaxConcurrent") or 1)
-        return None
-
-    @property
-    def image(self) -> str:
-        return str(self.spec["TaskTemplate"].get("ContainerSpec", {}).get("Image", ""))
-
-    @property
-    def revision(self) -> int:
-        return int(self.spec["TaskTemplate"].get("ForceUpdate", 0))
-
-    @property
-    def state(self) -> ServiceState:
-        return ServiceState(replicas=self.replicas or 0, image=self.image, revision=self.revision)
 
 
 @dataclass
@@ -336,9 +260,9 @@ class SwarmOrchestrator:
 
     # -- reading ---------------------------------------------------------------------------
 
-    async def _stack(self, docker: aiodocker.Docker, target: Target) -> dict[str, _Service]:
+    async def _stack(self, docker: aiodocker.Docker, target: Target) -> dict[str, Service]:
         found = await docker.services.list(filters={"label": f"{STACK_LABEL}={target.app}"})
-        services = {s.name: s for s in (_Service(d, target.app) for d in found)}
+        services = {s.name: s for s in (Service(d, target.app) for d in found)}
         if not services:
             msg = (
                 f"stack {target.app!r} not found on the Docker endpoint of cluster "
@@ -350,11 +274,11 @@ class SwarmOrchestrator:
 
     async def _service(
         self, docker: aiodocker.Docker, target: Target, name: str | None = None
-    ) -> _Service:
+    ) -> Service:
         service_name = name or target.service
         full = f"{target.app}_{service_name}"
         try:
-            service = _Service(await docker.services.inspect(full), target.app)
+            service = Service(await docker.services.inspect(full), target.app)
         except aiodocker.DockerError as exc:
             if exc.status != 404:
                 raise
@@ -371,7 +295,7 @@ class SwarmOrchestrator:
     async def _tasks(self, docker: aiodocker.Docker, service_id: str) -> list[Mapping[str, Any]]:
         return await docker.tasks.list(filters={"service": service_id})
 
-    async def _counted(self, docker: aiodocker.Docker, service: _Service) -> ServiceState:
+    async def _counted(self, docker: aiodocker.Docker, service: Service) -> ServiceState:
         """The service's state; a global or global-job service counts its tasks."""
         state = service.state
         if service.mode in ("global", "global-job"):
@@ -401,7 +325,7 @@ class SwarmOrchestrator:
         return self._locks.setdefault(self._key(docker, target, name), asyncio.Lock())
 
     async def _write(
-        self, docker: aiodocker.Docker, service: _Service, spec: Mapping[str, Any]
+        self, docker: aiodocker.Docker, service: Service, spec: Mapping[str, Any]
     ) -> bool:
         """Send the updated spec; False when the service changed since it was inspected."""
         try:
@@ -543,7 +467,7 @@ class SwarmOrchestrator:
         while pending:
             for name in list(pending):
                 service = await self._service(docker, target, name)
-                outcome = _rollout(service, written[name])
+                outcome = rollout_outcome(service, written[name])
                 if progress is not None:
                     # Advisory: a task list that cannot be read now leaves the last count.
                     with contextlib.suppress(
@@ -578,7 +502,7 @@ class SwarmOrchestrator:
         )
 
     async def _updated_tasks(
-        self, docker: aiodocker.Docker, service: _Service, revision: int, *, done: bool
+        self, docker: aiodocker.Docker, service: Service, revision: int, *, done: bool
     ) -> RolloutProgress:
         """How many of the service's tasks run the spec of `revision` (its ``ForceUpdate``),
         of the replicas it wants (a global service: of its tasks meant to run)."""
@@ -630,7 +554,7 @@ class SwarmOrchestrator:
                 self._clients[url] = client
             yield client
         except aiodocker.DockerError as exc:
-            raise _mapped(exc, target, where) from None
+            raise mapped_error(exc, target, where) from None
         except TimeoutError:
             msg = f"the Docker engine of cluster {target.cluster!r} ({where}) did not answer in time; will retry"
             raise RetryableError(msg) from None
@@ -640,58 +564,3 @@ class SwarmOrchestrator:
         except ValueError as exc:
             msg = f"the Docker endpoint of cluster {target.cluster!r} is unusable: {exc}"
             raise PermanentError(msg) from None
-
-
-def _rollout(service: _Service, baseline: str) -> str | None:
-    """None while the update written over the state of `baseline` (its ``UpdatedAt``) is
-    rolling out; "" once it completed; else why it did not (Swarm's state and message).
-
-    Until Swarm picks the update up, the status is absent or an older one: every status
-    write bumps ``UpdatedAt``, so an older status started no later than `baseline`.
-    """
-    status = service.data.get("UpdateStatus")
-    started = _timestamp((status or {}).get("StartedAt"))
-    previous = _timestamp(baseline)
-    if not status or started is None or (previous is not None and started <= previous):
-        return None
-    state = status.get("State")
-    if state == "completed":
-        return ""
-    if state in _ROLLOUT_FAILED:
-        message = status.get("Message") or "no message"
-        return f"{_ROLLOUT_FAILED[state]} ({message})"
-    return None
-
-
-def _timestamp(value: object) -> str | None:
-    """An Engine RFC 3339 time in a form that sorts as time (nanoseconds padded)."""
-    if not isinstance(value, str) or "T" not in value:
-        return None
-    body = value.removesuffix("Z")
-    whole, _, fraction = body.partition(".")
-    return f"{whole}.{fraction.ljust(9, '0')[:9]}"
-
-
-def _mapped(exc: aiodocker.DockerError, target: Target, where: str) -> Exception:  # noqa: PLR0911 - one return per error class reads as a table
-    reason = str(exc.message)[:300]
-    code = exc.status
-    place = f"cluster {target.cluster!r} ({where})"
-    if code == 900:  # aiodocker's code for a refused or failed connection
-        return RetryableError(f"cannot reach the Docker engine of {place}: {reason}; will retry")
-    if code == 404:
-        return NotFoundError(f"not found on {place}: {reason}")
-    if code in (401, 403):
-        return PermanentError(
-            f"the Docker engine of {place} refused access: {reason} ({code}); check the "
-            "endpoint's TLS client certificate or socket permissions"
-        )
-    if code == 503 and "swarm" in reason.lower():
-        return PermanentError(
-            f"the Docker engine of {place} is not a Swarm manager: {reason}; point "
-            "TRIGGERS_DOCKER_HOST at a manager node"
-        )
-    if code == 409:
-        return ConflictError(f"conflicting update on {place}: {reason}; will retry")
-    if code >= 500 or code == 429:
-        return RetryableError(f"the Docker engine of {place} answered {code}: {reason}; will retry")
-    return PermanentError(f"the Docker engine of {place} rejected the change: {reason} ({code})")
