@@ -84,6 +84,43 @@ async def inspect_call(
     when the call must be refused. Keys are claimed in `reservation`; the body's source
     is noted in `progress` as soon as it is recognised.
     """
+    await _verify(
+        trigger,
+        headers,
+        body,
+        secret_in_query=secret_in_query,
+        settings=settings,
+        reservation=reservation,
+    )
+    if source == "plain" or (source is None and not body.strip()):
+        return None
+    content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    try:
+        parsed = parse_event(headers, content_type, body, source)
+    except (UnrecognisedBody, UnusableBody) as exc:
+        code = "unrecognised_body" if isinstance(exc, UnrecognisedBody) else "unusable_body"
+        raise ApiError(422, code, str(exc)) from None
+    progress.event_source = parsed.source
+    return await _plan(
+        trigger,
+        parsed,
+        direction=direction,
+        step=step,
+        settings=settings,
+        reservation=reservation,
+    )
+
+
+async def _verify(
+    trigger: Trigger,
+    headers: Headers,
+    body: bytes,
+    *,
+    secret_in_query: bool,
+    settings: Settings,
+    reservation: Reservation,
+) -> None:
+    """A header-only secret, and the trigger's signature scheme (a replay claims its key)."""
     options = trigger.options
     if secret_in_query and options.header_secret_only:
         raise ApiError(
@@ -101,16 +138,19 @@ async def inspect_call(
         tolerance=settings.signature_tolerance,
         jwks_url=settings.oidc_jwks_url,
     )
-    if source == "plain" or (source is None and not body.strip()):
-        return None
-    content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
-    try:
-        parsed = parse_event(headers, content_type, body, source)
-    except (UnrecognisedBody, UnusableBody) as exc:
-        code = "unrecognised_body" if isinstance(exc, UnrecognisedBody) else "unusable_body"
-        raise ApiError(422, code, str(exc)) from None
+
+
+async def _plan(
+    trigger: Trigger,
+    parsed: Parsed,
+    *,
+    direction: Direction | None,
+    step: int | None,
+    settings: Settings,
+    reservation: Reservation,
+) -> EventCall | Ignored:
+    """A recognised event: a delivery seen before, an event not acted on, or its command."""
     label = SOURCES[parsed.source].label
-    progress.event_source = parsed.source
     recent = reservation.recent
     delivery_key = f"delivery:{trigger.id}:{parsed.source}:{parsed.event_id}"
     earlier = earlier_job(await recent.seen(delivery_key)) if parsed.event_id else None
