@@ -37,7 +37,7 @@ from cachetools import TTLCache
 
 from shared.amqp_transport import connect_robust_nodes
 from shared.approvals import Decisions, approval_link, sign_link
-from shared.broker import ERROR_HEADER, AmqpBus, copy_message
+from shared.broker import ERROR_HEADER, AmqpBus, Bus, copy_message
 from shared.errors import BrokerUnavailable
 from shared.jobs import JobStore
 from shared.messages import (
@@ -89,7 +89,7 @@ class Notifier:
         *,
         store: NotifyStore,
         triggers: TriggerStore,
-        bus: AmqpBus,
+        bus: Bus,
         jobs: JobStore | None = None,
         sender: SinkSender | None = None,
     ) -> None:

@@ -7,7 +7,7 @@ from datetime import timedelta
 import structlog
 from aiohttp import web
 
-from shared.broker import AmqpBus
+from shared.broker import AmqpBus, Bus
 from shared.jobs import open_job_store
 from shared.messages import utcnow
 from shared.metrics import serve_metrics
@@ -22,7 +22,7 @@ __all__ = ["run_recorder", "run_worker"]
 log = structlog.get_logger("triggers.worker")
 
 
-async def _metrics(service: str, host: str, port: int | None, bus: AmqpBus) -> web.AppRunner | None:
+async def _metrics(service: str, host: str, port: int | None, bus: Bus) -> web.AppRunner | None:
     if port is None:
         return None
     # /readyz follows the broker connection: a probe takes the pod out while it is down.

@@ -23,7 +23,7 @@ from shared.messages import (
     decode_job_event,
     encode,
 )
-from shared.topology import DEAD_QUEUE
+from shared.topology import COMMAND_QUEUES, DEAD_QUEUE
 from tests.support.messages import result_event, scale_command
 
 # A delay the RabbitMQ half's settings declare a retry queue for (retry_delays[0]).
@@ -303,3 +303,17 @@ async def test_a_closed_rabbitmq_bus_refuses_to_publish(bus: AmqpBus) -> None:
     assert bus.node is None
     with pytest.raises(BrokerUnavailable, match="not connected"):
         await bus.publish_command(scale_command())
+
+
+async def test_queue_depths_count_ready_commands_on_a_durable_bus(broker: Broker) -> None:
+    """A durable bus counts the commands waiting per queue; the in-process one says None."""
+    await broker.bus.publish_command(scale_command())
+    await broker.bus.publish_command(scale_command())
+    depths = await broker.bus.queue_depths()
+    if not broker.bus.durable:
+        assert depths is None
+        return
+    assert depths is not None
+    assert depths[COMMAND_QUEUES["scale"]] == 2
+    assert depths[COMMAND_QUEUES["redeploy"]] == 0
+    assert depths[DEAD_QUEUE] == 0
