@@ -4,7 +4,7 @@
 server-rendered with Jinja2 templates shipped in the package, with a little JavaScript
 and CSS served from ``/ui/static/`` (nothing is fetched from elsewhere, and nothing is
 built at install time). Sign-in, sessions and CSRF are in `_auth`, the live stream in
-`_live`, the pages in `_pages`.
+`_live`, the pages in `_pages` and `_triggers`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from importlib import resources
 import jinja2
 from aiohttp import web
 
-from gateway.console import _auth, _pages
+from gateway.console import _auth, _pages, _triggers
 from gateway.console._keys import LIVE, SESSIONS, TEMPLATES
 from gateway.console._live import LiveResults
 from gateway.keys import SETTINGS
@@ -109,13 +109,13 @@ def add_console(app: web.Application) -> None:
     router.add_get("/ui/events", _auth.stream(_pages.events), allow_head=False)
     router.add_get("/ui/jobs", _auth.page(_pages.jobs), allow_head=False)
     router.add_get("/ui/jobs/{job_id}", _auth.page(_pages.job), allow_head=False)
-    router.add_get("/ui/triggers", _auth.page(_pages.triggers), allow_head=False)
-    router.add_post("/ui/triggers", _auth.action(_pages.create_trigger))
-    router.add_get("/ui/triggers/new", _auth.page(_pages.new_trigger), allow_head=False)
-    router.add_get("/ui/triggers/{trigger_id}", _auth.page(_pages.trigger), allow_head=False)
-    router.add_post("/ui/triggers/{trigger_id}/policy", _auth.action(_pages.update_policy))
-    router.add_post("/ui/triggers/{trigger_id}/rotate", _auth.action(_pages.rotate_trigger))
-    router.add_post("/ui/triggers/{trigger_id}/revoke", _auth.action(_pages.revoke_trigger))
+    router.add_get("/ui/triggers", _auth.page(_triggers.triggers), allow_head=False)
+    router.add_post("/ui/triggers", _auth.action(_triggers.create_trigger))
+    router.add_get("/ui/triggers/new", _auth.page(_triggers.new_trigger), allow_head=False)
+    router.add_get("/ui/triggers/{trigger_id}", _auth.page(_triggers.trigger), allow_head=False)
+    router.add_post("/ui/triggers/{trigger_id}/policy", _auth.action(_triggers.update_policy))
+    router.add_post("/ui/triggers/{trigger_id}/rotate", _auth.action(_triggers.rotate_trigger))
+    router.add_post("/ui/triggers/{trigger_id}/revoke", _auth.action(_triggers.revoke_trigger))
     router.add_get("/ui/dead-letters", _auth.page(_pages.dead_letters), allow_head=False)
     router.add_post("/ui/dead-letters/replay", _auth.action(_pages.replay))
     router.add_get("/ui/charts", _auth.page(_pages.charts), allow_head=False)

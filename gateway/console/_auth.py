@@ -38,6 +38,7 @@ __all__ = [
     "page",
     "render",
     "secured",
+    "see_other",
     "sign_in",
     "sign_out",
     "stream",
@@ -98,6 +99,11 @@ def render(
     response = web.Response(text=html, status=status, content_type="text/html")
     secured(response)
     return response
+
+
+def see_other(path: str) -> web.Response:
+    """303 to `path`: after an action, the browser loads the page that shows its effect."""
+    return web.Response(status=303, headers={"Location": path})
 
 
 def _safe_next(target: str | None) -> str:
