@@ -11,7 +11,10 @@ trickling header or body bytes keeps a connection (and a file descriptor) foreve
   closes one of that address's connections that is not in a request (the oldest draining an
   unread body after its answer, else waiting for headers, else idle) rather than refusing
   the new one, so a caller that
-  sends a request at once is served even while the same address holds many slow ones;
+  sends a request at once is served even while the same address holds many slow ones. A
+  connection that carried an authenticated call (the right secret) is never the one
+  closed, and neither is one whose request has fully arrived but waits for the loop, so a
+  caller at an attacking address keeps its keep-alive connection;
 - the body's deadline is the handler's (`gateway.hook` reads it within ``body_timeout``).
 
 `GuardedRequestHandler` also answers a request the HTTP parser refused (a request line
@@ -33,6 +36,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from gateway.errors import json_response
+from gateway.keys import AUTHENTICATED
 from shared.http import SERVER_NAME
 from shared.settings import Network
 
@@ -49,14 +53,17 @@ log = structlog.get_logger("triggers.gateway")
 
 
 class _Connection:
-    __slots__ = ("address", "phase", "timer")
+    __slots__ = ("address", "phase", "timer", "trusted")
 
     def __init__(self, address: str) -> None:
         self.address = address
-        # "headers": a request is on its way; "busy": the app has it; "idle": between
-        # requests; "draining": answered without reading its body (closed soon).
+        # "headers": a request is on its way; "queued": its headers arrived, the app has
+        # not started it yet; "busy": the app has it; "idle": between requests;
+        # "draining": answered without reading its body (closed soon).
         self.phase = "headers"
         self.timer: asyncio.TimerHandle | None = None
+        # It carried an authenticated call: kept when its address goes over the cap.
+        self.trusted = False
 
 
 class ConnectionGuard:
@@ -102,9 +109,12 @@ class ConnectionGuard:
         # Oldest first within each phase: connections draining an unread body after their
         # answer, then those still sending headers, then idle keep-alive ones (a caller's
         # pooled connection goes last, so its next call is not cut off).
+        # A connection that proved a secret is never chosen: the new one (waiting for its
+        # headers, the newest) is closed rather than a known caller's.
         for phase in ("draining", "headers", "idle"):
             for handler in peers:
-                if self._open[handler].phase == phase:
+                connection = self._open[handler]
+                if connection.phase == phase and not connection.trusted:
                     return handler
         return None
 
@@ -137,6 +147,15 @@ class ConnectionGuard:
             connection.phase = "headers"
             self._arm(handler, connection, self._header_timeout)
 
+    def parsed(self, handler: RequestHandler) -> None:
+        """A request's headers have all arrived (it waits for the app): no deadline, no victim."""
+        connection = self._open.get(handler)
+        if connection is not None and connection.phase == "headers":
+            connection.phase = "queued"
+            if connection.timer is not None:
+                connection.timer.cancel()
+                connection.timer = None
+
     def request_started(self, handler: object) -> None:
         """Its headers arrived: the handler's own deadlines apply from now."""
         connection = self._open.get(handler)  # type: ignore[call-overload] # any protocol object
@@ -146,14 +165,18 @@ class ConnectionGuard:
                 connection.timer.cancel()
                 connection.timer = None
 
-    def request_finished(self, handler: object, *, draining: bool = False) -> None:
+    def request_finished(
+        self, handler: object, *, draining: bool = False, authenticated: bool = False
+    ) -> None:
         """Answered: the connection may stay open, idle, for the keep-alive time.
 
         `draining`: the body was not read (refused before it); aiohttp reads and drops the
-        rest for up to two seconds before closing.
+        rest for up to two seconds before closing. `authenticated`: the call proved a
+        secret, so the connection is a known caller's from now on.
         """
         connection = self._open.get(handler)  # type: ignore[call-overload] # any protocol object
         if connection is not None and isinstance(handler, RequestHandler):
+            connection.trusted = connection.trusted or authenticated
             connection.phase = "draining" if draining else "idle"
             self._arm(handler, connection, self._idle_timeout)
 
@@ -201,9 +224,11 @@ class GuardedRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Tell the guard, then parse as aiohttp does."""
+        """Tell the guard, then parse as aiohttp does (and tell it when a request is whole)."""
         self._guard.received(self)
         super().data_received(data)
+        if self._messages:
+            self._guard.parsed(self)
 
     def handle_error(
         self,
@@ -288,6 +313,10 @@ def connection_middleware(guard: ConnectionGuard) -> Callable[..., Any]:
             return await handler(request)
         finally:
             draining = request.body_exists and not request.content.is_eof()
-            guard.request_finished(request.protocol, draining=draining)
+            guard.request_finished(
+                request.protocol,
+                draining=draining,
+                authenticated=request.get(AUTHENTICATED, False),
+            )
 
     return middleware

@@ -15,6 +15,8 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
+import resource
 import secrets
 import statistics
 import sys
@@ -60,6 +62,9 @@ class Attack:
     slow_open_max: int = 0
     slow_answers: dict[str, int] = field(default_factory=dict)
     slow_held_s: list[float] = field(default_factory=list)
+    # CPU seconds the generator spent: the flood processes, and this one (slow connections).
+    flood_cpu_s: float = 0.0
+    slow_cpu_s: float = 0.0
 
     def summary(self) -> dict[str, object]:
         """A JSON-able summary."""
@@ -74,6 +79,8 @@ class Attack:
             "slow_answers": self.slow_answers,
             "slow_connection_held_s_p50": round(statistics.median(held), 1) if held else None,
             "slow_connection_held_s_max": round(held[-1], 1) if held else None,
+            "flood_cpu_s": round(self.flood_cpu_s, 1),
+            "slow_cpu_s": round(self.slow_cpu_s, 1),
         }
 
 
@@ -139,28 +146,44 @@ async def _slow(host: str, port: int, query: str, until: float, seen: Attack) ->
         await asyncio.sleep(0.5)
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> str:
-    status = (await reader.readline()).split(b" ")
-    if len(status) < 2:
-        raise ConnectionResetError
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    await reader.readexactly(length)
-    return status[1].decode()
+class _Answers:
+    """HTTP/1.1 answers parsed off one connection's bytes: status lines and bodies skipped
+    by Content-Length, with bytes operations only, so that counting costs little CPU."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        """The statuses of the answers complete in what has arrived so far."""
+        self._buffer += data
+        statuses: list[str] = []
+        while True:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return statuses
+            head = self._buffer[:end]
+            found = _CONTENT_LENGTH.search(head)
+            length = int(found.group(1)) if found else 0
+            if len(self._buffer) < end + 4 + length:
+                return statuses
+            statuses.append(head[9:12].decode())
+            self._buffer = self._buffer[end + 4 + length :]
+
+
+_CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
 
 
 async def _bad(host: str, port: int, query: str, per_tick: int, until: float, seen: Attack) -> None:
-    """`per_tick` wrong calls every tenth of a second, pipelined on one connection."""
+    """`per_tick` wrong calls every tenth of a second, pipelined on one keep-alive connection."""
     tick = time.monotonic()
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
+    answers = _Answers()
     while time.monotonic() < until:
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection(host, port)
+                answers = _Answers()
             assert reader is not None
             targets = [_wrong(query) if i % 2 else _made_up(query) for i in range(per_tick)]
             writer.write(
@@ -169,9 +192,15 @@ async def _bad(host: str, port: int, query: str, per_tick: int, until: float, se
                 )
             )
             await writer.drain()
-            for _ in targets:
-                _count(seen.bad_answers, await asyncio.wait_for(_read_answer(reader), 10))
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            pending = len(targets)
+            while pending:
+                data = await asyncio.wait_for(reader.read(65536), 10)
+                if not data:
+                    raise ConnectionResetError
+                for status in answers.feed(data):
+                    _count(seen.bad_answers, status)
+                    pending -= 1
+        except (OSError, TimeoutError, ValueError) as exc:
             _count(seen.bad_answers, type(exc).__name__)
             if writer is not None:
                 writer.close()
@@ -183,23 +212,60 @@ async def _bad(host: str, port: int, query: str, per_tick: int, until: float, se
         writer.close()
 
 
+async def flood(url: str, query: str, *, seconds: float, rate: int, connections: int) -> Attack:
+    """Only the wrong calls: `rate` a second over `connections` keep-alive connections."""
+    seen = Attack()
+    split = urlsplit(url)
+    host, port = split.hostname or "127.0.0.1", split.port or 80
+    started = time.monotonic()
+    per_tick = max(rate // connections // 10, 1)
+    await asyncio.gather(
+        *(_bad(host, port, query, per_tick, started + seconds, seen) for _ in range(connections))
+    )
+    seen.seconds = time.monotonic() - started
+    return seen
+
+
 async def attack(
-    url: str, query: str, *, seconds: float, slow: int = 500, bad_rate: int = 1000
+    url: str,
+    query: str,
+    *,
+    seconds: float,
+    slow: int = 500,
+    bad_rate: int = 1000,
+    processes: int = 2,
 ) -> Attack:
-    """Attack the gateway at `url` (from 127.0.0.1) for `seconds`."""
+    """Attack the gateway at `url` (from 127.0.0.1) for `seconds`: the slow connections
+    here, the wrong calls from `processes` processes of their own (`flood`), so that the
+    generator's CPU is not what limits the rate."""
     seen = Attack()
     split = urlsplit(url)
     host, port = split.hostname or "127.0.0.1", split.port or 80
     started = time.monotonic()
     until = started + seconds
-    connections = 10
-    tasks = [asyncio.create_task(_slow(host, port, query, until, seen)) for _ in range(slow)]
-    tasks += [
-        asyncio.create_task(_bad(host, port, query, bad_rate // connections // 10, until, seen))
-        for _ in range(connections)
+    floods = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.hostile",
+            "flood",
+            url,
+            query,
+            str(seconds),
+            str(bad_rate // processes),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(processes)
     ]
-    await asyncio.gather(*tasks)
+    await asyncio.gather(*(_slow(host, port, query, until, seen) for _ in range(slow)))
+    for process in floods:
+        out, _ = await process.communicate()
+        for status, count in json.loads(out).items():
+            seen.bad_answers[status] = seen.bad_answers.get(status, 0) + count
     seen.seconds = time.monotonic() - started
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seen.flood_cpu_s = children.ru_utime + children.ru_stime
+    seen.slow_cpu_s = time.process_time()
     return seen
 
 
@@ -246,6 +312,17 @@ if __name__ == "__main__":
     if sys.argv[1] == "attack":
         done = asyncio.run(attack(sys.argv[2], sys.argv[3], seconds=float(sys.argv[4])))
         print(json.dumps(done.summary()))
+    elif sys.argv[1] == "flood":
+        flooded = asyncio.run(
+            flood(
+                sys.argv[2],
+                sys.argv[3],
+                seconds=float(sys.argv[4]),
+                rate=int(sys.argv[5]),
+                connections=10,
+            )
+        )
+        print(json.dumps(flooded.bad_answers))
     else:
         print(
             json.dumps(asyncio.run(_main(sys.argv[1], sys.argv[2], float(sys.argv[3]))), indent=1)

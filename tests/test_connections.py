@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -170,3 +171,34 @@ def _url_token(trigger: Any) -> str:
     from shared.triggers import encode_trigger_url  # noqa: PLC0415 - test helper
 
     return encode_trigger_url(trigger.cluster, trigger.app, trigger.action, trigger.id)
+
+
+async def test_a_callers_connection_is_kept_when_its_address_goes_over_the_cap(
+    guarded: ServiceProcess, store: TriggerStore
+) -> None:
+    """A keep-alive connection that made an authenticated call, caught mid-headers by twenty
+    new connections from its address, is not the one closed: its call is answered."""
+    trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
+    request = (
+        f"GET {_call_target(f'triggerUrl={_url_token(trigger)}&secret={secret}')} HTTP/1.1\r\n"
+        "Host: x\r\n\r\n"
+    ).encode()
+    reader, writer = await _open(guarded)
+    writer.write(request)
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 202"), head
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        assert length is not None
+        await reader.readexactly(int(length[1]))
+    writer.write(request[:20])  # the next call's first segment; the rest comes late
+    await writer.drain()
+    crowd = [await _open(guarded) for _ in range(20)]
+    writer.write(request[20:])
+    await writer.drain()
+    async with asyncio.timeout(10):
+        status = await reader.readline()
+    assert status.startswith(b"HTTP/1.1 202"), status
+    writer.close()
+    for _, other in crowd:
+        other.close()
