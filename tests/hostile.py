@@ -5,8 +5,9 @@ measured beside it.
 that the callers measured are not slowed by the attacker's own work) sends, from
 127.0.0.1: `slow` connections that POST headers and then a body byte every few seconds,
 reopened half a second after the gateway closes them; and `bad_rate` calls a second with
-wrong secrets for the trigger and made-up trigger ids, pipelined over ten keep-alive
-connections. `legit` calls the trigger with its secret ten times a second.
+wrong secrets for the trigger and made-up trigger ids, from two processes (`flood`) of
+ten keep-alive connections each, pipelined and sent on schedule whatever the answers.
+`legit` calls the trigger with its secret ten times a second.
 """
 
 from __future__ import annotations
@@ -173,43 +174,70 @@ class _Answers:
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
 
 
+@dataclass
+class _Pipe:
+    """One flood connection: calls sent and not answered yet, and whether sending stopped."""
+
+    in_flight: int = 0
+    sent_all: bool = False
+
+
+# Unanswered calls one connection may have outstanding before it stops sending.
+_IN_FLIGHT = 200
+
+
 async def _bad(host: str, port: int, query: str, per_tick: int, until: float, seen: Attack) -> None:
-    """`per_tick` wrong calls every tenth of a second, pipelined on one keep-alive connection."""
-    tick = time.monotonic()
-    reader: asyncio.StreamReader | None = None
-    writer: asyncio.StreamWriter | None = None
-    answers = _Answers()
+    """`per_tick` wrong calls every tenth of a second, pipelined on one keep-alive connection,
+    sent on schedule whether or not the earlier ones were answered (at most `_IN_FLIGHT`
+    unanswered), so that the gateway's answers, not the round trip, set the rate."""
     while time.monotonic() < until:
         try:
-            if writer is None:
-                reader, writer = await asyncio.open_connection(host, port)
-                answers = _Answers()
-            assert reader is not None
-            targets = [_wrong(query) if i % 2 else _made_up(query) for i in range(per_tick)]
-            writer.write(
-                b"".join(
-                    f"GET /hook/trigger?{t} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for t in targets
-                )
-            )
-            await writer.drain()
-            pending = len(targets)
-            while pending:
-                data = await asyncio.wait_for(reader.read(65536), 10)
-                if not data:
-                    raise ConnectionResetError
-                for status in answers.feed(data):
-                    _count(seen.bad_answers, status)
-                    pending -= 1
-        except (OSError, TimeoutError, ValueError) as exc:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError as exc:
             _count(seen.bad_answers, type(exc).__name__)
-            if writer is not None:
-                writer.close()
-            reader = writer = None
-        # Behind schedule (the gateway answers slower than asked), send again at once.
-        tick = max(tick + 0.1, time.monotonic() - 0.1)
-        await asyncio.sleep(max(tick - time.monotonic(), 0))
-    if writer is not None:
-        writer.close()
+            await asyncio.sleep(0.1)
+            continue
+        pipe = _Pipe()
+        reading = asyncio.create_task(_count_answers(reader, seen, pipe))
+        tick = time.monotonic()
+        try:
+            while time.monotonic() < until and not reading.done():
+                if pipe.in_flight < _IN_FLIGHT:
+                    targets = [_wrong(query) if i % 2 else _made_up(query) for i in range(per_tick)]
+                    writer.write(
+                        b"".join(
+                            f"GET /hook/trigger?{t} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                            for t in targets
+                        )
+                    )
+                    pipe.in_flight += len(targets)
+                    await writer.drain()
+                tick = max(tick + 0.1, time.monotonic() - 0.1)
+                await asyncio.sleep(max(tick - time.monotonic(), 0))
+        except OSError as exc:
+            _count(seen.bad_answers, type(exc).__name__)
+        finally:
+            pipe.sent_all = True
+            # What was sent near the end is still answered: wait a little for it.
+            if pipe.in_flight > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(reading), 5)
+            reading.cancel()
+            writer.close()
+
+
+async def _count_answers(reader: asyncio.StreamReader, seen: Attack, pipe: _Pipe) -> None:
+    answers = _Answers()
+    try:
+        while not (pipe.sent_all and pipe.in_flight <= 0):
+            data = await reader.read(65536)
+            if not data:
+                return
+            for status in answers.feed(data):
+                _count(seen.bad_answers, status)
+                pipe.in_flight -= 1
+    except OSError as exc:
+        _count(seen.bad_answers, type(exc).__name__)
 
 
 async def flood(url: str, query: str, *, seconds: float, rate: int, connections: int) -> Attack:
@@ -262,7 +290,7 @@ async def attack(
         out, _ = await process.communicate()
         for status, count in json.loads(out).items():
             seen.bad_answers[status] = seen.bad_answers.get(status, 0) + count
-    seen.seconds = time.monotonic() - started
+    seen.seconds = seconds  # the rate over the attack, not the floods' start and wind-down
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     seen.flood_cpu_s = children.ru_utime + children.ru_stime
     seen.slow_cpu_s = time.process_time()
