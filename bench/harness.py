@@ -5,9 +5,12 @@ Phases, each bounded in time and on loopback only:
 2. adnanh/webhook with two hooks (answer first / answer after the command);
 3. our gateway on a scaling trigger URL (no worker running, so it is measured alone);
 4. the Celery peer's gateway (Flask + gunicorn), alone too;
-5. end to end, ours (gateway + broker + worker + local cluster) and the Celery pipeline
-   both up and measured alternately, `rounds` times, N calls with a bound in flight
-   each; each row is the median of its rounds.
+5. end to end, ours (gateway + broker + worker + local cluster), the plain aiohttp +
+   aio-pika pipeline and the Celery pipeline, all up and measured alternately, `rounds`
+   times, N calls with a bound in flight each; each row is the median of its rounds;
+   then ours in an open loop at fixed rates;
+6. memory: a fresh gateway and worker, their resident memory after the first and the
+   last window of `memory_calls` commands.
 Everything runs in a private RabbitMQ vhost that is deleted afterwards.
 """
 
@@ -35,7 +38,7 @@ import aiohttp
 import psutil
 from yarl import URL
 
-from bench.flows import EndToEnd, broker_ceiling, end_to_end
+from bench.flows import EndToEnd, broker_ceiling, end_to_end, open_loop
 from bench.load import LoadResult, http_load
 from bench.procs import Service, broker_processes, free_port, usage, wait_port
 from bench.straight import QUEUE as STRAIGHT_QUEUE
@@ -69,6 +72,11 @@ class BenchConfig:
     within: float = 120.0
     # End-to-end rounds: ours and Celery measured alternately, each row the median.
     rounds: int = 3
+    # Open loop: ours at this fixed rate, and at half the closed loop's median rate.
+    open_rate: float = 200.0
+    open_seconds: float = 10.0
+    # Memory: commands through a fresh gateway and worker (0: not measured).
+    memory_calls: int = 100_000
     broker: str = BROKER
     keep: Path | None = None
 
@@ -98,14 +106,26 @@ class Target:
     met: bool | None
 
 
-# The targets the benchmark is judged by (issue 7): ratio name, at least this much.
+# The targets the benchmark is judged by (issue 21): ratio name, at least this much.
 RATIO_TARGETS = {
-    "gateway / broker ceiling": 0.8,
-    "gateway / webhook answer-first": 1.0,
-    "end to end / celery end to end": 2.5,
+    "gateway (1 process) / plain aiohttp + aio-pika gateway": 0.7,
+    "end to end / celery end to end": 4.0,
 }
-P99_TARGET_MS = 50.0
-RSS_TARGET_MB = 100.0
+# CPU per command end to end, gateway + worker + broker, at most (µs).
+CPU_TARGET_US = 1200.0
+# The open loop's p99 from call to result event at `open_rate`, at most.
+OPEN_P99_TARGET_MS = 15.0
+# Resident memory of the gateway and the worker after `memory_calls` commands, at most,
+# and what the last window of commands may add (no growth).
+RSS_TARGET_MB = 80.0
+RSS_GROWTH_MB = 1.0
+# The first and last this many commands of the memory phase are compared.
+MEMORY_WINDOW = 10_000
+# End-to-end CPU meter groups summed for the CPU target (the driver is not counted).
+PIPELINE_CPU = {
+    "ours": ("gateway", "worker", "broker"),
+    "plain": ("straight gateway", "straight worker", "broker"),
+}
 
 
 @dataclass
@@ -125,6 +145,11 @@ class Report:
     machine: dict[str, str] = field(default_factory=dict)
     # Phases run again because the shared broker went away under them, and why.
     repeated: dict[str, str] = field(default_factory=dict)
+    # Memory phase: per process, resident MB before, after the first window, before the
+    # last window and after all commands.
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Wall-clock seconds each phase took (its last attempt).
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     def row(self, name: str) -> Row | None:
         """The row of that name, if it was measured."""
@@ -348,9 +373,11 @@ class _Bench:
         for attempt in range(1, 4):
             self.say(f"bench: {name}" + (f" (attempt {attempt})" if attempt > 1 else ""))
             rows = len(self.report.rows)
+            began = time.monotonic()
             try:
                 async with asyncio.timeout(self.config.within * 2 * runs):
                     await phase()
+                self.report.phase_seconds[name] = round(time.monotonic() - began, 1)
             except Exception as exc:
                 self.stop_all()
                 del self.report.rows[rows:]
@@ -539,7 +566,8 @@ class _Bench:
         Celery peer to the same drift, and the median discards an outlying round. The
         pipeline not being measured sits idle (its processes use no CPU to speak of).
         """
-        pipelines = [await self.our_pipeline()]
+        ours = await self.our_pipeline()
+        pipelines = [ours, await self.straight_pipeline()]
         celery = await self.celery_pipeline()
         if celery is not None:
             pipelines.append(celery)
@@ -562,10 +590,85 @@ class _Bench:
                 rounds[pipeline.name].append((e2e, cpu))
         for pipeline in pipelines:
             self._end_to_end_row(pipeline, rounds[pipeline.name])
+        await self.open_loops(ours)
+        for pipeline in pipelines:
             for name, processes in pipeline.memory.items():
                 self.report.peak_rss_mb[name] = round(usage(processes()).peak_rss_mb, 1)
             for service in pipeline.services:
                 service.stop()
+
+    async def open_loops(self, ours: _Pipeline) -> None:
+        """Ours in an open loop: at `open_rate`, then at half the closed loop's rate."""
+        closed = self.report.row(ours.name)
+        rates = [("our open loop, fixed rate", self.config.open_rate, "fixed rate")]
+        if closed is not None and closed.rate > 0:
+            rates.append(("our open loop, 50% of capacity", closed.rate / 2, "50% of capacity"))
+        for name, rate, what in rates:
+            run = await open_loop(
+                ours.url,
+                self.amqp_url,
+                rate=rate,
+                seconds=self.config.open_seconds,
+                within=self.config.within,
+            )
+            self.report.rows.append(
+                Row(
+                    name,
+                    run.rate,
+                    "results/s",
+                    run.p50_ms,
+                    run.p99_ms,
+                    run.calls - run.results,
+                    f"{what}: {rate:,.0f} calls/s for {self.config.open_seconds:g} s,"
+                    f" {run.results} of {run.calls} results, latency from when each call"
+                    f" was due to its result event, {_processes(self.config.e2e_processes, 'gateway ')}",
+                    requests=run.calls,
+                )
+            )
+
+    async def memory(self) -> None:
+        """A fresh gateway and worker: resident memory before, after the first window of
+        commands, before the last window and after all `memory_calls` (closed loop)."""
+        ours = await self.our_pipeline()
+        total = self.config.memory_calls
+        window = min(MEMORY_WINDOW, max(1, total // 4))
+        chunks = [window]
+        middle = total - 2 * window
+        while middle > 0:
+            chunks.append(min(middle, MEMORY_WINDOW))
+            middle -= chunks[-1]
+        chunks.append(window)
+        kinds = {"gateway": ours.measured["gateway"], "worker": ours.measured["worker"]}
+        memory: dict[str, dict[str, float]] = {name: {} for name in kinds}
+
+        def sample(when: str) -> None:
+            for name, processes in kinds.items():
+                memory[name][when] = round(_largest_rss_mb(processes()), 1)
+
+        sample("before")
+        done = failed = 0
+        for i, calls in enumerate(chunks):
+            if i == len(chunks) - 1:
+                sample("before last window")
+            run = await end_to_end(
+                ours.url,
+                self.amqp_url,
+                calls=calls,
+                in_flight=self.config.in_flight,
+                within=self.config.within,
+            )
+            done += run.results
+            failed += run.calls - run.results
+            if i == 0:
+                sample("after first window")
+        sample("after all")
+        for figures in memory.values():
+            figures["commands"] = float(done)
+            figures["failed"] = float(failed)
+            figures["window"] = float(window)
+        self.report.memory = memory
+        for service in ours.services:
+            service.stop()
 
     def _end_to_end_row(
         self, pipeline: _Pipeline, rounds: list[tuple[EndToEnd, dict[str, float | None]]]
@@ -608,6 +711,27 @@ class _Bench:
             started, started_url = await self.gateway(env, url_template, processes)
             await self.measure_gateway(started, started_url, processes)
             started.stop()
+
+    async def straight_pipeline(self) -> _Pipeline:
+        """The plain aiohttp + aio-pika gateway and worker (bench/straight.py): the floor."""
+        port = free_port()
+        gateway = self.start(
+            "straight", [sys.executable, "-m", "bench.straight", str(port), self.amqp_url]
+        )
+        worker = self.start(
+            "straight-worker", [sys.executable, "-m", "bench.straight", "worker", self.amqp_url]
+        )
+        wait_port(port, 15)
+        await _wait_consumer(self.amqp_url, STRAIGHT_QUEUE, 30)
+        return _Pipeline(
+            "plain end to end",
+            "plain",
+            f"http://127.0.0.1:{port}/",
+            f"{self.config.in_flight} in flight, aiohttp + aio-pika, confirmed, nothing else",
+            measured={"straight gateway": gateway.processes, "straight worker": worker.processes},
+            memory={},
+            services=[worker, gateway],
+        )
 
     async def our_pipeline(self) -> _Pipeline:
         """Gateway (`e2e_processes`, one by default: on 2 cores the worker and the broker
@@ -732,6 +856,10 @@ class _Bench:
         measured = [r.rate for r in self.report.rows if r.name.startswith("our gateway, ")]
         ours = max(measured) if measured and max(measured) > 0 else None
         pairs = {
+            "gateway (1 process) / plain aiohttp + aio-pika gateway": (
+                rate("our gateway, 1 process"),
+                rate("plain aiohttp + aio-pika gateway"),
+            ),
             "gateway / webhook answer-first": (ours, rate("webhook answer-first")),
             "gateway / webhook answer-after": (ours, rate("webhook answer-after")),
             "gateway / broker ceiling": (ours, rate("broker confirmed publishes")),
@@ -744,6 +872,7 @@ class _Bench:
                 rate("our end to end"),
                 rate("celery peer end to end"),
             ),
+            "end to end / plain end to end": (rate("our end to end"), rate("plain end to end")),
             "gateway / celery gateway": (ours, rate("celery peer gateway (flask+gunicorn)")),
         }
         for name, (a, b) in pairs.items():
@@ -762,24 +891,65 @@ class _Bench:
                     None if value is None else value >= least,
                 )
             )
-        e2e = report.row("our end to end")
-        p99 = e2e.p99_ms if e2e is not None else None
+        ours, plain = (self.pipeline_cpu_us(who) for who in ("ours", "plain"))
+        floor = "" if plain is None else f" (plain pipeline: {plain:,.0f} µs)"
         report.targets.append(
             Target(
-                f"end to end p99 <= {P99_TARGET_MS:g} ms at {self.config.in_flight} in flight",
-                "not measured" if p99 is None else f"{p99:.1f} ms",
-                None if p99 is None else p99 <= P99_TARGET_MS,
+                f"CPU per command end to end (gateway + worker + broker) <= {CPU_TARGET_US:,.0f} µs",
+                "not measured" if ours is None else f"{ours:,.0f} µs{floor}",
+                None if ours is None else ours <= CPU_TARGET_US,
             )
         )
-        rss = [report.peak_rss_mb.get(n) for n in ("gateway (largest process)", "worker")]
-        largest = None if None in rss else max(r for r in rss if r is not None)
+        fixed = report.row("our open loop, fixed rate")
         report.targets.append(
             Target(
-                f"gateway and worker resident memory <= {RSS_TARGET_MB:g} MB each",
-                "not measured" if largest is None else f"{largest:.1f} MB (the larger)",
-                None if largest is None else largest <= RSS_TARGET_MB,
+                f"open loop p99 <= {OPEN_P99_TARGET_MS:g} ms at {self.config.open_rate:g} calls/s",
+                "not measured" if fixed is None else f"{fixed.p99_ms:.1f} ms",
+                None
+                if fixed is None or fixed.p99_ms is None
+                else fixed.p99_ms <= OPEN_P99_TARGET_MS,
             )
         )
+        report.targets.append(self.memory_target())
+
+    def pipeline_cpu_us(self, who: str) -> float | None:
+        """Gateway + worker + broker CPU per command end to end (µs), if all were metered."""
+        figures = self.report.cpu_per_command_us.get(f"end to end ({who})", {})
+        parts = [figures.get(name) for name in PIPELINE_CPU[who]]
+        known = [us for us in parts if us is not None]
+        return round(sum(known), 1) if len(known) == len(parts) else None
+
+    def memory_target(self) -> Target:
+        """Gateway and worker resident memory after the memory phase, and its growth."""
+        memory = self.report.memory
+        window = int(next(iter(memory.values()), {}).get("window", MEMORY_WINDOW))
+        commands = int(next(iter(memory.values()), {}).get("commands", self.config.memory_calls))
+        name = (
+            f"gateway and worker resident memory <= {RSS_TARGET_MB:g} MB after"
+            f" {self.config.memory_calls:,} commands, the last {window:,} adding"
+            f" <= {RSS_GROWTH_MB:g} MB"
+        )
+        if not memory:
+            return Target(name, "not measured", None)
+        largest = max(m["after all"] for m in memory.values())
+        growth = max(m["after all"] - m["before last window"] for m in memory.values())
+        return Target(
+            name,
+            f"{largest:.1f} MB (the larger), last {window:,} +{max(growth, 0):.1f} MB,"
+            f" {commands:,} commands",
+            largest <= RSS_TARGET_MB and growth <= RSS_GROWTH_MB,
+        )
+
+
+def _largest_rss_mb(processes: list[psutil.Process]) -> float:
+    """The resident memory of the largest of these processes, in MB (now, not the peak)."""
+    largest = 0
+    for process in processes:
+        try:
+            largest = max(largest, process.memory_info().rss)
+        except psutil.Error:
+            continue
+    return largest / 2**20
 
 
 def _cpu_model() -> str:
@@ -831,7 +1001,10 @@ async def run_bench(config: BenchConfig, say: Callable[[str], None] = print) -> 
             phases.append(("our gateway", bench.ours, 1))
             if config.peers:
                 phases.append(("celery peer gateway", bench.celery, 1))
-            phases.append(("end to end", bench.end_to_end, 2 * config.rounds))
+            phases.append(("end to end", bench.end_to_end, 3 * config.rounds + 2))
+            if config.memory_calls > 0:
+                chunks = -(-config.memory_calls // MEMORY_WINDOW) + 2
+                phases.append(("memory", bench.memory, chunks))
             if not config.peers:
                 bench.report.skipped["webhook"] = "peers off (--no-peers)"
                 bench.report.skipped["celery"] = "peers off (--no-peers)"

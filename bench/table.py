@@ -47,4 +47,21 @@ def render(report: Report) -> str:
     if report.peak_rss_mb:
         lines += ["", "| peak resident memory | MB |", "|---|---:|"]
         lines += [f"| {name} | {mb:.1f} |" for name, mb in report.peak_rss_mb.items()]
+    if report.memory:
+        first = next(iter(report.memory.values()))
+        window, commands = int(first["window"]), int(first["commands"])
+        lines += [
+            "",
+            f"| resident memory (MB), {commands:,} commands | before | after the first"
+            f" {window:,} | before the last {window:,} | after all |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {name} | {m['before']:.1f} | {m['after first window']:.1f}"
+            f" | {m['before last window']:.1f} | {m['after all']:.1f} |"
+            for name, m in report.memory.items()
+        ]
+    if report.phase_seconds:
+        lines += ["", "| phase | seconds |", "|---|---:|"]
+        lines += [f"| {name} | {sec:,.0f} |" for name, sec in report.phase_seconds.items()]
     return "\n".join(lines)

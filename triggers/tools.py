@@ -27,6 +27,27 @@ __all__ = ["bench", "local"]
     type=click.IntRange(min=1),
     help="End-to-end rounds, ours and Celery alternately; each row is the median.",
 )
+@click.option(
+    "--open-rate",
+    default=200.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Open loop: calls per second at the fixed rate (also run at 50% of capacity).",
+)
+@click.option(
+    "--open-seconds",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Open loop: seconds at each rate.",
+)
+@click.option(
+    "--memory-calls",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Memory: commands through a fresh gateway and worker (0: skip).",
+)
 @click.option("--processes", default=2, show_default=True, help="Gateway processes.")
 @click.option(
     "--e2e-processes",
@@ -51,6 +72,9 @@ def bench(
     calls: int,
     in_flight: int,
     rounds: int,
+    open_rate: float,
+    open_seconds: float,
+    memory_calls: int,
     processes: int,
     e2e_processes: int,
     peers: bool,
@@ -77,6 +101,9 @@ def bench(
         calls=calls,
         in_flight=in_flight,
         rounds=rounds,
+        open_rate=open_rate,
+        open_seconds=open_seconds,
+        memory_calls=memory_calls,
         gateway_processes=processes,
         e2e_processes=e2e_processes,
         peers=peers,
