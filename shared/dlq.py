@@ -17,7 +17,14 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from shared.amqp_transport import connect_any, redact
-from shared.broker import ATTEMPT_HEADER, ERROR_HEADER, copy_message
+from shared.broker import (
+    ATTEMPT_HEADER,
+    ATTEMPTS_HEADER,
+    DEAD_AT_HEADER,
+    ERROR_HEADER,
+    QUEUE_HEADER,
+    copy_message,
+)
 from shared.errors import BrokerUnavailable
 from shared.messages import (
     Action,
@@ -104,8 +111,8 @@ def describe(message: AbstractIncomingMessage) -> DeadMessage:
     """What a dead message is and why it died."""
     headers = message.headers or {}
     envelope = _decode(message)
-    died = headers.get("x-triggers-dead-at")
-    attempts = headers.get("x-triggers-attempts")
+    died = headers.get(DEAD_AT_HEADER)
+    attempts = headers.get(ATTEMPTS_HEADER)
     if isinstance(died, datetime):
         died = died.isoformat()
     action, target = (envelope.action, envelope.target) if envelope else (None, None)
@@ -114,7 +121,7 @@ def describe(message: AbstractIncomingMessage) -> DeadMessage:
     return DeadMessage(
         id=_message_id(message),
         reason=_reason(message),
-        queue=str(headers.get("x-triggers-queue") or message.routing_key or "") or None,
+        queue=str(headers.get(QUEUE_HEADER) or message.routing_key or "") or None,
         died_at=died if isinstance(died, str) else None,
         attempts=attempts if isinstance(attempts, int) else None,
         action=action,

@@ -37,7 +37,7 @@ from cachetools import TTLCache
 
 from shared.amqp_transport import connect_robust_nodes
 from shared.approvals import Decisions, approval_link, sign_link
-from shared.broker import ERROR_HEADER, AmqpBus, Bus, copy_message
+from shared.broker import AmqpBus, Bus, copy_message, dead_letter_headers
 from shared.errors import BrokerUnavailable
 from shared.jobs import JobStore
 from shared.messages import (
@@ -332,11 +332,8 @@ class Notifier:
     async def _dead(self, message: AbstractIncomingMessage, reason: str, *, attempt: int) -> None:
         """To ``triggers.dead`` with the reason beside it, then acked."""
         assert self._topology is not None  # noqa: S101 - start() declared it
-        headers: dict[str, Any] = {**(message.headers or {}), ERROR_HEADER: reason[:1000]}
-        headers["x-triggers-queue"] = message.routing_key or NOTIFY_DELIVERIES_QUEUE
-        headers["x-triggers-dead-at"] = utcnow().isoformat()
-        headers["x-triggers-attempts"] = attempt
-        headers.pop("x-delivery-count", None)
+        queue = message.routing_key or NOTIFY_DELIVERIES_QUEUE
+        headers = dead_letter_headers(message, reason, attempts=attempt, queue=queue)
         try:
             await self._topology.dead.publish(
                 copy_message(message, headers),

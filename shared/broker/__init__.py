@@ -16,11 +16,22 @@ from shared.broker._protocol import (
     NoticeHandler,
     ResultHandler,
 )
-from shared.broker._publisher import ATTEMPT_HEADER, ERROR_HEADER, copy_message
+from shared.broker._publisher import (
+    ATTEMPT_HEADER,
+    ATTEMPTS_HEADER,
+    DEAD_AT_HEADER,
+    ERROR_HEADER,
+    QUEUE_HEADER,
+    copy_message,
+    dead_letter_headers,
+)
 
 __all__ = [
+    "ATTEMPTS_HEADER",
     "ATTEMPT_HEADER",
+    "DEAD_AT_HEADER",
     "ERROR_HEADER",
+    "QUEUE_HEADER",
     "AmqpBus",
     "Bus",
     "Delivery",
@@ -29,4 +40,5 @@ __all__ = [
     "NoticeHandler",
     "ResultHandler",
     "copy_message",
+    "dead_letter_headers",
 ]

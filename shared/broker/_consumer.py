@@ -17,9 +17,8 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from shared.broker._acks import Acks
 from shared.broker._protocol import DeliveryHandler
-from shared.broker._publisher import ATTEMPT_HEADER, ERROR_HEADER
+from shared.broker._publisher import ATTEMPT_HEADER, ERROR_HEADER, dead_letter_headers
 from shared.errors import BrokerUnavailable
-from shared.messages import utcnow
 from shared.topology import (
     COMMAND_QUEUE_ARGUMENTS,
     COMMAND_QUEUES,
@@ -92,11 +91,8 @@ class _AmqpDelivery:
     async def dead_letter(self, reason: str) -> None:
         # Republished rather than rejected, so the reason travels with the message; if the
         # broker will not take it, a plain reject still dead-letters it (reason: "rejected").
-        headers = {**(self._message.headers or {}), ERROR_HEADER: reason[:1000]}
-        headers["x-triggers-queue"] = self._message.routing_key or ""
-        headers["x-triggers-dead-at"] = utcnow().isoformat()
-        headers["x-triggers-attempts"] = self.attempt
-        headers.pop("x-delivery-count", None)
+        queue = self._message.routing_key or ""
+        headers = dead_letter_headers(self._message, reason, attempts=self.attempt, queue=queue)
         try:
             await self._republish(
                 self._message, DEAD_EXCHANGE, self._message.routing_key or "", headers

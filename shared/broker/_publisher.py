@@ -22,6 +22,7 @@ from shared.messages import (
     JobNotice,
     ResultEvent,
     encode,
+    utcnow,
 )
 from shared.metrics import PUBLISH_SECONDS
 from shared.topology import (
@@ -32,10 +33,23 @@ from shared.topology import (
     result_routing_key,
 )
 
-__all__ = ["ATTEMPT_HEADER", "ERROR_HEADER", "Publisher", "copy_message"]
+__all__ = [
+    "ATTEMPTS_HEADER",
+    "ATTEMPT_HEADER",
+    "DEAD_AT_HEADER",
+    "ERROR_HEADER",
+    "QUEUE_HEADER",
+    "Publisher",
+    "copy_message",
+    "dead_letter_headers",
+]
 
 ATTEMPT_HEADER = "x-triggers-attempt"
 ERROR_HEADER = "x-triggers-error"
+# Beside a dead letter: the queue it died in, when, after how many attempts.
+QUEUE_HEADER = "x-triggers-queue"
+DEAD_AT_HEADER = "x-triggers-dead-at"
+ATTEMPTS_HEADER = "x-triggers-attempts"
 
 _PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
@@ -52,6 +66,19 @@ def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> a
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         headers=headers,
     )
+
+
+def dead_letter_headers(
+    message: AbstractIncomingMessage, reason: str, *, attempts: int, queue: str
+) -> dict[str, Any]:
+    """The headers of a dead letter: the message's own, and why, where, when it died."""
+    headers = {**(message.headers or {}), ERROR_HEADER: reason[:1000]}
+    headers[QUEUE_HEADER] = queue
+    headers[DEAD_AT_HEADER] = utcnow().isoformat()
+    headers[ATTEMPTS_HEADER] = attempts
+    # The broker's redelivery count belongs to the old message, not to its copy.
+    headers.pop("x-delivery-count", None)
+    return headers
 
 
 def _properties(
