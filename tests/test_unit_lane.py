@@ -81,6 +81,34 @@ def test_a_unit_test_that_dials_a_service_port_fails_even_if_it_swallows_the_ref
     )
 
 
+def test_the_last_unit_test_may_tear_down_the_sessions_service_fixtures(
+    pytester: pytest.Pytester,
+) -> None:
+    """A run ending on a unit test: the session fixture that dials a service at teardown
+    (as the PostgreSQL test database's drop does) is not charged to that test."""
+    pytester.makepyfile(
+        """
+        import contextlib, socket
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def service():
+            yield
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 5432), 1):
+                pass
+
+        def test_uses_the_service(service):
+            pass
+
+        @pytest.mark.unit
+        def test_pure_and_last():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(*PLUGINS)
+    result.assert_outcomes(passed=2)
+
+
 @pytest.mark.unit
 def test_service_ports_include_the_defaults_and_the_configured_urls() -> None:
     """The guarded ports: the services' defaults plus every port the URLs in the env name."""

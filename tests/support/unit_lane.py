@@ -46,6 +46,7 @@ _URL_VARIABLES = (
 _dialled = pytest.StashKey[list[str]]()
 _reported = pytest.StashKey[bool]()
 _running = pytest.StashKey[pytest.Item | None]()
+_guard = pytest.StashKey["_Guard"]()
 
 
 def is_unit(node: pytest.Item | Any) -> bool:
@@ -98,8 +99,11 @@ class _Guard:
     def __init__(self, ports: set[int], dialled: list[str]) -> None:
         self.ports = ports
         self.dialled = dialled
+        self.active = True
 
     def check(self, address: Any) -> None:
+        if not self.active:
+            return
         if isinstance(address, tuple) and len(address) >= 2 and address[1] in self.ports:
             where = f"{address[0]}:{address[1]}"
         elif isinstance(address, str | bytes) and b".s.PGSQL." in os.fsencode(address):
@@ -129,17 +133,27 @@ class _Guard:
 def pytest_runtest_protocol(
     item: pytest.Item, nextitem: pytest.Item | None
 ) -> Generator[None, object, object]:
-    """Around a unit test's setup, call and teardown: no connection to a service port."""
+    """Around a unit test's setup and call: no connection to a service port."""
     item.config.stash[_running] = item
     try:
         if not is_unit(item):
             return (yield)
         dialled = item.stash.setdefault(_dialled, [])
         with pytest.MonkeyPatch.context() as patch:
-            _Guard(service_ports(), dialled).install(patch)
+            guard = item.stash[_guard] = _Guard(service_ports(), dialled)
+            guard.install(patch)
             return (yield)
     finally:
         item.config.stash[_running] = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Teardown is not the unit test's own: the last test of a run also tears down the
+    session's fixtures (dropping the PostgreSQL test database), which may dial a service."""
+    guard = item.stash.get(_guard, None)
+    if guard is not None:
+        guard.active = False
 
 
 @pytest.hookimpl(wrapper=True)
