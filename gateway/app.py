@@ -21,11 +21,10 @@ from aiohttp import web
 
 from gateway.abuse import FailedAuthLimiter
 from gateway.admin import add_admin_routes
-from gateway.audit import audit_middleware
 from gateway.connections import ConnectionGuard, GuardedSite, connection_middleware
 from gateway.console import add_console
 from gateway.dead import add_dlq_routes
-from gateway.errors import error_middleware, json_response
+from gateway.errors import json_response
 from gateway.hook import handle_trigger
 from gateway.invalidation import follow_changes, periodically, prune_audit_forever
 from gateway.jobs import UNSEEN_WAITERS_LIMIT, handle_job, handle_jobs
@@ -47,7 +46,8 @@ from gateway.keys import (
 )
 from gateway.limits import CallLimits, open_limits
 from gateway.lookup import TriggerCache
-from gateway.metrics import metrics_handler, metrics_listener, metrics_middleware, open_gauges
+from gateway.metrics import metrics_handler, metrics_listener, open_gauges
+from gateway.middleware import call_middleware
 from gateway.notify import add_notify_routes
 from gateway.recent import open_recent
 from gateway.shared_state import open_redis
@@ -124,9 +124,8 @@ def _start_writers(app: web.Application, settings: Settings) -> None:
 
 
 def _middlewares(connections: ConnectionGuard | None) -> list[Any]:
-    # The audit middleware is outermost but for the connection guard's, so it sees every
-    # final status.
-    middlewares: list[Any] = [audit_middleware, metrics_middleware, error_middleware]
+    # The call middleware (errors, summary line, metrics, audit) sees every final status.
+    middlewares: list[Any] = [call_middleware]
     if connections is not None:
         middlewares.insert(0, connection_middleware(connections))
     return middlewares

@@ -1,4 +1,4 @@
-"""The audit trail of trigger calls: one entry per call to ``/hook/``, from a middleware.
+"""The audit trail of trigger calls: one entry per call to ``/hook/``, from the call middleware.
 
 Each entry has the outcome, status, error code, time, caller address and user agent,
 never the query string (it carries the secret). Entries are written in batches by
@@ -15,7 +15,6 @@ entries older than ``TRIGGERS_AUDIT_RETENTION`` (`gateway.invalidation`).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -25,9 +24,7 @@ from gateway.outcomes import Accepted, CallOutcome, Ignored
 from shared.audit import AuditEntry, Outcome, WaitOutcome
 from shared.messages import utcnow
 
-__all__ = ["audit_middleware"]
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+__all__ = ["record_call"]
 
 # Details may quote a caller's bad value; a long hex run there could be (part of) a secret
 # sent in the wrong parameter, so it is masked before it is stored.
@@ -53,12 +50,8 @@ def _outcome(status: int, outcome: CallOutcome | None) -> tuple[Outcome, WaitOut
     return ("accepted" if status < 300 else "rejected"), None
 
 
-@web.middleware
-async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Record one entry per trigger call (placed outside the error middleware)."""
-    response = await handler(request)
-    if not request.path.startswith("/hook/"):
-        return response
+def record_call(request: web.Request, response: web.StreamResponse) -> None:
+    """Record one entry for a call to ``/hook/`` (with its final status, errors mapped)."""
     fields = request.get(LOG_FIELDS, {})
     called = request.get(OUTCOME)
     code, detail = request.get(ERROR, (None, None))
@@ -83,4 +76,3 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
         request.app[UNAUTHENTICATED].record(entry)
     else:
         request.app[AUDIT].record(entry)
-    return response

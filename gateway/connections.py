@@ -53,7 +53,7 @@ log = structlog.get_logger("triggers.gateway")
 
 
 class _Connection:
-    __slots__ = ("address", "phase", "timer", "trusted")
+    __slots__ = ("address", "deadline", "phase", "timer", "timer_at", "trusted")
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -61,7 +61,13 @@ class _Connection:
         # not started it yet; "busy": the app has it; "idle": between requests;
         # "draining": answered without reading its body (closed soon).
         self.phase = "headers"
+        # When the current phase's deadline passes (loop time), or None: no deadline.
+        self.deadline: float | None = None
+        # The timer that checks the deadline, and when it fires: it is moved only when the
+        # deadline comes earlier; a later deadline is checked when it fires, so a request
+        # on a keep-alive connection only stores a float (no timer made and cancelled).
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
         # It carried an authenticated call: kept when its address goes over the cap.
         self.trusted = False
 
@@ -152,18 +158,14 @@ class ConnectionGuard:
         connection = self._open.get(handler)
         if connection is not None and connection.phase == "headers":
             connection.phase = "queued"
-            if connection.timer is not None:
-                connection.timer.cancel()
-                connection.timer = None
+            connection.deadline = None
 
     def request_started(self, handler: object) -> None:
         """Its headers arrived: the handler's own deadlines apply from now."""
         connection = self._open.get(handler)  # type: ignore[call-overload] # any protocol object
         if connection is not None:
             connection.phase = "busy"
-            if connection.timer is not None:
-                connection.timer.cancel()
-                connection.timer = None
+            connection.deadline = None
 
     def request_finished(
         self, handler: object, *, draining: bool = False, authenticated: bool = False
@@ -181,12 +183,33 @@ class ConnectionGuard:
             self._arm(handler, connection, self._idle_timeout)
 
     def _arm(self, handler: RequestHandler, connection: _Connection, seconds: float) -> None:
-        if connection.timer is not None:
-            connection.timer.cancel()
-            connection.timer = None
-        if seconds > 0:
-            loop = asyncio.get_running_loop()
-            connection.timer = loop.call_later(seconds, self._expire, handler)
+        if seconds <= 0:
+            connection.deadline = None
+            return
+        loop = asyncio.get_running_loop()
+        deadline = connection.deadline = loop.time() + seconds
+        if connection.timer is None or connection.timer_at > deadline:
+            if connection.timer is not None:
+                connection.timer.cancel()
+            connection.timer = loop.call_at(deadline, self._check, handler)
+            connection.timer_at = deadline
+
+    def _check(self, handler: RequestHandler) -> None:
+        """The timer fired: expire the connection if its deadline passed, else wait on."""
+        connection = self._open.get(handler)
+        if connection is None:
+            return
+        connection.timer = None
+        deadline = connection.deadline
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        # A timer may fire a little early (uvloop's clock is in milliseconds).
+        if loop.time() + 0.001 < deadline:
+            connection.timer = loop.call_at(deadline, self._check, handler)
+            connection.timer_at = deadline
+            return
+        self._expire(handler)
 
     def _expire(self, handler: RequestHandler) -> None:
         connection = self._open.get(handler)

@@ -1,4 +1,4 @@
-"""HTTP errors as JSON: ``{"error": code, "detail": text}``, mapped in one middleware."""
+"""HTTP errors as JSON: ``{"error": code, "detail": text}``, mapped in one place (`answered`)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from shared.errors import BrokerUnavailable, RequestError, StoreUnavailable
 __all__ = [
     "ApiError",
     "ErrorAnswer",
+    "answered",
     "error_answer",
-    "error_middleware",
     "json_error",
     "json_response",
 ]
@@ -124,9 +124,8 @@ def json_error(
     return json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every error to JSON and write one summary log line per request.
+async def answered(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer, every error mapped to JSON; one summary log line per request.
 
     The line never carries the query string: it holds the secret.
     """

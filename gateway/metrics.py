@@ -25,9 +25,9 @@ from shared.metrics import GATEWAY_CALLS, JOBS_BY_STATUS, QUEUE_MESSAGES, metric
 
 __all__ = [
     "OUTCOME_BY_STATUS",
+    "count_call",
     "metrics_handler",
     "metrics_listener",
-    "metrics_middleware",
     "open_gauges",
 ]
 
@@ -56,10 +56,8 @@ OUTCOME_BY_STATUS = {
 }
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every trigger call once, by action (once the trigger is known) and outcome."""
-    response = await handler(request)
+def count_call(request: web.Request, response: web.StreamResponse) -> None:
+    """Count a trigger call once, by action (once the trigger is known) and outcome."""
     if request.path == _TRIGGER_PATH:
         called = request.get(OUTCOME)
         outcome = (
@@ -68,7 +66,6 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
             else OUTCOME_BY_STATUS.get(response.status, "error")
         )
         GATEWAY_CALLS.labels(request.get(LOG_FIELDS, {}).get("action", "unknown"), outcome).inc()
-    return response
 
 
 def open_gauges(app: web.Application) -> SharedGauges:
