@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from shared.broker import AmqpBus
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore, TriggerStore
 from shared.triggers import Trigger, new_secret, new_trigger_id
 from tests.support.gateways import Gateway, running_gateways
+
+pytestmark = pytest.mark.unit
 
 
 async def test_wrong_secrets_past_the_limit_get_429_and_the_right_secret_still_works(

@@ -18,6 +18,8 @@ from shared.store import TriggerStore
 from shared.triggers import new_secret
 from tests.support.gateways import Gateway, running_gateways
 
+pytestmark = pytest.mark.unit
+
 
 async def _status(gateway: Gateway, url: str, headers: dict[str, str]) -> int:
     async with gateway.http.get(url, headers=headers) as response:
@@ -126,7 +128,6 @@ async def test_proxy_header_is_read_as_configured(
         assert await _audited_remotes(store, trigger.id, 1) == [client]
 
 
-@pytest.mark.unit
 def test_trusted_proxies_setting_names_a_bad_entry() -> None:
     """A value that is not an address or CIDR fails at start, naming the variable and entry."""
     env = {"TRIGGERS_TRUSTED_PROXIES": "127.0.0.1/32, ingress"}

@@ -9,17 +9,15 @@ from typing import Any
 import pytest
 
 from shared.store import SqliteTriggerStore
-from shared.topology import COMMAND_QUEUES
 from shared.triggers import Trigger, encode_trigger_url, new_secret
-from tests.support.broker import queue_depth
+from tests.support.broker import commands_published
 from tests.support.gateways import Gateway
+
+pytestmark = pytest.mark.unit
 
 
 async def _published(gateway: Gateway) -> int:
-    total = 0
-    for name in COMMAND_QUEUES.values():
-        total += await queue_depth(gateway.settings.amqp_url, name)
-    return total
+    return await commands_published(gateway.bus, gateway.settings.amqp_url)
 
 
 def _token(raw: str) -> str:

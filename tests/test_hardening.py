@@ -35,6 +35,7 @@ def settings(settings: Settings) -> Settings:
     return settings.with_(admin_token=ADMIN_TOKEN)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("field", ["cluster", "app", "service"])
 async def test_names_ending_in_a_newline_are_refused(gateway: Gateway, field: str) -> None:
     """A name with a trailing newline is not a name: the admin API refuses it, nothing is created."""
@@ -46,6 +47,7 @@ async def test_names_ending_in_a_newline_are_refused(gateway: Gateway, field: st
     assert listed["triggers"] == []
 
 
+@pytest.mark.unit
 async def test_wrong_admin_tokens_are_limited_and_the_right_one_still_works(
     gateway: Gateway,
 ) -> None:
@@ -60,12 +62,14 @@ async def test_wrong_admin_tokens_are_limited_and_the_right_one_still_works(
     assert status == 200
 
 
+@pytest.mark.unit
 def test_a_short_admin_token_is_refused_at_start() -> None:
     """TRIGGERS_ADMIN_TOKEN shorter than 16 characters stops the gateway with one clear line."""
     with pytest.raises(ValueError, match="TRIGGERS_ADMIN_TOKEN must be at least 16"):
         Settings.from_env({"TRIGGERS_ADMIN_TOKEN": "x"})
 
 
+@pytest.mark.unit
 async def test_a_one_character_signing_secret_is_refused(store: SqliteTriggerStore) -> None:
     """A signing secret shorter than 16 characters cannot be set."""
     with pytest.raises(ValueError, match="at least 16"):
@@ -84,6 +88,7 @@ def _replace_with_directory(path: Path) -> None:
     path.mkdir()
 
 
+@pytest.mark.unit
 async def test_a_store_outage_is_503_with_retry_after_and_one_log_line(
     gateway: Gateway, store: SqliteTriggerStore, settings: Settings
 ) -> None:
@@ -102,6 +107,7 @@ async def test_a_store_outage_is_503_with_retry_after_and_one_log_line(
     assert "gateway.unhandled_error" not in events
 
 
+@pytest.mark.unit
 async def test_unauthenticated_rejections_are_one_audit_entry_per_address_and_minute(
     settings: Settings, store: SqliteTriggerStore, bus: AmqpBus
 ) -> None:
@@ -118,6 +124,7 @@ async def test_unauthenticated_rejections_are_one_audit_entry_per_address_and_mi
     assert entries[0].reason == "unauthenticated"
 
 
+@pytest.mark.unit
 async def test_audit_entries_older_than_the_retention_are_pruned(
     settings: Settings, store: SqliteTriggerStore, bus: AmqpBus
 ) -> None:
@@ -138,6 +145,7 @@ async def _status_of(gateway: Gateway, url: str) -> int:
         return response.status
 
 
+@pytest.mark.unit
 async def test_revocation_and_rotation_reach_every_gateway_well_before_the_cache_ttl(
     settings: Settings, store: SqliteTriggerStore, bus: AmqpBus
 ) -> None:
@@ -176,6 +184,7 @@ async def test_a_huge_numeric_tag_is_422_not_500(
     assert await published(gateway.settings.amqp_url) == []
 
 
+@pytest.mark.unit
 async def test_json_nested_a_thousand_deep_is_a_4xx(
     gateway: Gateway, store: SqliteTriggerStore
 ) -> None:
@@ -250,6 +259,7 @@ async def test_3000_alerts_with_60_kb_group_keys_leave_little_in_memory(
     assert kept < ALERTS * 4_000, kept
 
 
+@pytest.mark.unit
 async def test_a_job_id_shows_the_outcome_but_not_where_the_cluster_runs(
     gateway: Gateway, jobs: JobStore
 ) -> None:
@@ -295,6 +305,7 @@ class CountingJobs:
         return getattr(self.inner, name)
 
 
+@pytest.mark.unit
 async def test_unknown_job_ids_cost_at_most_two_reads_each(
     settings: Settings, store: SqliteTriggerStore, bus: AmqpBus, jobs: JobStore
 ) -> None:

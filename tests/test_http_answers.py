@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from shared.policy import PolicyChanges
 from shared.store import TriggerStore
 from tests.support.gateways import Gateway
+
+pytestmark = pytest.mark.unit
 
 
 async def test_answers_name_no_versions_and_json_ends_with_a_newline(

@@ -58,6 +58,7 @@ async def _storm(
     return await asyncio.gather(*(call(u) for u in urls))
 
 
+@pytest.mark.unit
 async def test_alert_storm_scales_once_within_the_cooldown_and_never_beyond_max(
     gateway: Gateway,
     store: SqliteTriggerStore,
@@ -104,6 +105,7 @@ async def test_storm_across_two_gateways_sharing_redis_scales_once(
     assert _replicas(cluster) == 3
 
 
+@pytest.mark.unit
 async def test_without_cooldown_a_storm_stops_at_max_replicas(
     gateway: Gateway,
     store: SqliteTriggerStore,
@@ -125,6 +127,7 @@ async def test_without_cooldown_a_storm_stops_at_max_replicas(
     assert _replicas(cluster) == 5
 
 
+@pytest.mark.unit
 async def test_scale_in_stops_at_min_replicas(
     gateway: Gateway,
     store: SqliteTriggerStore,
@@ -150,6 +153,7 @@ async def test_scale_in_stops_at_min_replicas(
     assert _replicas(cluster) == 1
 
 
+@pytest.mark.unit
 async def test_expired_trigger_is_refused_with_its_reason(
     gateway: Gateway, store: SqliteTriggerStore
 ) -> None:
@@ -170,6 +174,7 @@ async def test_expired_trigger_is_refused_with_its_reason(
     assert "--expires-in" in body["detail"]
 
 
+@pytest.mark.unit
 async def test_disabled_trigger_is_refused_until_enabled(
     gateway: Gateway, store: SqliteTriggerStore
 ) -> None:
@@ -190,6 +195,7 @@ async def test_disabled_trigger_is_refused_until_enabled(
         assert response.status == 202
 
 
+@pytest.mark.unit
 async def test_rate_limit_answers_429_with_retry_after(
     gateway: Gateway, store: SqliteTriggerStore
 ) -> None:
@@ -212,6 +218,7 @@ async def test_rate_limit_answers_429_with_retry_after(
     assert "3 calls per minute" in body["detail"]
 
 
+@pytest.mark.unit
 async def test_allowed_methods_are_enforced(gateway: Gateway, store: SqliteTriggerStore) -> None:
     """A POST-only trigger answers GET with 405 and Allow: POST."""
     trigger, secret = await store.create(

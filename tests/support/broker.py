@@ -20,15 +20,19 @@ from urllib.parse import urlsplit
 import aio_pika
 import pytest
 
-from shared.broker import AmqpBus
+from shared.broker import AmqpBus, Bus, MemoryBus
+from shared.messages import CommandEnvelope
 from shared.settings import Settings
 from shared.topology import COMMAND_QUEUES, DEAD_QUEUE, RECORDER_QUEUE
 from tests.proxy import TcpProxy
+from tests.support.unit_lane import is_unit
 
 __all__ = [
     "BROKER",
+    "RecordingBus",
     "broker_list",
     "broker_queues",
+    "commands_published",
     "private_vhost",
     "queue_depth",
     "rabbitmqctl",
@@ -90,14 +94,45 @@ async def _purge(amqp_url: str) -> None:
             await queue.purge()
 
 
+class RecordingBus(MemoryBus):
+    """The in-process bus of a unit test; it remembers every command published on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[CommandEnvelope] = []
+
+    async def publish_command(self, envelope: CommandEnvelope) -> None:
+        """Queue the command, as the in-process bus does, and remember it."""
+        await super().publish_command(envelope)
+        self.published.append(envelope)
+
+
 @pytest.fixture
-async def bus(settings: Settings) -> AsyncIterator[AmqpBus]:
-    """The gateway's bus, connected, with empty command queues."""
+async def bus(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
+    """The gateway's bus, connected, with empty command queues.
+
+    A `unit` test gets a `RecordingBus` instead, shared by the test's gateway, worker,
+    recorder and result listener as RabbitMQ would be.
+    """
+    if is_unit(request.node):
+        memory = RecordingBus()
+        await memory.start()
+        yield memory
+        await memory.close()
+        return
     amqp = AmqpBus.from_settings(settings, "test-gateway")
     await amqp.start()
     await _purge(settings.amqp_url)
     yield amqp
     await amqp.close()
+
+
+async def commands_published(bus: Bus | None, amqp_url: str) -> int:
+    """Commands published and not consumed yet: in the broker's command queues, or the
+    ones a unit test's in-process bus took."""
+    if isinstance(bus, RecordingBus):
+        return len(bus.published)
+    return sum([await queue_depth(amqp_url, name) for name in COMMAND_QUEUES.values()])
 
 
 async def queue_depth(amqp_url: str, name: str) -> int:

@@ -32,6 +32,7 @@ class Gateway:
     url: str
     http: aiohttp.ClientSession
     settings: Settings
+    bus: Bus | None = None
 
     def call_url(self, trigger: Trigger, secret: str) -> str:
         """The trigger's URL on this gateway."""
@@ -66,7 +67,7 @@ async def running_gateways(
             await server.start_server()
         async with aiohttp.ClientSession() as http:
             yield [
-                Gateway(url=str(s.make_url("")).rstrip("/"), http=http, settings=settings)
+                Gateway(url=str(s.make_url("")).rstrip("/"), http=http, settings=settings, bus=bus)
                 for s in servers
             ]
     finally:

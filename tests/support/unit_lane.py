@@ -21,13 +21,10 @@ import pytest
 
 __all__ = ["CLOSED_AMQP_URL", "SERVICE_FIXTURES", "is_unit"]
 
-# Fixtures that connect to a service, and the service each needs.
+# Fixtures that connect to a service, and the service each needs. (`bus`, `results`,
+# `worker` and `recorder` run on the in-process bus in a unit test.)
 SERVICE_FIXTURES = {
     "amqp_url": "RabbitMQ",
-    "bus": "RabbitMQ",
-    "results": "RabbitMQ",
-    "worker": "RabbitMQ",
-    "recorder": "RabbitMQ",
     "proxy": "RabbitMQ",
     "pg_database": "PostgreSQL",
     "pg_url": "PostgreSQL",

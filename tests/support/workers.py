@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import pytest
 
-from shared.broker import AmqpBus
+from shared.broker import AmqpBus, Bus
 from shared.jobs import JobRecord, JobStore
 from shared.messages import ResultEvent, ServiceState, Target
 from shared.settings import Settings
+from tests.support.unit_lane import is_unit
 from tests.support.waiting import eventually
 from workers.orchestrators.base import Change, Orchestrator, ProgressReport
 from workers.orchestrators.local import LocalOrchestrator
@@ -60,9 +62,15 @@ class Results:
 
 
 @pytest.fixture
-async def results(settings: Settings) -> AsyncIterator[Results]:
-    """Every result event published during the test."""
+async def results(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[Results]:
+    """Every result event published during the test (on the test's in-process bus, for a
+    `unit` test)."""
     collected = Results()
+    if is_unit(request.node):
+        shared: Bus = request.getfixturevalue("bus")
+        await shared.subscribe_results(collected.add)
+        yield collected
+        return
     amqp = AmqpBus.from_settings(settings, "test-results")
     await amqp.start()
     await amqp.subscribe_results(collected.add)
@@ -70,30 +78,38 @@ async def results(settings: Settings) -> AsyncIterator[Results]:
     await amqp.close()
 
 
+@contextlib.asynccontextmanager
+async def _own_bus(settings: Settings, shared: Bus, role: str) -> AsyncIterator[Bus]:
+    """A connection of its own to the test's broker; the shared in-process bus as it is."""
+    if not isinstance(shared, AmqpBus):
+        yield shared
+        return
+    amqp = AmqpBus.from_settings(settings, role)
+    await amqp.start()
+    try:
+        yield amqp
+    finally:
+        await amqp.close()
+
+
 @pytest.fixture
-async def worker(
-    settings: Settings, cluster: LocalOrchestrator, bus: AmqpBus
-) -> AsyncIterator[Worker]:
+async def worker(settings: Settings, cluster: LocalOrchestrator, bus: Bus) -> AsyncIterator[Worker]:
     """A worker in this process, on its own connection."""
-    amqp = AmqpBus.from_settings(settings, "test-worker")
-    await amqp.start()
-    running = Worker(settings, amqp, cluster)
-    await running.start()
-    yield running
-    await running.stop()
-    await amqp.close()
+    async with _own_bus(settings, bus, "test-worker") as own:
+        running = Worker(settings, own, cluster)
+        await running.start()
+        yield running
+        await running.stop()
 
 
 @pytest.fixture
-async def recorder(settings: Settings, jobs: JobStore, bus: AmqpBus) -> AsyncIterator[Recorder]:
+async def recorder(settings: Settings, jobs: JobStore, bus: Bus) -> AsyncIterator[Recorder]:
     """A recorder in this process, on its own connection, writing the test's history."""
-    amqp = AmqpBus(settings.amqp_url, role="test-recorder")
-    await amqp.start()
-    running = Recorder(settings, amqp, jobs)
-    await running.start()
-    yield running
-    await running.stop()
-    await amqp.close()
+    async with _own_bus(settings, bus, "test-recorder") as own:
+        running = Recorder(settings, own, jobs)
+        await running.start()
+        yield running
+        await running.stop()
 
 
 async def recorded(jobs: JobStore, job_id: str, status: str) -> JobRecord:
