@@ -3,10 +3,11 @@
 Loaded as a plugin by tests/conftest.py. For a `unit` test it fails the test loudly
 - when the test needs a fixture that reaches a service (listed below), before anything
   connects, and
-- when anything dials a service port during the test (5672, 5432, 6379, the ports of the
-  service URLs in the environment, and CLOSED_AMQP_URL's), even if the code under test
-  catches the refusal and falls back to its memory: such a test would pass here and mean
-  something else with the services up.
+- when anything dials a service port during its setup or call (5672, 5432, 6379, the ports
+  of the service URLs in the environment, and CLOSED_AMQP_URL's), even if the code under
+  test catches the refusal and falls back to its memory: such a test would pass here and
+  mean something else with the services up. Teardown is left alone: the last test of a
+  module or run also finalises the wider fixtures of the tests before it.
 """
 
 from __future__ import annotations
