@@ -88,7 +88,6 @@ def _replace_with_directory(path: Path) -> None:
     path.mkdir()
 
 
-@pytest.mark.unit
 async def test_a_store_outage_is_503_with_retry_after_and_one_log_line(
     gateway: Gateway, store: SqliteTriggerStore, settings: Settings
 ) -> None:
