@@ -118,31 +118,3 @@ def test_service_ports_include_the_defaults_and_the_configured_urls() -> None:
         "TRIGGERS_DATABASE": "sqlite:///triggers.db",
     }
     assert service_ports(env) == {1, 5432, 5672, 5673, 5674, 6379}
-
-
-def test_a_session_fixture_torn_down_after_a_unit_test_may_reach_its_service(
-    pytester: pytest.Pytester,
-) -> None:
-    """The last test's teardown also finalises session fixtures (dropping the test database);
-    when that test is `unit`, the finaliser still reaches its service."""
-    pytester.makepyfile(
-        """
-        import contextlib, socket
-        import pytest
-
-        @pytest.fixture(scope="session")
-        def database():
-            yield
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 1), 1):
-                pass
-
-        def test_uses_the_database(database):
-            pass
-
-        @pytest.mark.unit
-        def test_last_and_unit():
-            pass
-        """
-    )
-    result = pytester.runpytest_subprocess(*PLUGINS)
-    result.assert_outcomes(passed=2)
