@@ -17,7 +17,8 @@ import pytest
 from shared.policy import PolicyChanges
 from shared.store import PostgresTriggerStore
 from shared.triggers import Trigger, trigger_call_url
-from tests.conftest import ADMIN_TOKEN, ServiceProcess, service_process
+from tests.support.gateways import ADMIN_TOKEN
+from tests.support.processes import ServiceProcess, service_process
 
 pytestmark = pytest.mark.slow
 

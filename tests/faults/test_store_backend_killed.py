@@ -15,8 +15,8 @@ import pytest
 
 from shared.store import PostgresTriggerStore
 from shared.triggers import trigger_call_url
-from tests.conftest import ServiceProcess, service_process
 from tests.support.databases import POSTGRES
+from tests.support.processes import ServiceProcess, service_process
 
 pytestmark = pytest.mark.slow
 
