@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import pytest
 import yaml
 
 from shared.amqp_transport import BrokerNodes
@@ -54,6 +55,7 @@ def render_k8s() -> list[dict[str, Any]]:
     return docs
 
 
+@pytest.mark.unit
 def test_kustomization_lists_every_manifest() -> None:
     """No manifest in deploy/k8s is left out of the kustomization (and so never applied)."""
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
@@ -61,6 +63,7 @@ def test_kustomization_lists_every_manifest() -> None:
     assert set(kustomization["resources"]) == files
 
 
+@pytest.mark.unit
 def test_rendered_rbac_is_least_privilege() -> None:
     """Only Roles granting get/list/patch on deployments, statefulsets and their /scale; no wildcard, no cluster-wide grant."""
     docs = render_k8s()
@@ -84,6 +87,7 @@ def test_rendered_rbac_is_least_privilege() -> None:
         assert [s["name"] for s in binding["subjects"]] == ["triggers-worker"]
 
 
+@pytest.mark.unit
 def test_rendered_pods_run_unprivileged() -> None:
     """Every container runs as non-root, without privilege escalation, with a read-only root filesystem."""
     deployments = [d for d in render_k8s() if d["kind"] == "Deployment"]
@@ -100,6 +104,7 @@ def test_rendered_pods_run_unprivileged() -> None:
     assert gateway["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
+@pytest.mark.unit
 def test_image_runs_as_a_non_root_user() -> None:
     """The Dockerfile's final stage switches to a numeric non-root user before its entry point."""
     lines = (DEPLOY / "Dockerfile").read_text().splitlines()
@@ -110,6 +115,7 @@ def test_image_runs_as_a_non_root_user() -> None:
     assert any(line.startswith('ENTRYPOINT ["triggers"]') for line in final)
 
 
+@pytest.mark.unit
 def test_compose_file_is_valid() -> None:
     """deploy/compose.yaml has the broker with its definitions, the gateway, the worker and the recorder; `docker compose config` accepts it where the plugin exists."""
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
@@ -226,6 +232,7 @@ async def test_broker_definitions_match_what_the_processes_declare() -> None:
     assert [(p["user"], p["vhost"]) for p in definitions["permissions"]] == [("triggers", vhost)]
 
 
+@pytest.mark.unit
 def test_compose_cluster_override_gives_every_process_the_three_nodes() -> None:
     """deploy/compose.cluster.yaml adds two RabbitMQ nodes that join the first (one cookie,
     peer discovery naming all three) and hands every process the three nodes' URLs."""
@@ -261,6 +268,7 @@ def test_compose_cluster_override_gives_every_process_the_three_nodes() -> None:
         subprocess.run([docker, "compose", *files, "config", "--quiet"], check=True, timeout=60)
 
 
+@pytest.mark.unit
 def test_k8s_rabbitmq_is_a_three_node_cluster_that_pauses_a_minority() -> None:
     """deploy/k8s/rabbitmq.yaml asks the operator for 3 replicas with pause_minority, and
     the pod addresses it documents for TRIGGERS_AMQP_URL parse as one cluster."""
@@ -286,6 +294,7 @@ def _containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
+@pytest.mark.unit
 def test_k8s_ships_no_admin_token_and_requires_the_operators_secret() -> None:
     """No Secret (so no literal token) in the base; the gateway needs `triggers-secrets`."""
     docs = render_k8s()
@@ -296,6 +305,7 @@ def test_k8s_ships_no_admin_token_and_requires_the_operators_secret() -> None:
     assert refs == [{"name": "triggers-secrets"}]  # not optional: missing, the pod says so
 
 
+@pytest.mark.unit
 def test_k8s_roles_have_their_namespace() -> None:
     """Each Role and RoleBinding goes to a namespace the base declares."""
     docs = render_k8s()
@@ -305,6 +315,7 @@ def test_k8s_roles_have_their_namespace() -> None:
             assert doc["metadata"]["namespace"] in namespaces, doc["metadata"]
 
 
+@pytest.mark.unit
 def test_k8s_worker_and_recorder_have_probes_on_their_metrics_port() -> None:
     """The worker and the recorder serve /metrics on a named port that their probes use."""
     containers = _containers(render_k8s())
@@ -319,6 +330,7 @@ def test_k8s_worker_and_recorder_have_probes_on_their_metrics_port() -> None:
             assert named[get["port"]] == port
 
 
+@pytest.mark.unit
 def test_k8s_amqp_credentials_stay_out_of_the_url() -> None:
     """No container pastes the broker password into TRIGGERS_AMQP_URL; it comes apart."""
     for name, container in _containers(render_k8s()).items():
@@ -330,6 +342,7 @@ def test_k8s_amqp_credentials_stay_out_of_the_url() -> None:
         assert "secretKeyRef" in env["TRIGGERS_AMQP_PASSWORD"]["valueFrom"], name
 
 
+@pytest.mark.unit
 def test_image_uses_the_checked_python_and_uvloop() -> None:
     """The Dockerfile's Python is the one mypy and ruff check; it installs the `fast` extra."""
     import tomllib  # noqa: PLC0415
@@ -432,6 +445,7 @@ async def test_worker_metrics_port_answers_the_probes(env: dict[str, str]) -> No
                 assert response.status == 200, path
 
 
+@pytest.mark.unit
 def test_compose_says_how_to_seed_the_local_cluster() -> None:
     """compose.yaml's header gives the command that seeds the local cluster."""
     header = [
