@@ -36,6 +36,7 @@ __all__ = [
     "SqlDriver",
     "SqliteDriver",
     "parse_database",
+    "sqlite_transaction",
 ]
 
 T = TypeVar("T")
@@ -297,6 +298,18 @@ def _multi_row(sql: str, rows: list[list[Any]]) -> list[tuple[str, list[Any]]]:
     return statements
 
 
+def sqlite_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """`fn` in one transaction on an autocommitting connection, the write lock taken first."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
 class SqliteDriver:
     """A short-lived connection per call in a worker thread: the loop never waits on a lock.
 
@@ -396,18 +409,12 @@ class SqliteDriver:
             return
 
         def insert(conn: sqlite3.Connection) -> None:
-            # The connection autocommits (isolation_level=None): without an explicit
-            # transaction every statement would be a commit of its own.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for query, values in statements:
-                    conn.execute(query, values)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            for query, values in statements:
+                conn.execute(query, values)
 
-        await self._run(insert)
+        # The connection autocommits (isolation_level=None): without an explicit
+        # transaction every statement would be a commit of its own.
+        await self._run(lambda conn: sqlite_transaction(conn, insert))
 
     async def execute_in_one(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
         """Run statements in one transaction; the number of rows the first one changed."""
@@ -420,17 +427,7 @@ class SqliteDriver:
         if self._writes is not None:  # one write of a batch: its transaction is the batch's
             return await self._writes.run(every)
 
-        def run(conn: sqlite3.Connection) -> int:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                count = every(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return count
-
-        return await self._run(run)
+        return await self._run(lambda conn: sqlite_transaction(conn, every))
 
     async def close(self) -> None:
         """Commit queued writes and close the writer's connection, if there is one."""
