@@ -41,8 +41,7 @@ class _Answer(asyncio.Protocol):
             self._fail(HttpError(f"bad answer: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        # A reset is a failed call for the driver to count, not an error to end the run.
-        self.lost = self.lost or HttpError(f"connection lost: {exc or 'closed'}")
+        self.lost = self.lost or exc or HttpError("connection closed")
         self._fail(self.lost)
 
     # httptools callbacks

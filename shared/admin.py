@@ -14,6 +14,7 @@ import msgspec
 
 from shared.api import (
     AuditList,
+    DeadMessage,
     TriggerCreate,
     TriggerList,
     TriggerView,
@@ -21,7 +22,6 @@ from shared.api import (
     trigger_view,
 )
 from shared.audit import Outcome
-from shared.dlq import DeadMessage
 from shared.errors import RequestError
 from shared.jobs import JobRecord
 from shared.messages import Action, utcnow

@@ -28,6 +28,7 @@ from shared.triggers import (
 __all__ = [
     "DEFAULT_GRACE",
     "AuditList",
+    "DeadMessage",
     "DlqPurged",
     "DlqReplay",
     "ErrorBody",
@@ -181,6 +182,22 @@ def created_view(trigger: Trigger, now: datetime, *, url: str, secret: str) -> T
     if trigger.options.signing_secret:
         view.signing_secret = trigger.options.signing_secret
     return view
+
+
+class DeadMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One dead-lettered message, as ``GET /v1/dlq`` and `triggers dlq list` show it."""
+
+    id: str
+    reason: str
+    queue: str | None
+    died_at: str | None
+    attempts: int | None
+    action: str | None
+    cluster: str | None
+    app: str | None
+    service: str | None
+    replayable: bool
+    size: int
 
 
 class DlqReplay(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

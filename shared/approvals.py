@@ -23,18 +23,21 @@ import hashlib
 import hmac
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 import structlog
 
 from shared.admin import AdminError
-from shared.broker import Bus
 from shared.errors import BrokerUnavailable
 from shared.jobs import JobRecord, JobStore
 from shared.messages import ResultEvent, utcnow
 from shared.notify_store import Approval, ApprovalState, NotifyStore
 from shared.store import TriggerStore
+
+if TYPE_CHECKING:
+    # The type only: the broker client loads with the processes that talk to it.
+    from shared.broker import Bus
 
 __all__ = [
     "ApprovalList",

@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from shared.amqp_transport import connect_any, redact
+from shared.api import DeadMessage
 from shared.broker import (
     ATTEMPT_HEADER,
     ATTEMPTS_HEADER,
@@ -44,23 +45,7 @@ from shared.topology import (
     declare_notifier_topology,
 )
 
-__all__ = ["DeadMessage", "list_dead", "purge_dead", "replay_dead"]
-
-
-class DeadMessage(msgspec.Struct, frozen=True, kw_only=True):
-    """One dead-lettered message, as `triggers dlq list` shows it."""
-
-    id: str
-    reason: str
-    queue: str | None
-    died_at: str | None
-    attempts: int | None
-    action: str | None
-    cluster: str | None
-    app: str | None
-    service: str | None
-    replayable: bool
-    size: int
+__all__ = ["list_dead", "purge_dead", "replay_dead"]
 
 
 def _reason(message: AbstractIncomingMessage) -> str:

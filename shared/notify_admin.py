@@ -8,13 +8,12 @@ API gives, so the CLI behaves the same either way.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
 from shared.admin import AdminError
 from shared.approvals import ApprovalList, ApprovalView, Decisions, approval_view
-from shared.broker import Bus
 from shared.jobs import JobStore
 from shared.messages import NotificationDelivery, ResultEvent, ServiceState, Source, new_job_id
 from shared.notify_store import (
@@ -29,6 +28,10 @@ from shared.notify_store import (
 )
 from shared.sinks import DeliveryFailed, SinkSender
 from shared.store import TriggerStore
+
+if TYPE_CHECKING:
+    # The type only: the broker client loads with the processes that talk to it.
+    from shared.broker import Bus
 
 __all__ = [
     "ApproveRequest",

@@ -15,8 +15,8 @@ import pytest
 import structlog
 from click.testing import CliRunner, Result
 
+from shared.api import DeadMessage
 from shared.audit import AuditEntry
-from shared.dlq import DeadMessage
 from shared.jobs import JobRecord, JobStore
 from shared.logging import configure_logging
 from shared.messages import RolloutProgress

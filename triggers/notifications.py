@@ -11,13 +11,34 @@ from __future__ import annotations
 import getpass
 import socket
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import click
 
-from shared.approvals import ApprovalView
-from shared.notify_store import RouteCreate, SinkCreate
-from triggers.operations import manage_notify
+from shared.approvals import ApprovalList, ApprovalView
+from shared.broker import AmqpBus
+from shared.errors import BrokerUnavailable
+from shared.jobs import open_job_store
+from shared.notify_admin import (
+    ApproveRequest,
+    NotifyAdmin,
+    RejectRequest,
+    RouteList,
+    SinkList,
+    SinkTest,
+    StoreNotifyAdmin,
+)
+from shared.notify_store import (
+    ApprovalState,
+    RouteCreate,
+    RouteView,
+    SinkCreate,
+    SinkView,
+    open_notify_store,
+)
+from shared.store import open_store
+from triggers.operations import run_operation
 from triggers.options import (
     Duration,
     convert,
@@ -25,11 +46,97 @@ from triggers.options import (
     json_array,
     json_option,
     remote_options,
+    settings_of,
 )
+from triggers.remote import HttpAdmin
 
 __all__ = ["approvals", "approve", "notify", "reject", "sink"]
 
+T = TypeVar("T")
+
 _json = json_option("Print JSON.")
+
+
+class HttpNotifyAdmin(HttpAdmin):
+    """The operations through a gateway's admin API."""
+
+    async def create_sink(self, request: SinkCreate) -> SinkView:
+        """POST /v1/sinks."""
+        return await self._call("POST", "/v1/sinks", SinkView, body=request)
+
+    async def list_sinks(self) -> SinkList:
+        """GET /v1/sinks."""
+        return await self._call("GET", "/v1/sinks", SinkList)
+
+    async def delete_sink(self, name: str) -> SinkView:
+        """DELETE /v1/sinks/{name}."""
+        return await self._call("DELETE", f"/v1/sinks/{name}", SinkView)
+
+    async def test_sink(self, name: str) -> SinkTest:
+        """POST /v1/sinks/{name}/test."""
+        return await self._call("POST", f"/v1/sinks/{name}/test", SinkTest)
+
+    async def add_route(self, request: RouteCreate) -> RouteView:
+        """POST /v1/routes."""
+        return await self._call("POST", "/v1/routes", RouteView, body=request)
+
+    async def list_routes(self) -> RouteList:
+        """GET /v1/routes."""
+        return await self._call("GET", "/v1/routes", RouteList)
+
+    async def delete_route(self, route_id: int) -> RouteView:
+        """DELETE /v1/routes/{id}."""
+        return await self._call("DELETE", f"/v1/routes/{route_id}", RouteView)
+
+    async def list_approvals(self, state: ApprovalState | None) -> ApprovalList:
+        """GET /v1/approvals."""
+        return await self._call(
+            "GET", "/v1/approvals", ApprovalList, params={"state": state or "all"}
+        )
+
+    async def approve(self, job_id: str, approver: str) -> ApprovalView:
+        """POST /v1/approvals/{job_id}/approve."""
+        body = ApproveRequest(approver=approver)
+        return await self._call("POST", f"/v1/approvals/{job_id}/approve", ApprovalView, body=body)
+
+    async def reject(self, job_id: str, approver: str, reason: str) -> ApprovalView:
+        """POST /v1/approvals/{job_id}/reject."""
+        body = RejectRequest(reason=reason, approver=approver)
+        return await self._call("POST", f"/v1/approvals/{job_id}/reject", ApprovalView, body=body)
+
+
+def manage_notify(
+    ctx: click.Context,
+    server: str | None,
+    token: str | None,
+    operation: Callable[[NotifyAdmin], Awaitable[T]],
+    *,
+    needs_broker: bool = False,
+) -> T:
+    """Run one sink, route or approval operation locally (the database, and the broker when
+    deciding an approval) or remotely with --server."""
+    settings = settings_of(ctx)
+
+    async def open_admin() -> NotifyAdmin:
+        if server:
+            return HttpNotifyAdmin(server, token)
+        bus = None
+        if needs_broker:
+            bus = AmqpBus.from_settings(settings, "cli")
+            await bus.start()
+        return StoreNotifyAdmin(
+            open_notify_store(settings.database),
+            open_store(settings.database),
+            bus,
+            public_url=settings.public_url,
+            jobs=open_job_store(settings.database) if needs_broker else None,
+            smtp_cafile=settings.smtp_cafile,
+        )
+
+    try:
+        return run_operation(open_admin, operation)
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group()

@@ -1,7 +1,6 @@
 """One management operation, on this machine's database or through a gateway's admin API.
 
-Without ``--server`` the operations work on the store (and the broker, to publish an
-approved call); with it, through the admin API. Either way the API's refusals become the
+Without ``--server`` the operations work on the store; with it, through the admin API. Either way the API's refusals become the
 CLI's: the operator's input is a usage error (exit 2), anything else one line (exit 1).
 """
 
@@ -13,26 +12,23 @@ from typing import Protocol, TypeVar
 import click
 
 from shared.admin import AdminError, StoreAdmin, TriggerAdmin
-from shared.broker import AmqpBus
-from shared.errors import BrokerUnavailable
-from shared.jobs import open_job_store
 from shared.loop import run
-from shared.notify_admin import NotifyAdmin, StoreNotifyAdmin
-from shared.notify_store import open_notify_store
 from shared.store import open_store
 from triggers.options import settings_of
-from triggers.remote import HttpAdmin, HttpNotifyAdmin
+from triggers.remote import HttpAdmin
 
-__all__ = ["manage", "manage_notify", "remote"]
+__all__ = ["AdminLike", "manage", "remote", "run_operation"]
 
 T = TypeVar("T")
 
 
-class _Admin(Protocol):
+class AdminLike(Protocol):
+    """What an operation runs on: a local or remote admin that must be closed."""
+
     async def close(self) -> None: ...
 
 
-A = TypeVar("A", bound=_Admin)
+A = TypeVar("A", bound=AdminLike)
 
 
 def _refused(exc: AdminError) -> click.ClickException:
@@ -43,7 +39,7 @@ def _refused(exc: AdminError) -> click.ClickException:
     return click.ClickException(f"{exc.detail}{hint}")
 
 
-def _run_operation(
+def run_operation(
     open_admin: Callable[[], Awaitable[A]], operation: Callable[[A], Awaitable[T]]
 ) -> T:
     """Open the admin, run the operation, close the admin; refusals as click errors."""
@@ -67,7 +63,7 @@ def remote(server: str, token: str | None, operation: Callable[[HttpAdmin], Awai
     async def open_admin() -> HttpAdmin:
         return HttpAdmin(server, token)
 
-    return _run_operation(open_admin, operation)
+    return run_operation(open_admin, operation)
 
 
 def manage(
@@ -84,38 +80,4 @@ def manage(
     async def open_admin() -> TriggerAdmin:
         return StoreAdmin(open_store(settings.database), settings.public_url)
 
-    return _run_operation(open_admin, operation)
-
-
-def manage_notify(
-    ctx: click.Context,
-    server: str | None,
-    token: str | None,
-    operation: Callable[[NotifyAdmin], Awaitable[T]],
-    *,
-    needs_broker: bool = False,
-) -> T:
-    """Run one sink, route or approval operation locally (the database, and the broker when
-    deciding an approval) or remotely with --server."""
-    settings = settings_of(ctx)
-
-    async def open_admin() -> NotifyAdmin:
-        if server:
-            return HttpNotifyAdmin(server, token)
-        bus = None
-        if needs_broker:
-            bus = AmqpBus.from_settings(settings, "cli")
-            await bus.start()
-        return StoreNotifyAdmin(
-            open_notify_store(settings.database),
-            open_store(settings.database),
-            bus,
-            public_url=settings.public_url,
-            jobs=open_job_store(settings.database) if needs_broker else None,
-            smtp_cafile=settings.smtp_cafile,
-        )
-
-    try:
-        return _run_operation(open_admin, operation)
-    except BrokerUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
+    return run_operation(open_admin, operation)

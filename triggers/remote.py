@@ -1,9 +1,9 @@
 """The remote-admin client: the management operations through a gateway's admin API.
 
-`HttpAdmin` (triggers, jobs, audit, dead letters) and `HttpNotifyAdmin` (sinks, routes,
-approvals) are what ``--server URL`` uses; they answer with the same views and raise the
-same `AdminError` as `shared.admin.StoreAdmin` and `shared.notify_admin.StoreNotifyAdmin`,
-so the CLI behaves the same either way.
+`HttpAdmin` (triggers, jobs, audit, dead letters) is what ``--server URL`` uses; it
+answers with the same views and raises the same `AdminError` as `shared.admin.StoreAdmin`,
+so the CLI behaves the same either way. Sinks, routes and approvals extend it
+(`triggers.notifications.HttpNotifyAdmin`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import msgspec
 from shared.admin import AdminError, DeadList, JobList, ListFilter
 from shared.api import (
     AuditList,
+    DeadMessage,
     DlqPurged,
     DlqReplay,
     ErrorBody,
@@ -23,15 +24,11 @@ from shared.api import (
     TriggerList,
     TriggerView,
 )
-from shared.approvals import ApprovalList, ApprovalView
 from shared.audit import Outcome
-from shared.dlq import DeadMessage
 from shared.jobs import JobRecord
-from shared.notify_admin import ApproveRequest, RejectRequest, RouteList, SinkList, SinkTest
-from shared.notify_store import ApprovalState, RouteCreate, RouteView, SinkCreate, SinkView
 from shared.policy import PolicyChanges
 
-__all__ = ["HttpAdmin", "HttpNotifyAdmin"]
+__all__ = ["HttpAdmin"]
 
 T = TypeVar("T")
 _Ids = list[str]
@@ -164,51 +161,3 @@ class HttpAdmin:
         """Close the HTTP session."""
         if self._session is not None:
             await self._session.close()
-
-
-class HttpNotifyAdmin(HttpAdmin):
-    """The operations through a gateway's admin API."""
-
-    async def create_sink(self, request: SinkCreate) -> SinkView:
-        """POST /v1/sinks."""
-        return await self._call("POST", "/v1/sinks", SinkView, body=request)
-
-    async def list_sinks(self) -> SinkList:
-        """GET /v1/sinks."""
-        return await self._call("GET", "/v1/sinks", SinkList)
-
-    async def delete_sink(self, name: str) -> SinkView:
-        """DELETE /v1/sinks/{name}."""
-        return await self._call("DELETE", f"/v1/sinks/{name}", SinkView)
-
-    async def test_sink(self, name: str) -> SinkTest:
-        """POST /v1/sinks/{name}/test."""
-        return await self._call("POST", f"/v1/sinks/{name}/test", SinkTest)
-
-    async def add_route(self, request: RouteCreate) -> RouteView:
-        """POST /v1/routes."""
-        return await self._call("POST", "/v1/routes", RouteView, body=request)
-
-    async def list_routes(self) -> RouteList:
-        """GET /v1/routes."""
-        return await self._call("GET", "/v1/routes", RouteList)
-
-    async def delete_route(self, route_id: int) -> RouteView:
-        """DELETE /v1/routes/{id}."""
-        return await self._call("DELETE", f"/v1/routes/{route_id}", RouteView)
-
-    async def list_approvals(self, state: ApprovalState | None) -> ApprovalList:
-        """GET /v1/approvals."""
-        return await self._call(
-            "GET", "/v1/approvals", ApprovalList, params={"state": state or "all"}
-        )
-
-    async def approve(self, job_id: str, approver: str) -> ApprovalView:
-        """POST /v1/approvals/{job_id}/approve."""
-        body = ApproveRequest(approver=approver)
-        return await self._call("POST", f"/v1/approvals/{job_id}/approve", ApprovalView, body=body)
-
-    async def reject(self, job_id: str, approver: str, reason: str) -> ApprovalView:
-        """POST /v1/approvals/{job_id}/reject."""
-        body = RejectRequest(reason=reason, approver=approver)
-        return await self._call("POST", f"/v1/approvals/{job_id}/reject", ApprovalView, body=body)

@@ -20,7 +20,7 @@ from shared.jobs import JobRecord, progress_text
 from shared.messages import ResultEvent, ServiceState, Source
 
 if TYPE_CHECKING:
-    from shared.dlq import DeadMessage
+    from shared.api import DeadMessage
 
 __all__ = [
     "audit_table",

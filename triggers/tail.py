@@ -20,13 +20,23 @@ from shared.amqp_transport import redact
 from shared.broker import AmqpBus
 from shared.errors import BrokerUnavailable
 from shared.jobs import JobRecord, opened_job_store
+from shared.loop import run
 from shared.messages import JobNotice, ResultEvent, encode
 from shared.settings import Settings
 from shared.signals import on_stop_signal
 from shared.topology import result_binding
+from triggers.options import (
+    only_action,
+    only_app,
+    only_cluster,
+    only_service,
+    settings_of,
+    since,
+    wide,
+)
 from triggers.render import console, event_lines, job_lines
 
-__all__ = ["run_tail"]
+__all__ = ["run_tail", "tail"]
 
 _REPLAY_LIMIT = 10_000
 # A job shown in one of these states is shown again once its result comes.
@@ -195,3 +205,52 @@ async def run_tail(
     if not as_json:
         click.echo(printer.summary(), err=True)
     return 0
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@only_app
+@only_cluster
+@only_service
+@only_action
+@click.option(
+    "--status",
+    type=click.Choice(["succeeded", "failed", "skipped", "rejected", "expired"]),
+    help="Only results with this status.",
+)
+@click.option("--count", type=int, help="Exit after this many events.")
+@click.option(
+    "--since",
+    callback=since,
+    help="First replay jobs since a duration ago (15m, 2h, 7d) or a time, from history.",
+)
+@wide
+@click.pass_context
+def tail(
+    ctx: click.Context,
+    as_json: bool,
+    app: str | None,
+    cluster: str | None,
+    service: str | None,
+    action: str | None,
+    status: str | None,
+    count: int | None,
+    since: datetime | None,
+    wide: bool,
+) -> None:
+    """Print result events as workers publish them."""
+    code = run(
+        run_tail(
+            settings_of(ctx),
+            as_json=as_json,
+            app=app,
+            cluster=cluster,
+            service=service,
+            action=action,
+            status=status,
+            count=count,
+            since=since,
+            wide=wide,
+        )
+    )
+    sys.exit(code)
