@@ -48,11 +48,11 @@ log = structlog.get_logger("triggers.gateway")
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _JOB_PREFIX = re.compile(r"^[0-9a-f]{4,31}$")
 _WAIT = re.compile(r"^[0-9]{1,4}(?:\.[0-9]{1,3})?$")
-# Before a 404, the store is read once more after this pause (accepted records are written
-# every ACCEPTED_FLUSH_INTERVAL, 50 ms, by the gateway that accepted the job), by at most
-# UNSEEN_WAITERS_LIMIT lookups at a time: a flood of made-up ids costs two reads each, no more,
-# and holds no more than that many requests.
-_UNSEEN_RETRY = 0.15
+# Before a 404, the store is read again after each of these pauses (accepted records are
+# written every ACCEPTED_FLUSH_INTERVAL, 50 ms, by the gateway that accepted the job, later
+# on a busy machine), by at most UNSEEN_WAITERS_LIMIT lookups at a time: a flood of made-up
+# ids costs four reads each, no more, and holds no more than that many requests for 1 s.
+_UNSEEN_RETRIES = (0.15, 0.35, 0.5)
 UNSEEN_WAITERS_LIMIT = 16
 _LIST_FILTERS = ("cluster", "app", "service", "action", "status", "since", "limit")
 
@@ -124,14 +124,16 @@ def public_job(job: JobRecord, settings: Settings, *, admin: bool = False) -> di
 
 async def find_job(request: web.Request, job_id: str) -> JobRecord | None:
     """The job from the history, completed by this process's unwritten `accepted` record;
-    None when it is still unknown after one short retry."""
+    None when it is still unknown after a few short retries."""
     job = await _find(request, job_id)
     waiters = request.app[UNSEEN_WAITERS]
     if job is None and not waiters.locked():
         # Accepted by another gateway a moment ago, its record may still be on its way.
         async with waiters:
-            await asyncio.sleep(_UNSEEN_RETRY)
-            job = await _find(request, job_id)
+            for pause in _UNSEEN_RETRIES:
+                await asyncio.sleep(pause)
+                if (job := await _find(request, job_id)) is not None:
+                    break
     return job
 
 
