@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import structlog
 
-from shared.broker import Bus
+from shared.broker import Bus, ready_within
 from shared.jobs import JobStore
 from shared.messages import ResultEvent
 
@@ -63,17 +63,8 @@ class ResultWaiter:
         return self._bus is not None and self._bus.ready
 
     async def until_ready(self, within: float) -> bool:
-        """Whether it is ready, waiting up to `within` seconds for a reconnect under way.
-
-        Checked every 50 ms: it only runs while the broker connection is being restored.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while not self.ready:
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
+        """Whether it is ready, waiting up to `within` seconds for a reconnect under way."""
+        return await ready_within(lambda: self.ready, within)
 
     @property
     def disconnects(self) -> int:

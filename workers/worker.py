@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 import msgspec
 import structlog
 
-from shared.broker import Bus, Delivery
+from shared.broker import Bus, Delivery, ready_within
 from shared.errors import BrokerUnavailable, PermanentError, RetryableError
 from shared.messages import (
     Action,
@@ -360,7 +360,15 @@ class Worker:
         RETRIES.labels(action).inc()
 
     async def _give_back(self, delivery: Delivery) -> None:
-        """Return the message unsettled; if the channel is gone, the broker does it for us."""
+        """Return the message unsettled; if the channel is gone, the broker does it for us.
+
+        A bus still restoring after a reconnect (its consumers deliver before its publisher
+        is back, or while a quorum queue elects a leader) is waited for first, up to the
+        publish timeout: requeued at once, the message would come straight back and fail
+        again, each round one of the queue's delivery limit, and CPU the machine needs.
+        """
+        if not self._stopping.is_set():
+            await ready_within(lambda: self._bus.ready, self._settings.publish_timeout)
         with contextlib.suppress(Exception):
             await delivery.requeue()
 

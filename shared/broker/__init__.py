@@ -15,6 +15,7 @@ from shared.broker._protocol import (
     DeliveryHandler,
     NoticeHandler,
     ResultHandler,
+    ready_within,
 )
 from shared.broker._publisher import (
     ATTEMPT_HEADER,
@@ -41,4 +42,5 @@ __all__ = [
     "ResultHandler",
     "copy_message",
     "dead_letter_headers",
+    "ready_within",
 ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -111,6 +112,18 @@ class _Consumer:
     tag: str
 
 
+async def _consuming(consumer: _Consumer) -> bool:
+    """Whether the consumer's channel is open with the consumer registered on it (or the
+    connection is going or being restored: its restore, not the check, brings it back)."""
+    if consumer.channel.is_closed:
+        return False
+    try:
+        underlay = cast("aiormq.Channel", await consumer.channel.get_underlay_channel())
+    except (aiormq.exceptions.AMQPError, RuntimeError):
+        return True
+    return consumer.tag in underlay.consumers
+
+
 class Consumers:
     """The consumers of one connection: the command queues and the recorder's queue.
 
@@ -179,22 +192,18 @@ class Consumers:
         """Verify every command queue still has our consumer; re-create those that do not.
 
         Robust connections restore consumers after a reconnect, but not always (aio-pika
-        #231, #626): a closed channel, or a queue whose consumer count says nobody listens,
-        gets a new channel and consumer. Returns the queues restored.
+        #231, #626): a closed channel, or one the consumer is no longer registered on (never
+        consumed again after a reconnect, or cancelled by the broker), gets a new channel
+        and consumer. Returns the queues restored.
+
+        The client's view decides, not the broker's consumer count: a quorum queue whose
+        leader is out of reach (a minority, or while it elects one) counts 0 consumers
+        though ours is registered and resumes once a leader is back, and consuming anew
+        on such a queue waits 15 s and then closes the whole connection (INTERNAL_ERROR).
         """
         restored = []
-        counts: dict[str, int] = {}
-        # A channel of its own: a failed passive declare closes the channel it ran on.
-        probe = await self._connection.channel(publisher_confirms=False)
-        try:
-            for consumer in self._commands:
-                declared = await probe.declare_queue(consumer.name, passive=True)
-                counts[consumer.name] = declared.declaration_result.consumer_count or 0
-        finally:
-            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-                await probe.close()
         for consumer in list(self._commands):
-            if not consumer.channel.is_closed and counts.get(consumer.name, 0) > 0:
+            if await _consuming(consumer):
                 continue
             self._commands.remove(consumer)
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):

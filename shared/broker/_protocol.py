@@ -6,12 +6,20 @@ dead-letter through it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from shared.messages import CommandEnvelope, JobNotice, ResultEvent
 
-__all__ = ["Bus", "Delivery", "DeliveryHandler", "NoticeHandler", "ResultHandler"]
+__all__ = [
+    "Bus",
+    "Delivery",
+    "DeliveryHandler",
+    "NoticeHandler",
+    "ResultHandler",
+    "ready_within",
+]
 
 
 class Delivery(Protocol):
@@ -125,3 +133,17 @@ class Bus(Protocol):
     async def close(self) -> None:
         """Disconnect."""
         ...
+
+
+async def ready_within(ready: Callable[[], bool], within: float) -> bool:
+    """Whether `ready()` holds, waiting up to `within` seconds for a reconnect under way.
+
+    Checked every 50 ms: it only runs while a broker connection is being restored.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not ready():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True

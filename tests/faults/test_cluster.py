@@ -48,6 +48,16 @@ def worker_logs(directory: Path) -> str:
     return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(directory.glob("*.log")))
 
 
+def worker_log_lines(directory: Path) -> list[dict[str, Any]]:
+    """Every JSON line the workers logged."""
+    lines = []
+    for path in sorted(directory.glob("*.log")):
+        for raw in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(raw))
+    return lines
+
+
 @pytest.fixture(scope="module")
 def nodes() -> Iterator[list[RabbitNode]]:
     """Three RabbitMQ nodes of the module's own, in one cluster; stopped by PID after."""
@@ -342,8 +352,10 @@ async def test_minority_answers_503_then_recovers(
             await asyncio.gather(*(asyncio.to_thread(n.wait_ready) for n in others))
             # Quorum queues elect leaders again once a majority is back: 24 s on an idle
             # machine, over 60 s on a loaded one; the bound is what a test can wait.
+            waiting: list[Call] = []
             async with asyncio.timeout(180):
                 while (after := await call(http, url, 0)).status != 202:
+                    waiting.append(after)
                     await asyncio.sleep(0.5)
             # The worker may still be moving back onto a node (quorum queues re-elect
             # leaders one by one): the same bound as the gateway's.
@@ -356,12 +368,33 @@ async def test_minority_answers_503_then_recovers(
                 pytest.fail(f"job {after.job_id} not applied within 180 s; worker logs:\n{logs}")
             applied = time.monotonic() - after.answered
             assert all(p.returncode is None for p in pool.processes)
+            # A quorum queue without a leader counts no consumers though ours is there:
+            # a worker on the surviving node must not take that for a lost consumer and
+            # consume anew (which closes its whole connection after 15 s, again and again).
+            logged = worker_log_lines(tmp_path)
+            first = next(line for line in logged if line.get("event") == "bus.connected")
+            stayed = first.get("node") == f"127.0.0.1:{survivor.amqp_port}"
+            if stayed:
+                assert not [
+                    line
+                    for line in logged
+                    if line.get("event")
+                    in (
+                        "bus.disconnected",
+                        "worker.consumers_restored",
+                        "worker.consumer_check_failed",
+                    )
+                ], worker_logs(tmp_path)
             slowest = max(a.answered - a.started for a in answers)
             print(
-                f"\nminority: {len(answers)} calls answered 503 in at most {slowest:.1f} s "
+                f"\nminority (the worker {'on the surviving node' if stayed else 'moved'}): "
+                f"{len(answers)} calls answered 503 in at most {slowest:.1f} s "
                 f"(publish timeout {PUBLISH_TIMEOUT:g} s); 202 again "
                 f"{after.answered - restarted:.1f} s after the two nodes were started, "
-                f"applied {applied:.1f} s after that 202"
+                f"applied {applied:.1f} s after that 202; of the "
+                f"{len(answers) + len(waiting)} calls refused meanwhile, "
+                f"{len(applied_jobs(settings.local_state)) - 2} had been applied by then "
+                "(their messages were on the surviving node)"
             )
     finally:
         await pool.stop_all()
