@@ -13,7 +13,9 @@ Loaded as a plugin by tests/conftest.py. For a `unit` test it fails the test lou
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Generator
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +47,31 @@ _dialled = pytest.StashKey[list[str]]()
 _reported = pytest.StashKey[bool]()
 _running = pytest.StashKey[pytest.Item | None]()
 _guard = pytest.StashKey["_Guard"]()
+
+
+_MEMORY_FS = "/dev/shm"  # noqa: S108 - a tmpfs; the directory made in it is private
+_memory_basetemp = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """`pytest -m unit` keeps its temporary files (SQLite stores) in memory when it can.
+
+    The lane's time is mostly SQLite's fsyncs on a busy disk; durability is not what a unit
+    test checks. Runs before pytest reads --basetemp; an explicit --basetemp wins.
+    """
+    if config.option.markexpr.strip() != "unit" or config.option.basetemp:
+        return
+    if os.path.isdir(_MEMORY_FS) and os.access(_MEMORY_FS, os.W_OK):
+        config.option.basetemp = tempfile.mkdtemp(prefix="triggers-unit-", dir=_MEMORY_FS)
+        config.stash[_memory_basetemp] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The in-memory temporary files go with the run."""
+    basetemp = config.stash.get(_memory_basetemp, None)
+    if basetemp is not None:
+        shutil.rmtree(basetemp, ignore_errors=True)
 
 
 def is_unit(node: pytest.Item | Any) -> bool:
