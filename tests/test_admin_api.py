@@ -32,6 +32,7 @@ ROUTES = [
 SCALE = {"cluster": "demo", "app": "shop", "action": "scale", "service": "web"}
 
 
+@pytest.mark.unit
 async def test_create_answers_201_with_url_secret_and_policy(gateway: Gateway) -> None:
     """POST /v1/triggers creates a trigger; the answer holds its callable url and secret once."""
     status, body = await gateway.admin(
@@ -55,6 +56,7 @@ async def test_create_answers_201_with_url_secret_and_policy(gateway: Gateway) -
     assert {k: v for k, v in body.items() if k not in ("url", "secret")} == shown
 
 
+@pytest.mark.unit
 async def test_list_filters_and_pages(gateway: Gateway) -> None:
     """GET /v1/triggers filters on cluster, app, action and status, and pages with limit/offset."""
     ids = []
@@ -83,6 +85,7 @@ async def test_list_filters_and_pages(gateway: Gateway) -> None:
     assert await listed("?limit=1&offset=1") == [ids[1]]
 
 
+@pytest.mark.unit
 async def test_patch_changes_policy_and_delete_revokes(gateway: Gateway) -> None:
     """PATCH changes only the given fields (null clears); DELETE revokes and is idempotent."""
     _, created = await gateway.admin("POST", "/v1/triggers", {**SCALE, "max_replicas": 5})
@@ -105,6 +108,7 @@ async def test_patch_changes_policy_and_delete_revokes(gateway: Gateway) -> None
     assert (status, body["error"]) == (409, "trigger_revoked")
 
 
+@pytest.mark.unit
 async def test_rotate_returns_a_new_url_and_secret(gateway: Gateway) -> None:
     """POST .../rotate answers the new url and secret and when the old one stops working."""
     _, created = await gateway.admin("POST", "/v1/triggers", {**SCALE})
@@ -122,6 +126,7 @@ async def test_rotate_returns_a_new_url_and_secret(gateway: Gateway) -> None:
     assert (status, body["error"]) == (409, "trigger_revoked")
 
 
+@pytest.mark.unit
 async def test_audit_route_lists_calls(gateway: Gateway, store: SqliteTriggerStore) -> None:
     """GET /v1/audit lists the calls made, newest first, and filters by trigger and outcome."""
     trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
@@ -140,6 +145,7 @@ async def test_audit_route_lists_calls(gateway: Gateway, store: SqliteTriggerSto
     assert [e["id"] for e in older["entries"]] == [body["entries"][1]["id"]]
 
 
+@pytest.mark.unit
 async def test_unknown_trigger_is_404(gateway: Gateway) -> None:
     """Each route on an id that does not exist answers 404 trigger_not_found."""
     for method, path in ROUTES[2:6]:
@@ -147,6 +153,7 @@ async def test_unknown_trigger_is_404(gateway: Gateway) -> None:
         assert (status, body["error"]) == (404, "trigger_not_found"), (method, path)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 @pytest.mark.parametrize("token", [None, "wrong-token"])
 async def test_every_route_needs_the_token(
@@ -157,6 +164,7 @@ async def test_every_route_needs_the_token(
     assert (status, body["error"]) == (401, "unauthorized")
 
 
+@pytest.mark.unit
 async def test_admin_api_is_disabled_without_a_configured_token(
     settings: Settings, store: SqliteTriggerStore, bus: AmqpBus
 ) -> None:
@@ -177,6 +185,7 @@ async def test_admin_api_is_disabled_without_a_configured_token(
     assert "TRIGGERS_ADMIN_TOKEN" in body["detail"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("body", "status", "code", "fragment"),
     [
@@ -227,6 +236,7 @@ async def test_bad_create_bodies_say_what_is_wrong(
     assert listed["triggers"] == []
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("query", "fragment"),
     [
@@ -245,6 +255,7 @@ async def test_bad_list_parameters_are_400(gateway: Gateway, query: str, fragmen
     assert fragment in body["detail"]
 
 
+@pytest.mark.unit
 async def test_bad_patch_and_rotate_bodies(gateway: Gateway) -> None:
     """PATCH and rotate refuse bodies that do not fit with 400/422 and change nothing."""
     _, created = await gateway.admin("POST", "/v1/triggers", {**SCALE, "max_replicas": 5})
@@ -298,6 +309,7 @@ async def test_gateway_on_postgresql_end_to_end(
     ]
 
 
+@pytest.mark.unit
 async def test_patch_changes_alert_options_and_the_next_alert_uses_them(
     gateway: Gateway, store: SqliteTriggerStore
 ) -> None:
