@@ -102,7 +102,15 @@ class Acks:
         message: AbstractIncomingMessage, futures: list[asyncio.Future[None]], *, multiple: bool
     ) -> None:
         try:
-            await message.ack(multiple=multiple)
+            # aiormq's ack, not waiting for the socket write (aio-pika's `ack` waits, which
+            # makes the connection's writer send it at once, alone): the frame joins the
+            # loop turn's other frames (`shared.amqp_transport`). Nothing waits on it
+            # being written: a lost connection redelivers, like an ack lost on the wire.
+            tag = message.delivery_tag
+            if tag is None:
+                await message.ack(multiple=multiple)
+            else:
+                await message.channel.basic_ack(tag, multiple=multiple, wait=False)
         except Exception as exc:
             for future in futures:
                 if not future.done():
