@@ -19,10 +19,11 @@ from shared.policy import PolicyChanges
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore, TriggerStore
 from shared.triggers import TriggerOptions
+from tests.support.broker import published
 from tests.support.databases import on_both_databases
 from tests.support.gateways import Gateway, running_gateways
 from tests.support.workers import Results
-from tests.test_event_calls import JSON, image_trigger, post, published
+from tests.test_event_calls import JSON, image_trigger, post
 from tests.test_sources import raw
 from workers.orchestrators.local import LocalOrchestrator
 from workers.worker import Worker
@@ -91,7 +92,7 @@ async def test_a_503_before_publishing_releases_the_cooldown_and_the_alert(
     bus.up = True
     status, answer = await post(gateway, trigger, secret, body, JSON)
     assert status == 202, answer
-    assert len(await published(gateway.settings.amqp_url)) == 1
+    assert len(await published(gateway)) == 1
 
 
 async def test_a_signed_call_answered_503_can_be_retried(
@@ -161,7 +162,7 @@ async def test_the_same_idempotency_key_answers_the_same_job(
     status, other = await _keyed(gateway, url, str(uuid.uuid4()))
     assert status == 202
     assert other["job_id"] != answers[0][1]["job_id"]
-    assert len(await published(gateway.settings.amqp_url)) == 2
+    assert len(await published(gateway)) == 2
 
 
 async def test_an_idempotency_key_is_shared_by_gateways_through_redis(
@@ -175,7 +176,7 @@ async def test_an_idempotency_key_is_shared_by_gateways_through_redis(
     status2, second = await _keyed(other, other.call_url(trigger, secret), key)
     assert (status, status2) == (202, 202)
     assert first["job_id"] == second["job_id"]
-    assert len(await published(one.settings.amqp_url)) == 1
+    assert len(await published(one)) == 1
 
 
 async def test_a_keyed_call_whose_confirm_was_lost_is_retried_as_the_same_job(
@@ -192,7 +193,7 @@ async def test_a_keyed_call_whose_confirm_was_lost_is_retried_as_the_same_job(
     bus.lose_confirm = False
     status, answer = await _keyed(gateway, url, key)
     assert status == 202
-    commands = await published(gateway.settings.amqp_url)
+    commands = await published(gateway)
     assert [c.job_id for c in commands] == [answer["job_id"]] * 2
 
 
@@ -203,7 +204,7 @@ async def test_a_malformed_idempotency_key_is_400(
     trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
     status, answer = await _keyed(gateway, gateway.call_url(trigger, secret), "k" * 300)
     assert (status, answer["error"]) == (400, "invalid_idempotency_key")
-    assert await published(gateway.settings.amqp_url) == []
+    assert await published(gateway) == []
 
 
 @on_both_databases
@@ -242,4 +243,4 @@ async def test_x_request_id_is_the_idempotency_key_when_the_trigger_says_so(
     one = await call(plain_url, {"X-Request-ID": request_id})
     two = await call(plain_url, {"X-Request-ID": request_id})
     assert one[1]["job_id"] != two[1]["job_id"]
-    assert len(await published(gateway.settings.amqp_url)) == 4
+    assert len(await published(gateway)) == 4

@@ -1,6 +1,6 @@
 """Registry pushes and alerts POSTed to a trigger: the command published, ignored, or refused.
 
-Through HTTP and the real broker: the commands are read back from the command queues.
+Through HTTP, on the in-process bus (a unit test's gateway remembers what it published).
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ import json
 import time
 from typing import Any
 
-import aio_pika
 import pytest
 
-from shared.messages import CommandEnvelope, Redeploy, Scale, decode_command
+from shared.messages import Redeploy, Scale
 from shared.store import SqliteTriggerStore
-from shared.topology import COMMAND_QUEUES
 from shared.triggers import Trigger, TriggerOptions
+from tests.support.broker import published
 from tests.support.gateways import Gateway
 from tests.test_sources import DELETE, fixture, mutated, raw
+
+pytestmark = pytest.mark.unit
 
 JSON = {"Content-Type": "application/json"}
 NPM_PACKAGE = {
@@ -29,22 +30,6 @@ NPM_PACKAGE = {
     "registry": {"type": "npm"},
 }
 HARBOR_DIGEST = "sha256:8a9e9863dbb6e10edb5adfe917c00da84e1700fa76e7ed02476aa6e6fb8ee0d8"
-
-
-async def published(amqp_url: str) -> list[CommandEnvelope]:
-    """Take every command waiting in the command queues."""
-    commands: list[CommandEnvelope] = []
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for name in COMMAND_QUEUES.values():
-            queue = await channel.declare_queue(name, passive=True)
-            for _ in range(200):
-                message = await queue.get(no_ack=True, fail=False)
-                if message is None:
-                    break
-                commands.append(decode_command(message.body))
-    return commands
 
 
 async def post(
@@ -155,7 +140,7 @@ async def test_sample_push_publishes_a_redeploy_with_the_pushed_image(
     status, body = await post(gateway, trigger, secret, raw(name), headers)
     assert status == 202, body
     assert body["event"]["image"] == image
-    (command,) = await published(gateway.settings.amqp_url)
+    (command,) = await published(gateway)
     assert command.job_id == body["job_id"]
     assert command.command == Redeploy(image=image, only_matching=True)
     origin = command.source.origin
@@ -171,7 +156,7 @@ async def test_plain_redeploy_trigger_restarts_on_a_push(
     trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
     status, body = await post(gateway, trigger, secret, raw("dockerhub_push.json"))
     assert status == 202, body
-    (command,) = await published(gateway.settings.amqp_url)
+    (command,) = await published(gateway)
     assert command.command == Redeploy()
     assert command.source.origin is not None
     assert command.source.origin.tag == "latest"
@@ -200,7 +185,7 @@ async def test_firing_alert_scales_by_the_triggers_step(
     )
     status, body = await post(gateway, trigger, secret, raw(name), headers, step or "")
     assert status == 202, body
-    (command,) = await published(gateway.settings.amqp_url)
+    (command,) = await published(gateway)
     assert command.command == expected
     assert command.source.origin is not None
     assert command.source.origin.alert_status == "firing"
@@ -214,7 +199,7 @@ async def test_firing_alert_redeploys_a_redeploy_trigger(
     trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
     status, body = await post(gateway, trigger, secret, raw("grafana_firing.json"))
     assert status == 202, body
-    (command,) = await published(gateway.settings.amqp_url)
+    (command,) = await published(gateway)
     assert command.command == Redeploy()
 
 
@@ -242,7 +227,7 @@ async def test_resolve_scales_in_only_when_asked_and_rearms_the_alert(
     assert (await post(gateway, trigger, secret, firing))[0] == 200  # same alert, cooldown
     assert (await post(gateway, trigger, secret, resolved))[0] == 202
     assert (await post(gateway, trigger, secret, firing))[0] == 202  # a new incident
-    commands = await published(gateway.settings.amqp_url)
+    commands = await published(gateway)
     assert [c.command for c in commands] == [
         Scale(direction="scale_out", step=2),
         Scale(direction="scale_in", step=2),
@@ -330,7 +315,7 @@ async def test_valid_event_not_for_this_trigger_is_ignored_with_a_reason(
     assert status == 200, answer
     assert answer["status"] == "ignored"
     assert reason in answer["detail"]
-    assert await published(gateway.settings.amqp_url) == []
+    assert await published(gateway) == []
 
 
 async def test_push_to_a_scaling_trigger_is_ignored(
@@ -394,7 +379,7 @@ async def test_unrecognised_or_unusable_body_is_422(
     assert status == 422, answer
     assert answer["error"] == code
     assert detail in answer["detail"]
-    assert await published(gateway.settings.amqp_url) == []
+    assert await published(gateway) == []
 
 
 async def test_github_package_body_without_its_header_needs_the_version(
@@ -415,7 +400,7 @@ async def test_source_plain_ignores_the_body(gateway: Gateway, store: SqliteTrig
     trigger, secret = await store.create(cluster="demo", app="shop", action="redeploy")
     status, answer = await post(gateway, trigger, secret, b"anything", JSON, "&source=plain")
     assert status == 202, answer
-    (command,) = await published(gateway.settings.amqp_url)
+    (command,) = await published(gateway)
     assert command.command == Redeploy()
     assert command.source.origin is None
 
@@ -438,7 +423,7 @@ async def test_tags_of_one_digest_deploy_once_and_a_new_digest_rolls(
     )
     status, answer = await post(gateway, trigger, secret, rolled)
     assert status == 202, answer
-    commands = await published(gateway.settings.amqp_url)
+    commands = await published(gateway)
     assert [c.command for c in commands] == [
         Redeploy(
             image=f"hub.harbor.com/test-webhook/debian:1.2.3@{HARBOR_DIGEST}", only_matching=True
@@ -462,7 +447,7 @@ async def test_one_notification_with_several_tags_deploys_the_most_specific(
     ]
     status, answer = await post(gateway, trigger, secret, json.dumps(body).encode())
     assert status == 202, answer
-    (command,) = await published(gateway.settings.amqp_url)
+    (command,) = await published(gateway)
     assert command.command == Redeploy(
         image=f"hub.harbor.com/test-webhook/debian:1.2.3@{HARBOR_DIGEST}", only_matching=True
     )
@@ -511,7 +496,7 @@ async def test_trigger_can_refuse_query_string_secrets(
         url.split("&secret=")[0], headers={"X-Trigger-Secret": secret}
     ) as response:
         assert response.status == 202
-    assert len(await published(gateway.settings.amqp_url)) == 1
+    assert len(await published(gateway)) == 1
 
 
 GITHUB_KEY = "It's a Secret to Everybody"
@@ -556,7 +541,7 @@ async def test_github_signature_known_vector_wrong_and_missing(
     assert (status, again["status"]) == (200, "ignored")
     assert "delivery d7a0a1f0-0001 was already received" in again["detail"]
     assert again["job_id"] == answer["job_id"]
-    assert len(await published(gateway.settings.amqp_url)) == 1
+    assert len(await published(gateway)) == 1
 
 
 async def test_generic_hmac_signature(gateway: Gateway, store: SqliteTriggerStore) -> None:
@@ -602,7 +587,7 @@ async def test_timestamped_signature_rejects_stale_and_replayed_requests(
     forged = {**JSON, "X-Signature": _timestamped("wrong", body, now)}
     status, answer = await post(gateway, trigger, secret, body, forged)
     assert (status, answer["error"]) == (401, "bad_signature")
-    assert len(await published(gateway.settings.amqp_url)) == 1
+    assert len(await published(gateway)) == 1
 
 
 async def test_signature_is_checked_only_after_the_secret(

@@ -7,10 +7,10 @@ import json
 
 from shared.store import SqliteTriggerStore
 from shared.triggers import TriggerOptions
-from tests.support.broker import queue_depth
+from tests.support.broker import published, queue_depth
 from tests.support.gateways import Gateway
 from tests.support.workers import Results
-from tests.test_event_calls import JSON, image_trigger, published
+from tests.test_event_calls import JSON, image_trigger
 from tests.test_sources import raw
 from triggers.render import event_line
 from workers.orchestrators.local import LocalOrchestrator
@@ -131,7 +131,7 @@ async def test_alertmanager_storm_of_twenty_identical_alerts_scales_once(
     assert event.source.origin is not None
     assert event.source.origin.alert == "ProbeFailure"
     # Only one command was ever published: the queues are empty and the cluster moved once.
-    assert await published(gateway.settings.amqp_url) == []
+    assert await published(gateway) == []
     assert await queue_depth(gateway.settings.amqp_url, "triggers.dead") == 0
     services = cluster.cluster.snapshot()["clusters"]["demo"]["apps"]["shop"]["services"]
     assert services["web"]["replicas"] == 4

@@ -22,10 +22,11 @@ from shared.messages import new_job_id
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.triggers import TriggerOptions, new_secret, new_trigger_id
+from tests.support.broker import published
 from tests.support.cli import run_cli
 from tests.support.gateways import ADMIN_TOKEN, Gateway, running_gateways
 from tests.support.messages import result_event
-from tests.test_event_calls import JSON, image_trigger, post, published
+from tests.test_event_calls import JSON, image_trigger, post
 from tests.test_sources import mutated
 
 
@@ -180,7 +181,7 @@ async def test_a_huge_numeric_tag_is_422_not_500(
         status, answer = await post(gateway, trigger, secret, body, JSON)
         assert (status, answer["error"]) == (422, "unusable_body"), answer
         assert tag not in answer["detail"]
-    assert await published(gateway.settings.amqp_url) == []
+    assert await published(gateway) == []
 
 
 @pytest.mark.unit
@@ -214,7 +215,7 @@ async def test_a_60_kb_alert_group_key_is_kept_as_a_short_hash(
     assert status == 202, answer
     status, again = await post(gateway, trigger, secret, body, JSON)
     assert (status, again["status"]) == (200, "ignored")
-    (command,) = await published(gateway.settings.amqp_url)
+    (command,) = await published(gateway)
     assert command.source.origin is not None
     assert len(command.source.origin.alert_key or "") <= 300
     assert len(msgspec.json.encode(command)) < 10_000

@@ -28,9 +28,12 @@ from shared.policy import PolicyChanges
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.triggers import TriggerOptions
+from tests.support.broker import published
 from tests.support.gateways import Gateway, running_gateways
-from tests.test_event_calls import JSON, image_trigger, post, published
+from tests.test_event_calls import JSON, image_trigger, post
 from tests.test_sources import fixture, mutated, raw
+
+pytestmark = pytest.mark.unit
 
 REGISTRY = {"Content-Type": "application/vnd.docker.distribution.events.v2+json"}
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -74,7 +77,7 @@ async def test_push_by_digest_only_never_deploys(
     body = mutated(name, ("target", "tag"), None) if name == "acr_push.json" else raw(name)
     status, answer = await post(gateway, trigger, secret, body, headers)
     assert (status, answer["reason"]) == (200, "digest_only"), answer
-    assert await published(gateway.settings.amqp_url) == []
+    assert await published(gateway) == []
 
 
 @pytest.mark.parametrize("suffix", [".sig", ".att", ""])
@@ -89,7 +92,7 @@ async def test_signature_and_attestation_tags_are_artifacts(
         gateway, trigger, secret, mutated("acr_push.json", ("target", "tag"), tag)
     )
     assert (status, answer["reason"]) == (200, "artifact_tag"), answer
-    assert await published(gateway.settings.amqp_url) == []
+    assert await published(gateway) == []
 
 
 async def test_multi_platform_push_deploys_once_to_the_index(
@@ -112,7 +115,7 @@ async def test_multi_platform_push_deploys_once_to_the_index(
         (200, "digest_only"),
         (202, None),
     ]
-    (command,) = await published(gateway.settings.amqp_url)
+    (command,) = await published(gateway)
     assert command.command == Redeploy(
         image=f"127.0.0.1:5000/team/api:1.4.2@{_digest('9')}", only_matching=True
     )
@@ -126,7 +129,7 @@ async def test_multi_platform_push_deploys_once_to_the_index(
         gateway, trigger, secret, json.dumps({"events": events}).encode(), REGISTRY
     )
     assert status == 202, answer
-    (command,) = await published(gateway.settings.amqp_url)
+    (command,) = await published(gateway)
     assert command.command == Redeploy(
         image=f"127.0.0.1:5000/team/api:1.4.3@{_digest('8')}", only_matching=True
     )
@@ -168,7 +171,7 @@ async def test_nexus_needs_the_host_in_image_and_checks_its_signature(
         gateway, trigger, secret, body, {**headers, "X-Nexus-Webhook-Signature": good}
     )
     assert status == 202, answer
-    (command,) = await published(gateway.settings.amqp_url)
+    (command,) = await published(gateway)
     assert command.command == Redeploy(image="127.0.0.1:8082/app1/alpine:3.4", only_matching=True)
 
 
@@ -213,7 +216,7 @@ async def test_cdevents_and_generic_bodies_deploy(
     assert status == 202, answer
     status, again = await post(gateway, trigger, secret, generic)
     assert (status, again["reason"]) == (200, "duplicate_delivery")
-    images = [c.command for c in await published(gateway.settings.amqp_url)]
+    images = [c.command for c in await published(gateway)]
     assert images == [
         Redeploy(
             image="harbor.dev/library/busybox:v1.0@sha256:dde8e930c7b6a490f728e66292bc9bce42efc9bbb5278bae40e4f30f6e00fe8c",
@@ -260,7 +263,7 @@ async def test_flapping_alert_always_returns_to_where_the_episode_started(
         (202, None),
         (200, "no_open_episode"),
     ]
-    commands = [c.command for c in await published(gateway.settings.amqp_url)]
+    commands = [c.command for c in await published(gateway)]
     assert commands == [
         Scale(direction="scale_out", step=2),
         Scale(direction="scale_in", step=2),
@@ -289,7 +292,7 @@ async def test_resolve_of_a_firing_the_policy_held_back_does_nothing(
     resolved = mutated("alertmanager_firing.json", ("status",), "resolved")
     status, answer = await post(gateway, trigger, secret, resolved)
     assert (status, answer["reason"]) == (200, "no_open_episode")
-    commands = [c.command for c in await published(gateway.settings.amqp_url)]
+    commands = [c.command for c in await published(gateway)]
     assert commands == [Scale(direction="scale_out", step=1)]
 
 
@@ -322,7 +325,7 @@ async def test_senders_that_retry_forever_get_200_when_the_trigger_holds_back(
         assert (status, answer["status"], answer["reason"]) == (200, "ignored", reason), answer
     status, answer = await post(gateway, trigger, secret, raw("dockerhub_push.json"))
     assert (status, answer["error"]) == ((429 if reason == "rate_limited" else 403), reason)
-    assert len(await published(gateway.settings.amqp_url)) == (1 if reason == "rate_limited" else 0)
+    assert len(await published(gateway)) == (1 if reason == "rate_limited" else 0)
 
 
 async def eventually_expired(store: SqliteTriggerStore, trigger_id: str) -> None:
@@ -401,5 +404,5 @@ async def test_pubsub_push_with_the_subscription_oidc_token(
             assert (status, answer["error"]) == (403, "forbidden")
     finally:
         await server.close()
-    (command,) = await published(settings.amqp_url)
+    (command,) = await published(gateway)
     assert command.command == Redeploy(image="us.gcr.io/am/am.kebab.api:test", only_matching=True)

@@ -24,11 +24,12 @@ from shared.policy import PolicyChanges
 from shared.settings import Settings
 from shared.store import SqliteTriggerStore
 from shared.triggers import Trigger, TriggerOptions
+from tests.support.broker import published
 from tests.support.gateways import Gateway, running_gateways
 from tests.support.processes import free_port
 from tests.support.redis_keys import REDIS
 from tests.support.waiting import eventually
-from tests.test_event_calls import GITHUB_KEY, JSON, image_trigger, post, published
+from tests.test_event_calls import GITHUB_KEY, JSON, image_trigger, post
 from tests.test_sources import mutated, raw
 
 
@@ -188,7 +189,7 @@ async def test_alert_storm_over_two_gateways_sharing_redis_acts_once(
     job_id = _acted_once(answers)
     late = await _spread(shared_gateways, trigger, secret, body, 2)
     assert [(s, a["job_id"]) for s, a in late] == [(200, job_id)] * 2
-    (command,) = await published(shared_gateways[0].settings.amqp_url)
+    (command,) = await published(shared_gateways[0])
     assert command.job_id == job_id
 
 
@@ -210,7 +211,7 @@ async def test_resolve_on_one_gateway_rearms_an_alert_fired_on_the_other(
     assert (await post(other, trigger, secret, firing))[0] == 200
     assert (await post(other, trigger, secret, resolved))[0] == 202
     assert (await post(one, trigger, secret, firing))[0] == 202
-    assert len(await published(one.settings.amqp_url)) == 3
+    assert len(await published(one)) == 3
 
 
 async def test_github_delivery_replayed_to_the_other_gateway_is_ignored(
@@ -238,7 +239,7 @@ async def test_github_delivery_replayed_to_the_other_gateway_is_ignored(
     status, again = await post(other, trigger, secret, body, headers)
     assert (status, again["status"], again["job_id"]) == (200, "ignored", answer["job_id"])
     assert "delivery d7a0a1f0-0002 was already received" in again["detail"]
-    assert len(await published(one.settings.amqp_url)) == 1
+    assert len(await published(one)) == 1
 
 
 async def test_timestamped_signature_replayed_to_the_other_gateway_is_refused(
@@ -262,7 +263,7 @@ async def test_timestamped_signature_replayed_to_the_other_gateway_is_refused(
     assert status == 202, answer
     status, answer = await post(other, trigger, secret, body, headers)
     assert (status, answer["error"]) == (409, "replayed_request")
-    assert len(await published(one.settings.amqp_url)) == 1
+    assert len(await published(one)) == 1
     names = [k.decode() async for k in client.scan_iter(match=f"{redis_prefix}recent:*")]
     hashed = hashlib.sha256(given.encode()).hexdigest()
     assert f"{redis_prefix}recent:signature:{trigger.id}:{hashed}" in names
@@ -280,7 +281,7 @@ async def test_pushed_digest_sent_to_both_gateways_deploys_once(
     other_tag = mutated("harbor_push_default.json", ("event_data", "resources", 0, "tag"), "1.2")
     status, answer = await post(shared_gateways[1], trigger, secret, other_tag)
     assert (status, answer["job_id"]) == (200, job_id)
-    assert len(await published(shared_gateways[0].settings.amqp_url)) == 1
+    assert len(await published(shared_gateways[0])) == 1
 
 
 async def test_redis_down_trigger_calls_still_succeed_deduplicated_per_gateway(

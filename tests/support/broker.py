@@ -14,18 +14,21 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
 
 from shared.broker import AmqpBus, Bus, MemoryBus
-from shared.messages import CommandEnvelope
+from shared.messages import CommandEnvelope, decode_command
 from shared.settings import Settings
 from shared.topology import COMMAND_QUEUES, DEAD_QUEUE, RECORDER_QUEUE
 from tests.proxy import TcpProxy
 from tests.support.unit_lane import is_unit
+
+if TYPE_CHECKING:
+    from tests.support.gateways import Gateway
 
 __all__ = [
     "BROKER",
@@ -34,6 +37,7 @@ __all__ = [
     "broker_queues",
     "commands_published",
     "private_vhost",
+    "published",
     "queue_depth",
     "rabbitmqctl",
     "through_proxy",
@@ -125,6 +129,28 @@ async def bus(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterat
     await _purge(settings.amqp_url)
     yield amqp
     await amqp.close()
+
+
+async def published(where: Gateway | str) -> list[CommandEnvelope]:
+    """Take every command waiting to be consumed: from a unit test gateway's in-process
+    bus, or from the command queues of the broker at `where` (a gateway's or a URL)."""
+    if not isinstance(where, str) and isinstance(where.bus, RecordingBus):
+        taken = list(where.bus.published)
+        where.bus.published.clear()
+        return taken
+    amqp_url = where if isinstance(where, str) else where.settings.amqp_url
+    commands: list[CommandEnvelope] = []
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in COMMAND_QUEUES.values():
+            queue = await channel.declare_queue(name, passive=True)
+            for _ in range(200):
+                message = await queue.get(no_ack=True, fail=False)
+                if message is None:
+                    break
+                commands.append(decode_command(message.body))
+    return commands
 
 
 async def commands_published(bus: Bus | None, amqp_url: str) -> int:
