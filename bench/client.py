@@ -41,7 +41,8 @@ class _Answer(asyncio.Protocol):
             self._fail(HttpError(f"bad answer: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = self.lost or exc or HttpError("connection closed")
+        # A reset is a failed call for the driver to count, not an error to end the run.
+        self.lost = self.lost or HttpError(f"connection lost: {exc or 'closed'}")
         self._fail(self.lost)
 
     # httptools callbacks

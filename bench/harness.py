@@ -504,6 +504,10 @@ class _Bench:
             "TRIGGERS_DATABASE": f"sqlite:///{database}",
             "TRIGGERS_LOCAL_STATE": str(state),
             "TRIGGERS_LOG_FORMAT": "json",
+            # The driver is many callers on one address (as behind a proxy): the cap on
+            # connections per address (64) would close a round's fresh connections while
+            # the previous round's are still being torn down.
+            "TRIGGERS_MAX_CONNECTIONS_PER_ADDRESS": "1024",
         }
         url = trigger_call_url("http://127.0.0.1:{port}", trigger, secret)
         return env, url + "&type=scale_out&step=1", hash_secret(secret)
