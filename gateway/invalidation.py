@@ -1,8 +1,8 @@
 """Trigger changes reach every gateway's cache within a second: revocations, rotations,
 policy changes made by the CLI, the admin API or another gateway.
 
-Each change is a row of ``trigger_changes`` (written by the store with the change itself).
-On PostgreSQL the same statement notifies the ``triggers_changes`` channel; every gateway
+Each change is a row of ``trigger_changes`` (written by the store in the change's own
+transaction). On PostgreSQL that transaction also notifies the ``triggers_changes`` channel; every gateway
 process listens on a connection of its own and evicts the trigger as the notification
 arrives (a few milliseconds after the change commits). Every process also follows the
 table, reading what is new every `interval` seconds (0.25 s: one indexed range read):

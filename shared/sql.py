@@ -36,6 +36,7 @@ __all__ = [
     "SqlDriver",
     "SqliteDriver",
     "parse_database",
+    "sqlite_transaction",
 ]
 
 T = TypeVar("T")
@@ -64,6 +65,10 @@ class SqlDriver(Protocol):
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run a statement once per row, in one transaction."""
+        ...
+
+    async def execute_in_one(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
+        """Run statements in one transaction; the number of rows the first one changed."""
         ...
 
     async def close(self) -> None:
@@ -168,6 +173,12 @@ class SqlBackend:
             if not self._started:
                 await self.start()
             await self._db.execute_many(sql, rows)
+
+    async def _execute_in_one(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
+        with _unavailable():
+            if not self._started:
+                await self.start()
+            return await self._db.execute_in_one(statements)
 
     async def close(self) -> None:
         """Release connections."""
@@ -287,6 +298,18 @@ def _multi_row(sql: str, rows: list[list[Any]]) -> list[tuple[str, list[Any]]]:
     return statements
 
 
+def sqlite_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """`fn` in one transaction on an autocommitting connection, the write lock taken first."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
 class SqliteDriver:
     """A short-lived connection per call in a worker thread: the loop never waits on a lock.
 
@@ -386,18 +409,25 @@ class SqliteDriver:
             return
 
         def insert(conn: sqlite3.Connection) -> None:
-            # The connection autocommits (isolation_level=None): without an explicit
-            # transaction every statement would be a commit of its own.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for query, values in statements:
-                    conn.execute(query, values)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            for query, values in statements:
+                conn.execute(query, values)
 
-        await self._run(insert)
+        # The connection autocommits (isolation_level=None): without an explicit
+        # transaction every statement would be a commit of its own.
+        await self._run(lambda conn: sqlite_transaction(conn, insert))
+
+    async def execute_in_one(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
+        """Run statements in one transaction; the number of rows the first one changed."""
+        prepared = [(sql, [_sqlite_value(p) for p in params]) for sql, params in statements]
+
+        def every(conn: sqlite3.Connection) -> int:
+            counts = [conn.execute(q, v).rowcount for q, v in prepared]
+            return counts[0]
+
+        if self._writes is not None:  # one write of a batch: its transaction is the batch's
+            return await self._writes.run(every)
+
+        return await self._run(lambda conn: sqlite_transaction(conn, every))
 
     async def close(self) -> None:
         """Commit queued writes and close the writer's connection, if there is one."""
@@ -445,6 +475,12 @@ class Listener:
             await asyncio.wait_for(self._conn.close(), 2)
         except Exception:  # already broken: nothing to say goodbye to
             self._conn.terminate()
+
+
+def _changed_rows(status: str) -> int:
+    """The row count of a command tag (``UPDATE 3``, ``INSERT 0 1``)."""
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 class PostgresDriver:
@@ -503,9 +539,17 @@ class PostgresDriver:
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement; the number of rows it changed (from the command tag)."""
         pool = await self._open()
-        status: str = await pool.execute(_numbered(sql), *params)
-        tail = status.rsplit(" ", 1)[-1]
-        return int(tail) if tail.isdigit() else 0
+        return _changed_rows(await pool.execute(_numbered(sql), *params))
+
+    async def execute_in_one(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
+        """Run statements in one transaction; the number of rows the first one changed."""
+        pool = await self._open()
+        async with pool.acquire() as conn, conn.transaction():
+            counts = [
+                _changed_rows(await conn.execute(_numbered(sql), *params))
+                for sql, params in statements
+            ]
+        return counts[0]
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run a statement once per row, in one transaction."""

@@ -243,11 +243,11 @@ class SqlTriggerStore(SqlBackend):
             **merged,
         )
         marks = ", ".join("?" for _ in _TRIGGER_COLUMNS)
-        await self._execute(
+        await self._change(
+            trigger.id,
             f"INSERT INTO triggers ({', '.join(_TRIGGER_COLUMNS)}) VALUES ({marks})",  # noqa: S608 - column names come from the struct
             _columns(trigger, _TRIGGER_COLUMNS),
         )
-        await self._changed(trigger.id)
         return trigger, secret
 
     async def get(self, trigger_id: str) -> Trigger | None:
@@ -312,7 +312,8 @@ class SqlTriggerStore(SqlBackend):
 
     async def _write(self, trigger: Trigger, names: Sequence[str]) -> None:
         sets = ", ".join(f"{name} = ?" for name in names)
-        await self._execute(
+        await self._change(
+            trigger.id,
             f"UPDATE triggers SET {sets} WHERE id = ?",  # noqa: S608 - column names come from the struct
             [*_columns(trigger, names), trigger.id],
         )
@@ -333,7 +334,6 @@ class SqlTriggerStore(SqlBackend):
         # mix (say min from one and max from the other) that neither checked.
         updated = msgspec.structs.replace(current, **merged, options=options, updated_at=now)
         await self._write(updated, [*POLICY_FIELDS, "options", "updated_at"])
-        await self._changed(trigger_id)
         return updated
 
     async def rotate(self, trigger_id: str, *, grace: float) -> tuple[Trigger, str] | None:
@@ -342,14 +342,13 @@ class SqlTriggerStore(SqlBackend):
         now = utcnow()
         # One statement: the right-hand sides read the row as it was, so the previous
         # hash is the one being replaced even when two rotations race.
-        count = await self._execute(
+        count = await self._change(
+            trigger_id,
             "UPDATE triggers SET previous_secret_hash = secret_hash,"
             " previous_secret_expires_at = ?, secret_hash = ?, rotated_at = ?, updated_at = ?"
             " WHERE id = ? AND revoked_at IS NULL",
             (now + timedelta(seconds=grace), hash_secret(secret), now, now, trigger_id),
         )
-        if count:
-            await self._changed(trigger_id)
         trigger = await self.get(trigger_id)
         if trigger is None:
             return None
@@ -361,27 +360,28 @@ class SqlTriggerStore(SqlBackend):
     async def revoke(self, trigger_id: str) -> Trigger | None:
         """Revoke a trigger (idempotent); None when it does not exist."""
         now = utcnow()
-        if await self._execute(
+        await self._change(
+            trigger_id,
             "UPDATE triggers SET revoked_at = ?, updated_at = ? WHERE id = ? AND revoked_at IS NULL",
             (now, now, trigger_id),
-        ):
-            await self._changed(trigger_id)
+        )
         return await self.get(trigger_id)
 
-    async def _changed(self, trigger_id: str) -> None:
-        # What gateways follow to evict their cached copy (`gateway.invalidation`).
+    async def _change(self, trigger_id: str, sql: str, params: Sequence[Any]) -> int:
+        """Write a change to a trigger with its row in ``trigger_changes`` (what gateways
+        follow to evict their cached copy, `gateway.invalidation`) in one transaction; on
+        PostgreSQL its notification too, delivered when that commits. The rows `sql` changed.
+
+        A statement that changed nothing (a repeated revoke) still records a change: an
+        eviction too many costs one read.
+        """
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (sql, params),
+            ("INSERT INTO trigger_changes (trigger_id, at) VALUES (?, ?)", (trigger_id, utcnow())),
+        ]
         if isinstance(self._db, PostgresDriver):
-            # One statement, so one transaction: the row and its notification, delivered
-            # to every listening gateway when it commits (and never without the row).
-            await self._fetch(
-                "WITH change AS (INSERT INTO trigger_changes (trigger_id, at) VALUES (?, ?)"
-                " RETURNING trigger_id) SELECT pg_notify(?, trigger_id) FROM change",
-                (trigger_id, utcnow(), CHANGES_CHANNEL),
-            )
-            return
-        await self._execute(
-            "INSERT INTO trigger_changes (trigger_id, at) VALUES (?, ?)", (trigger_id, utcnow())
-        )
+            statements.append(("SELECT pg_notify(?, ?)", (CHANGES_CHANNEL, trigger_id)))
+        return await self._execute_in_one(statements)
 
     async def listen_changes(self, on_change: Callable[[str], None]) -> Listener | None:
         """Call `on_change(trigger_id)` as changes commit, on a connection of its own;

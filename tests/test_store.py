@@ -190,6 +190,25 @@ async def test_revoked_triggers_cannot_be_rotated_or_updated(any_store: SqlTrigg
     assert await any_store.revoke("nosuchtrigger1") is None
 
 
+async def test_a_change_and_its_change_row_commit_together(any_store: SqlTriggerStore) -> None:
+    """A change whose change row cannot be written is rolled back, so no gateway misses it;
+    a revocation adds its row (and, on PostgreSQL, its notification) with the change."""
+    trigger, _ = await any_store.create(cluster="demo", app="shop", action="redeploy")
+    last, _ = await any_store.changes_since(None)
+    with pytest.raises(Exception, match=r"no_such_table|no such table"):
+        await any_store._execute_in_one(
+            [
+                ("UPDATE triggers SET enabled = ? WHERE id = ?", (False, trigger.id)),
+                ("INSERT INTO no_such_table (x) VALUES (?)", (1,)),
+            ]
+        )
+    kept = await any_store.get(trigger.id)
+    assert kept is not None
+    assert kept.enabled
+    await any_store.revoke(trigger.id)
+    assert await any_store.changes_since(last) == (last + 1, [trigger.id])
+
+
 async def test_audit_entries_are_listed_newest_first_and_filtered(
     any_store: SqlTriggerStore,
 ) -> None:

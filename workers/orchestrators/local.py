@@ -21,6 +21,7 @@ from shared.encoding import encode_json
 from shared.errors import NotFoundError
 from shared.group_commit import GroupCommit, Write
 from shared.messages import ServiceState, Target, utcnow
+from shared.sql import sqlite_transaction
 from workers.orchestrators.base import Change, ProgressReport, redeploy_plan, scale_change
 
 __all__ = ["LocalCluster", "LocalOrchestrator"]
@@ -73,14 +74,7 @@ class LocalCluster:
     def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._connect()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+            return sqlite_transaction(conn, fn)
         finally:
             conn.close()
 
