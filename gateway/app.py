@@ -24,7 +24,7 @@ from gateway.admin import add_admin_routes
 from gateway.connections import ConnectionGuard, GuardedSite, connection_middleware
 from gateway.console import add_console
 from gateway.dead import add_dlq_routes
-from gateway.errors import json_response
+from gateway.errors import json_response, outage_trackers
 from gateway.hook import handle_trigger
 from gateway.invalidation import follow_changes, periodically, prune_audit_forever
 from gateway.jobs import UNSEEN_WAITERS_LIMIT, handle_job, handle_jobs
@@ -36,6 +36,7 @@ from gateway.keys import (
     JOBS,
     LIMITS,
     METRICS_GAUGES,
+    OUTAGES,
     RECENT_EVENTS,
     SETTINGS,
     STORE,
@@ -131,6 +132,14 @@ def _middlewares(connections: ConnectionGuard | None) -> list[Any]:
     return middlewares
 
 
+def _in_memory_state(app: web.Application, settings: Settings) -> None:
+    """What the app keeps in memory from its start: waiters, limits, outage trackers."""
+    app[WAITER] = ResultWaiter()
+    app[AUTH_LIMITER] = FailedAuthLimiter(settings.auth_failures_per_minute)
+    app[UNSEEN_WAITERS] = asyncio.Semaphore(UNSEEN_WAITERS_LIMIT)
+    app[OUTAGES] = outage_trackers()
+
+
 def create_app(
     settings: Settings,
     *,
@@ -159,10 +168,8 @@ def create_app(
     )
     name_server(app)
     app[SETTINGS] = settings
-    app[WAITER] = ResultWaiter()
-    app[AUTH_LIMITER] = FailedAuthLimiter(settings.auth_failures_per_minute)
+    _in_memory_state(app, settings)
     app[METRICS_GAUGES] = open_gauges(app)
-    app[UNSEEN_WAITERS] = asyncio.Semaphore(UNSEEN_WAITERS_LIMIT)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store if store is not None else open_store(settings.database)

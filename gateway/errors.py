@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from gateway.client import client_address
-from gateway.keys import ERROR, LOG_FIELDS
+from gateway.keys import ERROR, LOG_FIELDS, OUTAGES
 from gateway.shared_state import RedisOutage
 from shared.encoding import encode_json
 from shared.errors import BrokerUnavailable, RequestError, StoreUnavailable
@@ -44,13 +44,14 @@ class ErrorAnswer:
 
 
 # An outage is one warning line when it starts and one per 30 s after it, with a count,
-# not a line (or a traceback) per call; each request still has its summary line.
-_BROKER_OUTAGE = RedisOutage("gateway.broker_unavailable", pause=0)
-_STORE_OUTAGE = RedisOutage("gateway.store_unavailable", pause=0)
+# not a line (or a traceback) per call; each request still has its summary line. The
+# trackers are the app's (`outage_trackers`), so one gateway's outage never silences another's.
+_BROKER_OUTAGE = "gateway.broker_unavailable"
+_STORE_OUTAGE = "gateway.store_unavailable"
 
-# The one table: every error a handler may raise, and its answer. A `RequestError`
-# (`ApiError`, `AdminError`) carries its own; anything else not listed is a 500.
-_TABLE: tuple[tuple[type[Exception], ErrorAnswer, RedisOutage | None], ...] = (
+# The one table: every error a handler may raise, its answer and the outage it logs as. A
+# `RequestError` (`ApiError`, `AdminError`) carries its own; anything else not listed is a 500.
+_TABLE: tuple[tuple[type[Exception], ErrorAnswer, str | None], ...] = (
     (
         BrokerUnavailable,
         ErrorAnswer(
@@ -85,17 +86,26 @@ _AIOHTTP_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-def error_answer(exc: Exception, path: str = "") -> ErrorAnswer:
-    """The answer to `exc` from the table; an outage or an unexpected error is logged.
+def outage_trackers() -> dict[str, RedisOutage]:
+    """One tracker per kind of outage in the table, for one app."""
+    return {event: RedisOutage(event, pause=0) for _, _, event in _TABLE if event is not None}
+
+
+def error_answer(
+    exc: Exception, path: str = "", outages: dict[str, RedisOutage] | None = None
+) -> ErrorAnswer:
+    """The answer to `exc` from the table; an outage (on `outages`, the app's trackers) or
+    an unexpected error is logged.
 
     Called while `exc` is being handled, so that an unexpected error's traceback is logged.
     """
     if isinstance(exc, RequestError):
         return ErrorAnswer(exc.status, exc.code, exc.detail, exc.headers or None)
-    for kind, answer, outage in _TABLE:
+    for kind, answer, event in _TABLE:
         if isinstance(exc, kind):
-            if outage is not None:
-                outage.failed(path, exc)
+            if event is not None:
+                trackers = outages if outages is not None else outage_trackers()
+                trackers[event].failed(path, exc)
             return answer
     if isinstance(exc, web.HTTPException):
         code, detail = _AIOHTTP_ERRORS.get(exc.status, ("http_error", exc.reason))
@@ -134,7 +144,7 @@ async def answered(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         response = await handler(request)
     except Exception as exc:
-        answer = error_answer(exc, request.path)
+        answer = error_answer(exc, request.path, request.app.get(OUTAGES))
         request[ERROR] = (answer.code, answer.detail)
         response = json_error(answer.status, answer.code, answer.detail, answer.headers)
     log.info(

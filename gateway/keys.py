@@ -12,6 +12,7 @@ from gateway.limits import CallLimits
 from gateway.lookup import TriggerCache
 from gateway.outcomes import CallOutcome
 from gateway.recent import RecentEvents
+from gateway.shared_state import RedisOutage
 from gateway.waiter import ResultWaiter
 from shared.audit import AuditLog, UnauthenticatedTally
 from shared.batch import WriteBehind
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 SETTINGS = web.AppKey("settings", Settings)
+# The app's outage trackers (one log line per outage), by event name: see gateway.errors.
+OUTAGES = web.AppKey("outages", dict[str, RedisOutage])
 STORE = web.AppKey("store", TriggerStore)
 BUS = web.AppKey("bus", Bus)
 AUTH_LIMITER = web.AppKey("auth_limiter", FailedAuthLimiter)

@@ -113,7 +113,7 @@ class RecordingBus(MemoryBus):
 
 @pytest.fixture
 async def bus(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
-    """The gateway's bus, connected, with empty command queues.
+    """The gateway's bus, connected, with empty command queues (emptied again after).
 
     A `unit` test gets a `RecordingBus` instead, shared by the test's gateway, worker,
     recorder and result listener as RabbitMQ would be.
@@ -129,6 +129,9 @@ async def bus(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterat
     await _purge(settings.amqp_url)
     yield amqp
     await amqp.close()
+    # The vhost is the session's: a command left in a queue would be applied by the next
+    # test's worker (and scale that test's service before its own call).
+    await _purge(settings.amqp_url)
 
 
 async def published(where: Gateway | str) -> list[CommandEnvelope]:
