@@ -30,6 +30,7 @@ from shared.messages import (
     utcnow,
 )
 from shared.migrations import MIGRATIONS
+from shared.sql import _multi_row
 from tests.support.databases import each_backend, schema_versions
 from tests.support.messages import result_event
 
@@ -123,6 +124,34 @@ async def test_record_accepted_never_moves_a_job_back_and_prune(history: SqlJobS
     assert await history.prune(utcnow() - timedelta(hours=1)) == 1
     assert await history.get(done.job_id) is None
     assert await history.prune(utcnow() - timedelta(hours=1)) == 0
+
+
+async def test_accepted_batches_of_every_size_are_written_whole(history: SqlJobStore) -> None:
+    """Batches of any size land row for row (SQLite splits them into power-of-two chunks)."""
+    sizes = (1, 3, 37, 64, 100)
+    batches = [
+        [_before_result(result_event(f"{size:03d}{i:029d}"), "accepted") for i in range(size)]
+        for size in sizes
+    ]
+    for batch in batches:
+        await history.record_accepted(batch)
+    for batch in batches:
+        for job in batch:
+            stored = await history.get(job.job_id)
+            assert stored is not None
+            assert (stored.status, stored.trigger_id) == ("accepted", job.trigger_id)
+
+
+@pytest.mark.unit
+def test_multi_row_inserts_use_few_statement_texts() -> None:
+    """Every batch size from 1 to 1,000 is covered by ten statement texts, rows in order."""
+    texts = set()
+    for size in range(1, 1001):
+        rows = [[n, f"row {n}"] for n in range(size)]
+        statements = _multi_row("INSERT INTO t (a, b) VALUES (?, ?)", rows)
+        texts.update(query for query, _ in statements)
+        assert [v for _, values in statements for v in values] == [v for r in rows for v in r]
+    assert len(texts) == 10  # 1, 2, 4, ... 512 rows
 
 
 # The table as job history created it itself, before it was one of the migrations.

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import jwt
 
 from shared.errors import PermanentError
+
+if TYPE_CHECKING:
+    import jwt
 
 __all__ = ["OidcError", "verify_google_token"]
 
@@ -55,6 +57,8 @@ class _Keys:
 
 
 async def _fetch(url: str) -> jwt.PyJWKSet:
+    import jwt  # noqa: PLC0415 - PyJWT loads OpenSSL's bindings (10 MB): only OIDC triggers
+
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
@@ -74,6 +78,8 @@ async def verify_google_token(
     token: str, *, audience: str, email: str | None, jwks_url: str
 ) -> dict[str, Any]:
     """The token's claims once it is verified; raises `OidcError` saying why not."""
+    import jwt  # noqa: PLC0415 - PyJWT loads OpenSSL's bindings (10 MB): only OIDC triggers
+
     try:
         kid = jwt.get_unverified_header(token).get("kid")
     except jwt.PyJWTError:
