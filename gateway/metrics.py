@@ -21,7 +21,13 @@ from gateway.keys import BUS, JOBS, LOG_FIELDS, METRICS_GAUGES, OUTCOME, SETTING
 from gateway.outcomes import Refused
 from shared.http import name_server
 from shared.jobs import JOB_STATUSES
-from shared.metrics import GATEWAY_CALLS, JOBS_BY_STATUS, QUEUE_MESSAGES, metrics_response
+from shared.metrics import (
+    GATEWAY_CALLS,
+    JOBS_BY_STATUS,
+    QUEUE_MESSAGES,
+    labelled,
+    metrics_response,
+)
 
 __all__ = [
     "OUTCOME_BY_STATUS",
@@ -65,7 +71,8 @@ def count_call(request: web.Request, response: web.StreamResponse) -> None:
             if called is not None and not isinstance(called, Refused)
             else OUTCOME_BY_STATUS.get(response.status, "error")
         )
-        GATEWAY_CALLS.labels(request.get(LOG_FIELDS, {}).get("action", "unknown"), outcome).inc()
+        action = request.get(LOG_FIELDS, {}).get("action", "unknown")
+        labelled(GATEWAY_CALLS, action, outcome).inc()
 
 
 def open_gauges(app: web.Application) -> SharedGauges:

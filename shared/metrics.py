@@ -15,9 +15,11 @@ adds up every process's counters and histograms. A gauge says how it is combined
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import (
@@ -30,6 +32,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 
 from shared.errors import ConfigError
@@ -47,6 +50,7 @@ __all__ = [
     "RESULTS",
     "RETRIES",
     "WAITING",
+    "labelled",
     "metrics_response",
     "multiprocess_dir",
     "serve_metrics",
@@ -127,6 +131,18 @@ NOTIFICATIONS = Counter(
 JOBS_RECORDED = Counter(
     "triggers_recorder_events", "Job events written to the history store, by status.", ["status"]
 )
+
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
+
+
+@functools.cache
+def labelled(metric: _M, *values: str) -> _M:
+    """`metric.labels(*values)`, looked up once per label set: ``labels`` takes a lock and
+    checks every value on each call, a few µs on every call and command. Label sets come
+    from closed sets (see above), so the cache stays small; no metric here is ever cleared.
+    """
+    return metric.labels(*values)
 
 
 def multiprocess_dir() -> str | None:

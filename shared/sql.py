@@ -99,17 +99,13 @@ def parse_database(database: str) -> tuple[Dialect, str]:
     raise ValueError(msg)
 
 
-_SQLITE_OUTAGE: tuple[type[BaseException], ...] = (sqlite3.OperationalError, OSError, TimeoutError)
+_SQLITE_OUTAGE = (sqlite3.OperationalError, OSError, TimeoutError)
 _outage_with_postgres: tuple[type[BaseException], ...] | None = None
 
 
 def _outage_errors() -> tuple[type[BaseException], ...]:
-    """What "the database is not there" looks like from either driver (a syntax error is
-    not it: sqlite3 says "no such table" or "syntax error" through OperationalError too).
-
-    asyncpg's errors join once a PostgreSQL store loaded the driver: a process on SQLite
-    never imports it (3 MB).
-    """
+    """What "the database is not there" looks like from either driver (not a syntax error:
+    see `_unavailable`); asyncpg's once a PostgreSQL store loaded it (SQLite never does)."""
     global _outage_with_postgres  # noqa: PLW0603 - computed once, after asyncpg is loaded
     asyncpg = sys.modules.get("asyncpg")
     if asyncpg is None:
@@ -118,13 +114,10 @@ def _outage_errors() -> tuple[type[BaseException], ...]:
         exceptions = asyncpg.exceptions
         _outage_with_postgres = (
             *_SQLITE_OUTAGE,
-            asyncpg.PostgresConnectionError,
-            asyncpg.InterfaceError,
-            exceptions.CannotConnectNowError,
-            exceptions.AdminShutdownError,
-            # A backend killed mid-query (pg_terminate_backend, a failover) can surface
-            # from the pool's release as "cannot switch to state ...; another operation
-            # is in progress".
+            *(asyncpg.PostgresConnectionError, asyncpg.InterfaceError),
+            *(exceptions.CannotConnectNowError, exceptions.AdminShutdownError),
+            # A backend killed mid-query (pg_terminate_backend, a failover), from the
+            # pool's release: "cannot switch to state ...; another operation is in progress".
             exceptions.InternalClientError,
         )
     return _outage_with_postgres
@@ -132,7 +125,8 @@ def _outage_errors() -> tuple[type[BaseException], ...]:
 
 @contextlib.contextmanager
 def _unavailable() -> Iterator[None]:
-    """Raise `StoreUnavailable` for an outage, so callers answer 503 rather than 500."""
+    """`StoreUnavailable` (503, not 500) for an outage; sqlite3 says "no such table" and
+    "syntax error" through OperationalError too, and those are bugs, not outages."""
     try:
         yield
     except _outage_errors() as exc:
@@ -240,6 +234,8 @@ _UTC_OFFSET = timedelta(0)
 
 
 def _sqlite_value(value: Any) -> Any:
+    if value is None or type(value) is str:  # most columns: as they are, at once
+        return value
     if isinstance(value, datetime):
         # A fixed width in UTC, so text order is time order ("...T12:00:00.000000+00:00");
         # `isoformat` is twice as fast as the equivalent `strftime`.
@@ -295,11 +291,9 @@ _MAX_PARAMETERS = 30_000
 def _multi_row(sql: str, rows: list[list[Any]]) -> list[tuple[str, list[Any]]]:
     """``INSERT ... VALUES (row)`` as statements of many rows each, with their parameters.
 
-    Each statement holds a power of two of rows (37 rows: 32, 4 and 1), so one table's
-    inserts use a dozen statement texts at most, and SQLite's statement cache reuses them.
-    A text for every batch size filled the cache (128 per connection) with large
-    statements prepared once: about 10 MB of the gateway's memory after 20,000 calls,
-    and a statement compiled per batch.
+    Each holds a power of two of rows (37: 32, 4 and 1): a dozen texts per table at most,
+    which SQLite's statement cache keeps. A text per batch size filled that cache (128 per
+    connection) with large statements used once: 10 MB of the gateway after 20,000 calls.
     """
     if not rows:
         return []

@@ -145,7 +145,7 @@ async def test_accepted_batches_of_every_size_are_written_whole(history: SqlJobS
 @pytest.mark.unit
 def test_multi_row_inserts_use_few_statement_texts() -> None:
     """Every batch size from 1 to 1,000 is covered by ten statement texts, rows in order."""
-    texts = set()
+    texts: set[str] = set()
     for size in range(1, 1001):
         rows = [[n, f"row {n}"] for n in range(size)]
         statements = _multi_row("INSERT INTO t (a, b) VALUES (?, ?)", rows)

@@ -40,7 +40,7 @@ from shared.messages import (
     decode_command,
     utcnow,
 )
-from shared.metrics import APPLY_SECONDS, DEAD_LETTERS, RESULTS, RETRIES
+from shared.metrics import APPLY_SECONDS, DEAD_LETTERS, RESULTS, RETRIES, labelled
 from shared.settings import Settings
 from shared.signals import until_signalled
 from workers.applied import AppliedJobs
@@ -222,7 +222,7 @@ class Worker:
             log.warning("worker.result_unpublished", error=str(exc))
             await self._give_back(delivery)
             return
-        RESULTS.labels(envelope.action, event.status, self._orchestrator.name).inc()
+        labelled(RESULTS, envelope.action, event.status, self._orchestrator.name).inc()
         if settle == "dead_letter":
             DEAD_LETTERS.labels("failed").inc()
         log.info(
@@ -278,7 +278,7 @@ class Worker:
                 )
             return change
         finally:
-            APPLY_SECONDS.labels(self._orchestrator.name, envelope.action).observe(
+            labelled(APPLY_SECONDS, self._orchestrator.name, envelope.action).observe(
                 time.perf_counter() - started
             )
 

@@ -24,7 +24,7 @@ from shared.messages import (
     encode,
     utcnow,
 )
-from shared.metrics import PUBLISH_SECONDS
+from shared.metrics import PUBLISH_SECONDS, labelled
 from shared.topology import (
     COMMANDS_EXCHANGE,
     DEAD_EXCHANGE,
@@ -138,7 +138,7 @@ class Publisher:
                 timeout=self._timeout,
                 wait=False,
             )
-            PUBLISH_SECONDS.labels(kind).observe(time.perf_counter() - started)
+            labelled(PUBLISH_SECONDS, kind).observe(time.perf_counter() - started)
         except TimeoutError as exc:
             msg = f"RabbitMQ did not confirm within {self._timeout:g}s"
             raise BrokerUnavailable(msg) from exc
