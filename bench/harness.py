@@ -70,7 +70,8 @@ class BenchConfig:
     setup: bool = True
     use_wrk: bool = True
     within: float = 120.0
-    # End-to-end rounds: ours and Celery measured alternately, each row the median.
+    # Rounds: the gateways (ours, the plain one) and the pipelines (ours, plain, Celery)
+    # measured alternately, each row the median.
     rounds: int = 3
     # Open loop: ours at this fixed rate, and at half the closed loop's median rate.
     open_rate: float = 200.0
@@ -317,6 +318,15 @@ class _Meter:
         return out
 
 
+def _median_cpu(per_round: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Each process's median CPU per command over the rounds."""
+    medians: dict[str, float | None] = {}
+    for name in per_round[0]:
+        known = [us for cpu in per_round if (us := cpu.get(name)) is not None]
+        medians[name] = round(statistics.median(known), 1) if known else None
+    return medians
+
+
 def _cpu_by_pid(processes: list[psutil.Process]) -> dict[int, float]:
     cpu: dict[int, float] = {}
     for process in processes:
@@ -431,24 +441,15 @@ class _Bench:
                 note=f"aio-pika, 1 connection, {self.config.in_flight} in flight, persistent, quorum",
             )
         )
-        await self.straight()
 
-    async def straight(self) -> None:
+    def straight(self) -> tuple[Service, str]:
         """The plain aiohttp + aio-pika gateway (bench/straight.py), one process."""
         port = free_port()
         service = self.start(
             "straight", [sys.executable, "-m", "bench.straight", str(port), self.amqp_url]
         )
         wait_port(port, 15)
-        await self.measure_publishing(
-            "plain aiohttp + aio-pika gateway",
-            "1 process, 202 after each confirm, nothing else",
-            "plain gateway phase",
-            measured={"straight gateway": service.processes},
-            url=f"http://127.0.0.1:{port}/",
-            queues=[STRAIGHT_QUEUE],
-        )
-        service.stop()
+        return service, f"http://127.0.0.1:{port}/"
 
     async def webhook(self) -> None:
         if shutil.which("webhook") is None:
@@ -532,36 +533,38 @@ class _Bench:
             await asyncio.sleep(0.1)
         return gateway, url_template.replace("{port}", str(port))
 
-    async def measure_gateway(self, gateway: Service, url: str, processes: int) -> None:
-        """Load one gateway (no worker runs: the gateway alone is measured), then purge."""
-        counted = _processes(processes)
-        await self.measure_publishing(
-            f"our gateway, {counted}",
-            "scale trigger, 202 after each confirm",
-            f"gateway phase ({counted})",
-            measured={"gateway": gateway.processes},
-            url=url,
-            queues=COMMAND_QUEUES.values(),
-        )
-
     async def measure_publishing(
+        self,
+        measured: dict[str, Callable[[], list[psutil.Process]]],
+        url: str,
+        queues: Iterable[str],
+    ) -> tuple[LoadResult, dict[str, float | None]]:
+        """Load a gateway that publishes, with the CPU of it and the broker; then purge."""
+        meter = _Meter({**measured, "broker": self.brokers})
+        result = await self.load(url)
+        cpu = meter.per_command_us(
+            result.requests - result.errors, {"load generator": result.generator_cpu}
+        )
+        await _purge(self.amqp_url, *queues)
+        return result, cpu
+
+    def _gateway_row(
         self,
         name: str,
         note: str,
         phase: str,
-        *,
-        measured: dict[str, Callable[[], list[psutil.Process]]],
-        url: str,
-        queues: Iterable[str],
+        runs: list[tuple[LoadResult, dict[str, float | None]]],
     ) -> None:
-        """Load a gateway that publishes, with the CPU of it and the broker; then purge."""
-        meter = _Meter({**measured, "broker": self.brokers})
-        result = await self.load(url)
-        self.report.add_load(name, result, note)
-        self.report.cpu_per_command_us[phase] = meter.per_command_us(
-            result.requests - result.errors, {"load generator": result.generator_cpu}
-        )
-        await _purge(self.amqp_url, *queues)
+        """The row of the round with the median rate (its latencies too), every round's
+        rate in the note, and each process's median CPU per call."""
+        ranked = sorted(runs, key=lambda run: run[0].rate)
+        median = ranked[(len(ranked) - 1) // 2][0]
+        if len(runs) > 1:
+            shown = " / ".join(f"{result.rate:,.0f}" for result, _ in runs)
+            note = f"{note}; median of {shown}"
+        row = self.report.add_load(name, median, note)
+        row.rounds = [round(result.rate, 1) for result, _ in runs]
+        self.report.cpu_per_command_us[phase] = _median_cpu([cpu for _, cpu in runs])
 
     async def end_to_end(self) -> None:
         """Both pipelines up, measured alternately `rounds` times; each row the median.
@@ -701,19 +704,57 @@ class _Bench:
                 rounds=[round(rate, 1) for rate in rates],
             )
         )
-        per_round = [cpu for _, cpu in rounds]
-        medians: dict[str, float | None] = {}
-        for name in per_round[0]:
-            known = [us for cpu in per_round if (us := cpu.get(name)) is not None]
-            medians[name] = round(statistics.median(known), 1) if known else None
-        self.report.cpu_per_command_us[f"end to end ({pipeline.who})"] = medians
+        self.report.cpu_per_command_us[f"end to end ({pipeline.who})"] = _median_cpu(
+            [cpu for _, cpu in rounds]
+        )
 
     async def ours(self) -> None:
-        """Our gateway alone, with 1 and with `gateway_processes` processes."""
+        """Our gateway alone (no worker), one process measured alternately with the plain
+        gateway in `rounds` rounds (each row the median: a run of the plain gateway, bound
+        by the broker's confirms, moved by 2x from one run to the next on one VM); then
+        with `gateway_processes` processes, once."""
         env, url_template, _ = await self.seed()
-        for processes in sorted({1, self.config.gateway_processes}):
+        plain, plain_url = self.straight()
+        ours, ours_url = await self.gateway(env, url_template, 1)
+        runs: dict[str, list[tuple[LoadResult, dict[str, float | None]]]] = {
+            "plain": [],
+            "ours": [],
+        }
+        for _ in range(self.config.rounds):
+            measured = {"straight gateway": plain.processes}
+            runs["plain"].append(
+                await self.measure_publishing(measured, plain_url, [STRAIGHT_QUEUE])
+            )
+            measured = {"gateway": ours.processes}
+            runs["ours"].append(
+                await self.measure_publishing(measured, ours_url, COMMAND_QUEUES.values())
+            )
+        plain.stop()
+        ours.stop()
+        self._gateway_row(
+            "plain aiohttp + aio-pika gateway",
+            "1 process, 202 after each confirm, nothing else",
+            "plain gateway phase",
+            runs["plain"],
+        )
+        self._gateway_row(
+            "our gateway, 1 process",
+            "scale trigger, 202 after each confirm",
+            "gateway phase (1 process)",
+            runs["ours"],
+        )
+        processes = self.config.gateway_processes
+        if processes > 1:
+            counted = _processes(processes)
             started, started_url = await self.gateway(env, url_template, processes)
-            await self.measure_gateway(started, started_url, processes)
+            measured = {"gateway": started.processes}
+            run = await self.measure_publishing(measured, started_url, COMMAND_QUEUES.values())
+            self._gateway_row(
+                f"our gateway, {counted}",
+                "scale trigger, 202 after each confirm",
+                f"gateway phase ({counted})",
+                [run],
+            )
             started.stop()
 
     async def straight_pipeline(self) -> _Pipeline:
@@ -1002,7 +1043,7 @@ async def run_bench(config: BenchConfig, say: Callable[[str], None] = print) -> 
             ]
             if config.peers:
                 phases.append(("adnanh/webhook", bench.webhook, 1))
-            phases.append(("our gateway", bench.ours, 1))
+            phases.append(("our gateway", bench.ours, 2 * config.rounds + 1))
             if config.peers:
                 phases.append(("celery peer gateway", bench.celery, 1))
             phases.append(("end to end", bench.end_to_end, 3 * config.rounds + 2))

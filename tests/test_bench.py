@@ -95,6 +95,11 @@ def test_bench_smoke_run_measures_our_gateway_and_end_to_end(tmp_path: Path) -> 
         # The broker is shared: a hiccup may cost a few 503s, never most of the calls.
         assert rows[name]["errors"] <= rows[name]["requests"] // 10, rows[name]
     assert rows["broker confirmed publishes"]["rate"] > 0
+    # Our gateway and the plain one, alternately in two rounds: each row a round's figures.
+    for name in ("our gateway, 1 process", "plain aiohttp + aio-pika gateway"):
+        assert len(rows[name]["rounds"]) == 2, rows[name]
+        assert rows[name]["rate"] == pytest.approx(min(rows[name]["rounds"]), rel=1e-3)
+        assert "median of" in rows[name]["note"]
     e2e = rows["our end to end"]
     assert e2e["rate"] > 0
     assert e2e["errors"] == 0

@@ -25,7 +25,8 @@ __all__ = ["bench", "local"]
     default=3,
     show_default=True,
     type=click.IntRange(min=1),
-    help="End-to-end rounds, ours and Celery alternately; each row is the median.",
+    help="Rounds, each row the median: our gateway and the plain one alternately, and"
+    " end to end ours, the plain pipeline and Celery.",
 )
 @click.option(
     "--open-rate",
