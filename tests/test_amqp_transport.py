@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import cast
 
 import aio_pika
+import aiormq
 import pytest
 import structlog
 from yarl import URL
@@ -150,3 +152,50 @@ def test_node_urls_that_cannot_be_one_cluster_are_refused_in_one_line(
     assert message.startswith("TRIGGERS_AMQP_URL")
     assert "\n" not in message
     assert "secret" not in message
+
+
+async def test_a_burst_of_publishes_leaves_in_one_write_after_a_reconnect_too() -> None:
+    """100 publishes of one turn are written together, none waiting for another: aiormq's
+    queue of frames for its writer (10 by default) is widened on every (re)connect."""
+    writes: list[int] = []  # the size of each socket write
+
+    class Spying(CoalescingTransportFactory):
+        async def create(
+            self, url: URL, **kwargs: object
+        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            reader, writer = await super().create(url, **kwargs)
+            transport_write = writer.transport.write
+
+            def spy(data: bytes | bytearray | memoryview) -> None:
+                writes.append(len(data))
+                transport_write(data)
+
+            writer.transport.write = spy  # type: ignore[method-assign]  # the test's spy
+            return reader, writer
+
+    connection = CoalescingConnection(BROKER)
+    connection.kwargs["transport_factory"] = Spying()
+    await connection.connect(timeout=10)
+    body = b"x" * 200
+    try:
+        for _ in range(2):
+            channel = await connection.channel(publisher_confirms=True)
+            queue = await channel.declare_queue(exclusive=True)
+            # Our publisher's call (`shared.broker._publisher`): aiormq's, not waiting for the write.
+            underlay = cast("aiormq.Channel", await channel.get_underlay_channel())
+            writes.clear()
+            confirms = await asyncio.gather(
+                *(
+                    underlay.basic_publish(body, routing_key=queue.name, wait=False)
+                    for _ in range(100)
+                )
+            )
+            assert all(isinstance(c, aiormq.spec.Basic.Ack) for c in confirms)
+            # The first write after the burst carries all 100 publishes (with 10 queued at
+            # most, it carried 10 and the rest followed a turn at a time).
+            assert writes[0] >= 100 * len(body), writes
+            assert (await queue.declare()).message_count == 100
+            await channel.close()
+            await connection.reconnect()
+    finally:
+        await connection.close()
