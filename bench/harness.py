@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1023,10 +1024,23 @@ def _machine(server: dict[str, Any]) -> dict[str, str]:
 
 
 async def run_bench(config: BenchConfig, say: Callable[[str], None] = print) -> Report:
-    """Run every phase in one private vhost; stop everything started, whatever happens."""
+    """Run every phase in one private vhost; stop everything started, whatever happens.
+
+    SIGTERM and SIGHUP (a CI job's timeout, a closed terminal) cancel the run as Ctrl-C
+    does: the processes it started run in process groups of their own, so only the
+    bench can stop them, and its vhost is deleted. `run_bench` then raises
+    `asyncio.CancelledError`.
+    """
     if config.peers and config.setup:
         _apt_setup({"wrk": "wrk", "webhook": "webhook"}, say)
     bench = _Bench(config, say)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    stop_on = (signal.SIGTERM, signal.SIGHUP)
+    if task is not None:
+        for signum in stop_on:
+            with suppress(NotImplementedError, RuntimeError):  # not the main thread
+                loop.add_signal_handler(signum, task.cancel)
     try:
         with _private_vhost() as vhost:
             bench.amqp_url = _on_vhost(config.broker, vhost)
@@ -1058,6 +1072,8 @@ async def run_bench(config: BenchConfig, say: Callable[[str], None] = print) -> 
             bench.ratios()
             bench.targets()
     finally:
+        for signum in stop_on:
+            loop.remove_signal_handler(signum)
         bench.stop_all()
         if config.keep is None:
             shutil.rmtree(bench.work, ignore_errors=True)

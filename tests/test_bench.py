@@ -7,11 +7,14 @@ otherwise; our own figures must always be there.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.support.cli import triggers_cli
@@ -162,3 +165,56 @@ def test_bench_takes_a_cluster_list_and_skips_a_node_that_is_down(tmp_path: Path
     assert report["cpu_per_command_us"]["end to end (ours)"]["broker"] is not None
     assert "| our end to end |" in done.stdout
     assert vhost_gone(report)
+
+
+def test_bench_stopped_by_sigterm_stops_what_it_started_and_deletes_its_vhost(
+    tmp_path: Path,
+) -> None:
+    """A CI job's timeout sends SIGTERM: the gateways, workers and peers the bench started
+    (each in a process group of its own) must not outlive it, nor its vhost."""
+    bench = subprocess.Popen(
+        [
+            *triggers_cli(),
+            "bench",
+            "--seconds",
+            "3",
+            "--no-peers",
+            "--no-setup",
+            "--python-load",
+            "--memory-calls",
+            "0",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert bench.stderr is not None
+        for line in bench.stderr:  # the gateway phase starts our gateway and the plain one
+            if line.startswith("bench: our gateway"):
+                break
+        leader = psutil.Process(bench.pid)
+        deadline = time.monotonic() + 30
+        while len(started := leader.children(recursive=True)) < 2:
+            assert time.monotonic() < deadline, "the bench started no gateway"
+            time.sleep(0.2)
+        vhosts = {
+            arg.rsplit("/", 1)[1]
+            for child in started
+            for arg in child.cmdline()
+            if arg.startswith("amqp://")
+        } or {"none"}
+        bench.send_signal(signal.SIGTERM)
+        rest = bench.communicate(timeout=60)[1]
+    finally:
+        bench.kill()
+    assert bench.returncode == 143, rest
+    assert "stopped by a signal" in rest
+    _, alive = psutil.wait_procs(started, timeout=15)
+    assert alive == [], [p.cmdline() for p in alive]
+    listed = subprocess.run(
+        ["rabbitmqctl", "list_vhosts", "-q"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert vhosts.isdisjoint(listed), vhosts
+    assert not (tmp_path / "r.json").exists()  # no report from a run cut short

@@ -3,7 +3,9 @@ simulated cluster `triggers dev` and the local orchestrator use)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -113,7 +115,13 @@ def bench(
         broker=broker,
         keep=Path(keep) if keep else None,
     )
-    report = run(run_bench(config, say=lambda text: click.echo(text, err=True)))
+    try:
+        report = run(run_bench(config, say=lambda text: click.echo(text, err=True)))
+    except asyncio.CancelledError:
+        click.echo(
+            "bench: stopped by a signal; what it started is stopped, its vhost deleted", err=True
+        )
+        sys.exit(143)
     click.echo(render(report))
     if json_path:
         Path(json_path).write_text(json.dumps(report.to_json(), indent=2))
