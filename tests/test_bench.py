@@ -199,12 +199,11 @@ def test_bench_stopped_by_sigterm_stops_what_it_started_and_deletes_its_vhost(
         while len(started := leader.children(recursive=True)) < 2:
             assert time.monotonic() < deadline, "the bench started no gateway"
             time.sleep(0.2)
-        vhosts = {
-            arg.rsplit("/", 1)[1]
-            for child in started
-            for arg in child.cmdline()
-            if arg.startswith("amqp://")
-        } or {"none"}
+        # The run's vhost, from the broker URL its processes were given (argument or env).
+        urls = [a for c in started for a in c.cmdline() if a.startswith("amqp://")]
+        urls += [c.environ().get("TRIGGERS_AMQP_URL", "") for c in started]
+        vhosts = {url.rsplit("/", 1)[1] for url in urls if url.startswith("amqp://")}
+        assert vhosts, "found no broker URL in what the bench started"
         bench.send_signal(signal.SIGTERM)
         rest = bench.communicate(timeout=60)[1]
     finally:
