@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, MutableMapping
 from datetime import datetime, timedelta
+from typing import Any
 
+import aio_pika
 import pytest
+import structlog
 
 from shared.broker import AmqpBus
 from shared.errors import RetryableError
@@ -22,7 +26,7 @@ from shared.messages import (
     new_job_id,
 )
 from shared.settings import Settings
-from shared.topology import COMMAND_QUEUES, DEAD_QUEUE
+from shared.topology import COMMAND_QUEUES, DEAD_QUEUE, RESULTS_EXCHANGE
 from tests.support.broker import broker_list, queue_depth
 from tests.support.events import job_events, rollout_sequence
 from tests.support.messages import scale_command
@@ -295,3 +299,55 @@ async def test_rollout_progress_goes_out_when_it_changes_at_most_once_per_interv
     counts, result = await rollout_sequence(seen, lazy.job_id, "web")
     assert counts == []
     assert [e.status for e in seen if e.job_id == lazy.job_id] == ["running", "succeeded"]
+
+
+async def test_a_result_the_broker_refuses_for_a_while_goes_out_later_not_dead_lettered(
+    settings: Settings, bus: AmqpBus, cluster: LocalOrchestrator
+) -> None:
+    """While a queue bound to the results refuses new messages, the broker nacks each
+    result the worker publishes, as a quorum queue does while it elects a leader. The
+    worker requeues the command after a pause that doubles with each delivery, so the
+    queue's delivery limit (20) outlasts the refusal; once the broker takes the result,
+    the command is acked: applied once, never dead-lettered."""
+    refusals: list[float] = []
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        refusing = await channel.declare_queue(
+            f"test.refusing-{new_job_id()[:8]}",
+            auto_delete=True,
+            arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
+        )
+        await refusing.bind(RESULTS_EXCHANGE, "#")
+        envelope = scale_command()
+        with structlog.testing.capture_logs() as logs:
+            async with _selective_worker(settings, cluster):
+                await bus.publish_command(envelope)
+
+                async def refused(count: int) -> bool | None:
+                    seen = [e for e in logs if e["event"] == "worker.result_unpublished"]
+                    refusals.extend([time.monotonic()] * (len(seen) - len(refusals)))
+                    return True if len(seen) >= count else None
+
+                await eventually(lambda: refused(4), what="four refused results")
+                await refusing.delete(if_unused=False, if_empty=False)
+
+                async def answered() -> list[MutableMapping[str, Any]] | None:
+                    done = [e for e in logs if e["event"] == "worker.command"]
+                    return done or None
+
+                commands = await eventually(answered, what="the command answered")
+                await _settled(settings.amqp_url, SCALE_QUEUE, unacked=0)
+        assert "DeliveryError" in next(
+            e["error"] for e in logs if e["event"] == "worker.result_unpublished"
+        )
+        # Four refusals took the pauses 0.1 + 0.2 + 0.4 s at least (at once, all twenty
+        # deliveries were spent within a third of a second).
+        assert refusals[3] - refusals[0] >= 0.6
+        assert [(c["status"], c["duplicate"]) for c in commands] == [("succeeded", True)]
+    finally:
+        await connection.close()
+    assert await queue_depth(settings.amqp_url, DEAD_QUEUE) == 0
+    assert await queue_depth(settings.amqp_url, SCALE_QUEUE) == 0
+    replicas = (await cluster.state(envelope.target))["web"].replicas
+    assert replicas == 2 + 1  # applied once, whatever the deliveries

@@ -48,7 +48,7 @@ from workers.faults import crash_now
 from workers.handlers import apply_command
 from workers.orchestrators.base import Change, Orchestrator, ProgressReport
 
-__all__ = ["PROGRESS_EVERY", "Worker", "result_event"]
+__all__ = ["GIVE_BACK_PAUSE", "PROGRESS_EVERY", "Worker", "result_event"]
 
 log = structlog.get_logger("triggers.worker")
 
@@ -56,6 +56,9 @@ Settle = Literal["ack", "requeue", "dead_letter"]
 
 # A rollout's progress goes out at most once a second per job, and only when it changed.
 PROGRESS_EVERY = 1.0
+# A message given back unsettled is requeued after this pause, doubled with each of its
+# deliveries, up to the publish timeout (`Worker._give_back`).
+GIVE_BACK_PAUSE = 0.1
 
 
 class Worker:
@@ -362,13 +365,21 @@ class Worker:
     async def _give_back(self, delivery: Delivery) -> None:
         """Return the message unsettled; if the channel is gone, the broker does it for us.
 
-        A bus still restoring after a reconnect (its consumers deliver before its publisher
-        is back, or while a quorum queue elects a leader) is waited for first, up to the
-        publish timeout: requeued at once, the message would come straight back and fail
-        again, each round one of the queue's delivery limit, and CPU the machine needs.
+        Requeued at once, the message would come straight back and fail again, each round
+        one of the queue's delivery limit (20), and CPU the machine needs. So a bus still
+        restoring after a reconnect (its consumers deliver before its publisher is back)
+        is waited for first, up to the publish timeout; and then, connected or not, the
+        requeue waits `GIVE_BACK_PAUSE`, doubled with each delivery of the message, up to
+        the publish timeout. A connected bus sees its publishes refused too: a quorum
+        queue nacks them while it elects a leader after its node died, which takes
+        seconds. Without the pause, a job whose result was refused went through its
+        twenty deliveries in a third of a second and was dead-lettered, applied, with no
+        result ever published.
         """
         if not self._stopping.is_set():
-            await ready_within(lambda: self._bus.ready, self._settings.publish_timeout)
+            timeout = self._settings.publish_timeout
+            await ready_within(lambda: self._bus.ready, timeout)
+            await asyncio.sleep(min(GIVE_BACK_PAUSE * 2 ** (delivery.attempt - 1), timeout))
         with contextlib.suppress(Exception):
             await delivery.requeue()
 
